@@ -1,0 +1,243 @@
+//! The task abstraction: a stream of entries and a scorer; mixes and file-backed tasks.
+
+use crate::entry::Entry;
+use crate::{extract, gsm8k, score_answer};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TaskError {
+    #[error("unknown dataset {0:?}; known: {known}", known = crate::scorers::DATASETS.join(", ") + ", gsm8k")]
+    UnknownDataset(String),
+    #[error("no generator for task {0:?}; generators: {known}", known = crate::generators::NAMES.join(", "))]
+    UnknownGenerator(String),
+    #[error("task {task}: setting {key:?}: {reason}")]
+    BadOption {
+        task: String,
+        key: String,
+        reason: String,
+    },
+    #[error("task {task}: could not generate entry {index}: {reason}")]
+    Generation {
+        task: String,
+        index: u64,
+        reason: String,
+    },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}: {reason}")]
+    BadLine {
+        path: PathBuf,
+        line: usize,
+        reason: String,
+    },
+    #[error("{path}: no entries")]
+    Empty { path: PathBuf },
+    #[error("mix: {0}")]
+    BadMix(String),
+}
+
+/// A source of problems with a verifiable reward.
+///
+/// `entry(seed, index)` is a pure function: the same seed and index give the same entry on
+/// every platform, so runs are reproducible and resumable without storing the data.
+pub trait Task: Send + Sync {
+    /// The dataset name entries are scored under (Reasoning Gym's, or `gsm8k`).
+    fn name(&self) -> &str;
+
+    fn entry(&self, seed: u64, index: u64) -> Result<Entry, TaskError>;
+
+    /// Score an extracted answer (`None`: the completion had none).
+    fn score(&self, answer: Option<&str>, entry: &Entry) -> f64 {
+        let dataset = entry
+            .metadata
+            .get("source_dataset")
+            .and_then(|v| v.as_str())
+            .unwrap_or(self.name());
+        score_answer(dataset, answer, entry).unwrap_or(0.0)
+    }
+
+    /// Score a raw completion: the last `<answer>` for Reasoning Gym tasks, GSM8K's
+    /// conventions for GSM8K.
+    fn score_completion(&self, completion: &str, entry: &Entry) -> f64 {
+        let dataset = entry
+            .metadata
+            .get("source_dataset")
+            .and_then(|v| v.as_str())
+            .unwrap_or(self.name());
+        let answer = if dataset == gsm8k::NAME {
+            extract::extract_gsm8k_answer(completion)
+        } else {
+            extract::extract_answer_tag(completion)
+        };
+        self.score(answer.as_deref(), entry)
+    }
+}
+
+/// The random stream of entry `index` under `seed`: independent streams of one key.
+pub fn entry_rng(seed: u64, index: u64) -> ChaCha8Rng {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    rng.set_stream(index);
+    rng
+}
+
+/// Entries read from a file (a Reasoning Gym export or GSM8K), served in a seeded order.
+#[derive(Debug, Clone)]
+pub struct FileTask {
+    name: String,
+    entries: Vec<Entry>,
+}
+
+impl FileTask {
+    pub fn new(name: impl Into<String>, entries: Vec<Entry>) -> Self {
+        Self {
+            name: name.into(),
+            entries,
+        }
+    }
+
+    /// GSM8K JSONL (`{"question","answer"}` with `#### N`).
+    pub fn gsm8k(path: &Path) -> Result<Self, TaskError> {
+        Ok(Self::new(gsm8k::NAME, gsm8k::load(path)?))
+    }
+
+    /// JSONL as Reasoning Gym exports it: one `{"question","answer","metadata"}` per line,
+    /// scored by `metadata.source_dataset`.
+    pub fn reasoning_gym(name: impl Into<String>, path: &Path) -> Result<Self, TaskError> {
+        let entries = read_jsonl(path, |line| {
+            let entry: Entry = serde_json::from_str(line)
+                .map_err(|e| format!("not a Reasoning Gym entry: {e}"))?;
+            match entry
+                .metadata
+                .get("source_dataset")
+                .and_then(|v| v.as_str())
+            {
+                Some(d) if crate::scorers::scorer(d).is_some() => Ok(entry),
+                Some(d) => Err(format!("metadata.source_dataset {d:?} has no scorer here")),
+                None => Err("metadata.source_dataset is missing".into()),
+            }
+        })?;
+        Ok(Self::new(name, entries))
+    }
+
+    pub fn entries(&self) -> &[Entry] {
+        &self.entries
+    }
+}
+
+impl Task for FileTask {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Entry `index` of a seeded permutation of the file, one epoch after another.
+    fn entry(&self, seed: u64, index: u64) -> Result<Entry, TaskError> {
+        let n = self.entries.len() as u64;
+        let epoch = index / n;
+        let mut order: Vec<usize> = (0..self.entries.len()).collect();
+        let mut rng = entry_rng(seed, u64::MAX - epoch);
+        for i in (1..order.len()).rev() {
+            order.swap(i, rng.random_range(0..=i as u64) as usize);
+        }
+        Ok(self.entries[order[(index % n) as usize]].clone())
+    }
+}
+
+/// Several tasks sampled with weights; itself a task (entries keep their `source_dataset`).
+pub struct Mix {
+    name: String,
+    parts: Vec<(Box<dyn Task>, f64)>,
+    total: f64,
+}
+
+impl std::fmt::Debug for Mix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let parts: Vec<_> = self
+            .parts
+            .iter()
+            .map(|(t, w)| (t.name().to_string(), *w))
+            .collect();
+        f.debug_struct("Mix")
+            .field("name", &self.name)
+            .field("parts", &parts)
+            .finish()
+    }
+}
+
+impl Mix {
+    pub fn new(
+        name: impl Into<String>,
+        parts: Vec<(Box<dyn Task>, f64)>,
+    ) -> Result<Self, TaskError> {
+        if parts.is_empty() {
+            return Err(TaskError::BadMix("a mix needs at least one task".into()));
+        }
+        if let Some((task, w)) = parts.iter().find(|(_, w)| !(w.is_finite() && *w > 0.0)) {
+            return Err(TaskError::BadMix(format!(
+                "weight of {} must be positive and finite, got {w}",
+                task.name()
+            )));
+        }
+        let total = parts.iter().map(|(_, w)| w).sum();
+        Ok(Self {
+            name: name.into(),
+            parts,
+            total,
+        })
+    }
+
+    /// Which part entry `index` comes from.
+    pub fn part_of(&self, seed: u64, index: u64) -> &dyn Task {
+        let mut pick = entry_rng(seed ^ 0x6d69_785f_7069_636b, index).random::<f64>() * self.total;
+        for (task, weight) in &self.parts {
+            if pick < *weight {
+                return task.as_ref();
+            }
+            pick -= weight;
+        }
+        self.parts
+            .last()
+            .map(|(t, _)| t.as_ref())
+            .expect("a mix is never empty (checked in new)")
+    }
+}
+
+impl Task for Mix {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn entry(&self, seed: u64, index: u64) -> Result<Entry, TaskError> {
+        self.part_of(seed, index).entry(seed, index)
+    }
+}
+
+/// Read JSONL, skipping blank lines; the first bad line is an error naming file and line.
+pub fn read_jsonl<T>(
+    path: &Path,
+    parse: impl Fn(&str) -> Result<T, String>,
+) -> Result<Vec<T>, TaskError> {
+    let text = std::fs::read_to_string(path).map_err(|source| TaskError::Io {
+        path: path.into(),
+        source,
+    })?;
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        out.push(parse(line).map_err(|reason| TaskError::BadLine {
+            path: path.into(),
+            line: i + 1,
+            reason,
+        })?);
+    }
+    if out.is_empty() {
+        return Err(TaskError::Empty { path: path.into() });
+    }
+    Ok(out)
+}
