@@ -1,1 +1,97 @@
-fn main() {}
+//! The `musketeers` command line.
+
+mod backend;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use musketeers::score_lines;
+use musketeers_verify::generators;
+use musketeers_verify::options::Options;
+use std::io::{BufRead, BufWriter, Write};
+use std::path::PathBuf;
+
+#[derive(Parser, Debug)]
+#[command(name = "musketeers", version, about = "Frozen expert teams, a latent interface and GRPO for small language models")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Score answers and sample tasks (reasoning-gym parity).
+    #[command(subcommand)]
+    Verify(VerifyCommand),
+    /// Show the compute backends compiled in and measure one matmul on the chosen device.
+    Device(backend::DeviceArgs),
+}
+
+#[derive(Subcommand, Debug)]
+enum VerifyCommand {
+    /// Score a JSONL file: one `{"score": f}` or `{"error": msg}` per input line, in order.
+    Score {
+        /// Lines of `{"dataset", "entry", "answer" | "completion"}`; `-` reads stdin.
+        #[arg(long)]
+        input: PathBuf,
+    },
+    /// Print generated entries of a task as JSON lines.
+    Sample {
+        /// Task name (see `musketeers verify sample --task list`).
+        #[arg(long)]
+        task: String,
+        #[arg(long, default_value_t = 5)]
+        n: u64,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Generator settings as in reasoning-gym, e.g. `--config min_terms=3`.
+        #[arg(long = "config", value_name = "KEY=VALUE")]
+        config: Vec<String>,
+    },
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Verify(VerifyCommand::Score { input }) => score(&input),
+        Command::Verify(VerifyCommand::Sample { task, n, seed, config }) => sample(&task, n, seed, &config),
+        Command::Device(args) => backend::run(&args),
+    }
+}
+
+fn score(input: &PathBuf) -> Result<()> {
+    let lines: Vec<String> = if input.as_os_str() == "-" {
+        std::io::stdin().lock().lines().collect::<Result<_, _>>().context("reading stdin")?
+    } else {
+        let text = std::fs::read(input).with_context(|| format!("reading {}", input.display()))?;
+        // Invalid UTF-8 on one line must not lose the others.
+        String::from_utf8_lossy(&text).lines().map(str::to_string).collect()
+    };
+    let mut out = BufWriter::new(std::io::stdout().lock());
+    for result in score_lines(&lines) {
+        writeln!(out, "{result}")?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+fn sample(task: &str, n: u64, seed: u64, config: &[String]) -> Result<()> {
+    if task == "list" {
+        let mut out = std::io::stdout().lock();
+        for name in generators::NAMES {
+            writeln!(out, "{name}")?;
+        }
+        return Ok(());
+    }
+    let options = Options::parse(task, config.iter().map(String::as_str))?;
+    let generator = generators::create(task, options)?;
+    if n == 0 {
+        bail!("--n must be at least 1");
+    }
+    let mut out = BufWriter::new(std::io::stdout().lock());
+    for index in 0..n {
+        let entry = generator.entry(seed, index)?;
+        writeln!(out, "{}", serde_json::to_string(&entry)?)?;
+    }
+    out.flush()?;
+    Ok(())
+}
