@@ -45,9 +45,17 @@ pub fn run(args: &DeviceArgs) -> Result<()> {
         #[cfg(feature = "wgpu")]
         DeviceKind::Wgpu => matmul_rate::<burn::backend::Wgpu>(&Default::default(), args.size),
         #[allow(unreachable_patterns)]
-        other => bail!("backend {other:?} is not compiled in; rebuild with `--features {}`", format!("{other:?}").to_lowercase()),
+        other => bail!(
+            "backend {other:?} is not compiled in; rebuild with `--features {}`",
+            format!("{other:?}").to_lowercase()
+        ),
     };
-    writeln!(out, "{:?}: f32 matmul {n}^3 at {gflops:.1} GFLOP/s", args.device, n = args.size)?;
+    writeln!(
+        out,
+        "{:?}: f32 matmul {n}^3 at {gflops:.1} GFLOP/s",
+        args.device,
+        n = args.size
+    )?;
     Ok(())
 }
 

@@ -11,7 +11,11 @@ use std::io::{BufRead, BufWriter, Write};
 use std::path::PathBuf;
 
 #[derive(Parser, Debug)]
-#[command(name = "musketeers", version, about = "Frozen expert teams, a latent interface and GRPO for small language models")]
+#[command(
+    name = "musketeers",
+    version,
+    about = "Frozen expert teams, a latent interface and GRPO for small language models"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -53,18 +57,30 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Verify(VerifyCommand::Score { input }) => score(&input),
-        Command::Verify(VerifyCommand::Sample { task, n, seed, config }) => sample(&task, n, seed, &config),
+        Command::Verify(VerifyCommand::Sample {
+            task,
+            n,
+            seed,
+            config,
+        }) => sample(&task, n, seed, &config),
         Command::Device(args) => backend::run(&args),
     }
 }
 
 fn score(input: &PathBuf) -> Result<()> {
     let lines: Vec<String> = if input.as_os_str() == "-" {
-        std::io::stdin().lock().lines().collect::<Result<_, _>>().context("reading stdin")?
+        std::io::stdin()
+            .lock()
+            .lines()
+            .collect::<Result<_, _>>()
+            .context("reading stdin")?
     } else {
         let text = std::fs::read(input).with_context(|| format!("reading {}", input.display()))?;
         // Invalid UTF-8 on one line must not lose the others.
-        String::from_utf8_lossy(&text).lines().map(str::to_string).collect()
+        String::from_utf8_lossy(&text)
+            .lines()
+            .map(str::to_string)
+            .collect()
     };
     let mut out = BufWriter::new(std::io::stdout().lock());
     for result in score_lines(&lines) {

@@ -87,7 +87,10 @@ impl Generator for PropositionalLogic {
                 random_formula(rng, &variables, depth)
             })
             .collect();
-        let mut conclusion = Formula::Var(variables[0].clone());
+        // Unlike reasoning-gym, whose fallback `P` may not follow at all, fall back to a
+        // premise (or a premise `∨` another variable), which always follows.
+        let mut conclusion =
+            fallback_conclusion(&premises, &variables).map_err(|e| e.to_string())?;
         for _ in 0..100 {
             let candidate = random_formula(rng, &variables, 2);
             let valid =
@@ -121,6 +124,26 @@ impl Generator for PropositionalLogic {
             ]),
         })
     }
+}
+
+fn fallback_conclusion(
+    premises: &[Formula],
+    variables: &[String],
+) -> Result<Formula, proplogic::LogicError> {
+    for premise in premises {
+        if let Formula::Var(v) = premise {
+            let other = variables.iter().find(|w| *w != v).unwrap_or(v);
+            return Ok(Formula::Binary(
+                Op::Or,
+                Box::new(premise.clone()),
+                Box::new(Formula::Var(other.clone())),
+            ));
+        }
+        if !proplogic::is_trivial(premise)? {
+            return Ok(premise.clone());
+        }
+    }
+    Ok(premises[0].clone())
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
