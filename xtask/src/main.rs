@@ -1,1 +1,31 @@
-fn main() {}
+//! `cargo xtask`: project automation. This file only dispatches; one module per command.
+
+mod bench;
+mod demo;
+mod util;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// The offline demo: generate tasks, score completions, show what the verifiers decide.
+    Demo,
+    /// Benchmarks, each reported as a ratio to a reference measured in the same run.
+    #[command(subcommand)]
+    Bench(bench::Bench),
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Command::Demo => demo::run(),
+        Command::Bench(target) => bench::run(target),
+    }
+}
