@@ -2,6 +2,8 @@
 //! candidate spread. Prints one JSON object per dataset; `cargo xtask bench verify` sets the
 //! numbers beside reasoning-gym's own scorers measured in the same run.
 
+#![allow(clippy::print_stdout)] // a benchmark reports on stdout
+
 use musketeers_verify::{Entry, score_answer};
 use serde_json::Value;
 use std::collections::BTreeMap;
