@@ -11,27 +11,75 @@ use rand::seq::{IndexedRandom, SliceRandom};
 use rand_chacha::ChaCha8Rng;
 use serde_json::{Map, Value, json};
 
-/// Terms joined by `+`/`-`, evaluated left to right.
-pub struct ChainSum {
+/// The `min/max_terms` and `min/max_digits` settings of chain_sum, basic_arithmetic and
+/// products, and the metadata they report.
+#[derive(Debug, Clone, Copy)]
+struct TermsDigits {
     terms: (usize, usize),
     digits: (u32, u32),
 }
 
-impl ChainSum {
-    pub fn new(options: &mut Options) -> Result<Self, TaskError> {
-        let terms = range_option(options, "terms", (2, 6))?;
-        let digits = range_option(options, "digits", (1, 4))?;
-        if terms.0 < 2 || digits.0 < 1 || digits.1 > 15 {
-            return Err(options.invalid("min_terms", "need at least 2 terms and 1..=15 digits"));
+impl TermsDigits {
+    fn new(
+        options: &mut Options,
+        terms: (usize, usize),
+        digits: (u32, u32),
+        max_digits: u32,
+    ) -> Result<Self, TaskError> {
+        let terms = range_option(options, "terms", terms)?;
+        let digits = range_option(options, "digits", digits)?;
+        if terms.0 < 2 || digits.0 < 1 || digits.1 > max_digits {
+            return Err(options.invalid(
+                "min_terms",
+                format!("need at least 2 terms and 1..={max_digits} digits"),
+            ));
         }
         Ok(Self { terms, digits })
+    }
+
+    /// Draw the term count and digit count of one entry.
+    fn draw(&self, rng: &mut ChaCha8Rng) -> (usize, u32) {
+        let num_terms = count(rng, self.terms);
+        (num_terms, rng.random_range(self.digits.0..=self.digits.1))
+    }
+
+    fn metadata(
+        &self,
+        num_terms: usize,
+        num_digits: u32,
+        expression: String,
+    ) -> Map<String, Value> {
+        metadata(vec![
+            ("expression", expression.into()),
+            ("num_terms", num_terms.into()),
+            ("num_digits", num_digits.into()),
+            (
+                "difficulty",
+                difficulty(&[
+                    ("num_terms", json!(self.terms)),
+                    ("num_digits", json!(self.digits)),
+                ]),
+            ),
+        ])
+    }
+}
+
+/// Terms joined by `+`/`-`, evaluated left to right.
+pub struct ChainSum {
+    shape: TermsDigits,
+}
+
+impl ChainSum {
+    pub fn new(options: &mut Options) -> Result<Self, TaskError> {
+        Ok(Self {
+            shape: TermsDigits::new(options, (2, 6), (1, 4), 15)?,
+        })
     }
 }
 
 impl Generator for ChainSum {
     fn draft(&self, rng: &mut ChaCha8Rng) -> Result<Draft, String> {
-        let num_terms = count(rng, self.terms);
-        let num_digits = rng.random_range(self.digits.0..=self.digits.1);
+        let (num_terms, num_digits) = self.shape.draw(rng);
         let mut total = with_digits(rng, num_digits);
         let mut expression = total.to_string();
         for _ in 1..num_terms {
@@ -49,40 +97,23 @@ impl Generator for ChainSum {
                 "State the final answer to the following arithmetic problem: {expression} ="
             ),
             answer: Some(total.to_string()),
-            metadata: metadata(vec![
-                ("num_terms", num_terms.into()),
-                ("num_digits", num_digits.into()),
-                ("expression", expression.into()),
-                (
-                    "difficulty",
-                    difficulty(&[
-                        ("num_terms", json!(self.terms)),
-                        ("num_digits", json!(self.digits)),
-                    ]),
-                ),
-            ]),
+            metadata: self.shape.metadata(num_terms, num_digits, expression),
         })
     }
 }
 
 /// `+ - *` and exact `/` with integer operands and result, optionally parenthesised.
 pub struct BasicArithmetic {
-    terms: (usize, usize),
-    digits: (u32, u32),
+    shape: TermsDigits,
     allow_parentheses: bool,
 }
 
 impl BasicArithmetic {
     pub fn new(options: &mut Options) -> Result<Self, TaskError> {
-        let terms = range_option(options, "terms", (2, 6))?;
-        let digits = range_option(options, "digits", (1, 4))?;
+        let shape = TermsDigits::new(options, (2, 6), (1, 4), 6)?;
         let allow_parentheses = options.take("allow_parentheses", true)?;
-        if terms.0 < 2 || digits.0 < 1 || digits.1 > 6 {
-            return Err(options.invalid("min_terms", "need at least 2 terms and 1..=6 digits"));
-        }
         Ok(Self {
-            terms,
-            digits,
+            shape,
             allow_parentheses,
         })
     }
@@ -125,8 +156,7 @@ impl BasicArithmetic {
 
 impl Generator for BasicArithmetic {
     fn draft(&self, rng: &mut ChaCha8Rng) -> Result<Draft, String> {
-        let num_terms = count(rng, self.terms);
-        let num_digits = rng.random_range(self.digits.0..=self.digits.1);
+        let (num_terms, num_digits) = self.shape.draw(rng);
         // Redraw until the value is an integer: divisions must come out exact.
         for _ in 0..1000 {
             let (expression, value) = self.expression(rng, num_terms, num_digits, true);
@@ -134,18 +164,7 @@ impl Generator for BasicArithmetic {
                 return Ok(Draft {
                     question: format!("Calculate {expression}."),
                     answer: Some(value.to_integer().to_string()),
-                    metadata: metadata(vec![
-                        ("expression", expression.into()),
-                        ("num_terms", num_terms.into()),
-                        ("num_digits", num_digits.into()),
-                        (
-                            "difficulty",
-                            difficulty(&[
-                                ("num_terms", json!(self.terms)),
-                                ("num_digits", json!(self.digits)),
-                            ]),
-                        ),
-                    ]),
+                    metadata: self.shape.metadata(num_terms, num_digits, expression),
                 });
             }
         }
@@ -155,28 +174,24 @@ impl Generator for BasicArithmetic {
 
 /// A product of `num_terms` numbers.
 pub struct Products {
-    terms: (usize, usize),
-    digits: (u32, u32),
+    shape: TermsDigits,
 }
 
 impl Products {
     pub fn new(options: &mut Options) -> Result<Self, TaskError> {
-        let terms = range_option(options, "terms", (2, 2))?;
-        let digits = range_option(options, "digits", (1, 5))?;
-        if terms.0 < 2 || digits.0 < 1 || (digits.1 as usize) * terms.1 > 36 {
-            return Err(options.invalid(
-                "max_digits",
-                "need at least 2 terms and at most 36 digits in all",
-            ));
+        let shape = TermsDigits::new(options, (2, 2), (1, 5), 36)?;
+        if (shape.digits.1 as usize) * shape.terms.1 > 36 {
+            return Err(
+                options.invalid("max_digits", "a product may have at most 36 digits in all")
+            );
         }
-        Ok(Self { terms, digits })
+        Ok(Self { shape })
     }
 }
 
 impl Generator for Products {
     fn draft(&self, rng: &mut ChaCha8Rng) -> Result<Draft, String> {
-        let num_terms = count(rng, self.terms);
-        let num_digits = rng.random_range(self.digits.0..=self.digits.1);
+        let (num_terms, num_digits) = self.shape.draw(rng);
         let factors: Vec<i128> = (0..num_terms)
             .map(|_| with_digits(rng, num_digits) as i128)
             .collect();
@@ -191,18 +206,7 @@ impl Generator for Products {
                 "Solve the following multiplication: {expression}. Give only the result as your final answer."
             ),
             answer: Some(product.to_string()),
-            metadata: metadata(vec![
-                ("expression", expression.into()),
-                ("num_terms", num_terms.into()),
-                ("num_digits", num_digits.into()),
-                (
-                    "difficulty",
-                    difficulty(&[
-                        ("num_terms", json!(self.terms)),
-                        ("num_digits", json!(self.digits)),
-                    ]),
-                ),
-            ]),
+            metadata: self.shape.metadata(num_terms, num_digits, expression),
         })
     }
 }
