@@ -1,0 +1,17 @@
+//! Language-model backbones for n-Musketeers experts and policies, generic over the Burn
+//! backend.
+//!
+//! - [`config`]: `config.json` as Hugging Face writes it, resolved into [`LlamaConfig`].
+//! - [`llama`]: the Llama family (Llama 2/3, SmolLM2, Qwen2/2.5, Qwen3) in one implementation.
+//! - [`rope`]: rotary embeddings (rotate-half, per-row positions, Llama 3 scaling).
+//! - [`weights`]: safetensors checkpoints (single or sharded; f32, f16, bf16).
+
+pub mod config;
+pub mod error;
+pub mod llama;
+pub mod rope;
+pub mod weights;
+
+pub use config::LlamaConfig;
+pub use error::LmError;
+pub use llama::{Llama, ModelOutput};

@@ -1,0 +1,301 @@
+//! The Llama family in one implementation: Llama 2/3, SmolLM2, Qwen2/2.5 (q/k/v bias) and
+//! Qwen3 (per-head q/k RMSNorm, explicit head_dim). Field names follow the safetensors keys
+//! (`self_attn.q_proj`, `mlp.gate_proj`, `input_layernorm`), so loading needs no rename table.
+
+use crate::config::LlamaConfig;
+use crate::rope::{self, Rope};
+use burn::module::{Module, Param};
+use burn::nn::{Embedding, Linear, RmsNorm};
+use burn::tensor::activation::{silu, softmax};
+use burn::tensor::backend::Backend;
+use burn::tensor::{Bool, Int, Tensor};
+
+/// Query/key/value projections, grouped-query attention, output projection.
+#[derive(Module, Debug)]
+pub struct Attention<B: Backend> {
+    pub q_proj: Linear<B>,
+    pub k_proj: Linear<B>,
+    pub v_proj: Linear<B>,
+    pub o_proj: Linear<B>,
+    pub q_norm: Option<RmsNorm<B>>,
+    pub k_norm: Option<RmsNorm<B>>,
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+}
+
+impl<B: Backend> Attention<B> {
+    /// # Shapes
+    /// - `x`: `[batch, seq, hidden]`; `cos`, `sin`: `[batch, 1, seq, head_dim]`
+    /// - `mask`: `[batch, 1, seq, seq]`, true where attention is forbidden
+    pub fn forward(
+        &self,
+        x: Tensor<B, 3>,
+        cos: &Tensor<B, 4>,
+        sin: &Tensor<B, 4>,
+        mask: &Tensor<B, 4, Bool>,
+    ) -> Tensor<B, 3> {
+        let [b, t, _] = x.dims();
+        let (h, kv, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
+        let heads = |y: Tensor<B, 3>, n: usize| y.reshape([b, t, n, d]); // [b, t, n, d]
+        let mut q = heads(self.q_proj.forward(x.clone()), h);
+        let mut k = heads(self.k_proj.forward(x.clone()), kv);
+        let v = heads(self.v_proj.forward(x), kv).swap_dims(1, 2); // [b, kv, t, d]
+        if let (Some(qn), Some(kn)) = (&self.q_norm, &self.k_norm) {
+            q = qn.forward(q);
+            k = kn.forward(k);
+        }
+        let q = rope::apply(q.swap_dims(1, 2), cos, sin); // [b, h, t, d]
+        let k = rope::apply(k.swap_dims(1, 2), cos, sin); // [b, kv, t, d]
+        let (k, v) = (repeat_kv(k, h / kv), repeat_kv(v, h / kv)); // [b, h, t, d]
+        let scores = q.matmul(k.swap_dims(2, 3)) / (d as f64).sqrt(); // [b, h, t, t]
+        let scores = scores.mask_fill(mask.clone(), MASKED);
+        let out = softmax(scores, 3).matmul(v); // [b, h, t, d]
+        self.o_proj
+            .forward(out.swap_dims(1, 2).reshape([b, t, h * d]))
+    }
+}
+
+/// Large and finite, so a row with every key masked (a pad query) stays finite.
+const MASKED: f32 = -1e30;
+
+/// Repeat each key/value head `n_rep` times for grouped-query attention.
+///
+/// # Shapes
+/// `[batch, kv_heads, seq, d]` -> `[batch, kv_heads * n_rep, seq, d]`
+pub fn repeat_kv<B: Backend>(x: Tensor<B, 4>, n_rep: usize) -> Tensor<B, 4> {
+    if n_rep == 1 {
+        return x;
+    }
+    let [b, kv, t, d] = x.dims();
+    x.unsqueeze_dim::<5>(2)
+        .repeat_dim(2, n_rep)
+        .reshape([b, kv * n_rep, t, d])
+}
+
+/// SwiGLU feed-forward.
+#[derive(Module, Debug)]
+pub struct Mlp<B: Backend> {
+    pub gate_proj: Linear<B>,
+    pub up_proj: Linear<B>,
+    pub down_proj: Linear<B>,
+}
+
+impl<B: Backend> Mlp<B> {
+    pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        self.down_proj
+            .forward(silu(self.gate_proj.forward(x.clone())) * self.up_proj.forward(x))
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct DecoderLayer<B: Backend> {
+    pub input_layernorm: RmsNorm<B>,
+    pub self_attn: Attention<B>,
+    pub post_attention_layernorm: RmsNorm<B>,
+    pub mlp: Mlp<B>,
+}
+
+impl<B: Backend> DecoderLayer<B> {
+    pub fn forward(
+        &self,
+        x: Tensor<B, 3>,
+        cos: &Tensor<B, 4>,
+        sin: &Tensor<B, 4>,
+        mask: &Tensor<B, 4, Bool>,
+    ) -> Tensor<B, 3> {
+        let x = x.clone()
+            + self
+                .self_attn
+                .forward(self.input_layernorm.forward(x), cos, sin, mask);
+        x.clone() + self.mlp.forward(self.post_attention_layernorm.forward(x))
+    }
+}
+
+/// A causal language model of the Llama family.
+#[derive(Module, Debug)]
+pub struct Llama<B: Backend> {
+    pub embed_tokens: Embedding<B>,
+    pub layers: Vec<DecoderLayer<B>>,
+    pub norm: RmsNorm<B>,
+    /// `None` when the head is tied to `embed_tokens`.
+    pub lm_head: Option<Linear<B>>,
+    pub rope_head_dim: usize,
+    pub rope_theta: f64,
+    pub rope_scaling: Option<(f64, f64, f64, usize)>,
+}
+
+/// Logits and, when asked for, every hidden state as `transformers` defines them.
+#[derive(Debug, Clone)]
+pub struct ModelOutput<B: Backend> {
+    /// `[batch, seq, vocab]`
+    pub logits: Tensor<B, 3>,
+    /// `layers + 1` tensors `[batch, seq, hidden]`: index 0 the embeddings, `i` the output of
+    /// layer `i`, the last one after the final norm. Empty unless requested.
+    pub hidden_states: Vec<Tensor<B, 3>>,
+}
+
+impl<B: Backend> Llama<B> {
+    pub fn rope(&self, device: &B::Device) -> Rope<B> {
+        let scaling =
+            self.rope_scaling
+                .map(|(factor, low, high, original)| crate::config::RopeScaling {
+                    rope_type: "llama3".into(),
+                    factor,
+                    low_freq_factor: low,
+                    high_freq_factor: high,
+                    original_max_position_embeddings: original,
+                });
+        Rope::new(
+            self.rope_head_dim,
+            self.rope_theta,
+            scaling.as_ref(),
+            device,
+        )
+    }
+
+    /// Token embeddings. `[batch, seq]` -> `[batch, seq, hidden]`
+    pub fn embed(&self, ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+        self.embed_tokens.forward(ids)
+    }
+
+    /// Forward over token ids. `attention_mask` is `[batch, seq]`, 1 for real tokens and 0
+    /// for (left) padding; `None` means every token is real.
+    pub fn forward(
+        &self,
+        ids: Tensor<B, 2, Int>,
+        attention_mask: Option<Tensor<B, 2, Int>>,
+        hidden_states: bool,
+    ) -> ModelOutput<B> {
+        self.forward_embeddings(self.embed(ids), attention_mask, hidden_states)
+    }
+
+    /// Forward over input embeddings (soft context tokens followed by prompt embeddings).
+    ///
+    /// # Shapes
+    /// - `x`: `[batch, seq, hidden]`; `attention_mask`: `[batch, seq]`
+    pub fn forward_embeddings(
+        &self,
+        x: Tensor<B, 3>,
+        attention_mask: Option<Tensor<B, 2, Int>>,
+        hidden_states: bool,
+    ) -> ModelOutput<B> {
+        let [b, t, _] = x.dims();
+        let device = x.device();
+        let mask = attention_mask.unwrap_or_else(|| Tensor::ones([b, t], &device));
+        // Position of each token among the real tokens of its row: left padding shifts nothing.
+        let positions = (mask.clone().cumsum(1) - 1).clamp_min(0); // [b, t]
+        let (cos, sin) = self.rope(&device).tables(positions);
+        let attend_mask = causal_padding_mask(mask);
+        let mut states = Vec::new();
+        let mut x = x;
+        for layer in &self.layers {
+            if hidden_states {
+                states.push(x.clone());
+            }
+            x = layer.forward(x, &cos, &sin, &attend_mask);
+        }
+        let x = self.norm.forward(x);
+        if hidden_states {
+            states.push(x.clone());
+        }
+        ModelOutput {
+            logits: self.head(x),
+            hidden_states: states,
+        }
+    }
+
+    /// `[batch, seq, hidden]` -> `[batch, seq, vocab]`
+    pub fn head(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        match &self.lm_head {
+            Some(head) => head.forward(x),
+            None => {
+                let [b, t, d] = x.dims();
+                let w = self.embed_tokens.weight.val(); // [vocab, hidden]
+                let vocab = w.dims()[0];
+                x.reshape([b * t, d])
+                    .matmul(w.transpose())
+                    .reshape([b, t, vocab])
+            }
+        }
+    }
+}
+
+/// True where query `i` may not attend to key `j`: `j > i`, or `j` is padding.
+///
+/// # Shapes
+/// `[batch, seq]` -> `[batch, 1, seq, seq]`
+pub fn causal_padding_mask<B: Backend>(mask: Tensor<B, 2, Int>) -> Tensor<B, 4, Bool> {
+    let [b, t] = mask.dims();
+    let device = mask.device();
+    let future = Tensor::<B, 2, Bool>::tril_mask([t, t], 0, &device)
+        .reshape([1, 1, t, t])
+        .expand([b, 1, t, t]);
+    let padding = mask
+        .equal_elem(0)
+        .reshape([b, 1, 1, t])
+        .expand([b, 1, t, t]);
+    future.bool_or(padding)
+}
+
+impl LlamaConfig {
+    /// A model with fresh random weights (for tests and shape checks; real weights come from
+    /// [`crate::weights::load`]).
+    pub fn init<B: Backend>(&self, device: &B::Device) -> Llama<B> {
+        use burn::nn::{EmbeddingConfig, LinearConfig, RmsNormConfig};
+        let linear = |i, o, bias| LinearConfig::new(i, o).with_bias(bias).init(device);
+        let norm = |d| {
+            RmsNormConfig::new(d)
+                .with_epsilon(self.rms_norm_eps)
+                .init(device)
+        };
+        let (h, kv, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
+        let layers = (0..self.num_layers)
+            .map(|_| DecoderLayer {
+                input_layernorm: norm(self.hidden_size),
+                self_attn: Attention {
+                    q_proj: linear(self.hidden_size, h * d, self.qkv_bias),
+                    k_proj: linear(self.hidden_size, kv * d, self.qkv_bias),
+                    v_proj: linear(self.hidden_size, kv * d, self.qkv_bias),
+                    o_proj: linear(h * d, self.hidden_size, self.o_bias),
+                    q_norm: self.qk_norm.then(|| norm(d)),
+                    k_norm: self.qk_norm.then(|| norm(d)),
+                    num_heads: h,
+                    num_kv_heads: kv,
+                    head_dim: d,
+                },
+                post_attention_layernorm: norm(self.hidden_size),
+                mlp: Mlp {
+                    gate_proj: linear(self.hidden_size, self.intermediate_size, self.mlp_bias),
+                    up_proj: linear(self.hidden_size, self.intermediate_size, self.mlp_bias),
+                    down_proj: linear(self.intermediate_size, self.hidden_size, self.mlp_bias),
+                },
+            })
+            .collect();
+        Llama {
+            embed_tokens: EmbeddingConfig::new(self.vocab_size, self.hidden_size).init(device),
+            layers,
+            norm: norm(self.hidden_size),
+            lm_head: (!self.tie_word_embeddings)
+                .then(|| linear(self.hidden_size, self.vocab_size, false)),
+            rope_head_dim: self.head_dim,
+            rope_theta: self.rope_theta,
+            rope_scaling: self.rope_scaling.as_ref().map(|s| {
+                (
+                    s.factor,
+                    s.low_freq_factor,
+                    s.high_freq_factor,
+                    s.original_max_position_embeddings,
+                )
+            }),
+        }
+    }
+}
+
+/// Replace a parameter's value, keeping it a parameter.
+pub(crate) fn set_param<B: Backend, const D: usize>(
+    param: &mut Param<Tensor<B, D>>,
+    value: Tensor<B, D>,
+) {
+    *param = Param::from_tensor(value);
+}

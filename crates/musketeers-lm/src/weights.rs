@@ -1,0 +1,279 @@
+//! Hugging Face safetensors checkpoints: one file or a sharded index; f32, f16 and bf16.
+//!
+//! Every tensor is checked against the shape the config implies, and every tensor in the
+//! checkpoint must be used: a mismatch is an error naming the file and the tensor.
+
+use crate::config::LlamaConfig;
+use crate::error::LmError;
+use crate::llama::{Llama, set_param};
+use burn::nn::{Linear, RmsNorm};
+use burn::tensor::backend::Backend;
+use burn::tensor::{Tensor, TensorData};
+use safetensors::{Dtype, SafeTensors};
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+
+/// The raw bytes of each shard and where each tensor lives.
+struct Checkpoint {
+    dir: PathBuf,
+    files: Vec<(PathBuf, Vec<u8>)>,
+    index: HashMap<String, usize>,
+    used: BTreeSet<String>,
+}
+
+impl Checkpoint {
+    fn open(dir: &Path) -> Result<Self, LmError> {
+        let index_path = dir.join("model.safetensors.index.json");
+        let shard_names: Vec<String> = if index_path.exists() {
+            let text = std::fs::read_to_string(&index_path).map_err(|source| LmError::Io {
+                path: index_path.clone(),
+                source,
+            })?;
+            let index: serde_json::Value =
+                serde_json::from_str(&text).map_err(|source| LmError::Json {
+                    path: index_path.clone(),
+                    source,
+                })?;
+            let map = index
+                .get("weight_map")
+                .and_then(|m| m.as_object())
+                .ok_or_else(|| LmError::BadConfig {
+                    path: index_path.clone(),
+                    reason: "no `weight_map` object".into(),
+                })?;
+            map.values()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .collect()
+        } else {
+            vec!["model.safetensors".to_string()]
+        };
+        let mut files = Vec::new();
+        let mut index = HashMap::new();
+        for name in shard_names {
+            let path = dir.join(&name);
+            let bytes = std::fs::read(&path).map_err(|source| LmError::Io {
+                path: path.clone(),
+                source,
+            })?;
+            let names = SafeTensors::deserialize(&bytes)
+                .map_err(|e| LmError::BadSafetensors {
+                    path: path.clone(),
+                    reason: e.to_string(),
+                })?
+                .names()
+                .into_iter()
+                .map(str::to_string)
+                .collect::<Vec<_>>();
+            for tensor in names {
+                index.insert(tensor, files.len());
+            }
+            files.push((path, bytes));
+        }
+        Ok(Self {
+            dir: dir.into(),
+            files,
+            index,
+            used: BTreeSet::new(),
+        })
+    }
+
+    /// The tensor `name` as f32, row-major, checked against `shape`.
+    fn read(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>, LmError> {
+        let file = *self.index.get(name).ok_or_else(|| LmError::MissingTensor {
+            name: name.into(),
+            dir: self.dir.clone(),
+        })?;
+        let (path, bytes) = &self.files[file];
+        let tensors = SafeTensors::deserialize(bytes).map_err(|e| LmError::BadSafetensors {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        let view = tensors.tensor(name).map_err(|e| LmError::BadSafetensors {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        if view.shape() != shape {
+            return Err(LmError::WrongShape {
+                path: path.clone(),
+                name: name.into(),
+                actual: view.shape().to_vec(),
+                expected: shape.to_vec(),
+            });
+        }
+        let data = view.data();
+        let values = match view.dtype() {
+            Dtype::F32 => data
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+            Dtype::F16 => data
+                .chunks_exact(2)
+                .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
+            Dtype::BF16 => data
+                .chunks_exact(2)
+                .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
+            other => {
+                return Err(LmError::UnsupportedDtype {
+                    path: path.clone(),
+                    name: name.into(),
+                    dtype: format!("{other:?}"),
+                });
+            }
+        };
+        self.used.insert(name.to_string());
+        Ok(values)
+    }
+
+    fn unused(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .index
+            .keys()
+            .filter(|n| !self.used.contains(*n))
+            .cloned()
+            .collect();
+        names.sort();
+        names
+    }
+}
+
+/// A Hugging Face `[out, in]` weight as Burn's `[in, out]`.
+fn transposed(values: Vec<f32>, out: usize, inp: usize) -> Vec<f32> {
+    let mut t = vec![0.0; values.len()];
+    for o in 0..out {
+        for i in 0..inp {
+            t[i * out + o] = values[o * inp + i];
+        }
+    }
+    t
+}
+
+struct Loader<'a, B: Backend> {
+    checkpoint: &'a mut Checkpoint,
+    device: &'a B::Device,
+}
+
+impl<B: Backend> Loader<'_, B> {
+    fn linear(&mut self, linear: &mut Linear<B>, prefix: &str) -> Result<(), LmError> {
+        let [inp, out] = linear.weight.dims();
+        let w = self
+            .checkpoint
+            .read(&format!("{prefix}.weight"), &[out, inp])?;
+        set_param(
+            &mut linear.weight,
+            Tensor::from_data(
+                TensorData::new(transposed(w, out, inp), [inp, out]),
+                self.device,
+            ),
+        );
+        if let Some(bias) = linear.bias.as_mut() {
+            let b = self.checkpoint.read(&format!("{prefix}.bias"), &[out])?;
+            set_param(
+                bias,
+                Tensor::from_data(TensorData::new(b, [out]), self.device),
+            );
+        }
+        Ok(())
+    }
+
+    fn norm(&mut self, norm: &mut RmsNorm<B>, prefix: &str) -> Result<(), LmError> {
+        let [d] = norm.gamma.dims();
+        let g = self.checkpoint.read(&format!("{prefix}.weight"), &[d])?;
+        set_param(
+            &mut norm.gamma,
+            Tensor::from_data(TensorData::new(g, [d]), self.device),
+        );
+        Ok(())
+    }
+}
+
+/// Load a Hugging Face model directory (`config.json` + safetensors).
+pub fn load<B: Backend>(
+    dir: &Path,
+    device: &B::Device,
+) -> Result<(LlamaConfig, Llama<B>), LmError> {
+    let config = LlamaConfig::from_file(&dir.join("config.json"))?;
+    let mut checkpoint = Checkpoint::open(dir)?;
+    let mut model = config.init::<B>(device);
+    let mut loader = Loader::<B> {
+        checkpoint: &mut checkpoint,
+        device,
+    };
+    let (v, h) = (config.vocab_size, config.hidden_size);
+    let emb = loader
+        .checkpoint
+        .read("model.embed_tokens.weight", &[v, h])?;
+    set_param(
+        &mut model.embed_tokens.weight,
+        Tensor::from_data(TensorData::new(emb, [v, h]), device),
+    );
+    for (i, layer) in model.layers.iter_mut().enumerate() {
+        let p = format!("model.layers.{i}");
+        loader.norm(&mut layer.input_layernorm, &format!("{p}.input_layernorm"))?;
+        loader.norm(
+            &mut layer.post_attention_layernorm,
+            &format!("{p}.post_attention_layernorm"),
+        )?;
+        let attn = &mut layer.self_attn;
+        for (proj, name) in [
+            (&mut attn.q_proj, "q_proj"),
+            (&mut attn.k_proj, "k_proj"),
+            (&mut attn.v_proj, "v_proj"),
+            (&mut attn.o_proj, "o_proj"),
+        ] {
+            loader.linear(proj, &format!("{p}.self_attn.{name}"))?;
+        }
+        if let (Some(q), Some(k)) = (attn.q_norm.as_mut(), attn.k_norm.as_mut()) {
+            loader.norm(q, &format!("{p}.self_attn.q_norm"))?;
+            loader.norm(k, &format!("{p}.self_attn.k_norm"))?;
+        }
+        let mlp = &mut layer.mlp;
+        for (proj, name) in [
+            (&mut mlp.gate_proj, "gate_proj"),
+            (&mut mlp.up_proj, "up_proj"),
+            (&mut mlp.down_proj, "down_proj"),
+        ] {
+            loader.linear(proj, &format!("{p}.mlp.{name}"))?;
+        }
+    }
+    loader.norm(&mut model.norm, "model.norm")?;
+    if let Some(head) = model.lm_head.as_mut() {
+        loader.linear(head, "lm_head")?;
+    }
+    // A tied checkpoint may still carry a copy of the head; rotary buffers are recomputed.
+    let unused: Vec<String> = checkpoint
+        .unused()
+        .into_iter()
+        .filter(|n| {
+            !(n.ends_with("rotary_emb.inv_freq")
+                || (config.tie_word_embeddings && n == "lm_head.weight"))
+        })
+        .collect();
+    if let Some(first) = unused.first() {
+        return Err(LmError::BadConfig {
+            path: dir.join("config.json"),
+            reason: format!(
+                "the checkpoint has {} tensors this config does not use, e.g. {first:?}",
+                unused.len()
+            ),
+        });
+    }
+    Ok((config, model))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::transposed;
+
+    #[test]
+    fn transposes_row_major() {
+        // [[1, 2, 3], [4, 5, 6]] -> [[1, 4], [2, 5], [3, 6]]
+        assert_eq!(
+            transposed(vec![1., 2., 3., 4., 5., 6.], 2, 3),
+            vec![1., 4., 2., 5., 3., 6.]
+        );
+    }
+}
