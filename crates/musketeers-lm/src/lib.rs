@@ -6,10 +6,13 @@
 //! - [`rope`]: rotary embeddings (rotate-half, per-row positions, Llama 3 scaling).
 //! - [`weights`]: safetensors checkpoints (single or sharded; f32, f16, bf16).
 
+pub mod cache;
 pub mod config;
 pub mod error;
+pub mod generate;
 pub mod llama;
 pub mod rope;
+pub mod sampling;
 pub mod weights;
 
 pub use config::LlamaConfig;

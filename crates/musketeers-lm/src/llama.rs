@@ -2,6 +2,7 @@
 //! Qwen3 (per-head q/k RMSNorm, explicit head_dim). Field names follow the safetensors keys
 //! (`self_attn.q_proj`, `mlp.gate_proj`, `input_layernorm`), so loading needs no rename table.
 
+use crate::cache::KvCache;
 use crate::config::LlamaConfig;
 use crate::rope::{self, Rope};
 use burn::module::{Module, Param};
@@ -35,6 +36,34 @@ impl<B: Backend> Attention<B> {
         sin: &Tensor<B, 4>,
         mask: &Tensor<B, 4, Bool>,
     ) -> Tensor<B, 3> {
+        let (q, k, v) = self.project(x, cos, sin);
+        self.attend(q, k, v, mask)
+    }
+
+    /// Like [`Self::forward`] for new tokens after those in `cache`, which grows by them.
+    ///
+    /// # Shapes
+    /// - `mask`: `[batch, 1, new, cached + new]`
+    pub fn forward_cached(
+        &self,
+        x: Tensor<B, 3>,
+        cos: &Tensor<B, 4>,
+        sin: &Tensor<B, 4>,
+        mask: &Tensor<B, 4, Bool>,
+        cache: &mut KvCache<B>,
+    ) -> Tensor<B, 3> {
+        let (q, k, v) = self.project(x, cos, sin);
+        let (k, v) = cache.append(k, v);
+        self.attend(q, k, v, mask)
+    }
+
+    /// Queries `[b, h, t, d]`, keys and values `[b, kv, t, d]`, rotated.
+    fn project(
+        &self,
+        x: Tensor<B, 3>,
+        cos: &Tensor<B, 4>,
+        sin: &Tensor<B, 4>,
+    ) -> (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>) {
         let [b, t, _] = x.dims();
         let (h, kv, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
         let heads = |y: Tensor<B, 3>, n: usize| y.reshape([b, t, n, d]); // [b, t, n, d]
@@ -47,8 +76,21 @@ impl<B: Backend> Attention<B> {
         }
         let q = rope::apply(q.swap_dims(1, 2), cos, sin); // [b, h, t, d]
         let k = rope::apply(k.swap_dims(1, 2), cos, sin); // [b, kv, t, d]
-        let (k, v) = (repeat_kv(k, h / kv), repeat_kv(v, h / kv)); // [b, h, t, d]
-        let scores = q.matmul(k.swap_dims(2, 3)) / (d as f64).sqrt(); // [b, h, t, t]
+        (q, k, v)
+    }
+
+    /// Scaled dot-product attention over (possibly cached) keys. Returns `[b, t_q, hidden]`.
+    fn attend(
+        &self,
+        q: Tensor<B, 4>,
+        k: Tensor<B, 4>,
+        v: Tensor<B, 4>,
+        mask: &Tensor<B, 4, Bool>,
+    ) -> Tensor<B, 3> {
+        let [b, h, t, d] = q.dims();
+        let n_rep = h / self.num_kv_heads;
+        let (k, v) = (repeat_kv(k, n_rep), repeat_kv(v, n_rep)); // [b, h, t_k, d]
+        let scores = q.matmul(k.swap_dims(2, 3)) / (d as f64).sqrt(); // [b, h, t, t_k]
         let scores = scores.mask_fill(mask.clone(), MASKED);
         let out = softmax(scores, 3).matmul(v); // [b, h, t, d]
         self.o_proj
@@ -108,6 +150,19 @@ impl<B: Backend> DecoderLayer<B> {
             + self
                 .self_attn
                 .forward(self.input_layernorm.forward(x), cos, sin, mask);
+        x.clone() + self.mlp.forward(self.post_attention_layernorm.forward(x))
+    }
+
+    pub fn forward_cached(
+        &self,
+        x: Tensor<B, 3>,
+        cos: &Tensor<B, 4>,
+        sin: &Tensor<B, 4>,
+        mask: &Tensor<B, 4, Bool>,
+        cache: &mut KvCache<B>,
+    ) -> Tensor<B, 3> {
+        let normed = self.input_layernorm.forward(x.clone());
+        let x = x + self.self_attn.forward_cached(normed, cos, sin, mask, cache);
         x.clone() + self.mlp.forward(self.post_attention_layernorm.forward(x))
     }
 }
@@ -203,6 +258,33 @@ impl<B: Backend> Llama<B> {
             logits: self.head(x),
             hidden_states: states,
         }
+    }
+
+    /// New tokens through the model with a KV cache; returns the final-norm hidden states.
+    ///
+    /// # Shapes
+    /// - `x`: `[batch, new, hidden]`; `positions`: `[batch, new]`
+    /// - `mask`: `[batch, 1, new, cached + new]`, true where attention is forbidden
+    /// - returns `[batch, new, hidden]`
+    pub fn forward_cached(
+        &self,
+        x: Tensor<B, 3>,
+        positions: Tensor<B, 2, Int>,
+        mask: &Tensor<B, 4, Bool>,
+        caches: &mut [KvCache<B>],
+        rope: &Rope<B>,
+    ) -> Tensor<B, 3> {
+        let (cos, sin) = rope.tables(positions);
+        let mut x = x;
+        for (layer, cache) in self.layers.iter().zip(caches.iter_mut()) {
+            x = layer.forward_cached(x, &cos, &sin, mask, cache);
+        }
+        self.norm.forward(x)
+    }
+
+    /// One empty cache per layer.
+    pub fn new_caches(&self) -> Vec<KvCache<B>> {
+        self.layers.iter().map(|_| KvCache::default()).collect()
     }
 
     /// `[batch, seq, hidden]` -> `[batch, seq, vocab]`

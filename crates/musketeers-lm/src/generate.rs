@@ -1,0 +1,202 @@
+//! Batched generation with a KV cache: left padding, a group of samples per prompt from one
+//! prefill, per-sequence stop on eos, sampling log-probabilities.
+
+use crate::error::LmError;
+use crate::llama::Llama;
+use crate::sampling::{Sampler, SamplingConfig};
+use burn::tensor::backend::Backend;
+use burn::tensor::{Bool, Int, Tensor, TensorData};
+use std::time::Instant;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenerationConfig {
+    pub max_new_tokens: usize,
+    /// Samples per prompt; the prompt is prefilled once for all of them.
+    pub num_return_sequences: usize,
+    pub eos_token_ids: Vec<u32>,
+    pub sampling: SamplingConfig,
+}
+
+impl Default for GenerationConfig {
+    fn default() -> Self {
+        Self {
+            max_new_tokens: 64,
+            num_return_sequences: 1,
+            eos_token_ids: Vec::new(),
+            sampling: SamplingConfig::default(),
+        }
+    }
+}
+
+/// Generated tokens of each sequence (prompt-major: prompt 0's samples first).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Generation {
+    /// New tokens, up to and including the first eos.
+    pub tokens: Vec<Vec<u32>>,
+    /// Sampling log-probability of each new token.
+    pub logprobs: Vec<Vec<f32>>,
+    /// Whether each sequence stopped on eos (false: it hit `max_new_tokens`).
+    pub stopped_on_eos: Vec<bool>,
+    pub prefill_tokens: usize,
+    pub prefill_seconds: f64,
+    pub decode_tokens: usize,
+    pub decode_seconds: f64,
+}
+
+/// Generate continuations of `prompts` (token ids, no padding).
+pub fn generate<B: Backend>(
+    model: &Llama<B>,
+    prompts: &[Vec<u32>],
+    config: &GenerationConfig,
+    device: &B::Device,
+) -> Result<Generation, LmError> {
+    let vocab = model.embed_tokens.weight.dims()[0];
+    if prompts.is_empty() || prompts.iter().any(Vec::is_empty) {
+        return Err(LmError::BadInput(
+            "every prompt needs at least one token".into(),
+        ));
+    }
+    if let Some(bad) = prompts.iter().flatten().find(|&&id| id as usize >= vocab) {
+        return Err(LmError::BadInput(format!(
+            "token id {bad} is outside the vocabulary of {vocab}"
+        )));
+    }
+    if config.num_return_sequences == 0 {
+        return Err(LmError::BadInput(
+            "num_return_sequences must be at least 1".into(),
+        ));
+    }
+    let rope = model.rope(device);
+    let (b, width) = (
+        prompts.len(),
+        prompts.iter().map(Vec::len).max().unwrap_or(0),
+    );
+
+    // Prefill: left-padded prompts, positions counted over real tokens only.
+    let start = Instant::now();
+    let mut ids = Vec::with_capacity(b * width);
+    let mut positions = Vec::with_capacity(b * width);
+    let mut real: Vec<Vec<bool>> = Vec::with_capacity(b);
+    for prompt in prompts {
+        let pad = width - prompt.len();
+        ids.extend(std::iter::repeat_n(0i64, pad).chain(prompt.iter().map(|&t| i64::from(t))));
+        positions.extend(std::iter::repeat_n(0i64, pad).chain(0..prompt.len() as i64));
+        real.push(
+            std::iter::repeat_n(false, pad)
+                .chain(std::iter::repeat_n(true, prompt.len()))
+                .collect(),
+        );
+    }
+    let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [b, width]), device);
+    let positions = Tensor::<B, 2, Int>::from_data(TensorData::new(positions, [b, width]), device);
+    let mut caches = model.new_caches();
+    let hidden = model.forward_cached(
+        model.embed(ids),
+        positions,
+        &attention_mask(&real, width, device),
+        &mut caches,
+        &rope,
+    );
+    let [_, _, h] = hidden.dims();
+    let mut last = model.head(hidden.slice([0..b, width - 1..width, 0..h])); // [b, 1, vocab]
+    let prefill_seconds = start.elapsed().as_secs_f64();
+
+    // One row per sample: repeat each prompt's cache, logits and mask G times.
+    let g = config.num_return_sequences;
+    let rows: Vec<usize> = (0..b).flat_map(|p| std::iter::repeat_n(p, g)).collect();
+    for cache in &mut caches {
+        cache.select_rows(&rows);
+    }
+    let index = Tensor::<B, 1, Int>::from_data(
+        TensorData::new(
+            rows.iter().map(|&r| r as i64).collect::<Vec<_>>(),
+            [rows.len()],
+        ),
+        device,
+    );
+    last = last.select(0, index);
+    let mut real: Vec<Vec<bool>> = rows.iter().map(|&p| real[p].clone()).collect();
+    let mut next_position: Vec<i64> = rows.iter().map(|&p| prompts[p].len() as i64).collect();
+    let mut samplers: Vec<Sampler> = (0..rows.len())
+        .map(|s| Sampler::new(&config.sampling, s as u64))
+        .collect();
+
+    let n = rows.len();
+    let mut tokens = vec![Vec::new(); n];
+    let mut logprobs = vec![Vec::new(); n];
+    let mut done = vec![false; n];
+    let start = Instant::now();
+    let mut decode_tokens = 0;
+    for step in 0..config.max_new_tokens {
+        let logits = last
+            .into_data()
+            .to_vec::<f32>()
+            .map_err(|e| LmError::BadInput(format!("logits: {e:?}")))?;
+        let mut step_ids = Vec::with_capacity(n);
+        for row in 0..n {
+            if done[row] {
+                step_ids.push(0);
+                continue;
+            }
+            let (token, logprob) = samplers[row].sample(&logits[row * vocab..(row + 1) * vocab]);
+            tokens[row].push(token);
+            logprobs[row].push(logprob);
+            decode_tokens += 1;
+            done[row] = config.eos_token_ids.contains(&token);
+            step_ids.push(i64::from(token));
+        }
+        if done.iter().all(|d| *d) || step + 1 == config.max_new_tokens {
+            break;
+        }
+        for (row, mask) in real.iter_mut().enumerate() {
+            mask.push(!done[row]);
+        }
+        let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(step_ids, [n, 1]), device);
+        let positions =
+            Tensor::<B, 2, Int>::from_data(TensorData::new(next_position.clone(), [n, 1]), device);
+        next_position.iter_mut().for_each(|p| *p += 1);
+        let width = real[0].len();
+        let hidden = model.forward_cached(
+            model.embed(ids),
+            positions,
+            &decode_mask(&real, width, device),
+            &mut caches,
+            &rope,
+        );
+        last = model.head(hidden);
+    }
+    let stopped_on_eos = tokens
+        .iter()
+        .map(|t| t.last().is_some_and(|x| config.eos_token_ids.contains(x)))
+        .collect();
+    Ok(Generation {
+        tokens,
+        logprobs,
+        stopped_on_eos,
+        prefill_tokens: prompts.iter().map(Vec::len).sum(),
+        prefill_seconds,
+        decode_tokens,
+        decode_seconds: start.elapsed().as_secs_f64(),
+    })
+}
+
+/// Prefill mask `[b, 1, t, t]`: forbidden where the key is in the future or padding.
+fn attention_mask<B: Backend>(
+    real: &[Vec<bool>],
+    t: usize,
+    device: &B::Device,
+) -> Tensor<B, 4, Bool> {
+    let mut data = Vec::with_capacity(real.len() * t * t);
+    for row in real {
+        for i in 0..t {
+            data.extend((0..t).map(|j| j > i || !row[j]));
+        }
+    }
+    Tensor::from_data(TensorData::new(data, [real.len(), 1, t, t]), device)
+}
+
+/// Decode mask `[b, 1, 1, t]`: forbidden where the key is padding.
+fn decode_mask<B: Backend>(real: &[Vec<bool>], t: usize, device: &B::Device) -> Tensor<B, 4, Bool> {
+    let data: Vec<bool> = real.iter().flat_map(|row| row.iter().map(|r| !r)).collect();
+    Tensor::from_data(TensorData::new(data, [real.len(), 1, 1, t]), device)
+}

@@ -1,0 +1,178 @@
+//! Generation with the KV cache against recomputation, padding, groups and seeds.
+
+use burn::tensor::{Int, Tensor, TensorData};
+use burn_flex::Flex;
+use musketeers_lm::generate::{Generation, GenerationConfig, generate};
+use musketeers_lm::sampling::SamplingConfig;
+use musketeers_lm::{Llama, weights};
+use std::path::PathBuf;
+
+type B = Flex;
+
+fn model(name: &str) -> Llama<B> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name);
+    weights::load::<B>(&dir, &Default::default())
+        .expect("fixture loads")
+        .1
+}
+
+/// Greedy decoding by re-running the whole sequence each step, no cache.
+fn greedy_without_cache(model: &Llama<B>, prompt: &[u32], steps: usize) -> Vec<u32> {
+    let mut ids: Vec<i64> = prompt.iter().map(|&t| i64::from(t)).collect();
+    let mut out = Vec::new();
+    for _ in 0..steps {
+        let t = ids.len();
+        let logits = model
+            .forward(
+                Tensor::<B, 2, Int>::from_data(
+                    TensorData::new(ids.clone(), [1, t]),
+                    &Default::default(),
+                ),
+                None,
+                false,
+            )
+            .logits;
+        let last = logits.into_data().to_vec::<f32>().expect("f32");
+        let vocab = last.len() / t;
+        let row = &last[(t - 1) * vocab..];
+        let next = row
+            .iter()
+            .enumerate()
+            .fold(0, |best, (i, v)| if *v > row[best] { i } else { best });
+        out.push(next as u32);
+        ids.push(next as i64);
+    }
+    out
+}
+
+#[test]
+fn cached_greedy_equals_recomputed_greedy() {
+    for name in [
+        "llama-gqa",
+        "qwen2-bias",
+        "qwen3-qk-norm",
+        "llama3-rope-scaling",
+    ] {
+        let model = model(name);
+        let prompt = vec![3, 14, 15, 92, 65];
+        let config = GenerationConfig {
+            max_new_tokens: 12,
+            ..Default::default()
+        };
+        let out = generate(
+            &model,
+            std::slice::from_ref(&prompt),
+            &config,
+            &Default::default(),
+        )
+        .expect("generate");
+        assert_eq!(
+            out.tokens[0],
+            greedy_without_cache(&model, &prompt, 12),
+            "{name}"
+        );
+        assert!(out.logprobs[0].iter().all(|l| *l <= 0.0 && l.is_finite()));
+    }
+}
+
+#[test]
+fn left_padded_batch_equals_single_rows() {
+    let model = model("llama-tied");
+    let prompts = vec![
+        vec![1, 2, 3, 4, 5, 6, 7, 8],
+        vec![9, 10],
+        vec![40, 41, 42, 43],
+    ];
+    let config = GenerationConfig {
+        max_new_tokens: 10,
+        ..Default::default()
+    };
+    let batch = generate(&model, &prompts, &config, &Default::default()).expect("batch");
+    for (i, prompt) in prompts.iter().enumerate() {
+        let single = generate(
+            &model,
+            std::slice::from_ref(prompt),
+            &config,
+            &Default::default(),
+        )
+        .expect("single");
+        assert_eq!(batch.tokens[i], single.tokens[0], "row {i}");
+    }
+}
+
+#[test]
+fn groups_share_a_prefill_and_seeds_reproduce() {
+    let model = model("qwen3-qk-norm");
+    let sampling = SamplingConfig {
+        temperature: 1.0,
+        top_k: None,
+        top_p: Some(0.95),
+        seed: 11,
+    };
+    let config = GenerationConfig {
+        max_new_tokens: 8,
+        num_return_sequences: 4,
+        eos_token_ids: vec![],
+        sampling,
+    };
+    let prompts = vec![vec![5, 6, 7], vec![8, 9]];
+    let a = generate(&model, &prompts, &config, &Default::default()).expect("generate");
+    let b = generate(&model, &prompts, &config, &Default::default()).expect("generate");
+    assert_eq!(
+        a,
+        Generation {
+            prefill_seconds: a.prefill_seconds,
+            decode_seconds: a.decode_seconds,
+            ..b
+        }
+    );
+    assert_eq!(a.tokens.len(), 8);
+    assert_eq!(
+        a.prefill_tokens, 5,
+        "each prompt is prefilled once, not once per sample"
+    );
+    let distinct: std::collections::HashSet<_> = a.tokens[..4].iter().collect();
+    assert!(
+        distinct.len() > 1,
+        "samples of one prompt should differ at temperature 1"
+    );
+}
+
+#[test]
+fn eos_stops_a_row_and_bad_input_is_an_error() {
+    let model = model("llama-gqa");
+    let prompt = vec![3, 14, 15];
+    let free = generate(
+        &model,
+        std::slice::from_ref(&prompt),
+        &GenerationConfig {
+            max_new_tokens: 6,
+            ..Default::default()
+        },
+        &Default::default(),
+    )
+    .expect("generate");
+    let eos = free.tokens[0][2];
+    let config = GenerationConfig {
+        max_new_tokens: 6,
+        eos_token_ids: vec![eos],
+        ..Default::default()
+    };
+    let stopped = generate(
+        &model,
+        std::slice::from_ref(&prompt),
+        &config,
+        &Default::default(),
+    )
+    .expect("generate");
+    let first = free.tokens[0]
+        .iter()
+        .position(|&t| t == eos)
+        .expect("eos appears");
+    assert_eq!(stopped.tokens[0], free.tokens[0][..=first].to_vec());
+    assert!(stopped.stopped_on_eos[0]);
+    assert!(generate(&model, &[vec![]], &config, &Default::default()).is_err());
+    assert!(generate(&model, &[vec![1000]], &config, &Default::default()).is_err());
+}
