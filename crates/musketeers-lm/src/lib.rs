@@ -13,6 +13,7 @@ pub mod generate;
 pub mod llama;
 pub mod rope;
 pub mod sampling;
+pub mod tokenizer;
 pub mod weights;
 
 pub use config::LlamaConfig;

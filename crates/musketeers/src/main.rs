@@ -1,6 +1,7 @@
 //! The `musketeers` command line.
 
 mod backend;
+mod lm;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
@@ -26,6 +27,9 @@ enum Command {
     /// Score answers and sample tasks (reasoning-gym parity).
     #[command(subcommand)]
     Verify(VerifyCommand),
+    /// Run a language model: forward dump, tokenize, generate.
+    #[command(subcommand)]
+    Lm(lm::LmCommand),
     /// Show the compute backends compiled in and measure one matmul on the chosen device.
     Device(backend::DeviceArgs),
 }
@@ -64,6 +68,7 @@ fn main() -> Result<()> {
             config,
         }) => sample(&task, n, seed, &config),
         Command::Device(args) => backend::run(&args),
+        Command::Lm(command) => lm::run(command),
     }
 }
 

@@ -1,0 +1,129 @@
+//! Tokenizers and chat templates from a Hugging Face model directory.
+//!
+//! `tokenizer.json` goes through the `tokenizers` crate; the Jinja chat template of
+//! `tokenizer_config.json` is rendered by `minijinja`, as the ecosystem renders it.
+
+use crate::error::LmError;
+use serde::Serialize;
+use std::path::Path;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ChatMessage {
+    pub role: String,
+    pub content: String,
+}
+
+pub struct TextTokenizer {
+    inner: tokenizers::Tokenizer,
+    chat_template: Option<String>,
+    bos_token: Option<String>,
+    eos_token: Option<String>,
+}
+
+impl std::fmt::Debug for TextTokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TextTokenizer")
+            .field("vocab", &self.inner.get_vocab_size(true))
+            .finish()
+    }
+}
+
+/// A special token in `tokenizer_config.json`: a string or `{"content": ...}`.
+fn token_string(value: Option<&serde_json::Value>) -> Option<String> {
+    match value? {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Object(o) => o.get("content")?.as_str().map(str::to_string),
+        _ => None,
+    }
+}
+
+impl TextTokenizer {
+    /// Load `tokenizer.json` (and `tokenizer_config.json` when present) and check that every
+    /// token id fits the model's vocabulary.
+    pub fn load(dir: &Path, model_vocab: usize) -> Result<Self, LmError> {
+        let path = dir.join("tokenizer.json");
+        let inner = tokenizers::Tokenizer::from_file(&path).map_err(|e| LmError::BadConfig {
+            path: path.clone(),
+            reason: format!("cannot load tokenizer: {e}"),
+        })?;
+        let vocab = inner.get_vocab_size(true);
+        if vocab > model_vocab {
+            return Err(LmError::BadConfig {
+                path,
+                reason: format!(
+                    "tokenizer has {vocab} tokens but the model's vocab_size is {model_vocab}"
+                ),
+            });
+        }
+        let config_path = dir.join("tokenizer_config.json");
+        let config: serde_json::Value = match std::fs::read_to_string(&config_path) {
+            Ok(text) => serde_json::from_str(&text).map_err(|source| LmError::Json {
+                path: config_path.clone(),
+                source,
+            })?,
+            Err(_) => serde_json::Value::Null,
+        };
+        Ok(Self {
+            inner,
+            chat_template: config
+                .get("chat_template")
+                .and_then(|t| t.as_str())
+                .map(str::to_string),
+            bos_token: token_string(config.get("bos_token")),
+            eos_token: token_string(config.get("eos_token")),
+        })
+    }
+
+    pub fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>, LmError> {
+        self.inner
+            .encode(text, add_special_tokens)
+            .map(|e| e.get_ids().to_vec())
+            .map_err(|e| LmError::BadInput(format!("cannot tokenize: {e}")))
+    }
+
+    pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String, LmError> {
+        self.inner
+            .decode(ids, skip_special_tokens)
+            .map_err(|e| LmError::BadInput(format!("cannot decode: {e}")))
+    }
+
+    /// The id of the eos token named in `tokenizer_config.json`, if any.
+    pub fn eos_token_id(&self) -> Option<u32> {
+        self.eos_token
+            .as_deref()
+            .and_then(|t| self.inner.token_to_id(t))
+    }
+
+    /// Render the chat template over `messages`.
+    pub fn apply_chat_template(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+    ) -> Result<String, LmError> {
+        let template = self
+            .chat_template
+            .as_deref()
+            .ok_or_else(|| LmError::BadInput("the tokenizer has no chat_template".into()))?;
+        let mut env = minijinja::Environment::new();
+        env.add_function(
+            "raise_exception",
+            |message: String| -> Result<String, minijinja::Error> {
+                Err(minijinja::Error::new(
+                    minijinja::ErrorKind::InvalidOperation,
+                    message,
+                ))
+            },
+        );
+        env.add_template("chat", template)
+            .map_err(|e| LmError::BadInput(format!("chat_template does not parse: {e}")))?;
+        let context = minijinja::context! {
+            messages => messages,
+            add_generation_prompt => add_generation_prompt,
+            bos_token => self.bos_token.clone().unwrap_or_default(),
+            eos_token => self.eos_token.clone().unwrap_or_default(),
+        };
+        env.get_template("chat")
+            .and_then(|t| t.render(context))
+            .map_err(|e| LmError::BadInput(format!("chat_template failed: {e}")))
+    }
+}

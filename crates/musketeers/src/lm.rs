@@ -1,0 +1,263 @@
+//! `musketeers lm ...`: run a language model from the command line.
+
+use crate::backend::DeviceKind;
+use anyhow::{Context, Result, bail};
+use burn::tensor::backend::Backend;
+use burn::tensor::{Int, Tensor, TensorData};
+use clap::{Args, Subcommand};
+use musketeers_lm::generate::{GenerationConfig, generate};
+use musketeers_lm::sampling::SamplingConfig;
+use musketeers_lm::tokenizer::{ChatMessage, TextTokenizer};
+use musketeers_lm::{Llama, LlamaConfig, weights};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+#[derive(Subcommand, Debug)]
+pub enum LmCommand {
+    /// One forward pass; writes f32 `logits` [T, vocab] and `hidden_states` [layers+1, T, hidden].
+    Forward {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Token ids, comma separated (no BOS is added).
+        #[arg(
+            long,
+            value_delimiter = ',',
+            conflicts_with = "prompt",
+            required_unless_present = "prompt"
+        )]
+        token_ids: Option<Vec<u32>>,
+        /// Text, tokenized with the model's tokenizer.
+        #[arg(long)]
+        prompt: Option<String>,
+        /// Output safetensors file.
+        #[arg(long)]
+        dump: PathBuf,
+    },
+    /// Print the token ids of a text as a JSON array.
+    Tokenize {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[arg(long)]
+        text: String,
+    },
+    /// Generate completions, then print prefill and decode tokens per second.
+    Generate {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[arg(long)]
+        prompt: String,
+        /// Wrap the prompt as a user message in the model's chat template.
+        #[arg(long)]
+        chat: bool,
+        #[arg(long, default_value_t = 64)]
+        max_new_tokens: usize,
+        /// 0 is greedy.
+        #[arg(long, default_value_t = 0.0)]
+        temperature: f32,
+        #[arg(long)]
+        top_p: Option<f32>,
+        #[arg(long)]
+        top_k: Option<usize>,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(long, default_value_t = 1)]
+        num_return_sequences: usize,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct ModelArgs {
+    /// A Hugging Face model directory (config.json, *.safetensors, tokenizer.json).
+    #[arg(long)]
+    model: PathBuf,
+    #[arg(long, value_enum, default_value_t = DeviceKind::Cpu)]
+    device: DeviceKind,
+}
+
+pub fn run(command: LmCommand) -> Result<()> {
+    let device = match &command {
+        LmCommand::Forward { model, .. }
+        | LmCommand::Tokenize { model, .. }
+        | LmCommand::Generate { model, .. } => model.device,
+    };
+    match device {
+        DeviceKind::Cpu => run_on::<burn::backend::Flex>(command, &Default::default()),
+        #[cfg(feature = "cuda")]
+        DeviceKind::Cuda => run_on::<burn::backend::Cuda>(command, &Default::default()),
+        #[cfg(feature = "wgpu")]
+        DeviceKind::Wgpu => run_on::<burn::backend::Wgpu>(command, &Default::default()),
+        #[allow(unreachable_patterns)]
+        other => bail!(
+            "backend {other:?} is not compiled in; rebuild with `--features {}`",
+            format!("{other:?}").to_lowercase()
+        ),
+    }
+}
+
+fn load<B: Backend>(dir: &Path, device: &B::Device) -> Result<(LlamaConfig, Llama<B>)> {
+    let start = Instant::now();
+    let loaded = weights::load::<B>(dir, device)
+        .with_context(|| format!("loading model {}", dir.display()))?;
+    // Progress goes to stderr so stdout stays machine-readable.
+    writeln!(
+        std::io::stderr(),
+        "loaded {} in {:.2}s",
+        dir.display(),
+        start.elapsed().as_secs_f64()
+    )?;
+    Ok(loaded)
+}
+
+fn tokenizer(dir: &Path, vocab: usize) -> Result<TextTokenizer> {
+    TextTokenizer::load(dir, vocab)
+        .with_context(|| format!("loading the tokenizer of {}", dir.display()))
+}
+
+fn run_on<B: Backend>(command: LmCommand, device: &B::Device) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    match command {
+        LmCommand::Tokenize { model, text } => {
+            let config = LlamaConfig::from_file(&model.model.join("config.json"))?;
+            let ids = tokenizer(&model.model, config.vocab_size)?.encode(&text, false)?;
+            writeln!(out, "{}", serde_json::to_string(&ids)?)?;
+        }
+        LmCommand::Forward {
+            model,
+            token_ids,
+            prompt,
+            dump,
+        } => {
+            let (config, llama) = load::<B>(&model.model, device)?;
+            let ids = match (token_ids, prompt) {
+                (Some(ids), _) => ids,
+                (None, Some(text)) => {
+                    tokenizer(&model.model, config.vocab_size)?.encode(&text, true)?
+                }
+                (None, None) => bail!("give --token-ids or --prompt"),
+            };
+            if let Some(bad) = ids.iter().find(|&&id| id as usize >= config.vocab_size) {
+                bail!(
+                    "--token-ids: id {bad} is outside the vocabulary of {}",
+                    config.vocab_size
+                );
+            }
+            if ids.is_empty() {
+                bail!("--token-ids: at least one token is needed");
+            }
+            let t = ids.len();
+            let input = Tensor::<B, 2, Int>::from_data(
+                TensorData::new(
+                    ids.iter().map(|&i| i64::from(i)).collect::<Vec<_>>(),
+                    [1, t],
+                ),
+                device,
+            );
+            let output = llama.forward(input, None, true);
+            let logits = output
+                .logits
+                .into_data()
+                .to_vec::<f32>()
+                .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+            let mut hidden = Vec::new();
+            for state in output.hidden_states {
+                hidden.extend(
+                    state
+                        .into_data()
+                        .to_vec::<f32>()
+                        .map_err(|e| anyhow::anyhow!("{e:?}"))?,
+                );
+            }
+            write_dump(
+                &dump,
+                &[
+                    ("logits", vec![t, config.vocab_size], logits),
+                    (
+                        "hidden_states",
+                        vec![config.num_layers + 1, t, config.hidden_size],
+                        hidden,
+                    ),
+                ],
+            )?;
+            writeln!(out, "wrote {}", dump.display())?;
+        }
+        LmCommand::Generate {
+            model,
+            prompt,
+            chat,
+            max_new_tokens,
+            temperature,
+            top_p,
+            top_k,
+            seed,
+            num_return_sequences,
+        } => {
+            let (config, llama) = load::<B>(&model.model, device)?;
+            let tok = tokenizer(&model.model, config.vocab_size)?;
+            let text = if chat {
+                tok.apply_chat_template(
+                    &[ChatMessage {
+                        role: "user".into(),
+                        content: prompt,
+                    }],
+                    true,
+                )?
+            } else {
+                prompt
+            };
+            let ids = tok.encode(&text, !chat)?;
+            let mut eos = config.eos_token_ids.clone();
+            eos.extend(tok.eos_token_id());
+            let generation_config = GenerationConfig {
+                max_new_tokens,
+                num_return_sequences,
+                eos_token_ids: eos,
+                sampling: SamplingConfig {
+                    temperature,
+                    top_k,
+                    top_p,
+                    seed,
+                },
+            };
+            let result = generate(&llama, &[ids], &generation_config, device)?;
+            for (i, tokens) in result.tokens.iter().enumerate() {
+                writeln!(out, "--- completion {i} ---\n{}", tok.decode(tokens, true)?)?;
+            }
+            writeln!(
+                out,
+                "prefill: {} tokens at {:.1} tokens/s; decode: {} tokens at {:.1} tokens/s",
+                result.prefill_tokens,
+                result.prefill_tokens as f64 / result.prefill_seconds.max(1e-9),
+                result.decode_tokens,
+                result.decode_tokens as f64 / result.decode_seconds.max(1e-9)
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// Write f32 tensors to a safetensors file.
+fn write_dump(path: &Path, tensors: &[(&str, Vec<usize>, Vec<f32>)]) -> Result<()> {
+    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+        .iter()
+        .map(|(n, s, v)| {
+            (
+                n.to_string(),
+                s.clone(),
+                v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            )
+        })
+        .collect();
+    let views = bytes
+        .iter()
+        .map(|(n, s, b)| {
+            Ok((
+                n.clone(),
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)?,
+            ))
+        })
+        .collect::<Result<Vec<_>, safetensors::SafeTensorError>>()?;
+    safetensors::serialize_to_file(views, None, path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
