@@ -1,0 +1,83 @@
+//! Prefill and decode tokens per second of a SmolLM2-135M-shaped model (random weights, f32)
+//! on the CPU backend, at batch 1, 8 and 32, beside this machine's matmul rate measured in the
+//! same run. One JSON object per line; `cargo xtask bench lm` sets them beside transformers.
+
+#![allow(clippy::print_stdout)] // a benchmark reports on stdout
+
+use burn::tensor::{Distribution, Tensor};
+use burn_flex::Flex;
+use musketeers_lm::LlamaConfig;
+use musketeers_lm::generate::{GenerationConfig, generate};
+use musketeers_lm::sampling::SamplingConfig;
+use std::time::Instant;
+
+type B = Flex;
+
+fn smollm2_135m() -> LlamaConfig {
+    LlamaConfig {
+        vocab_size: 49152,
+        hidden_size: 576,
+        intermediate_size: 1536,
+        num_layers: 30,
+        num_heads: 9,
+        num_kv_heads: 3,
+        head_dim: 64,
+        rms_norm_eps: 1e-5,
+        rope_theta: 100_000.0,
+        rope_scaling: None,
+        tie_word_embeddings: true,
+        qkv_bias: false,
+        o_bias: false,
+        mlp_bias: false,
+        qk_norm: false,
+        eos_token_ids: Vec::new(),
+    }
+}
+
+fn matmul_gflops(n: usize) -> f64 {
+    let device = Default::default();
+    let a = Tensor::<B, 2>::random([n, n], Distribution::Default, &device);
+    let b = Tensor::<B, 2>::random([n, n], Distribution::Default, &device);
+    let _ = a.clone().matmul(b.clone()).into_data();
+    let best = (0..5)
+        .map(|_| {
+            let start = Instant::now();
+            let _ = a.clone().matmul(b.clone()).into_data();
+            start.elapsed().as_secs_f64()
+        })
+        .fold(f64::INFINITY, f64::min);
+    2.0 * (n as f64).powi(3) / best / 1e9
+}
+
+fn main() {
+    let batches: Vec<usize> = std::env::var("BENCH_BATCHES")
+        .ok()
+        .map(|s| s.split(',').filter_map(|b| b.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![1, 8, 32]);
+    let new_tokens: usize = std::env::var("BENCH_NEW_TOKENS").ok().and_then(|s| s.parse().ok()).unwrap_or(64);
+    let prompt_len = 32;
+    println!("{}", serde_json::json!({"matmul_gflops_1024": matmul_gflops(1024)}));
+    let device = Default::default();
+    let model = smollm2_135m().init::<B>(&device);
+    for batch in batches {
+        let prompts: Vec<Vec<u32>> = (0..batch).map(|b| (0..prompt_len).map(|i| ((b * 131 + i * 17) % 49_000) as u32).collect()).collect();
+        let config = GenerationConfig {
+            max_new_tokens: new_tokens,
+            num_return_sequences: 1,
+            eos_token_ids: Vec::new(),
+            sampling: SamplingConfig { temperature: 1.0, top_k: None, top_p: None, seed: 0 },
+        };
+        // Warm-up at a short length, then the measured run.
+        let _ = generate(&model, &prompts, &GenerationConfig { max_new_tokens: 2, ..config.clone() }, &device);
+        let out = generate(&model, &prompts, &config, &device).expect("generation runs");
+        println!(
+            "{}",
+            serde_json::json!({
+                "batch": batch,
+                "prefill_tokens_per_sec": out.prefill_tokens as f64 / out.prefill_seconds,
+                "decode_tokens_per_sec": out.decode_tokens as f64 / out.decode_seconds,
+                "new_tokens": new_tokens,
+            })
+        );
+    }
+}
