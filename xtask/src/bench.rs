@@ -36,7 +36,11 @@ pub enum Bench {
 pub fn run(bench: Bench) -> Result<()> {
     match bench {
         Bench::Verify { seconds, no_python } => verify(seconds, no_python),
-        Bench::Lm { batches, new_tokens, no_python } => lm(&batches, new_tokens, no_python),
+        Bench::Lm {
+            batches,
+            new_tokens,
+            no_python,
+        } => lm(&batches, new_tokens, no_python),
     }
 }
 
@@ -136,37 +140,83 @@ fn verify(seconds: f64, no_python: bool) -> Result<()> {
 
 fn lm(batches: &str, new_tokens: usize, no_python: bool) -> Result<()> {
     let text = std::process::Command::new("cargo")
-        .args(["bench", "--quiet", "-p", "musketeers-lm", "--bench", "generation"])
+        .args([
+            "bench",
+            "--quiet",
+            "-p",
+            "musketeers-lm",
+            "--bench",
+            "generation",
+        ])
         .env("BENCH_BATCHES", batches)
         .env("BENCH_NEW_TOKENS", new_tokens.to_string())
         .current_dir(root())
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())?;
-    let lines: Vec<Value> = text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
-    let gflops = lines.iter().find_map(|l| l["matmul_gflops_1024"].as_f64()).context("the bench printed no matmul rate")?;
+    let lines: Vec<Value> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let gflops = lines
+        .iter()
+        .find_map(|l| l["matmul_gflops_1024"].as_f64())
+        .context("the bench printed no matmul rate")?;
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let reference: Vec<Value> = if no_python {
         Vec::new()
     } else {
         let python = venv("bench-venv-lm", &["torch", "transformers", "safetensors"])?;
         let script = root().join("scripts/bench/transformers_generate.py");
-        output(&python, &[&script.to_string_lossy(), batches, &new_tokens.to_string(), &threads.to_string()], None)?
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect()
+        output(
+            &python,
+            &[
+                &script.to_string_lossy(),
+                batches,
+                &new_tokens.to_string(),
+                &threads.to_string(),
+            ],
+            None,
+        )?
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
     };
     let mut out = std::io::stdout().lock();
-    writeln!(out, "SmolLM2-135M shape, f32, CPU ({threads} threads), {new_tokens} sampled tokens; matmul 1024^3: {gflops:.0} GFLOP/s")?;
-    writeln!(out, "{:>5} {:>14} {:>14} {:>14} {:>14} {:>8}", "batch", "prefill tok/s", "hf prefill", "decode tok/s", "hf decode", "decode x")?;
+    writeln!(
+        out,
+        "SmolLM2-135M shape, f32, CPU ({threads} threads), {new_tokens} sampled tokens; matmul 1024^3: {gflops:.0} GFLOP/s"
+    )?;
+    writeln!(
+        out,
+        "{:>5} {:>14} {:>14} {:>14} {:>14} {:>8}",
+        "batch", "prefill tok/s", "hf prefill", "decode tok/s", "hf decode", "decode x"
+    )?;
     for line in lines.iter().filter(|l| l.get("batch").is_some()) {
         let batch = line["batch"].as_u64().unwrap_or(0);
-        let hf = reference.iter().find(|r| r["batch"].as_u64() == Some(batch));
+        let hf = reference
+            .iter()
+            .find(|r| r["batch"].as_u64() == Some(batch));
         let f = |v: Option<&Value>, k: &str| v.and_then(|v| v[k].as_f64());
         let show = |x: Option<f64>| x.map_or("-".to_string(), |x| format!("{x:.1}"));
-        let (p, d) = (f(Some(line), "prefill_tokens_per_sec"), f(Some(line), "decode_tokens_per_sec"));
-        let (hp, hd) = (f(hf, "prefill_tokens_per_sec"), f(hf, "decode_tokens_per_sec"));
-        let ratio = d.zip(hd).map_or("-".to_string(), |(a, b)| format!("{:.2}x", a / b));
-        writeln!(out, "{batch:>5} {:>14} {:>14} {:>14} {:>14} {ratio:>8}", show(p), show(hp), show(d), show(hd))?;
+        let (p, d) = (
+            f(Some(line), "prefill_tokens_per_sec"),
+            f(Some(line), "decode_tokens_per_sec"),
+        );
+        let (hp, hd) = (
+            f(hf, "prefill_tokens_per_sec"),
+            f(hf, "decode_tokens_per_sec"),
+        );
+        let ratio = d
+            .zip(hd)
+            .map_or("-".to_string(), |(a, b)| format!("{:.2}x", a / b));
+        writeln!(
+            out,
+            "{batch:>5} {:>14} {:>14} {:>14} {:>14} {ratio:>8}",
+            show(p),
+            show(hp),
+            show(d),
+            show(hd)
+        )?;
     }
     Ok(())
 }

@@ -54,21 +54,46 @@ fn main() {
         .ok()
         .map(|s| s.split(',').filter_map(|b| b.trim().parse().ok()).collect())
         .unwrap_or_else(|| vec![1, 8, 32]);
-    let new_tokens: usize = std::env::var("BENCH_NEW_TOKENS").ok().and_then(|s| s.parse().ok()).unwrap_or(64);
+    let new_tokens: usize = std::env::var("BENCH_NEW_TOKENS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(64);
     let prompt_len = 32;
-    println!("{}", serde_json::json!({"matmul_gflops_1024": matmul_gflops(1024)}));
+    println!(
+        "{}",
+        serde_json::json!({"matmul_gflops_1024": matmul_gflops(1024)})
+    );
     let device = Default::default();
     let model = smollm2_135m().init::<B>(&device);
     for batch in batches {
-        let prompts: Vec<Vec<u32>> = (0..batch).map(|b| (0..prompt_len).map(|i| ((b * 131 + i * 17) % 49_000) as u32).collect()).collect();
+        let prompts: Vec<Vec<u32>> = (0..batch)
+            .map(|b| {
+                (0..prompt_len)
+                    .map(|i| ((b * 131 + i * 17) % 49_000) as u32)
+                    .collect()
+            })
+            .collect();
         let config = GenerationConfig {
             max_new_tokens: new_tokens,
             num_return_sequences: 1,
             eos_token_ids: Vec::new(),
-            sampling: SamplingConfig { temperature: 1.0, top_k: None, top_p: None, seed: 0 },
+            sampling: SamplingConfig {
+                temperature: 1.0,
+                top_k: None,
+                top_p: None,
+                seed: 0,
+            },
         };
         // Warm-up at a short length, then the measured run.
-        let _ = generate(&model, &prompts, &GenerationConfig { max_new_tokens: 2, ..config.clone() }, &device);
+        let _ = generate(
+            &model,
+            &prompts,
+            &GenerationConfig {
+                max_new_tokens: 2,
+                ..config.clone()
+            },
+            &device,
+        );
         let out = generate(&model, &prompts, &config, &device).expect("generation runs");
         println!(
             "{}",

@@ -34,14 +34,29 @@ fn dir(name: &str, config: Option<&str>) -> std::path::PathBuf {
 fn encodes_decodes_and_renders_chatml() {
     let dir = dir("ok", Some(CONFIG));
     let tok = TextTokenizer::load(&dir, 7).expect("load");
-    assert_eq!(tok.encode("hello world", false).expect("encode"), vec![4, 5]);
+    assert_eq!(
+        tok.encode("hello world", false).expect("encode"),
+        vec![4, 5]
+    );
     assert_eq!(tok.encode("hello moon", false).expect("encode"), vec![4, 6]);
     assert_eq!(tok.eos_token_id(), Some(1));
     let text = tok
-        .apply_chat_template(&[ChatMessage { role: "user".into(), content: "hello".into() }], true)
+        .apply_chat_template(
+            &[ChatMessage {
+                role: "user".into(),
+                content: "hello".into(),
+            }],
+            true,
+        )
         .expect("template");
-    assert_eq!(text, "<|im_start|>user\nhello<|im_end|>\n<|im_start|>assistant\n");
-    assert_eq!(tok.encode(&text, false).expect("encode"), vec![0, 2, 4, 1, 0, 3]);
+    assert_eq!(
+        text,
+        "<|im_start|>user\nhello<|im_end|>\n<|im_start|>assistant\n"
+    );
+    assert_eq!(
+        tok.encode(&text, false).expect("encode"),
+        vec![0, 2, 4, 1, 0, 3]
+    );
     assert_eq!(tok.decode(&[4, 1, 5], true).expect("decode"), "hello world");
     std::fs::remove_dir_all(&dir).ok();
 }
@@ -49,8 +64,13 @@ fn encodes_decodes_and_renders_chatml() {
 #[test]
 fn vocabulary_mismatch_and_missing_template_are_errors() {
     let dir = dir("small", None);
-    let err = TextTokenizer::load(&dir, 5).expect_err("7 tokens do not fit 5").to_string();
-    assert!(err.contains("tokenizer.json") && err.contains("vocab_size is 5"), "{err}");
+    let err = TextTokenizer::load(&dir, 5)
+        .expect_err("7 tokens do not fit 5")
+        .to_string();
+    assert!(
+        err.contains("tokenizer.json") && err.contains("vocab_size is 5"),
+        "{err}"
+    );
     let tok = TextTokenizer::load(&dir, 7).expect("load");
     assert!(tok.apply_chat_template(&[], true).is_err());
     std::fs::write(dir.join("tokenizer.json"), "{ not json").expect("write");

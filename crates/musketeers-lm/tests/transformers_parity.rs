@@ -179,3 +179,44 @@ fn bad_checkpoints_are_named_errors() {
     assert!(err.contains("config.json"), "{err}");
     std::fs::remove_dir_all(&tmp).ok();
 }
+
+#[test]
+fn embeddings_input_equals_ids_and_soft_prefix_is_attended() {
+    let device = Default::default();
+    let (config, model) = weights::load::<B>(&fixture("llama-gqa"), &device).expect("load");
+    let ids = Tensor::<B, 2, Int>::from_data(
+        TensorData::new(vec![4i64, 8, 15, 16, 23, 42], [1, 6]),
+        &device,
+    );
+    let by_ids = model
+        .forward(ids.clone(), None, false)
+        .logits
+        .into_data()
+        .to_vec::<f32>()
+        .expect("f32");
+    let by_embeddings = model
+        .forward_embeddings(model.embed(ids.clone()), None, false)
+        .logits
+        .into_data()
+        .to_vec::<f32>()
+        .expect("f32");
+    assert_eq!(by_ids, by_embeddings);
+    // Two soft context tokens in front of the prompt: the prompt's logits must change.
+    let prefix = Tensor::<B, 3>::random(
+        [1, 2, config.hidden_size],
+        burn::tensor::Distribution::Normal(0.0, 1.0),
+        &device,
+    );
+    let with_prefix = model
+        .forward_embeddings(Tensor::cat(vec![prefix, model.embed(ids)], 1), None, false)
+        .logits;
+    let tail = with_prefix
+        .slice([0..1, 2..8, 0..config.vocab_size])
+        .into_data()
+        .to_vec::<f32>()
+        .expect("f32");
+    assert!(
+        relative_error(&tail, &by_ids) > 1e-3,
+        "the soft prefix had no effect"
+    );
+}
