@@ -59,6 +59,20 @@ impl Sampler {
     }
 
     fn draw(&mut self, scaled: &[f32], log_z: f32) -> usize {
+        let filtered =
+            self.config.top_k.is_some_and(|k| k > 0) || self.config.top_p.is_some_and(|p| p < 1.0);
+        if !filtered {
+            // Plain temperature sampling needs no sort over the vocabulary: invert the CDF.
+            let mut u = self.rng.random::<f32>();
+            for (i, l) in scaled.iter().enumerate() {
+                let q = (l - log_z).exp();
+                if u < q {
+                    return i;
+                }
+                u -= q;
+            }
+            return argmax(scaled);
+        }
         let mut order: Vec<usize> = (0..scaled.len()).collect();
         order.sort_unstable_by(|&a, &b| scaled[b].total_cmp(&scaled[a]).then(a.cmp(&b)));
         if let Some(k) = self.config.top_k.filter(|k| *k > 0) {
