@@ -4,12 +4,10 @@
 
 #![allow(clippy::print_stdout)] // a benchmark reports on stdout
 
-use burn::tensor::{Distribution, Tensor};
 use burn_flex::Flex;
 use musketeers_lm::LlamaConfig;
 use musketeers_lm::generate::{GenerationConfig, generate};
 use musketeers_lm::sampling::SamplingConfig;
-use std::time::Instant;
 
 type B = Flex;
 
@@ -34,21 +32,6 @@ fn smollm2_135m() -> LlamaConfig {
     }
 }
 
-fn matmul_gflops(n: usize) -> f64 {
-    let device = Default::default();
-    let a = Tensor::<B, 2>::random([n, n], Distribution::Default, &device);
-    let b = Tensor::<B, 2>::random([n, n], Distribution::Default, &device);
-    let _ = a.clone().matmul(b.clone()).into_data();
-    let best = (0..5)
-        .map(|_| {
-            let start = Instant::now();
-            let _ = a.clone().matmul(b.clone()).into_data();
-            start.elapsed().as_secs_f64()
-        })
-        .fold(f64::INFINITY, f64::min);
-    2.0 * (n as f64).powi(3) / best / 1e9
-}
-
 fn main() {
     let batches: Vec<usize> = std::env::var("BENCH_BATCHES")
         .ok()
@@ -61,7 +44,7 @@ fn main() {
     let prompt_len = 32;
     println!(
         "{}",
-        serde_json::json!({"matmul_gflops_1024": matmul_gflops(1024)})
+        serde_json::json!({"matmul_gflops_1024": musketeers_lm::perf::matmul_gflops::<B>(1024, &Default::default())})
     );
     let device = Default::default();
     let model = smollm2_135m().init::<B>(&device);

@@ -11,6 +11,7 @@ pub mod config;
 pub mod error;
 pub mod generate;
 pub mod llama;
+pub mod perf;
 pub mod rope;
 pub mod sampling;
 pub mod tokenizer;

@@ -2,10 +2,8 @@
 //! `B: Backend`; this binary picks Flex (CPU, always compiled), CUDA or wgpu by feature.
 
 use anyhow::{Result, bail};
-use burn::tensor::backend::Backend;
-use burn::tensor::{Distribution, Tensor};
+use musketeers_lm::perf::matmul_gflops;
 use std::io::Write;
-use std::time::Instant;
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DeviceKind {
@@ -39,11 +37,11 @@ pub fn run(args: &DeviceArgs) -> Result<()> {
     let mut out = std::io::stdout().lock();
     writeln!(out, "compiled backends: {}", compiled_backends().join(", "))?;
     let gflops = match args.device {
-        DeviceKind::Cpu => matmul_rate::<burn::backend::Flex>(&Default::default(), args.size),
+        DeviceKind::Cpu => matmul_gflops::<burn::backend::Flex>(args.size, &Default::default()),
         #[cfg(feature = "cuda")]
-        DeviceKind::Cuda => matmul_rate::<burn::backend::Cuda>(&Default::default(), args.size),
+        DeviceKind::Cuda => matmul_gflops::<burn::backend::Cuda>(args.size, &Default::default()),
         #[cfg(feature = "wgpu")]
-        DeviceKind::Wgpu => matmul_rate::<burn::backend::Wgpu>(&Default::default(), args.size),
+        DeviceKind::Wgpu => matmul_gflops::<burn::backend::Wgpu>(args.size, &Default::default()),
         #[allow(unreachable_patterns)]
         other => bail!(
             "backend {other:?} is not compiled in; rebuild with `--features {}`",
@@ -57,19 +55,4 @@ pub fn run(args: &DeviceArgs) -> Result<()> {
         n = args.size
     )?;
     Ok(())
-}
-
-/// f32 GFLOP/s of an n x n x n matmul, best of five after a warm-up.
-fn matmul_rate<B: Backend>(device: &B::Device, n: usize) -> f64 {
-    let a = Tensor::<B, 2>::random([n, n], Distribution::Default, device);
-    let b = Tensor::<B, 2>::random([n, n], Distribution::Default, device);
-    let _ = a.clone().matmul(b.clone()).into_data();
-    let best = (0..5)
-        .map(|_| {
-            let start = Instant::now();
-            let _ = a.clone().matmul(b.clone()).into_data();
-            start.elapsed().as_secs_f64()
-        })
-        .fold(f64::INFINITY, f64::min);
-    2.0 * (n as f64).powi(3) / best / 1e9
 }
