@@ -80,6 +80,10 @@ impl<B: Backend> Attention<B> {
     }
 
     /// Scaled dot-product attention over (possibly cached) keys. Returns `[b, t_q, hidden]`.
+    ///
+    /// Grouped-query attention without repeating keys and values: the `n_rep` query heads that
+    /// share a key/value head are stacked along the query axis, so each group is one matmul
+    /// against its keys (fewer, larger matmuls and no K/V copies).
     fn attend(
         &self,
         q: Tensor<B, 4>,
@@ -88,11 +92,17 @@ impl<B: Backend> Attention<B> {
         mask: &Tensor<B, 4, Bool>,
     ) -> Tensor<B, 3> {
         let [b, h, t, d] = q.dims();
-        let n_rep = h / self.num_kv_heads;
-        let (k, v) = (repeat_kv(k, n_rep), repeat_kv(v, n_rep)); // [b, h, t_k, d]
-        let scores = q.matmul(k.swap_dims(2, 3)) / (d as f64).sqrt(); // [b, h, t, t_k]
-        let scores = scores.mask_fill(mask.clone(), MASKED);
-        let out = softmax(scores, 3).matmul(v); // [b, h, t, d]
+        let kv = self.num_kv_heads;
+        let n_rep = h / kv;
+        let q = q.reshape([b, kv, n_rep * t, d]); // [b, kv, n_rep * t, d], rows (rep, t)
+        let mask = if n_rep == 1 {
+            mask.clone()
+        } else {
+            mask.clone().repeat_dim(2, n_rep)
+        }; // [b, 1, n_rep * t, t_k]
+        let scores = q.matmul(k.swap_dims(2, 3)) / (d as f64).sqrt(); // [b, kv, n_rep * t, t_k]
+        let scores = scores.mask_fill(mask, MASKED);
+        let out = softmax(scores, 3).matmul(v).reshape([b, h, t, d]); // [b, h, t, d]
         self.o_proj
             .forward(out.swap_dims(1, 2).reshape([b, t, h * d]))
     }
@@ -100,20 +110,6 @@ impl<B: Backend> Attention<B> {
 
 /// Large and finite, so a row with every key masked (a pad query) stays finite.
 const MASKED: f32 = -1e30;
-
-/// Repeat each key/value head `n_rep` times for grouped-query attention.
-///
-/// # Shapes
-/// `[batch, kv_heads, seq, d]` -> `[batch, kv_heads * n_rep, seq, d]`
-pub fn repeat_kv<B: Backend>(x: Tensor<B, 4>, n_rep: usize) -> Tensor<B, 4> {
-    if n_rep == 1 {
-        return x;
-    }
-    let [b, kv, t, d] = x.dims();
-    x.unsqueeze_dim::<5>(2)
-        .repeat_dim(2, n_rep)
-        .reshape([b, kv * n_rep, t, d])
-}
 
 /// SwiGLU feed-forward.
 #[derive(Module, Debug)]
