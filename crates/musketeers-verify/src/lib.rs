@@ -44,10 +44,6 @@ pub fn score_answer(dataset: &str, answer: Option<&str>, entry: &Entry) -> Resul
 
 /// Score a raw completion: extract its answer by the dataset's convention, then score it.
 pub fn score_completion(dataset: &str, completion: &str, entry: &Entry) -> Result<f64, TaskError> {
-    let answer = if dataset == gsm8k::NAME {
-        extract::extract_gsm8k_answer(completion)
-    } else {
-        extract::extract_answer_tag(completion)
-    };
+    let answer = extract::extract_for_dataset(dataset, completion);
     score_answer(dataset, answer.as_deref(), entry)
 }

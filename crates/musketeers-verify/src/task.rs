@@ -69,11 +69,7 @@ pub trait Task: Send + Sync {
             .get("source_dataset")
             .and_then(|v| v.as_str())
             .unwrap_or(self.name());
-        let answer = if dataset == gsm8k::NAME {
-            extract::extract_gsm8k_answer(completion)
-        } else {
-            extract::extract_answer_tag(completion)
-        };
+        let answer = extract::extract_for_dataset(dataset, completion);
         self.score(answer.as_deref(), entry)
     }
 }
