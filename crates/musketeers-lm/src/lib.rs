@@ -3,6 +3,7 @@
 //!
 //! - [`config`]: `config.json` as Hugging Face writes it, resolved into [`LlamaConfig`].
 //! - [`llama`]: the Llama family (Llama 2/3, SmolLM2, Qwen2/2.5, Qwen3) in one implementation.
+//! - [`lora`]: LoRA adapters on a frozen base, in PEFT's file layout.
 //! - [`rope`]: rotary embeddings (rotate-half, per-row positions, Llama 3 scaling).
 //! - [`weights`]: safetensors checkpoints (single or sharded; f32, f16, bf16).
 
@@ -11,6 +12,7 @@ pub mod config;
 pub mod error;
 pub mod generate;
 pub mod llama;
+pub mod lora;
 pub mod perf;
 pub mod rope;
 pub mod sampling;
@@ -20,3 +22,4 @@ pub mod weights;
 pub use config::LlamaConfig;
 pub use error::LmError;
 pub use llama::{Llama, ModelOutput};
+pub use lora::LoraConfig;

@@ -4,6 +4,7 @@
 
 use crate::cache::KvCache;
 use crate::config::LlamaConfig;
+use crate::lora::LoraLinear;
 use crate::rope::{self, Rope};
 use burn::module::{Module, Param};
 use burn::nn::{Embedding, Linear, RmsNorm};
@@ -14,10 +15,10 @@ use burn::tensor::{Bool, Int, Tensor};
 /// Query/key/value projections, grouped-query attention, output projection.
 #[derive(Module, Debug)]
 pub struct Attention<B: Backend> {
-    pub q_proj: Linear<B>,
-    pub k_proj: Linear<B>,
-    pub v_proj: Linear<B>,
-    pub o_proj: Linear<B>,
+    pub q_proj: LoraLinear<B>,
+    pub k_proj: LoraLinear<B>,
+    pub v_proj: LoraLinear<B>,
+    pub o_proj: LoraLinear<B>,
     pub q_norm: Option<RmsNorm<B>>,
     pub k_norm: Option<RmsNorm<B>>,
     pub num_heads: usize,
@@ -114,9 +115,9 @@ const MASKED: f32 = -1e30;
 /// SwiGLU feed-forward.
 #[derive(Module, Debug)]
 pub struct Mlp<B: Backend> {
-    pub gate_proj: Linear<B>,
-    pub up_proj: Linear<B>,
-    pub down_proj: Linear<B>,
+    pub gate_proj: LoraLinear<B>,
+    pub up_proj: LoraLinear<B>,
+    pub down_proj: LoraLinear<B>,
 }
 
 impl<B: Backend> Mlp<B> {
@@ -322,6 +323,7 @@ impl LlamaConfig {
     pub fn init<B: Backend>(&self, device: &B::Device) -> Llama<B> {
         use burn::nn::{EmbeddingConfig, LinearConfig, RmsNormConfig};
         let linear = |i, o, bias| LinearConfig::new(i, o).with_bias(bias).init(device);
+        let proj = |i, o, bias| LoraLinear::from(linear(i, o, bias));
         let norm = |d| {
             RmsNormConfig::new(d)
                 .with_epsilon(self.rms_norm_eps)
@@ -332,10 +334,10 @@ impl LlamaConfig {
             .map(|_| DecoderLayer {
                 input_layernorm: norm(self.hidden_size),
                 self_attn: Attention {
-                    q_proj: linear(self.hidden_size, h * d, self.qkv_bias),
-                    k_proj: linear(self.hidden_size, kv * d, self.qkv_bias),
-                    v_proj: linear(self.hidden_size, kv * d, self.qkv_bias),
-                    o_proj: linear(h * d, self.hidden_size, self.o_bias),
+                    q_proj: proj(self.hidden_size, h * d, self.qkv_bias),
+                    k_proj: proj(self.hidden_size, kv * d, self.qkv_bias),
+                    v_proj: proj(self.hidden_size, kv * d, self.qkv_bias),
+                    o_proj: proj(h * d, self.hidden_size, self.o_bias),
                     q_norm: self.qk_norm.then(|| norm(d)),
                     k_norm: self.qk_norm.then(|| norm(d)),
                     num_heads: h,
@@ -344,9 +346,9 @@ impl LlamaConfig {
                 },
                 post_attention_layernorm: norm(self.hidden_size),
                 mlp: Mlp {
-                    gate_proj: linear(self.hidden_size, self.intermediate_size, self.mlp_bias),
-                    up_proj: linear(self.hidden_size, self.intermediate_size, self.mlp_bias),
-                    down_proj: linear(self.intermediate_size, self.hidden_size, self.mlp_bias),
+                    gate_proj: proj(self.hidden_size, self.intermediate_size, self.mlp_bias),
+                    up_proj: proj(self.hidden_size, self.intermediate_size, self.mlp_bias),
+                    down_proj: proj(self.intermediate_size, self.hidden_size, self.mlp_bias),
                 },
             })
             .collect();

@@ -9,14 +9,99 @@ use crate::llama::{Llama, set_param};
 use burn::nn::{Linear, RmsNorm};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
+use safetensors::tensor::Metadata;
 use safetensors::{Dtype, SafeTensors};
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
-/// The raw bytes of each shard and where each tensor lives.
+/// One safetensors file, read whole, its header parsed and validated once.
+pub(crate) struct SafetensorsFile {
+    path: PathBuf,
+    bytes: Vec<u8>,
+    /// Where the tensor data starts in `bytes`.
+    data_start: usize,
+    metadata: Metadata,
+}
+
+impl SafetensorsFile {
+    pub(crate) fn open(path: &Path) -> Result<Self, LmError> {
+        let bytes = std::fs::read(path).map_err(|source| LmError::Io {
+            path: path.into(),
+            source,
+        })?;
+        Self::parse(path, bytes)
+    }
+
+    /// Checks the header and that the data covers every tensor (a truncated file fails here).
+    pub(crate) fn parse(path: &Path, bytes: Vec<u8>) -> Result<Self, LmError> {
+        let (header_len, metadata) =
+            SafeTensors::read_metadata(&bytes).map_err(|e| LmError::BadSafetensors {
+                path: path.into(),
+                reason: e.to_string(),
+            })?;
+        Ok(Self {
+            path: path.into(),
+            bytes,
+            data_start: 8 + header_len,
+            metadata,
+        })
+    }
+
+    pub(crate) fn names(&self) -> Vec<String> {
+        self.metadata.offset_keys()
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.metadata.tensors().len()
+    }
+
+    /// The tensor `name` as f32, row-major, checked against `shape`.
+    pub(crate) fn read_f32(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>, LmError> {
+        let info = self
+            .metadata
+            .info(name)
+            .ok_or_else(|| LmError::MissingTensor {
+                name: name.into(),
+                dir: self.path.clone(),
+            })?;
+        if info.shape != shape {
+            return Err(LmError::WrongShape {
+                path: self.path.clone(),
+                name: name.into(),
+                actual: info.shape.clone(),
+                expected: shape.to_vec(),
+            });
+        }
+        let (start, end) = info.data_offsets;
+        let data = &self.bytes[self.data_start + start..self.data_start + end];
+        Ok(match info.dtype {
+            Dtype::F32 => data
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+            Dtype::F16 => data
+                .chunks_exact(2)
+                .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
+            Dtype::BF16 => data
+                .chunks_exact(2)
+                .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
+            other => {
+                return Err(LmError::UnsupportedDtype {
+                    path: self.path.clone(),
+                    name: name.into(),
+                    dtype: format!("{other:?}"),
+                });
+            }
+        })
+    }
+}
+
+/// The shards of a checkpoint and where each tensor lives.
 struct Checkpoint {
     dir: PathBuf,
-    files: Vec<(PathBuf, Vec<u8>)>,
+    files: Vec<SafetensorsFile>,
     index: HashMap<String, usize>,
     used: BTreeSet<String>,
 }
@@ -52,24 +137,11 @@ impl Checkpoint {
         let mut files = Vec::new();
         let mut index = HashMap::new();
         for name in shard_names {
-            let path = dir.join(&name);
-            let bytes = std::fs::read(&path).map_err(|source| LmError::Io {
-                path: path.clone(),
-                source,
-            })?;
-            let names = SafeTensors::deserialize(&bytes)
-                .map_err(|e| LmError::BadSafetensors {
-                    path: path.clone(),
-                    reason: e.to_string(),
-                })?
-                .names()
-                .into_iter()
-                .map(str::to_string)
-                .collect::<Vec<_>>();
-            for tensor in names {
+            let file = SafetensorsFile::open(&dir.join(&name))?;
+            for tensor in file.names() {
                 index.insert(tensor, files.len());
             }
-            files.push((path, bytes));
+            files.push(file);
         }
         Ok(Self {
             dir: dir.into(),
@@ -85,45 +157,7 @@ impl Checkpoint {
             name: name.into(),
             dir: self.dir.clone(),
         })?;
-        let (path, bytes) = &self.files[file];
-        let tensors = SafeTensors::deserialize(bytes).map_err(|e| LmError::BadSafetensors {
-            path: path.clone(),
-            reason: e.to_string(),
-        })?;
-        let view = tensors.tensor(name).map_err(|e| LmError::BadSafetensors {
-            path: path.clone(),
-            reason: e.to_string(),
-        })?;
-        if view.shape() != shape {
-            return Err(LmError::WrongShape {
-                path: path.clone(),
-                name: name.into(),
-                actual: view.shape().to_vec(),
-                expected: shape.to_vec(),
-            });
-        }
-        let data = view.data();
-        let values = match view.dtype() {
-            Dtype::F32 => data
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect(),
-            Dtype::F16 => data
-                .chunks_exact(2)
-                .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
-                .collect(),
-            Dtype::BF16 => data
-                .chunks_exact(2)
-                .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
-                .collect(),
-            other => {
-                return Err(LmError::UnsupportedDtype {
-                    path: path.clone(),
-                    name: name.into(),
-                    dtype: format!("{other:?}"),
-                });
-            }
-        };
+        let values = self.files[file].read_f32(name, shape)?;
         self.used.insert(name.to_string());
         Ok(values)
     }
@@ -224,7 +258,7 @@ pub fn load<B: Backend>(
             (&mut attn.v_proj, "v_proj"),
             (&mut attn.o_proj, "o_proj"),
         ] {
-            loader.linear(proj, &format!("{p}.self_attn.{name}"))?;
+            loader.linear(&mut proj.base, &format!("{p}.self_attn.{name}"))?;
         }
         if let (Some(q), Some(k)) = (attn.q_norm.as_mut(), attn.k_norm.as_mut()) {
             loader.norm(q, &format!("{p}.self_attn.q_norm"))?;
@@ -236,7 +270,7 @@ pub fn load<B: Backend>(
             (&mut mlp.up_proj, "up_proj"),
             (&mut mlp.down_proj, "down_proj"),
         ] {
-            loader.linear(proj, &format!("{p}.mlp.{name}"))?;
+            loader.linear(&mut proj.base, &format!("{p}.mlp.{name}"))?;
         }
     }
     loader.norm(&mut model.norm, "model.norm")?;

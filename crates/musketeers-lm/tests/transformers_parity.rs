@@ -4,8 +4,9 @@
 use burn::tensor::{Int, Tensor, TensorData};
 use burn_flex::Flex;
 use musketeers_lm::weights;
-use safetensors::SafeTensors;
-use std::path::PathBuf;
+
+mod common;
+use common::{expected, fixture, input_ids, relative_error};
 
 type B = Flex;
 
@@ -17,34 +18,6 @@ const MODELS: [&str; 5] = [
     "qwen3-qk-norm",
 ];
 
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
-}
-
-fn expected(dir: &std::path::Path, name: &str) -> (Vec<usize>, Vec<f32>) {
-    let bytes = std::fs::read(dir.join("expected.safetensors")).expect("expected outputs");
-    let tensors = SafeTensors::deserialize(&bytes).expect("safetensors");
-    let view = tensors.tensor(name).expect("tensor");
-    let values = view
-        .data()
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect();
-    (view.shape().to_vec(), values)
-}
-
-/// max |a - b| / max(max |b|, 1e-6): relative to the tensor's scale.
-fn relative_error(got: &[f32], want: &[f32]) -> f32 {
-    assert_eq!(got.len(), want.len(), "compared tensors differ in size");
-    let scale = want.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
-    got.iter()
-        .zip(want)
-        .fold(0f32, |m, (a, b)| m.max((a - b).abs()))
-        / scale
-}
-
 #[test]
 fn logits_and_hidden_states_match_transformers() {
     let device = Default::default();
@@ -52,10 +25,7 @@ fn logits_and_hidden_states_match_transformers() {
         let dir = fixture(name);
         let (config, model) =
             weights::load::<B>(&dir, &device).unwrap_or_else(|e| panic!("{name}: {e}"));
-        let ids: Vec<i64> = serde_json::from_str(
-            &std::fs::read_to_string(dir.join("input_ids.json")).expect("ids"),
-        )
-        .expect("json");
+        let ids = input_ids(&dir);
         let t = ids.len();
         let input = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [1, t]), &device);
         let out = model.forward(input, None, true);

@@ -1,0 +1,475 @@
+//! LoRA adapters on a frozen base, saved and loaded with PEFT's file layout and tensor names.
+//!
+//! A target projection `y = x W + b` becomes `y = x W + b + s · dropout(x) A B` with `A`
+//! `[in, rank]`, `B` `[rank, out]` and `s = alpha / rank` (`alpha / sqrt(rank)` with rsLoRA).
+//! `A` starts as PEFT's default (uniform in `±1/sqrt(in)`) and `B` at zero, so a fresh adapter
+//! leaves the model's output unchanged. Attaching adapters freezes every base parameter, so
+//! under autodiff gradients reach only `A` and `B`.
+
+use crate::error::LmError;
+use crate::llama::{Llama, set_param};
+use burn::module::{Module, Param};
+use burn::nn::{Dropout, DropoutConfig, Linear};
+use burn::tensor::backend::Backend;
+use burn::tensor::{Tensor, TensorData};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// The projections an adapter can target, by their Hugging Face module names.
+pub const TARGETS: [&str; 7] = [
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "o_proj",
+    "gate_proj",
+    "up_proj",
+    "down_proj",
+];
+
+/// Where adapters go and how large they are.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoraConfig {
+    pub rank: usize,
+    pub alpha: f64,
+    pub dropout: f64,
+    /// Module names among [`TARGETS`].
+    pub targets: Vec<String>,
+    /// Scale by `alpha / sqrt(rank)` instead of `alpha / rank`.
+    pub rslora: bool,
+}
+
+impl Default for LoraConfig {
+    fn default() -> Self {
+        Self {
+            rank: 8,
+            alpha: 16.0,
+            dropout: 0.0,
+            targets: TARGETS.iter().map(|t| t.to_string()).collect(),
+            rslora: false,
+        }
+    }
+}
+
+impl LoraConfig {
+    pub fn scaling(&self) -> f64 {
+        if self.rslora {
+            self.alpha / (self.rank as f64).sqrt()
+        } else {
+            self.alpha / self.rank as f64
+        }
+    }
+
+    /// Rejects a zero rank, a dropout outside `[0, 1)` and unknown or repeated targets.
+    pub fn validate(&self) -> Result<(), LmError> {
+        let bad = |reason: String| Err(LmError::BadInput(format!("LoRA config: {reason}")));
+        if self.rank == 0 {
+            return bad("rank must be at least 1".into());
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            return bad(format!("dropout {} is not in [0, 1)", self.dropout));
+        }
+        if self.targets.is_empty() {
+            return bad("no target modules".into());
+        }
+        for (i, t) in self.targets.iter().enumerate() {
+            if !TARGETS.contains(&t.as_str()) {
+                return bad(format!(
+                    "unknown target module {t:?} (known: {})",
+                    TARGETS.join(", ")
+                ));
+            }
+            if self.targets[..i].contains(t) {
+                return bad(format!("target module {t:?} is listed twice"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The low-rank update of one projection.
+#[derive(Module, Debug)]
+pub struct LoraAdapter<B: Backend> {
+    /// `[in, rank]`
+    pub lora_a: Param<Tensor<B, 2>>,
+    /// `[rank, out]`
+    pub lora_b: Param<Tensor<B, 2>>,
+    pub dropout: Dropout,
+    pub scaling: f64,
+}
+
+impl<B: Backend> LoraAdapter<B> {
+    /// `[..., in]` -> `[..., out]`
+    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        self.dropout
+            .forward(x)
+            .matmul(self.lora_a.val().unsqueeze())
+            .matmul(self.lora_b.val().unsqueeze())
+            * self.scaling
+    }
+
+    /// `s · A B`, `[in, out]`: what merging adds to the base weight.
+    pub fn delta(&self) -> Tensor<B, 2> {
+        self.lora_a.val().matmul(self.lora_b.val()) * self.scaling
+    }
+}
+
+/// A linear projection with an optional adapter.
+#[derive(Module, Debug)]
+pub struct LoraLinear<B: Backend> {
+    pub base: Linear<B>,
+    pub adapter: Option<LoraAdapter<B>>,
+}
+
+impl<B: Backend> From<Linear<B>> for LoraLinear<B> {
+    fn from(base: Linear<B>) -> Self {
+        Self {
+            base,
+            adapter: None,
+        }
+    }
+}
+
+impl<B: Backend> LoraLinear<B> {
+    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        match &self.adapter {
+            None => self.base.forward(x),
+            Some(adapter) => self.base.forward(x.clone()) + adapter.forward(x),
+        }
+    }
+
+    /// `(in, out)` of the base weight.
+    fn dims(&self) -> (usize, usize) {
+        let [inp, out] = self.base.weight.dims();
+        (inp, out)
+    }
+
+    fn merge(&mut self) {
+        if let Some(adapter) = self.adapter.take() {
+            let merged = self.base.weight.val() + adapter.delta();
+            set_param(&mut self.base.weight, merged.detach());
+            self.base.weight = self.base.weight.clone().set_require_grad(false);
+        }
+    }
+}
+
+impl<B: Backend> Llama<B> {
+    /// Every projection with its Hugging Face name, e.g. `model.layers.3.self_attn.q_proj`.
+    fn projections_mut(&mut self) -> Vec<(String, &'static str, &mut LoraLinear<B>)> {
+        let mut out = Vec::new();
+        for (i, layer) in self.layers.iter_mut().enumerate() {
+            let attn = &mut layer.self_attn;
+            let mlp = &mut layer.mlp;
+            for (kind, name, proj) in [
+                ("self_attn", "q_proj", &mut attn.q_proj),
+                ("self_attn", "k_proj", &mut attn.k_proj),
+                ("self_attn", "v_proj", &mut attn.v_proj),
+                ("self_attn", "o_proj", &mut attn.o_proj),
+                ("mlp", "gate_proj", &mut mlp.gate_proj),
+                ("mlp", "up_proj", &mut mlp.up_proj),
+                ("mlp", "down_proj", &mut mlp.down_proj),
+            ] {
+                out.push((format!("model.layers.{i}.{kind}.{name}"), name, proj));
+            }
+        }
+        out
+    }
+
+    /// Freeze the base and attach fresh adapters (`B = 0`, so the output is unchanged).
+    /// `seed` fixes the initial `A`, the same on every backend.
+    pub fn with_lora(mut self, config: &LoraConfig, seed: u64) -> Result<Self, LmError> {
+        config.validate()?;
+        self = self.no_grad();
+        let device = self.embed_tokens.weight.device();
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        for (_, name, proj) in self.projections_mut() {
+            if !config.targets.iter().any(|t| t == name) {
+                continue;
+            }
+            let (inp, out) = proj.dims();
+            let bound = 1.0 / (inp as f64).sqrt();
+            let a: Vec<f32> = (0..inp * config.rank)
+                .map(|_| rng.random_range(-bound..bound) as f32)
+                .collect();
+            proj.adapter = Some(adapter(
+                Tensor::from_data(TensorData::new(a, [inp, config.rank]), &device),
+                Tensor::zeros([config.rank, out], &device),
+                config,
+            ));
+        }
+        Ok(self)
+    }
+
+    /// The same model with every adapter removed: the frozen base, e.g. GRPO's reference
+    /// policy. Cheap: parameters are shared, not copied.
+    pub fn without_adapters(&self) -> Self {
+        let mut base = self.clone();
+        for (_, _, proj) in base.projections_mut() {
+            proj.adapter = None;
+        }
+        base
+    }
+
+    /// Fold every adapter into its base weight (`W + s·A·B`): the same outputs without the
+    /// adapters' extra matmuls, for fast sampling. The result has no trainable parameters.
+    pub fn merge_adapters(mut self) -> Self {
+        for (_, _, proj) in self.projections_mut() {
+            proj.merge();
+        }
+        self
+    }
+
+    /// Whether any projection carries an adapter.
+    pub fn has_adapters(&mut self) -> bool {
+        self.projections_mut()
+            .iter()
+            .any(|(_, _, p)| p.adapter.is_some())
+    }
+
+    /// Number of adapter parameters (the trainable ones after [`Self::with_lora`]).
+    pub fn adapter_parameter_count(&mut self) -> usize {
+        self.projections_mut()
+            .iter()
+            .filter_map(|(_, _, p)| p.adapter.as_ref())
+            .map(|a| a.lora_a.shape().num_elements() + a.lora_b.shape().num_elements())
+            .sum()
+    }
+
+    /// Write `adapter_model.safetensors` and `adapter_config.json` into `dir` as PEFT does,
+    /// so `PeftModel.from_pretrained(base, dir)` loads them. `config` must be the one the
+    /// adapters were made with; `base_model` is recorded as `base_model_name_or_path`.
+    pub fn save_adapters(
+        &mut self,
+        dir: &Path,
+        config: &LoraConfig,
+        base_model: &str,
+    ) -> Result<(), LmError> {
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| LmError::Io { path, source }
+        };
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        let mut tensors: BTreeMap<String, (Vec<usize>, Vec<u8>)> = BTreeMap::new();
+        for (prefix, _, proj) in self.projections_mut() {
+            let Some(adapter) = &proj.adapter else {
+                continue;
+            };
+            // PEFT stores torch Linear weights, `[out, in]`: A as `[rank, in]`, B as `[out, rank]`.
+            for (which, tensor) in [
+                ("lora_A", adapter.lora_a.val().transpose()),
+                ("lora_B", adapter.lora_b.val().transpose()),
+            ] {
+                let shape = tensor.dims().to_vec();
+                let values = tensor
+                    .into_data()
+                    .convert::<f32>()
+                    .to_vec::<f32>()
+                    .map_err(|e| LmError::BadInput(format!("adapter {prefix}.{which}: {e:?}")))?;
+                let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+                tensors.insert(
+                    format!("base_model.model.{prefix}.{which}.weight"),
+                    (shape, bytes),
+                );
+            }
+        }
+        let views = tensors
+            .iter()
+            .map(|(name, (shape, bytes))| {
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), bytes)
+                    .map(|v| (name.clone(), v))
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| LmError::BadInput(format!("adapter tensors: {e}")))?;
+        let metadata = Some(std::collections::HashMap::from([(
+            "format".to_string(),
+            "pt".to_string(),
+        )]));
+        let weights_path = dir.join("adapter_model.safetensors");
+        safetensors::serialize_to_file(views, metadata, &weights_path).map_err(|e| {
+            LmError::BadSafetensors {
+                path: weights_path.clone(),
+                reason: e.to_string(),
+            }
+        })?;
+        let peft = PeftConfig {
+            peft_type: "LORA".into(),
+            task_type: Some("CAUSAL_LM".into()),
+            r: config.rank,
+            lora_alpha: config.alpha,
+            lora_dropout: config.dropout,
+            target_modules: config.targets.clone(),
+            use_rslora: config.rslora,
+            bias: "none".into(),
+            fan_in_fan_out: false,
+            use_dora: false,
+            base_model_name_or_path: Some(base_model.into()),
+            inference_mode: true,
+            layers_to_transform: None,
+            extra: BTreeMap::new(),
+        };
+        let config_path = dir.join("adapter_config.json");
+        let text = serde_json::to_string_pretty(&peft).map_err(|source| LmError::Json {
+            path: config_path.clone(),
+            source,
+        })?;
+        std::fs::write(&config_path, text).map_err(io(&config_path))
+    }
+
+    /// Freeze the base and attach the adapters PEFT saved in `dir` (`adapter_config.json`,
+    /// `adapter_model.safetensors`). Returns the adapters' config.
+    pub fn load_adapters(mut self, dir: &Path) -> Result<(Self, LoraConfig), LmError> {
+        let config_path = dir.join("adapter_config.json");
+        let text = std::fs::read_to_string(&config_path).map_err(|source| LmError::Io {
+            path: config_path.clone(),
+            source,
+        })?;
+        let peft: PeftConfig = serde_json::from_str(&text).map_err(|source| LmError::Json {
+            path: config_path.clone(),
+            source,
+        })?;
+        let config = peft.to_lora(&config_path)?;
+        let weights_path = dir.join("adapter_model.safetensors");
+        let file = crate::weights::SafetensorsFile::open(&weights_path)?;
+        let mut used = 0;
+        self = self.no_grad();
+        let device = self.embed_tokens.weight.device();
+        for (prefix, name, proj) in self.projections_mut() {
+            if !config.targets.iter().any(|t| t == name) {
+                continue;
+            }
+            let (inp, out) = proj.dims();
+            let r = config.rank;
+            let key = |which: &str| format!("base_model.model.{prefix}.{which}.weight");
+            let a = file.read_f32(&key("lora_A"), &[r, inp])?; // [r, in]
+            let b = file.read_f32(&key("lora_B"), &[out, r])?; // [out, r]
+            used += 2;
+            proj.adapter = Some(adapter(
+                Tensor::<B, 2>::from_data(TensorData::new(a, [r, inp]), &device).transpose(),
+                Tensor::<B, 2>::from_data(TensorData::new(b, [out, r]), &device).transpose(),
+                &config,
+            ));
+        }
+        let total = file.len();
+        if used != total {
+            return Err(LmError::BadConfig {
+                path: weights_path,
+                reason: format!(
+                    "{total} tensors, but adapter_config.json's targets on this model name {used}"
+                ),
+            });
+        }
+        Ok((self, config))
+    }
+}
+
+fn adapter<B: Backend>(a: Tensor<B, 2>, b: Tensor<B, 2>, config: &LoraConfig) -> LoraAdapter<B> {
+    LoraAdapter {
+        lora_a: Param::from_tensor(a),
+        lora_b: Param::from_tensor(b),
+        dropout: DropoutConfig::new(config.dropout).init(),
+        scaling: config.scaling(),
+    }
+}
+
+/// The fields of PEFT's `adapter_config.json` this crate reads and writes; others are kept
+/// on read and ignored.
+#[derive(Debug, Serialize, Deserialize)]
+struct PeftConfig {
+    peft_type: String,
+    #[serde(default)]
+    task_type: Option<String>,
+    r: usize,
+    lora_alpha: f64,
+    #[serde(default)]
+    lora_dropout: f64,
+    #[serde(deserialize_with = "one_or_many")]
+    target_modules: Vec<String>,
+    #[serde(default)]
+    use_rslora: bool,
+    #[serde(default = "none_bias")]
+    bias: String,
+    #[serde(default)]
+    fan_in_fan_out: bool,
+    #[serde(default)]
+    use_dora: bool,
+    #[serde(default)]
+    base_model_name_or_path: Option<String>,
+    #[serde(default)]
+    inference_mode: bool,
+    #[serde(default)]
+    layers_to_transform: Option<serde_json::Value>,
+    #[serde(flatten)]
+    extra: BTreeMap<String, serde_json::Value>,
+}
+
+fn none_bias() -> String {
+    "none".into()
+}
+
+/// PEFT accepts `target_modules` as a list or as one string.
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(s) => vec![s],
+        OneOrMany::Many(v) => v,
+    })
+}
+
+impl PeftConfig {
+    fn to_lora(&self, path: &Path) -> Result<LoraConfig, LmError> {
+        let unsupported = |what: &str| {
+            Err(LmError::BadConfig {
+                path: path.into(),
+                reason: format!("{what} is not supported"),
+            })
+        };
+        if self.peft_type != "LORA" {
+            return unsupported(&format!("peft_type {:?}", self.peft_type));
+        }
+        if self.use_dora {
+            return unsupported("use_dora");
+        }
+        if self.fan_in_fan_out {
+            return unsupported("fan_in_fan_out");
+        }
+        if self.bias != "none" {
+            return unsupported(&format!("bias {:?}", self.bias));
+        }
+        if self
+            .layers_to_transform
+            .as_ref()
+            .is_some_and(|v| !v.is_null())
+        {
+            return unsupported("layers_to_transform");
+        }
+        for key in ["rank_pattern", "alpha_pattern"] {
+            if self
+                .extra
+                .get(key)
+                .is_some_and(|v| v.as_object().is_some_and(|o| !o.is_empty()))
+            {
+                return unsupported(key);
+            }
+        }
+        let config = LoraConfig {
+            rank: self.r,
+            alpha: self.lora_alpha,
+            dropout: self.lora_dropout,
+            targets: self.target_modules.clone(),
+            rslora: self.use_rslora,
+        };
+        config.validate().map_err(|e| LmError::BadConfig {
+            path: path.into(),
+            reason: e.to_string(),
+        })?;
+        Ok(config)
+    }
+}
