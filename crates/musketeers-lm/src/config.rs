@@ -195,16 +195,7 @@ impl LlamaConfig {
                 s.rope_type
             )));
         }
-        let eos_token_ids = match &hf.eos_token_id {
-            Some(serde_json::Value::Number(n)) => {
-                n.as_u64().map(|n| vec![n as u32]).unwrap_or_default()
-            }
-            Some(serde_json::Value::Array(a)) => a
-                .iter()
-                .filter_map(|v| v.as_u64().map(|n| n as u32))
-                .collect(),
-            _ => Vec::new(),
-        };
+        let eos_token_ids = token_ids(hf.eos_token_id.as_ref());
         Ok(Self {
             vocab_size: hf.vocab_size,
             hidden_size: hf.hidden_size,
@@ -224,4 +215,27 @@ impl LlamaConfig {
             eos_token_ids,
         })
     }
+}
+
+/// A token id field as Hugging Face writes it: one id, a list of ids, or absent.
+pub fn token_ids(value: Option<&serde_json::Value>) -> Vec<u32> {
+    let id = |v: &serde_json::Value| v.as_u64().and_then(|n| u32::try_from(n).ok());
+    match value {
+        Some(serde_json::Value::Array(a)) => a.iter().filter_map(id).collect(),
+        Some(v) => id(v).into_iter().collect(),
+        None => Vec::new(),
+    }
+}
+
+/// The eos ids of `generation_config.json` in `dir` (empty when the file is absent).
+pub fn generation_eos_ids(dir: &Path) -> Result<Vec<u32>, LmError> {
+    let path = dir.join("generation_config.json");
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => return Err(LmError::Io { path, source }),
+    };
+    let value: serde_json::Value =
+        serde_json::from_str(&text).map_err(|source| LmError::Json { path, source })?;
+    Ok(token_ids(value.get("eos_token_id")))
 }

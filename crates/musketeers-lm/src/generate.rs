@@ -1,9 +1,10 @@
 //! Batched generation with a KV cache: left padding, a group of samples per prompt from one
-//! prefill, per-sequence stop on eos, sampling log-probabilities.
+//! prefill, per-sequence stop on eos or a stop string, sampling log-probabilities.
 
 use crate::error::LmError;
 use crate::llama::Llama;
 use crate::sampling::{Sampler, SamplingConfig};
+use crate::tokenizer::TextTokenizer;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, Int, Tensor, TensorData};
 use std::time::Instant;
@@ -28,26 +29,87 @@ impl Default for GenerationConfig {
     }
 }
 
+/// Why a sequence stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinishReason {
+    /// It sampled an eos token (the last token).
+    Eos,
+    /// A [`StopCondition`] fired (e.g. a stop string was completed by the last token).
+    Stop,
+    /// It reached `max_new_tokens` (a truncated completion).
+    Length,
+}
+
+/// Decides after each new token whether a sequence is finished, from its new tokens.
+pub trait StopCondition {
+    fn should_stop(&self, new_tokens: &[u32]) -> bool;
+}
+
+/// Stop once the decoded new text contains one of `strings` (the stop string is kept, as
+/// `transformers` keeps it). Only a tail of the tokens is decoded at each step.
+#[derive(Debug)]
+pub struct StopStrings<'a> {
+    tokenizer: &'a TextTokenizer,
+    strings: Vec<String>,
+    /// Tokens decoded per check: enough to hold the longest stop string even when every
+    /// token carries a single byte, plus the token before it.
+    window: usize,
+}
+
+impl<'a> StopStrings<'a> {
+    pub fn new(tokenizer: &'a TextTokenizer, strings: Vec<String>) -> Self {
+        let longest = strings.iter().map(String::len).max().unwrap_or(0);
+        Self {
+            tokenizer,
+            strings: strings.into_iter().filter(|s| !s.is_empty()).collect(),
+            window: longest + 1,
+        }
+    }
+}
+
+impl StopCondition for StopStrings<'_> {
+    fn should_stop(&self, new_tokens: &[u32]) -> bool {
+        if self.strings.is_empty() {
+            return false;
+        }
+        let tail = &new_tokens[new_tokens.len().saturating_sub(self.window)..];
+        // A tail that does not decode cannot contain a stop string yet.
+        self.tokenizer
+            .decode(tail, false)
+            .is_ok_and(|text| self.strings.iter().any(|s| text.contains(s.as_str())))
+    }
+}
+
 /// Generated tokens of each sequence (prompt-major: prompt 0's samples first).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Generation {
-    /// New tokens, up to and including the first eos.
+    /// New tokens, up to and including the first eos (or the token completing a stop).
     pub tokens: Vec<Vec<u32>>,
     /// Sampling log-probability of each new token.
     pub logprobs: Vec<Vec<f32>>,
-    /// Whether each sequence stopped on eos (false: it hit `max_new_tokens`).
-    pub stopped_on_eos: Vec<bool>,
+    pub finish_reasons: Vec<FinishReason>,
     pub prefill_tokens: usize,
     pub prefill_seconds: f64,
     pub decode_tokens: usize,
     pub decode_seconds: f64,
 }
 
-/// Generate continuations of `prompts` (token ids, no padding).
+/// Generate continuations of `prompts` (token ids, no padding), stopping on eos.
 pub fn generate<B: Backend>(
     model: &Llama<B>,
     prompts: &[Vec<u32>],
     config: &GenerationConfig,
+    device: &B::Device,
+) -> Result<Generation, LmError> {
+    generate_until(model, prompts, config, None, device)
+}
+
+/// Like [`generate`], also stopping a sequence when `stop` says so.
+pub fn generate_until<B: Backend>(
+    model: &Llama<B>,
+    prompts: &[Vec<u32>],
+    config: &GenerationConfig,
+    stop: Option<&dyn StopCondition>,
     device: &B::Device,
 ) -> Result<Generation, LmError> {
     let vocab = model.embed_tokens.weight.dims()[0];
@@ -125,6 +187,7 @@ pub fn generate<B: Backend>(
     let mut tokens = vec![Vec::new(); n];
     let mut logprobs = vec![Vec::new(); n];
     let mut done = vec![false; n];
+    let mut finish_reasons = vec![FinishReason::Length; n];
     let start = Instant::now();
     let mut decode_tokens = 0;
     for step in 0..config.max_new_tokens {
@@ -142,7 +205,12 @@ pub fn generate<B: Backend>(
             tokens[row].push(token);
             logprobs[row].push(logprob);
             decode_tokens += 1;
-            done[row] = config.eos_token_ids.contains(&token);
+            if config.eos_token_ids.contains(&token) {
+                finish_reasons[row] = FinishReason::Eos;
+            } else if stop.is_some_and(|s| s.should_stop(&tokens[row])) {
+                finish_reasons[row] = FinishReason::Stop;
+            }
+            done[row] = finish_reasons[row] != FinishReason::Length;
             step_ids.push(i64::from(token));
         }
         if done.iter().all(|d| *d) || step + 1 == config.max_new_tokens {
@@ -165,14 +233,10 @@ pub fn generate<B: Backend>(
         );
         last = model.head(hidden);
     }
-    let stopped_on_eos = tokens
-        .iter()
-        .map(|t| t.last().is_some_and(|x| config.eos_token_ids.contains(x)))
-        .collect();
     Ok(Generation {
         tokens,
         logprobs,
-        stopped_on_eos,
+        finish_reasons,
         prefill_tokens: prompts.iter().map(Vec::len).sum(),
         prefill_seconds,
         decode_tokens,

@@ -2,8 +2,12 @@
 
 use burn::tensor::{Int, Tensor, TensorData};
 use burn_flex::Flex;
-use musketeers_lm::generate::{Generation, GenerationConfig, generate};
+use musketeers_lm::Pretrained;
+use musketeers_lm::generate::{
+    FinishReason, Generation, GenerationConfig, StopStrings, generate, generate_until,
+};
 use musketeers_lm::sampling::SamplingConfig;
+use musketeers_lm::tokenizer::TextTokenizer;
 use musketeers_lm::{Llama, weights};
 use std::path::PathBuf;
 
@@ -172,7 +176,89 @@ fn eos_stops_a_row_and_bad_input_is_an_error() {
         .position(|&t| t == eos)
         .expect("eos appears");
     assert_eq!(stopped.tokens[0], free.tokens[0][..=first].to_vec());
-    assert!(stopped.stopped_on_eos[0]);
+    assert_eq!(stopped.finish_reasons[0], FinishReason::Eos);
+    assert_eq!(free.finish_reasons[0], FinishReason::Length);
     assert!(generate(&model, &[vec![]], &config, &Default::default()).is_err());
     assert!(generate(&model, &[vec![1000]], &config, &Default::default()).is_err());
+}
+
+/// A word-level tokenizer over the fixtures' 96 ids: id `i` is the word `w{i}`.
+fn word_tokenizer(dir: &std::path::Path) {
+    let vocab: serde_json::Map<String, serde_json::Value> =
+        (0..96).map(|i| (format!("w{i}"), i.into())).collect();
+    let tokenizer = serde_json::json!({
+        "version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
+        "normalizer": null, "pre_tokenizer": {"type": "Whitespace"},
+        "post_processor": null, "decoder": null,
+        "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "w0"}
+    });
+    std::fs::write(dir.join("tokenizer.json"), tokenizer.to_string()).expect("tokenizer");
+    std::fs::write(dir.join("tokenizer_config.json"), r#"{"eos_token": "w9"}"#).expect("config");
+}
+
+#[test]
+fn a_stop_string_ends_a_row_at_the_token_that_completes_it() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    word_tokenizer(dir.path());
+    let tokenizer = TextTokenizer::load(dir.path(), 96).expect("tokenizer");
+    let model = model("llama-gqa");
+    let prompts = vec![vec![3, 14, 15], vec![9, 26, 5, 35]];
+    let config = GenerationConfig {
+        max_new_tokens: 8,
+        ..Default::default()
+    };
+    let free = generate(&model, &prompts, &config, &Default::default()).expect("generate");
+    // Stop on the text of row 0's 3rd and 4th new tokens; row 1 stops wherever that text
+    // first appears in it, if anywhere.
+    let stop = tokenizer
+        .decode(&free.tokens[0][2..4], false)
+        .expect("decode");
+    let stop_strings = StopStrings::new(&tokenizer, vec![stop.clone()]);
+    let stopped = generate_until(
+        &model,
+        &prompts,
+        &config,
+        Some(&stop_strings),
+        &Default::default(),
+    )
+    .expect("generate");
+    for row in 0..2 {
+        let text_upto = |k: usize| {
+            tokenizer
+                .decode(&free.tokens[row][..=k], false)
+                .expect("decode")
+        };
+        match (0..free.tokens[row].len()).find(|&k| text_upto(k).contains(&stop)) {
+            Some(k) => {
+                assert_eq!(stopped.tokens[row], free.tokens[row][..=k].to_vec());
+                assert_eq!(stopped.finish_reasons[row], FinishReason::Stop);
+            }
+            None => assert_eq!(stopped.tokens[row], free.tokens[row]),
+        }
+    }
+    assert_eq!(stopped.tokens[0].len(), 4);
+}
+
+#[test]
+fn pretrained_collects_eos_from_generation_config_config_and_tokenizer() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let fixture = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/llama-gqa");
+    for file in ["config.json", "model.safetensors"] {
+        std::fs::copy(fixture.join(file), dir.path().join(file)).expect("copy");
+    }
+    word_tokenizer(dir.path());
+    std::fs::write(
+        dir.path().join("generation_config.json"),
+        r#"{"eos_token_id": [7, 2]}"#,
+    )
+    .expect("generation config");
+    let loaded = Pretrained::<B>::load(dir.path(), &Default::default()).expect("load");
+    // generation_config.json first, then config.json's eos (2, already present), then the
+    // tokenizer's eos token "w9".
+    assert_eq!(loaded.eos_token_ids, vec![7, 2, 9]);
+    std::fs::write(dir.path().join("generation_config.json"), "{ not json").expect("write");
+    let err = Pretrained::<B>::load(dir.path(), &Default::default())
+        .expect_err("bad generation_config.json fails")
+        .to_string();
+    assert!(err.contains("generation_config.json"), "{err}");
 }

@@ -5,10 +5,10 @@ use anyhow::{Context, Result, bail};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 use clap::{Args, Subcommand};
-use musketeers_lm::generate::{GenerationConfig, generate};
+use musketeers_lm::generate::{GenerationConfig, StopStrings, generate_until};
 use musketeers_lm::sampling::SamplingConfig;
 use musketeers_lm::tokenizer::{ChatMessage, TextTokenizer};
-use musketeers_lm::{Llama, LlamaConfig, weights};
+use musketeers_lm::{Llama, LlamaConfig, Pretrained, weights};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -63,6 +63,9 @@ pub enum LmCommand {
         seed: u64,
         #[arg(long, default_value_t = 1)]
         num_return_sequences: usize,
+        /// Stop a completion once its text contains this string (repeatable).
+        #[arg(long = "stop")]
+        stop: Vec<String>,
     },
 }
 
@@ -191,9 +194,18 @@ fn run_on<B: Backend>(command: LmCommand, device: &B::Device) -> Result<()> {
             top_k,
             seed,
             num_return_sequences,
+            stop,
         } => {
-            let (config, llama) = load::<B>(&model.model, device)?;
-            let tok = tokenizer(&model.model, config.vocab_size)?;
+            let start = Instant::now();
+            let pretrained = Pretrained::<B>::load(&model.model, device)
+                .with_context(|| format!("loading model {}", model.model.display()))?;
+            writeln!(
+                std::io::stderr(),
+                "loaded {} in {:.2}s",
+                model.model.display(),
+                start.elapsed().as_secs_f64()
+            )?;
+            let tok = pretrained.tokenizer()?;
             let text = if chat {
                 tok.apply_chat_template(
                     &[ChatMessage {
@@ -206,12 +218,10 @@ fn run_on<B: Backend>(command: LmCommand, device: &B::Device) -> Result<()> {
                 prompt
             };
             let ids = tok.encode(&text, !chat)?;
-            let mut eos = config.eos_token_ids.clone();
-            eos.extend(tok.eos_token_id());
             let generation_config = GenerationConfig {
                 max_new_tokens,
                 num_return_sequences,
-                eos_token_ids: eos,
+                eos_token_ids: pretrained.eos_token_ids.clone(),
                 sampling: SamplingConfig {
                     temperature,
                     top_k,
@@ -219,7 +229,14 @@ fn run_on<B: Backend>(command: LmCommand, device: &B::Device) -> Result<()> {
                     seed,
                 },
             };
-            let result = generate(&llama, &[ids], &generation_config, device)?;
+            let stop = StopStrings::new(tok, stop);
+            let result = generate_until(
+                &pretrained.model,
+                &[ids],
+                &generation_config,
+                Some(&stop),
+                device,
+            )?;
             for (i, tokens) in result.tokens.iter().enumerate() {
                 writeln!(out, "--- completion {i} ---\n{}", tok.decode(tokens, true)?)?;
             }

@@ -1,0 +1,57 @@
+//! A model directory loaded whole: weights, tokenizer and the eos ids generation stops on.
+
+use crate::config::{LlamaConfig, generation_eos_ids};
+use crate::error::LmError;
+use crate::llama::Llama;
+use crate::tokenizer::TextTokenizer;
+use crate::weights;
+use burn::tensor::backend::Backend;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug)]
+pub struct Pretrained<B: Backend> {
+    pub dir: PathBuf,
+    pub config: LlamaConfig,
+    pub model: Llama<B>,
+    /// `None` when the directory has no `tokenizer.json`.
+    pub tokenizer: Option<TextTokenizer>,
+    /// From `generation_config.json`, `config.json` and the tokenizer's eos token, in that
+    /// order, without repeats.
+    pub eos_token_ids: Vec<u32>,
+}
+
+impl<B: Backend> Pretrained<B> {
+    pub fn load(dir: &Path, device: &B::Device) -> Result<Self, LmError> {
+        let (config, model) = weights::load::<B>(dir, device)?;
+        let tokenizer = if dir.join("tokenizer.json").exists() {
+            Some(TextTokenizer::load(dir, config.vocab_size)?)
+        } else {
+            None
+        };
+        let mut eos_token_ids = Vec::new();
+        let candidates = generation_eos_ids(dir)?
+            .into_iter()
+            .chain(config.eos_token_ids.iter().copied())
+            .chain(tokenizer.as_ref().and_then(TextTokenizer::eos_token_id));
+        for id in candidates {
+            if !eos_token_ids.contains(&id) {
+                eos_token_ids.push(id);
+            }
+        }
+        Ok(Self {
+            dir: dir.into(),
+            config,
+            model,
+            tokenizer,
+            eos_token_ids,
+        })
+    }
+
+    /// The tokenizer, or an error naming the directory that lacks one.
+    pub fn tokenizer(&self) -> Result<&TextTokenizer, LmError> {
+        self.tokenizer.as_ref().ok_or_else(|| LmError::Io {
+            path: self.dir.join("tokenizer.json"),
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "no tokenizer"),
+        })
+    }
+}
