@@ -14,6 +14,7 @@ pub mod generate;
 pub mod llama;
 pub mod lora;
 pub mod perf;
+pub mod pooling;
 pub mod pretrained;
 pub mod rope;
 pub mod sampling;

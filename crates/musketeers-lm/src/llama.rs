@@ -4,6 +4,7 @@
 
 use crate::cache::KvCache;
 use crate::config::LlamaConfig;
+use crate::error::LmError;
 use crate::lora::LoraLinear;
 use crate::rope::{self, Rope};
 use burn::module::{Module, Param};
@@ -187,6 +188,34 @@ pub struct ModelOutput<B: Backend> {
     pub hidden_states: Vec<Tensor<B, 3>>,
 }
 
+impl<B: Backend> ModelOutput<B> {
+    /// `hidden_states[layer]`, negative from the end. Needs `hidden_states` to have been
+    /// requested.
+    pub fn hidden_state(&self, layer: isize) -> Result<Tensor<B, 3>, LmError> {
+        if self.hidden_states.is_empty() {
+            return Err(LmError::BadInput(
+                "hidden states were not requested in this forward".into(),
+            ));
+        }
+        let index = resolve_layer(layer, self.hidden_states.len() - 1)?;
+        Ok(self.hidden_states[index].clone())
+    }
+}
+
+/// `layer` in `-(layers + 1)..=layers` as an index into the `layers + 1` hidden states.
+pub fn resolve_layer(layer: isize, layers: usize) -> Result<usize, LmError> {
+    let n = layers as isize + 1;
+    let index = if layer < 0 { n + layer } else { layer };
+    if (0..n).contains(&index) {
+        Ok(index as usize)
+    } else {
+        Err(LmError::BadInput(format!(
+            "hidden state {layer} does not exist: a model with {layers} layers has {n}, \
+             indexed 0..={layers} or -{n}..=-1"
+        )))
+    }
+}
+
 impl<B: Backend> Llama<B> {
     pub fn rope(&self, device: &B::Device) -> Rope<B> {
         let scaling =
@@ -232,6 +261,47 @@ impl<B: Backend> Llama<B> {
         attention_mask: Option<Tensor<B, 2, Int>>,
         hidden_states: bool,
     ) -> ModelOutput<B> {
+        let (x, mut states) = self.run_layers(x, attention_mask, self.layers.len(), hidden_states);
+        let x = self.norm.forward(x);
+        if hidden_states {
+            states.push(x.clone());
+        }
+        ModelOutput {
+            logits: self.head(x),
+            hidden_states: states,
+        }
+    }
+
+    /// `hidden_states[layer]` as `transformers` numbers them (0 the embeddings, negative
+    /// from the end, `-1` after the final norm), running only the layers it needs and never
+    /// the head: what an expert contributes, at a fraction of a full forward.
+    ///
+    /// # Shapes
+    /// - `x`: `[batch, seq, hidden]`; `attention_mask`: `[batch, seq]`; returns `[batch, seq, hidden]`
+    pub fn hidden_state(
+        &self,
+        x: Tensor<B, 3>,
+        attention_mask: Option<Tensor<B, 2, Int>>,
+        layer: isize,
+    ) -> Result<Tensor<B, 3>, LmError> {
+        let index = resolve_layer(layer, self.layers.len())?;
+        let (x, _) = self.run_layers(x, attention_mask, index, false);
+        // The last hidden state is the only one after the final norm.
+        Ok(if index == self.layers.len() {
+            self.norm.forward(x)
+        } else {
+            x
+        })
+    }
+
+    /// The first `count` decoder layers over `x`; with `collect`, the input of each.
+    fn run_layers(
+        &self,
+        x: Tensor<B, 3>,
+        attention_mask: Option<Tensor<B, 2, Int>>,
+        count: usize,
+        collect: bool,
+    ) -> (Tensor<B, 3>, Vec<Tensor<B, 3>>) {
         let [b, t, _] = x.dims();
         let device = x.device();
         let mask = attention_mask.unwrap_or_else(|| Tensor::ones([b, t], &device));
@@ -241,20 +311,13 @@ impl<B: Backend> Llama<B> {
         let attend_mask = causal_padding_mask(mask);
         let mut states = Vec::new();
         let mut x = x;
-        for layer in &self.layers {
-            if hidden_states {
+        for layer in &self.layers[..count] {
+            if collect {
                 states.push(x.clone());
             }
             x = layer.forward(x, &cos, &sin, &attend_mask);
         }
-        let x = self.norm.forward(x);
-        if hidden_states {
-            states.push(x.clone());
-        }
-        ModelOutput {
-            logits: self.head(x),
-            hidden_states: states,
-        }
+        (x, states)
     }
 
     /// New tokens through the model with a KV cache; returns the final-norm hidden states.

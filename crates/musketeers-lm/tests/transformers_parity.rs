@@ -190,3 +190,105 @@ fn embeddings_input_equals_ids_and_soft_prefix_is_attended() {
         "the soft prefix had no effect"
     );
 }
+
+#[test]
+fn hidden_state_by_index_runs_only_the_layers_it_needs() {
+    let device = Default::default();
+    let dir = fixture("llama-gqa");
+    let (config, model) = weights::load::<B>(&dir, &device).expect("load");
+    let ids = input_ids(&dir);
+    let t = ids.len();
+    let (_, want) = expected(&dir, "hidden_states");
+    let per_layer = t * config.hidden_size;
+    let layers = config.num_layers as isize;
+    let input = || Tensor::<B, 2, Int>::from_data(TensorData::new(ids.clone(), [1, t]), &device);
+    let full = model.forward(input(), None, true);
+    for layer in -(layers + 1)..=layers {
+        let index = if layer < 0 { layers + 1 + layer } else { layer } as usize;
+        let want = &want[index * per_layer..(index + 1) * per_layer];
+        let got = model
+            .hidden_state(model.embed(input()), None, layer)
+            .expect("valid layer")
+            .into_data()
+            .to_vec::<f32>()
+            .expect("f32");
+        assert!(relative_error(&got, want) < 1e-4, "layer {layer}");
+        let from_output = full.hidden_state(layer).expect("valid layer");
+        let from_output = from_output.into_data().to_vec::<f32>().expect("f32");
+        assert!(
+            relative_error(&from_output, want) < 1e-4,
+            "output layer {layer}"
+        );
+    }
+    for bad in [layers + 1, -(layers + 2)] {
+        let err = model
+            .hidden_state(model.embed(input()), None, bad)
+            .expect_err("out of range")
+            .to_string();
+        assert!(err.contains(&bad.to_string()), "{err}");
+    }
+}
+
+#[test]
+fn pooling_ignores_padding_on_either_side() {
+    use musketeers_lm::pooling::{Pooling, pool};
+    let device = Default::default();
+    let (config, model) = weights::load::<B>(&fixture("qwen3-qk-norm"), &device).expect("load");
+    let short: Vec<i64> = vec![5, 17, 42, 8];
+    let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(short.clone(), [1, 4]), &device);
+    let alone = model
+        .hidden_state(model.embed(ids), None, -1)
+        .expect("state");
+    let d = config.hidden_size;
+    let rows = alone.clone().into_data().to_vec::<f32>().expect("f32"); // [4, d]
+    let first = rows[..d].to_vec();
+    let last = rows[3 * d..].to_vec();
+    let mean: Vec<f32> = (0..d)
+        .map(|j| (0..4).map(|i| rows[i * d + j]).sum::<f32>() / 4.0)
+        .collect();
+
+    // Row 0 left-padded by 2 (as generation pads); row 1 all padding.
+    let padded: Vec<i64> = [0, 0].into_iter().chain(short).chain([0; 6]).collect();
+    let mask: Vec<i64> = vec![0, 0, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0];
+    let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(padded, [2, 6]), &device);
+    let mask = Tensor::<B, 2, Int>::from_data(TensorData::new(mask, [2, 6]), &device);
+    let states = model
+        .hidden_state(model.embed(ids), Some(mask.clone()), -1)
+        .expect("state");
+    for (how, want) in [
+        (Pooling::First, &first),
+        (Pooling::Last, &last),
+        (Pooling::Mean, &mean),
+    ] {
+        let got = pool(states.clone(), mask.clone(), how)
+            .into_data()
+            .to_vec::<f32>()
+            .expect("f32");
+        assert!(relative_error(&got[..d], want) < 1e-5, "{how:?}");
+        assert!(got[d..].iter().all(|v| *v == 0.0), "{how:?}: empty row");
+    }
+
+    // Right padding: pooling reads the mask, not the layout.
+    let right = Tensor::<B, 3>::cat(
+        vec![
+            alone.clone().reshape([1, 4, d]),
+            Tensor::ones([1, 3, d], &device) * 100.0,
+        ],
+        1,
+    );
+    let mask = Tensor::<B, 2, Int>::from_data(
+        TensorData::new(vec![1i64, 1, 1, 1, 0, 0, 0], [1, 7]),
+        &device,
+    );
+    for (how, want) in [
+        (Pooling::First, &first),
+        (Pooling::Last, &last),
+        (Pooling::Mean, &mean),
+    ] {
+        let got = pool(right.clone(), mask.clone(), how)
+            .into_data()
+            .to_vec::<f32>()
+            .expect("f32");
+        assert!(relative_error(&got, want) < 1e-6, "right-padded {how:?}");
+    }
+}
