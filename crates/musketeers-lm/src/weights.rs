@@ -174,12 +174,18 @@ impl Checkpoint {
     }
 }
 
-/// A Hugging Face `[out, in]` weight as Burn's `[in, out]`.
+/// A Hugging Face `[out, in]` weight as Burn's `[in, out]`, in square tiles so that reads
+/// and writes both stay in cache (a plain loop is ~10x slower on a 576x1536 matrix).
 fn transposed(values: Vec<f32>, out: usize, inp: usize) -> Vec<f32> {
+    const TILE: usize = 32;
     let mut t = vec![0.0; values.len()];
-    for o in 0..out {
-        for i in 0..inp {
-            t[i * out + o] = values[o * inp + i];
+    for o0 in (0..out).step_by(TILE) {
+        for i0 in (0..inp).step_by(TILE) {
+            for o in o0..(o0 + TILE).min(out) {
+                for i in i0..(i0 + TILE).min(inp) {
+                    t[i * out + o] = values[o * inp + i];
+                }
+            }
         }
     }
     t
@@ -192,7 +198,8 @@ struct Loader<'a, B: Backend> {
 
 impl<B: Backend> Loader<'_, B> {
     fn linear(&mut self, linear: &mut Linear<B>, prefix: &str) -> Result<(), LmError> {
-        let [inp, out] = linear.weight.dims();
+        // `lazy_shape`, not `dims`: reading the shape must not run the random initialiser.
+        let [inp, out] = linear.weight.lazy_shape().dims();
         let w = self
             .checkpoint
             .read(&format!("{prefix}.weight"), &[out, inp])?;
@@ -214,7 +221,7 @@ impl<B: Backend> Loader<'_, B> {
     }
 
     fn norm(&mut self, norm: &mut RmsNorm<B>, prefix: &str) -> Result<(), LmError> {
-        let [d] = norm.gamma.dims();
+        let [d] = norm.gamma.lazy_shape().dims();
         let g = self.checkpoint.read(&format!("{prefix}.weight"), &[d])?;
         set_param(
             &mut norm.gamma,
