@@ -134,11 +134,25 @@ impl<B: Backend> From<Linear<B>> for LoraLinear<B> {
 }
 
 impl<B: Backend> LoraLinear<B> {
+    /// `[..., in]` -> `[..., out]`
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        match &self.adapter {
-            None => self.base.forward(x),
-            Some(adapter) => self.base.forward(x.clone()) + adapter.forward(x),
+        let dims = x.dims();
+        let inp = dims[D - 1];
+        let rows = dims[..D - 1].iter().product();
+        // One 2-D matmul over all rows: Burn's `Linear` broadcasts the weight over the batch
+        // axes, which on the CPU backend runs one small matmul per row and is 2-4x slower
+        // at decode shapes (measured: [8, 576] x [576, 1536] 0.15 ms flat, 0.27 ms batched).
+        let flat = x.reshape([rows, inp]);
+        let mut y = flat.clone().matmul(self.base.weight.val());
+        if let Some(bias) = &self.base.bias {
+            y = y + bias.val().unsqueeze();
         }
+        if let Some(adapter) = &self.adapter {
+            y = y + adapter.forward(flat);
+        }
+        let mut out = dims;
+        out[D - 1] = y.dims()[1];
+        y.reshape(out)
     }
 
     /// `(in, out)` of the base weight.

@@ -282,7 +282,7 @@ pub fn load<B: Backend>(
     }
     loader.norm(&mut model.norm, "model.norm")?;
     if let Some(head) = model.lm_head.as_mut() {
-        loader.linear(head, "lm_head")?;
+        loader.linear(&mut head.base, "lm_head")?;
     }
     // A tied checkpoint may still carry a copy of the head; rotary buffers are recomputed.
     let unused: Vec<String> = checkpoint
