@@ -161,6 +161,17 @@ fn lm(batches: &str, new_tokens: usize, no_python: bool) -> Result<()> {
         .iter()
         .find_map(|l| l["matmul_gflops_1024"].as_f64())
         .context("the bench printed no matmul rate")?;
+    let bandwidth = lines
+        .iter()
+        .find_map(|l| l["memory_read_gbs"].as_f64())
+        .context("the bench printed no memory rate")?;
+    // Decode roofline per step: stream every weight once (tied head included) or do
+    // 2 flops per weight per sequence, whichever takes longer.
+    let params = 134.5e6;
+    let roofline = |batch: f64| {
+        let step = (params * 4.0 / (bandwidth * 1e9)).max(2.0 * params * batch / (gflops * 1e9));
+        batch / step
+    };
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let reference: Vec<Value> = if no_python {
         Vec::new()
@@ -184,12 +195,18 @@ fn lm(batches: &str, new_tokens: usize, no_python: bool) -> Result<()> {
     let mut out = std::io::stdout().lock();
     writeln!(
         out,
-        "SmolLM2-135M shape, f32, CPU ({threads} threads), {new_tokens} sampled tokens; matmul 1024^3: {gflops:.0} GFLOP/s"
+        "SmolLM2-135M shape, f32, CPU ({threads} threads), {new_tokens} sampled tokens; matmul 1024^3: {gflops:.0} GFLOP/s; memory read: {bandwidth:.1} GB/s"
     )?;
     writeln!(
         out,
-        "{:>5} {:>14} {:>14} {:>14} {:>14} {:>8}",
-        "batch", "prefill tok/s", "hf prefill", "decode tok/s", "hf decode", "decode x"
+        "{:>5} {:>14} {:>14} {:>14} {:>14} {:>8} {:>14}",
+        "batch",
+        "prefill tok/s",
+        "hf prefill",
+        "decode tok/s",
+        "hf decode",
+        "decode x",
+        "decode roof"
     )?;
     for line in lines.iter().filter(|l| l.get("batch").is_some()) {
         let batch = line["batch"].as_u64().unwrap_or(0);
@@ -211,11 +228,12 @@ fn lm(batches: &str, new_tokens: usize, no_python: bool) -> Result<()> {
             .map_or("-".to_string(), |(a, b)| format!("{:.2}x", a / b));
         writeln!(
             out,
-            "{batch:>5} {:>14} {:>14} {:>14} {:>14} {ratio:>8}",
+            "{batch:>5} {:>14} {:>14} {:>14} {:>14} {ratio:>8} {:>14.0}",
             show(p),
             show(hp),
             show(d),
-            show(hd)
+            show(hd),
+            roofline(batch as f64)
         )?;
     }
     Ok(())

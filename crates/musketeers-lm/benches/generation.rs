@@ -44,7 +44,10 @@ fn main() {
     let prompt_len = 32;
     println!(
         "{}",
-        serde_json::json!({"matmul_gflops_1024": musketeers_lm::perf::matmul_gflops::<B>(1024, &Default::default())})
+        serde_json::json!({
+            "matmul_gflops_1024": musketeers_lm::perf::matmul_gflops::<B>(1024, &Default::default()),
+            "memory_read_gbs": musketeers_lm::perf::memory_read_gbs(),
+        })
     );
     let device = Default::default();
     let model = smollm2_135m().init::<B>(&device);

@@ -18,3 +18,36 @@ pub fn matmul_gflops<B: Backend>(n: usize, device: &B::Device) -> f64 {
         .fold(f64::INFINITY, f64::min);
     2.0 * (n as f64).powi(3) / best / 1e9
 }
+
+/// GB/s of reading a 256 MiB f32 buffer on all rayon threads, best of five: the rate at which
+/// decoding can stream weights that do not fit in cache.
+pub fn memory_read_gbs() -> f64 {
+    use rayon::prelude::*;
+    let values = vec![1.0f32; 64 << 20];
+    let chunk = values.len() / rayon::current_num_threads().max(1);
+    let read = || -> f32 {
+        values
+            .par_chunks(chunk.max(1))
+            .map(|part| {
+                // Sixteen independent sums, so the adds vectorise and the loop is bound by
+                // memory, not by one add's latency.
+                let mut acc = [0f32; 16];
+                for block in part.chunks_exact(16) {
+                    for (a, v) in acc.iter_mut().zip(block) {
+                        *a += v;
+                    }
+                }
+                acc.iter().sum::<f32>()
+            })
+            .sum()
+    };
+    let _ = std::hint::black_box(read());
+    let best = (0..5)
+        .map(|_| {
+            let start = Instant::now();
+            std::hint::black_box(read());
+            start.elapsed().as_secs_f64()
+        })
+        .fold(f64::INFINITY, f64::min);
+    (values.len() * 4) as f64 / best / 1e9
+}
