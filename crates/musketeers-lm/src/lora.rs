@@ -170,22 +170,40 @@ impl<B: Backend> LoraLinear<B> {
     }
 }
 
+/// The adapter-capable projections of one decoder layer, with their Hugging Face module names.
+macro_rules! layer_projections {
+    ($layer:expr, $($ref:tt)+) => {{
+        let attn = $($ref)+ $layer.self_attn;
+        let mlp = $($ref)+ $layer.mlp;
+        [
+            ("self_attn", "q_proj", $($ref)+ attn.q_proj),
+            ("self_attn", "k_proj", $($ref)+ attn.k_proj),
+            ("self_attn", "v_proj", $($ref)+ attn.v_proj),
+            ("self_attn", "o_proj", $($ref)+ attn.o_proj),
+            ("mlp", "gate_proj", $($ref)+ mlp.gate_proj),
+            ("mlp", "up_proj", $($ref)+ mlp.up_proj),
+            ("mlp", "down_proj", $($ref)+ mlp.down_proj),
+        ]
+    }};
+}
+
 impl<B: Backend> Llama<B> {
     /// Every projection with its Hugging Face name, e.g. `model.layers.3.self_attn.q_proj`.
+    fn projections(&self) -> Vec<(String, &'static str, &LoraLinear<B>)> {
+        let mut out = Vec::new();
+        for (i, layer) in self.layers.iter().enumerate() {
+            for (kind, name, proj) in layer_projections!(layer, &) {
+                out.push((format!("model.layers.{i}.{kind}.{name}"), name, proj));
+            }
+        }
+        out
+    }
+
+    /// [`Self::projections`], mutably.
     fn projections_mut(&mut self) -> Vec<(String, &'static str, &mut LoraLinear<B>)> {
         let mut out = Vec::new();
         for (i, layer) in self.layers.iter_mut().enumerate() {
-            let attn = &mut layer.self_attn;
-            let mlp = &mut layer.mlp;
-            for (kind, name, proj) in [
-                ("self_attn", "q_proj", &mut attn.q_proj),
-                ("self_attn", "k_proj", &mut attn.k_proj),
-                ("self_attn", "v_proj", &mut attn.v_proj),
-                ("self_attn", "o_proj", &mut attn.o_proj),
-                ("mlp", "gate_proj", &mut mlp.gate_proj),
-                ("mlp", "up_proj", &mut mlp.up_proj),
-                ("mlp", "down_proj", &mut mlp.down_proj),
-            ] {
+            for (kind, name, proj) in layer_projections!(layer, &mut) {
                 out.push((format!("model.layers.{i}.{kind}.{name}"), name, proj));
             }
         }
@@ -237,15 +255,15 @@ impl<B: Backend> Llama<B> {
     }
 
     /// Whether any projection carries an adapter.
-    pub fn has_adapters(&mut self) -> bool {
-        self.projections_mut()
+    pub fn has_adapters(&self) -> bool {
+        self.projections()
             .iter()
             .any(|(_, _, p)| p.adapter.is_some())
     }
 
     /// Number of adapter parameters (the trainable ones after [`Self::with_lora`]).
-    pub fn adapter_parameter_count(&mut self) -> usize {
-        self.projections_mut()
+    pub fn adapter_parameter_count(&self) -> usize {
+        self.projections()
             .iter()
             .filter_map(|(_, _, p)| p.adapter.as_ref())
             .map(|a| a.lora_a.shape().num_elements() + a.lora_b.shape().num_elements())
@@ -256,7 +274,7 @@ impl<B: Backend> Llama<B> {
     /// so `PeftModel.from_pretrained(base, dir)` loads them. `config` must be the one the
     /// adapters were made with; `base_model` is recorded as `base_model_name_or_path`.
     pub fn save_adapters(
-        &mut self,
+        &self,
         dir: &Path,
         config: &LoraConfig,
         base_model: &str,
@@ -267,7 +285,7 @@ impl<B: Backend> Llama<B> {
         };
         std::fs::create_dir_all(dir).map_err(io(dir))?;
         let mut tensors: BTreeMap<String, (Vec<usize>, Vec<u8>)> = BTreeMap::new();
-        for (prefix, _, proj) in self.projections_mut() {
+        for (prefix, _, proj) in self.projections() {
             let Some(adapter) = &proj.adapter else {
                 continue;
             };

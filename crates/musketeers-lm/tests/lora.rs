@@ -65,7 +65,7 @@ fn fresh_adapters_leave_the_output_unchanged() {
     let ids = input_ids(&fixture("qwen2-bias"));
     let plain = base::<B>();
     let want = logits(&plain, &ids);
-    let mut adapted = plain.with_lora(&LoraConfig::default(), 3).expect("lora");
+    let adapted = plain.with_lora(&LoraConfig::default(), 3).expect("lora");
     assert!(adapted.has_adapters());
     // 2 layers x (q 64->64, k 64->32, v 64->32, o 64->64, gate/up 64->112, down 112->64), rank 8.
     let per_layer = 8 * ((64 + 64) + (64 + 32) * 2 + (64 + 64) + (64 + 112) * 2 + (112 + 64));
@@ -135,7 +135,7 @@ fn gradients_reach_only_the_adapters_and_training_moves_only_them() {
 fn saved_adapters_are_peft_files_and_load_back() {
     let ids = input_ids(&fixture("qwen2-bias"));
     let adapter_dir = fixture("lora-qwen2-bias");
-    let (mut model, config) = base::<B>()
+    let (model, config) = base::<B>()
         .load_adapters(&adapter_dir)
         .expect("adapter loads");
     let out = tempfile::tempdir().expect("temp dir");
