@@ -34,6 +34,8 @@ pub enum LmError {
         name: String,
         dtype: String,
     },
+    #[error("{path}: not a valid GGUF file: {reason}")]
+    BadGguf { path: PathBuf, reason: String },
     #[error("input: {0}")]
     BadInput(String),
 }

@@ -4,6 +4,7 @@
 //! - [`config`]: `config.json` as Hugging Face writes it, resolved into [`LlamaConfig`].
 //! - [`llama`]: the Llama family (Llama 2/3, SmolLM2, Qwen2/2.5, Qwen3) in one implementation.
 //! - [`lora`]: LoRA adapters on a frozen base, in PEFT's file layout.
+//! - [`gguf`], [`quants`]: GGUF files and ggml's block formats, dequantized to f32.
 //! - [`rope`]: rotary embeddings (rotate-half, per-row positions, Llama 3 scaling).
 //! - [`weights`]: safetensors checkpoints (single or sharded; f32, f16, bf16).
 
@@ -11,11 +12,13 @@ pub mod cache;
 pub mod config;
 pub mod error;
 pub mod generate;
+pub mod gguf;
 pub mod llama;
 pub mod lora;
 pub mod perf;
 pub mod pooling;
 pub mod pretrained;
+pub mod quants;
 pub mod rope;
 pub mod sampling;
 pub mod tokenizer;
