@@ -13,6 +13,7 @@ pub mod config;
 pub mod error;
 pub mod generate;
 pub mod gguf;
+pub mod gguf_llama;
 pub mod llama;
 pub mod lora;
 pub mod perf;
@@ -22,6 +23,7 @@ pub mod quants;
 pub mod rope;
 pub mod sampling;
 pub mod tokenizer;
+pub mod tokenizer_gguf;
 pub mod weights;
 
 pub use config::LlamaConfig;

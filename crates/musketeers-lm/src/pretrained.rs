@@ -21,7 +21,20 @@ pub struct Pretrained<B: Backend> {
 }
 
 impl<B: Backend> Pretrained<B> {
+    /// A Hugging Face directory or a `.gguf` file.
     pub fn load(dir: &Path, device: &B::Device) -> Result<Self, LmError> {
+        if crate::gguf_llama::is_gguf(dir) {
+            let file = crate::gguf::GgufFile::open(dir)?;
+            let (config, model) = crate::gguf_llama::load::<B>(&file, device)?;
+            let tokenizer = crate::tokenizer_gguf::from_gguf(&file)?;
+            return Ok(Self {
+                dir: dir.into(),
+                eos_token_ids: config.eos_token_ids.clone(),
+                config,
+                model,
+                tokenizer: Some(tokenizer),
+            });
+        }
         let (config, model) = weights::load::<B>(dir, device)?;
         let tokenizer = if dir.join("tokenizer.json").exists() {
             Some(TextTokenizer::load(dir, config.vocab_size)?)
@@ -54,4 +67,13 @@ impl<B: Backend> Pretrained<B> {
             source: std::io::Error::new(std::io::ErrorKind::NotFound, "no tokenizer"),
         })
     }
+}
+
+/// Only the tokenizer of a Hugging Face directory or a `.gguf` file.
+pub fn load_tokenizer(path: &Path) -> Result<TextTokenizer, LmError> {
+    if crate::gguf_llama::is_gguf(path) {
+        return crate::tokenizer_gguf::from_gguf(&crate::gguf::GgufFile::open(path)?);
+    }
+    let config = LlamaConfig::from_file(&path.join("config.json"))?;
+    TextTokenizer::load(path, config.vocab_size)
 }

@@ -74,6 +74,22 @@ impl TextTokenizer {
         })
     }
 
+    /// A tokenizer built elsewhere (e.g. from GGUF metadata) with its chat template and the
+    /// texts of its bos and eos tokens.
+    pub fn from_parts(
+        inner: tokenizers::Tokenizer,
+        chat_template: Option<String>,
+        bos_token: Option<String>,
+        eos_token: Option<String>,
+    ) -> Self {
+        Self {
+            inner,
+            chat_template,
+            bos_token,
+            eos_token,
+        }
+    }
+
     pub fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>, LmError> {
         self.inner
             .encode(text, add_special_tokens)

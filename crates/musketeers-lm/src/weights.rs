@@ -98,6 +98,15 @@ impl SafetensorsFile {
     }
 }
 
+/// Named f32 tensors in Hugging Face naming and layout (`model.layers.0.self_attn.q_proj.weight`,
+/// `[out, in]`), wherever they come from: safetensors shards, or a GGUF file mapped onto them.
+pub(crate) trait TensorSource {
+    /// The tensor `name`, row-major, checked against `shape`.
+    fn read(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>, LmError>;
+    /// Names present but never read, sorted.
+    fn unused(&self) -> Vec<String>;
+}
+
 /// The shards of a checkpoint and where each tensor lives.
 struct Checkpoint {
     dir: PathBuf,
@@ -151,7 +160,9 @@ impl Checkpoint {
         })
     }
 
-    /// The tensor `name` as f32, row-major, checked against `shape`.
+}
+
+impl TensorSource for Checkpoint {
     fn read(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>, LmError> {
         let file = *self.index.get(name).ok_or_else(|| LmError::MissingTensor {
             name: name.into(),
@@ -192,7 +203,7 @@ fn transposed(values: Vec<f32>, out: usize, inp: usize) -> Vec<f32> {
 }
 
 struct Loader<'a, B: Backend> {
-    checkpoint: &'a mut Checkpoint,
+    checkpoint: &'a mut dyn TensorSource,
     device: &'a B::Device,
 }
 
@@ -231,16 +242,49 @@ impl<B: Backend> Loader<'_, B> {
     }
 }
 
-/// Load a Hugging Face model directory (`config.json` + safetensors).
+/// Load a model: a Hugging Face directory (`config.json` + safetensors) or a `.gguf` file.
 pub fn load<B: Backend>(
-    dir: &Path,
+    path: &Path,
     device: &B::Device,
 ) -> Result<(LlamaConfig, Llama<B>), LmError> {
+    if crate::gguf_llama::is_gguf(path) {
+        let file = crate::gguf::GgufFile::open(path)?;
+        return crate::gguf_llama::load(&file, device);
+    }
+    let dir = path;
     let config = LlamaConfig::from_file(&dir.join("config.json"))?;
     let mut checkpoint = Checkpoint::open(dir)?;
+    let model = fill(&config, &mut checkpoint, device)?;
+    // A tied checkpoint may still carry a copy of the head; rotary buffers are recomputed.
+    let unused: Vec<String> = checkpoint
+        .unused()
+        .into_iter()
+        .filter(|n| {
+            !(n.ends_with("rotary_emb.inv_freq")
+                || (config.tie_word_embeddings && n == "lm_head.weight"))
+        })
+        .collect();
+    if let Some(first) = unused.first() {
+        return Err(LmError::BadConfig {
+            path: dir.join("config.json"),
+            reason: format!(
+                "the checkpoint has {} tensors this config does not use, e.g. {first:?}",
+                unused.len()
+            ),
+        });
+    }
+    Ok((config, model))
+}
+
+/// A model of `config` with every parameter read from `source`.
+pub(crate) fn fill<B: Backend>(
+    config: &LlamaConfig,
+    source: &mut dyn TensorSource,
+    device: &B::Device,
+) -> Result<Llama<B>, LmError> {
     let mut model = config.init::<B>(device);
     let mut loader = Loader::<B> {
-        checkpoint: &mut checkpoint,
+        checkpoint: source,
         device,
     };
     let (v, h) = (config.vocab_size, config.hidden_size);
@@ -284,25 +328,7 @@ pub fn load<B: Backend>(
     if let Some(head) = model.lm_head.as_mut() {
         loader.linear(&mut head.base, "lm_head")?;
     }
-    // A tied checkpoint may still carry a copy of the head; rotary buffers are recomputed.
-    let unused: Vec<String> = checkpoint
-        .unused()
-        .into_iter()
-        .filter(|n| {
-            !(n.ends_with("rotary_emb.inv_freq")
-                || (config.tie_word_embeddings && n == "lm_head.weight"))
-        })
-        .collect();
-    if let Some(first) = unused.first() {
-        return Err(LmError::BadConfig {
-            path: dir.join("config.json"),
-            reason: format!(
-                "the checkpoint has {} tensors this config does not use, e.g. {first:?}",
-                unused.len()
-            ),
-        });
-    }
-    Ok((config, model))
+    Ok(model)
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ use clap::{Args, Subcommand};
 use musketeers_lm::generate::{GenerationConfig, StopStrings, generate_until};
 use musketeers_lm::sampling::SamplingConfig;
 use musketeers_lm::tokenizer::{ChatMessage, TextTokenizer};
+use musketeers_lm::pretrained::load_tokenizer;
 use musketeers_lm::{Llama, LlamaConfig, Pretrained, weights};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -112,17 +113,15 @@ fn load<B: Backend>(dir: &Path, device: &B::Device) -> Result<(LlamaConfig, Llam
     Ok(loaded)
 }
 
-fn tokenizer(dir: &Path, vocab: usize) -> Result<TextTokenizer> {
-    TextTokenizer::load(dir, vocab)
-        .with_context(|| format!("loading the tokenizer of {}", dir.display()))
+fn tokenizer(path: &Path) -> Result<TextTokenizer> {
+    load_tokenizer(path).with_context(|| format!("loading the tokenizer of {}", path.display()))
 }
 
 fn run_on<B: Backend>(command: LmCommand, device: &B::Device) -> Result<()> {
     let mut out = std::io::stdout().lock();
     match command {
         LmCommand::Tokenize { model, text } => {
-            let config = LlamaConfig::from_file(&model.model.join("config.json"))?;
-            let ids = tokenizer(&model.model, config.vocab_size)?.encode(&text, false)?;
+            let ids = tokenizer(&model.model)?.encode(&text, false)?;
             writeln!(out, "{}", serde_json::to_string(&ids)?)?;
         }
         LmCommand::Forward {
@@ -135,7 +134,7 @@ fn run_on<B: Backend>(command: LmCommand, device: &B::Device) -> Result<()> {
             let ids = match (token_ids, prompt) {
                 (Some(ids), _) => ids,
                 (None, Some(text)) => {
-                    tokenizer(&model.model, config.vocab_size)?.encode(&text, true)?
+                    tokenizer(&model.model)?.encode(&text, true)?
                 }
                 (None, None) => bail!("give --token-ids or --prompt"),
             };

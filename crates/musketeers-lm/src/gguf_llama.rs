@@ -1,0 +1,254 @@
+//! GGUF checkpoints of the Llama family (`general.architecture` = llama, qwen2, qwen3) as
+//! Hugging Face tensors: llama.cpp's names mapped to ours, and for `llama` the row permutation
+//! llama.cpp's converter applies to Q and K undone.
+
+use crate::config::LlamaConfig;
+use crate::error::LmError;
+use crate::gguf::GgufFile;
+use crate::llama::Llama;
+use crate::weights::{TensorSource, fill};
+use burn::tensor::backend::Backend;
+use std::collections::BTreeSet;
+use std::path::Path;
+
+/// Whether `path` names a GGUF file (by extension, or by magic for other names).
+pub fn is_gguf(path: &Path) -> bool {
+    if path.is_dir() {
+        return false;
+    }
+    if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf")) {
+        return true;
+    }
+    std::fs::File::open(path)
+        .and_then(|mut f| {
+            let mut magic = [0u8; 4];
+            std::io::Read::read_exact(&mut f, &mut magic).map(|_| &magic == b"GGUF")
+        })
+        .unwrap_or(false)
+}
+
+/// The model config a GGUF file's metadata describes.
+pub fn config(file: &GgufFile) -> Result<LlamaConfig, LmError> {
+    let arch = file.architecture()?.to_string();
+    let (qkv_bias, qk_norm) = match arch.as_str() {
+        "llama" => (file.tensor_info("blk.0.attn_q.bias").is_some(), false),
+        "qwen2" => (true, false),
+        "qwen3" => (false, true),
+        other => {
+            return Err(LmError::UnsupportedModel {
+                path: file.path.clone(),
+                model_type: format!("{other} (GGUF general.architecture)"),
+            });
+        }
+    };
+    let key = |k: &str| format!("{arch}.{k}");
+    let hidden = file.require_u64(&key("embedding_length"))? as usize;
+    let heads = file.require_u64(&key("attention.head_count"))? as usize;
+    let kv_heads = match file.get(&key("attention.head_count_kv")) {
+        Some(v) => v.as_u64().ok_or_else(|| LmError::BadGguf {
+            path: file.path.clone(),
+            reason: "attention.head_count_kv is not an integer".into(),
+        })? as usize,
+        None => heads,
+    };
+    if heads == 0 || kv_heads == 0 || heads % kv_heads != 0 {
+        return Err(LmError::BadGguf {
+            path: file.path.clone(),
+            reason: format!("{heads} heads cannot share {kv_heads} key/value heads"),
+        });
+    }
+    let head_dim = match file.get(&key("attention.key_length")) {
+        Some(v) => v.as_u64().unwrap_or(0) as usize,
+        None => hidden / heads,
+    };
+    let vocab = match file.get(&key("vocab_size")) {
+        Some(v) => v.as_u64().unwrap_or(0) as usize,
+        None => file
+            .get("tokenizer.ggml.tokens")
+            .and_then(|t| t.as_array())
+            .map_or(0, <[_]>::len),
+    };
+    let eos = file
+        .get("tokenizer.ggml.eos_token_id")
+        .and_then(|v| v.as_u64())
+        .map(|id| id as u32);
+    Ok(LlamaConfig {
+        vocab_size: vocab,
+        hidden_size: hidden,
+        intermediate_size: file.require_u64(&key("feed_forward_length"))? as usize,
+        num_layers: file.require_u64(&key("block_count"))? as usize,
+        num_heads: heads,
+        num_kv_heads: kv_heads,
+        head_dim,
+        rms_norm_eps: file.require_f64(&key("attention.layer_norm_rms_epsilon"))?,
+        rope_theta: file
+            .get(&key("rope.freq_base"))
+            .and_then(|v| v.as_f64())
+            .unwrap_or(10_000.0),
+        rope_scaling: None,
+        tie_word_embeddings: file.tensor_info("output.weight").is_none(),
+        qkv_bias,
+        o_bias: false,
+        mlp_bias: false,
+        qk_norm,
+        eos_token_ids: eos.into_iter().collect(),
+    })
+}
+
+/// Load a Llama-family model from a parsed GGUF file, dequantized to f32.
+pub fn load<B: Backend>(
+    file: &GgufFile,
+    device: &B::Device,
+) -> Result<(LlamaConfig, Llama<B>), LmError> {
+    let config = config(file)?;
+    let mut source = GgufSource {
+        file,
+        permute_qk: file.architecture()? == "llama",
+        heads: config.num_heads,
+        kv_heads: config.num_kv_heads,
+        used: BTreeSet::new(),
+    };
+    let model = fill(&config, &mut source, device)?;
+    let unused: Vec<String> = source
+        .unused()
+        .into_iter()
+        // llama.cpp stores precomputed rope factors for some models; we compute our own.
+        .filter(|n| !n.starts_with("rope_"))
+        .collect();
+    if let Some(first) = unused.first() {
+        return Err(LmError::BadGguf {
+            path: file.path.clone(),
+            reason: format!(
+                "{} tensors are not used by a {} model, e.g. {first:?}",
+                unused.len(),
+                file.architecture()?
+            ),
+        });
+    }
+    Ok((config, model))
+}
+
+struct GgufSource<'a> {
+    file: &'a GgufFile,
+    permute_qk: bool,
+    heads: usize,
+    kv_heads: usize,
+    used: BTreeSet<String>,
+}
+
+/// llama.cpp's name for a Hugging Face tensor name.
+fn gguf_name(hf: &str) -> Option<String> {
+    let fixed = match hf {
+        "model.embed_tokens.weight" => Some("token_embd.weight"),
+        "model.norm.weight" => Some("output_norm.weight"),
+        "lm_head.weight" => Some("output.weight"),
+        _ => None,
+    };
+    if let Some(name) = fixed {
+        return Some(name.into());
+    }
+    let rest = hf.strip_prefix("model.layers.")?;
+    let (layer, rest) = rest.split_once('.')?;
+    let (module, suffix) = rest.rsplit_once('.')?; // suffix: weight | bias
+    let ours = match module {
+        "input_layernorm" => "attn_norm",
+        "post_attention_layernorm" => "ffn_norm",
+        "self_attn.q_proj" => "attn_q",
+        "self_attn.k_proj" => "attn_k",
+        "self_attn.v_proj" => "attn_v",
+        "self_attn.o_proj" => "attn_output",
+        "self_attn.q_norm" => "attn_q_norm",
+        "self_attn.k_norm" => "attn_k_norm",
+        "mlp.gate_proj" => "ffn_gate",
+        "mlp.up_proj" => "ffn_up",
+        "mlp.down_proj" => "ffn_down",
+        _ => return None,
+    };
+    Some(format!("blk.{layer}.{ours}.{suffix}"))
+}
+
+/// Undo llama.cpp's `permute`: within each head, its rows `[2j + s]` hold Hugging Face rows
+/// `[s * d/2 + j]` (rotate-half order was interleaved for ggml's RoPE).
+fn unpermute_rows(values: &[f32], heads: usize, rows: usize, cols: usize) -> Vec<f32> {
+    let head_dim = rows / heads;
+    let half = head_dim / 2;
+    let mut out = vec![0.0; values.len()];
+    for h in 0..heads {
+        for j in 0..half {
+            for s in 0..2 {
+                let from = h * head_dim + 2 * j + s;
+                let to = h * head_dim + s * half + j;
+                out[to * cols..(to + 1) * cols].copy_from_slice(&values[from * cols..(from + 1) * cols]);
+            }
+        }
+    }
+    out
+}
+
+impl TensorSource for GgufSource<'_> {
+    fn read(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>, LmError> {
+        let gguf = gguf_name(name).ok_or_else(|| LmError::MissingTensor {
+            name: name.into(),
+            dir: self.file.path.clone(),
+        })?;
+        let (actual, values) = self.file.tensor_f32(&gguf)?;
+        if actual != shape {
+            return Err(LmError::WrongShape {
+                path: self.file.path.clone(),
+                name: gguf,
+                actual,
+                expected: shape.to_vec(),
+            });
+        }
+        self.used.insert(gguf.clone());
+        let heads = if name.ends_with("q_proj.weight") || name.ends_with("q_proj.bias") {
+            Some(self.heads)
+        } else if name.ends_with("k_proj.weight") || name.ends_with("k_proj.bias") {
+            Some(self.kv_heads)
+        } else {
+            None
+        };
+        Ok(match heads {
+            Some(heads) if self.permute_qk => {
+                let cols = if shape.len() == 2 { shape[1] } else { 1 };
+                unpermute_rows(&values, heads, shape[0], cols)
+            }
+            _ => values,
+        })
+    }
+
+    fn unused(&self) -> Vec<String> {
+        self.file
+            .tensors
+            .iter()
+            .map(|t| t.name.clone())
+            .filter(|n| !self.used.contains(n))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{gguf_name, unpermute_rows};
+
+    #[test]
+    fn maps_names() {
+        assert_eq!(
+            gguf_name("model.layers.12.self_attn.k_proj.weight").as_deref(),
+            Some("blk.12.attn_k.weight")
+        );
+        assert_eq!(
+            gguf_name("model.layers.0.mlp.down_proj.weight").as_deref(),
+            Some("blk.0.ffn_down.weight")
+        );
+        assert_eq!(gguf_name("model.layers.0.mystery.weight"), None);
+    }
+
+    #[test]
+    fn undoes_llama_cpp_permutation() {
+        // One head of dim 4, one column: HF rows [a, b, c, d] (halves [a, b], [c, d]) are
+        // stored by llama.cpp interleaved as [a, c, b, d].
+        let stored = [1.0, 3.0, 2.0, 4.0];
+        assert_eq!(unpermute_rows(&stored, 1, 4, 1), vec![1.0, 2.0, 3.0, 4.0]);
+    }
+}
