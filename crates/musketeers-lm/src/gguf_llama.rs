@@ -16,7 +16,10 @@ pub fn is_gguf(path: &Path) -> bool {
     if path.is_dir() {
         return false;
     }
-    if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf")) {
+    if path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+    {
         return true;
     }
     std::fs::File::open(path)
@@ -51,7 +54,7 @@ pub fn config(file: &GgufFile) -> Result<LlamaConfig, LmError> {
         })? as usize,
         None => heads,
     };
-    if heads == 0 || kv_heads == 0 || heads % kv_heads != 0 {
+    if heads == 0 || kv_heads == 0 || !heads.is_multiple_of(kv_heads) {
         return Err(LmError::BadGguf {
             path: file.path.clone(),
             reason: format!("{heads} heads cannot share {kv_heads} key/value heads"),
@@ -178,7 +181,8 @@ fn unpermute_rows(values: &[f32], heads: usize, rows: usize, cols: usize) -> Vec
             for s in 0..2 {
                 let from = h * head_dim + 2 * j + s;
                 let to = h * head_dim + s * half + j;
-                out[to * cols..(to + 1) * cols].copy_from_slice(&values[from * cols..(from + 1) * cols]);
+                out[to * cols..(to + 1) * cols]
+                    .copy_from_slice(&values[from * cols..(from + 1) * cols]);
             }
         }
     }

@@ -9,6 +9,7 @@
 //! - [`weights`]: safetensors checkpoints (single or sharded; f32, f16, bf16).
 
 pub mod cache;
+pub mod catalog;
 pub mod config;
 pub mod error;
 pub mod generate;

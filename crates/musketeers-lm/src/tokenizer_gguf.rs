@@ -64,20 +64,20 @@ fn numbers(file: &GgufFile, key: &str, n: usize) -> Result<Vec<f64>, LmError> {
 }
 
 fn pre_tokenizer(file: &GgufFile, pre: &str) -> Result<Json, LmError> {
-    let byte_level = |use_regex: bool| {
-        json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": false, "use_regex": use_regex})
-    };
-    let split = |regex: &str| {
-        json!({"type": "Split", "pattern": {"Regex": regex}, "behavior": "Isolated", "invert": false})
-    };
+    let byte_level = |use_regex: bool| json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": false, "use_regex": use_regex});
+    let split = |regex: &str| json!({"type": "Split", "pattern": {"Regex": regex}, "behavior": "Isolated", "invert": false});
     Ok(match pre {
-        "default" | "gpt2" | "gpt-2" => json!({"type": "Sequence", "pretokenizers": [split(GPT2_REGEX), byte_level(false)]}),
+        "default" | "gpt2" | "gpt-2" => {
+            json!({"type": "Sequence", "pretokenizers": [split(GPT2_REGEX), byte_level(false)]})
+        }
         "smollm" => json!({"type": "Sequence", "pretokenizers": [
             {"type": "Digits", "individual_digits": true}, split(GPT2_REGEX), byte_level(false)]}),
         "llama-bpe" | "llama3" | "llama-v3" => {
             json!({"type": "Sequence", "pretokenizers": [split(LLAMA3_REGEX), byte_level(false)]})
         }
-        "qwen2" => json!({"type": "Sequence", "pretokenizers": [split(QWEN2_REGEX), byte_level(false)]}),
+        "qwen2" => {
+            json!({"type": "Sequence", "pretokenizers": [split(QWEN2_REGEX), byte_level(false)]})
+        }
         other => {
             return Err(bad(
                 file,
@@ -137,7 +137,10 @@ pub fn from_gguf(file: &GgufFile) -> Result<TextTokenizer, LmError> {
         .map(|(i, t)| (t.to_string(), i.into()))
         .collect();
     if vocab.len() != n {
-        return Err(bad(file, "tokenizer.ggml.tokens has repeated tokens".into()));
+        return Err(bad(
+            file,
+            "tokenizer.ggml.tokens has repeated tokens".into(),
+        ));
     }
     let added: Vec<Json> = types
         .iter()
@@ -171,7 +174,8 @@ pub fn from_gguf(file: &GgufFile) -> Result<TextTokenizer, LmError> {
             let scores = numbers(file, "tokenizer.ggml.scores", n)?;
             let merges = merges_from_scores(&tokens, &scores, &types);
             let prefix = flag("tokenizer.ggml.add_space_prefix", true);
-            let mut normalizers = vec![json!({"type": "Replace", "pattern": {"String": " "}, "content": "\u{2581}"})];
+            let mut normalizers =
+                vec![json!({"type": "Replace", "pattern": {"String": " "}, "content": "\u{2581}"})];
             if prefix {
                 normalizers.insert(0, json!({"type": "Prepend", "prepend": "\u{2581}"}));
             }
@@ -213,7 +217,10 @@ pub fn from_gguf(file: &GgufFile) -> Result<TextTokenizer, LmError> {
             "special_tokens": {bos_text: {"id": bos_text, "ids": [bos], "tokens": [bos_text]}}});
     }
     let inner: tokenizers::Tokenizer = tokenizer.to_string().parse().map_err(|e| {
-        bad(file, format!("the tokenizer in its metadata does not build: {e}"))
+        bad(
+            file,
+            format!("the tokenizer in its metadata does not build: {e}"),
+        )
     })?;
     Ok(TextTokenizer::from_parts(
         inner,

@@ -159,7 +159,6 @@ impl Checkpoint {
             used: BTreeSet::new(),
         })
     }
-
 }
 
 impl TensorSource for Checkpoint {

