@@ -6,6 +6,7 @@
 
 use burn_flex::Flex;
 use musketeers_lm::LlamaConfig;
+use musketeers_lm::config::Activation;
 use musketeers_lm::generate::{GenerationConfig, generate};
 use musketeers_lm::sampling::SamplingConfig;
 
@@ -29,6 +30,9 @@ fn smollm2_135m() -> LlamaConfig {
         mlp_bias: false,
         qk_norm: false,
         eos_token_ids: Vec::new(),
+        activation: Activation::Silu,
+        attention_scale: 0.125,
+        gemma: Default::default(),
     }
 }
 

@@ -19,8 +19,19 @@ pub struct HfConfig {
     pub rms_norm_eps: f64,
     pub rope_theta: Option<f64>,
     pub rope_scaling: Option<RopeScaling>,
-    /// transformers >= 5 writes `rope_theta` and the scaling here instead.
-    pub rope_parameters: Option<RopeParameters>,
+    /// transformers >= 5 writes `rope_theta` and the scaling here instead; Gemma 3 has one
+    /// such object per layer type (`full_attention`, `sliding_attention`).
+    pub rope_parameters: Option<serde_json::Value>,
+    /// Gemma 3: `sliding_attention` or `full_attention` per layer.
+    pub layer_types: Option<Vec<String>>,
+    pub sliding_window: Option<usize>,
+    /// Gemma 3 (transformers 4): the local layers' base.
+    pub rope_local_base_freq: Option<f64>,
+    /// Gemma: attention scores scale by `query_pre_attn_scalar ** -0.5`.
+    pub query_pre_attn_scalar: Option<f64>,
+    pub hidden_activation: Option<String>,
+    pub final_logit_softcapping: Option<f64>,
+    pub attn_logit_softcapping: Option<f64>,
     #[serde(default)]
     pub tie_word_embeddings: bool,
     pub attention_bias: Option<bool>,
@@ -70,6 +81,31 @@ fn eight_k() -> usize {
     8192
 }
 
+/// The feed-forward nonlinearity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    Silu,
+    /// `gelu_pytorch_tanh` (Gemma).
+    GeluTanh,
+}
+
+/// What differs in Gemma 3 from the Llama layout, all `None`/off for the Llama family.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct GemmaOptions {
+    /// Token embeddings are multiplied by `sqrt(hidden_size)`.
+    pub embedding_scale: bool,
+    /// RMSNorm weights are stored as `w` and applied as `1 + w`.
+    pub norm_plus_one: bool,
+    /// Norms after attention and around the feed-forward block (`post_attention_layernorm` on
+    /// the attention output, `pre_feedforward_layernorm`, `post_feedforward_layernorm`).
+    pub sandwich_norms: bool,
+    /// Per layer: true for a sliding-window (local) layer.
+    pub sliding_layers: Vec<bool>,
+    pub sliding_window: Option<usize>,
+    /// RoPE base of the local layers.
+    pub rope_local_theta: Option<f64>,
+}
+
 /// Everything the model needs, with no option left open.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LlamaConfig {
@@ -89,9 +125,13 @@ pub struct LlamaConfig {
     /// Bias on o (Llama with `attention_bias` only).
     pub o_bias: bool,
     pub mlp_bias: bool,
-    /// RMSNorm of q and k per head before RoPE (Qwen3).
+    /// RMSNorm of q and k per head before RoPE (Qwen3, Gemma 3).
     pub qk_norm: bool,
     pub eos_token_ids: Vec<u32>,
+    pub activation: Activation,
+    /// Attention scores are `q·k * attention_scale` (default `1/sqrt(head_dim)`).
+    pub attention_scale: f64,
+    pub gemma: GemmaOptions,
 }
 
 impl LlamaConfig {
@@ -123,6 +163,10 @@ impl LlamaConfig {
                 let bias = hf.attention_bias.unwrap_or(false);
                 (bias, bias, true)
             }
+            "gemma3_text" => {
+                let bias = hf.attention_bias.unwrap_or(false);
+                (bias, bias, true)
+            }
             other => {
                 return Err(LmError::UnsupportedModel {
                     path: path.into(),
@@ -130,12 +174,24 @@ impl LlamaConfig {
                 });
             }
         };
-        if let Some(act) = &hf.hidden_act
-            && act != "silu"
-        {
-            return Err(bad(format!(
-                "hidden_act {act:?} is not supported (only silu)"
-            )));
+        let gemma = hf.model_type == "gemma3_text";
+        let activation = match hf.hidden_activation.as_deref().or(hf.hidden_act.as_deref()) {
+            None if gemma => Activation::GeluTanh,
+            None | Some("silu") => Activation::Silu,
+            Some("gelu_pytorch_tanh") => Activation::GeluTanh,
+            Some(act) => {
+                return Err(bad(format!(
+                    "activation {act:?} is not supported (silu, gelu_pytorch_tanh)"
+                )));
+            }
+        };
+        for (key, value) in [
+            ("final_logit_softcapping", hf.final_logit_softcapping),
+            ("attn_logit_softcapping", hf.attn_logit_softcapping),
+        ] {
+            if value.is_some() {
+                return Err(bad(format!("{key} is not supported")));
+            }
         }
         let num_kv_heads = hf.num_key_value_heads.unwrap_or(hf.num_attention_heads);
         if hf.num_attention_heads == 0
@@ -163,7 +219,21 @@ impl LlamaConfig {
                 "head_dim {head_dim} must be even for rotary embeddings"
             )));
         }
-        let parameters = hf.rope_parameters.clone();
+        // transformers 5: one `rope_parameters` object, or (Gemma 3) one per layer type.
+        let parameters_of = |kind: &str| -> Result<Option<RopeParameters>, LmError> {
+            let Some(all) = &hf.rope_parameters else {
+                return Ok(None);
+            };
+            let one = all
+                .get(kind)
+                .filter(|_| all.get("rope_theta").is_none())
+                .unwrap_or(all);
+            serde_json::from_value(one.clone())
+                .map(Some)
+                .map_err(|e| bad(format!("rope_parameters: {e}")))
+        };
+        let parameters = parameters_of("full_attention")?;
+        let local_parameters = parameters_of("sliding_attention")?;
         let rope_theta = hf
             .rope_theta
             .or(parameters.as_ref().and_then(|p| p.rope_theta))
@@ -185,6 +255,45 @@ impl LlamaConfig {
                 }),
             },
             (None, None) => None,
+        };
+        let gemma_options = if gemma {
+            let sliding_layers = match &hf.layer_types {
+                Some(types) => {
+                    if types.len() != hf.num_hidden_layers {
+                        return Err(bad(format!(
+                            "layer_types has {} entries for {} layers",
+                            types.len(),
+                            hf.num_hidden_layers
+                        )));
+                    }
+                    types
+                        .iter()
+                        .map(|t| match t.as_str() {
+                            "sliding_attention" => Ok(true),
+                            "full_attention" => Ok(false),
+                            other => Err(bad(format!("layer type {other:?} is not supported"))),
+                        })
+                        .collect::<Result<Vec<_>, _>>()?
+                }
+                // Gemma 3's default pattern: five local layers, then one global.
+                None => (0..hf.num_hidden_layers)
+                    .map(|i| (i + 1) % 6 != 0)
+                    .collect(),
+            };
+            GemmaOptions {
+                embedding_scale: true,
+                norm_plus_one: true,
+                sandwich_norms: true,
+                sliding_layers,
+                sliding_window: hf.sliding_window,
+                rope_local_theta: Some(
+                    hf.rope_local_base_freq
+                        .or(local_parameters.and_then(|p| p.rope_theta))
+                        .unwrap_or(10_000.0),
+                ),
+            }
+        } else {
+            GemmaOptions::default()
         };
         if let Some(s) = &rope_scaling
             && s.rope_type != "llama3"
@@ -213,6 +322,12 @@ impl LlamaConfig {
             mlp_bias: hf.mlp_bias,
             qk_norm,
             eos_token_ids,
+            activation,
+            attention_scale: match hf.query_pre_attn_scalar {
+                Some(scalar) => scalar.powf(-0.5),
+                None => (head_dim as f64).powf(-0.5),
+            },
+            gemma: gemma_options,
         })
     }
 }

@@ -13,7 +13,9 @@ pub enum LmError {
         path: PathBuf,
         source: serde_json::Error,
     },
-    #[error("{path}: unsupported model_type {model_type:?} (supported: llama, qwen2, qwen3)")]
+    #[error(
+        "{path}: unsupported model_type {model_type:?} (supported: llama, mistral, qwen2, qwen3, gemma3_text)"
+    )]
     UnsupportedModel { path: PathBuf, model_type: String },
     #[error("{path}: invalid config: {reason}")]
     BadConfig { path: PathBuf, reason: String },

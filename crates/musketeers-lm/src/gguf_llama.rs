@@ -1,8 +1,8 @@
-//! GGUF checkpoints of the Llama family (`general.architecture` = llama, qwen2, qwen3) as
-//! Hugging Face tensors: llama.cpp's names mapped to ours, and for `llama` the row permutation
-//! llama.cpp's converter applies to Q and K undone.
+//! GGUF checkpoints (`general.architecture` = llama, qwen2, qwen3, gemma3) as Hugging Face
+//! tensors: llama.cpp's names mapped to ours; for `llama` the row permutation llama.cpp's
+//! converter applies to Q and K undone; for `gemma3` the `+1` it folds into norm weights undone.
 
-use crate::config::LlamaConfig;
+use crate::config::{Activation, GemmaOptions, LlamaConfig};
 use crate::error::LmError;
 use crate::gguf::GgufFile;
 use crate::llama::Llama;
@@ -36,7 +36,7 @@ pub fn config(file: &GgufFile) -> Result<LlamaConfig, LmError> {
     let (qkv_bias, qk_norm) = match arch.as_str() {
         "llama" => (file.tensor_info("blk.0.attn_q.bias").is_some(), false),
         "qwen2" => (true, false),
-        "qwen3" => (false, true),
+        "qwen3" | "gemma3" => (false, true),
         other => {
             return Err(LmError::UnsupportedModel {
                 path: file.path.clone(),
@@ -75,11 +75,28 @@ pub fn config(file: &GgufFile) -> Result<LlamaConfig, LmError> {
         .get("tokenizer.ggml.eos_token_id")
         .and_then(|v| v.as_u64())
         .map(|id| id as u32);
+    let layers = file.require_u64(&key("block_count"))? as usize;
+    let gemma = if arch == "gemma3" {
+        GemmaOptions {
+            embedding_scale: true,
+            norm_plus_one: true,
+            sandwich_norms: true,
+            // llama.cpp's Gemma 3: five local layers then one global, local base 10000.
+            sliding_layers: (0..layers).map(|i| (i + 1) % 6 != 0).collect(),
+            sliding_window: file
+                .get(&key("attention.sliding_window"))
+                .and_then(|v| v.as_u64())
+                .map(|w| w as usize),
+            rope_local_theta: Some(10_000.0),
+        }
+    } else {
+        GemmaOptions::default()
+    };
     Ok(LlamaConfig {
         vocab_size: vocab,
         hidden_size: hidden,
         intermediate_size: file.require_u64(&key("feed_forward_length"))? as usize,
-        num_layers: file.require_u64(&key("block_count"))? as usize,
+        num_layers: layers,
         num_heads: heads,
         num_kv_heads: kv_heads,
         head_dim,
@@ -95,6 +112,13 @@ pub fn config(file: &GgufFile) -> Result<LlamaConfig, LmError> {
         mlp_bias: false,
         qk_norm,
         eos_token_ids: eos.into_iter().collect(),
+        activation: if arch == "gemma3" {
+            Activation::GeluTanh
+        } else {
+            Activation::Silu
+        },
+        attention_scale: (head_dim as f64).powf(-0.5),
+        gemma,
     })
 }
 
@@ -107,6 +131,7 @@ pub fn load<B: Backend>(
     let mut source = GgufSource {
         file,
         permute_qk: file.architecture()? == "llama",
+        gemma: config.gemma.norm_plus_one,
         heads: config.num_heads,
         kv_heads: config.num_kv_heads,
         used: BTreeSet::new(),
@@ -134,13 +159,15 @@ pub fn load<B: Backend>(
 struct GgufSource<'a> {
     file: &'a GgufFile,
     permute_qk: bool,
+    /// Gemma: norms are named differently and stored as `1 + w`.
+    gemma: bool,
     heads: usize,
     kv_heads: usize,
     used: BTreeSet<String>,
 }
 
 /// llama.cpp's name for a Hugging Face tensor name.
-fn gguf_name(hf: &str) -> Option<String> {
+fn gguf_name(hf: &str, gemma: bool) -> Option<String> {
     let fixed = match hf {
         "model.embed_tokens.weight" => Some("token_embd.weight"),
         "model.norm.weight" => Some("output_norm.weight"),
@@ -155,7 +182,10 @@ fn gguf_name(hf: &str) -> Option<String> {
     let (module, suffix) = rest.rsplit_once('.')?; // suffix: weight | bias
     let ours = match module {
         "input_layernorm" => "attn_norm",
+        "post_attention_layernorm" if gemma => "post_attention_norm",
         "post_attention_layernorm" => "ffn_norm",
+        "pre_feedforward_layernorm" => "ffn_norm",
+        "post_feedforward_layernorm" => "post_ffw_norm",
         "self_attn.q_proj" => "attn_q",
         "self_attn.k_proj" => "attn_k",
         "self_attn.v_proj" => "attn_v",
@@ -191,7 +221,7 @@ fn unpermute_rows(values: &[f32], heads: usize, rows: usize, cols: usize) -> Vec
 
 impl TensorSource for GgufSource<'_> {
     fn read(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>, LmError> {
-        let gguf = gguf_name(name).ok_or_else(|| LmError::MissingTensor {
+        let gguf = gguf_name(name, self.gemma).ok_or_else(|| LmError::MissingTensor {
             name: name.into(),
             dir: self.file.path.clone(),
         })?;
@@ -212,7 +242,9 @@ impl TensorSource for GgufSource<'_> {
         } else {
             None
         };
+        let is_norm = name.contains("norm.weight");
         Ok(match heads {
+            _ if self.gemma && is_norm => values.into_iter().map(|w| w - 1.0).collect(),
             Some(heads) if self.permute_qk => {
                 let cols = if shape.len() == 2 { shape[1] } else { 1 };
                 unpermute_rows(&values, heads, shape[0], cols)
@@ -238,14 +270,18 @@ mod tests {
     #[test]
     fn maps_names() {
         assert_eq!(
-            gguf_name("model.layers.12.self_attn.k_proj.weight").as_deref(),
+            gguf_name("model.layers.12.self_attn.k_proj.weight", false).as_deref(),
             Some("blk.12.attn_k.weight")
         );
         assert_eq!(
-            gguf_name("model.layers.0.mlp.down_proj.weight").as_deref(),
+            gguf_name("model.layers.0.mlp.down_proj.weight", false).as_deref(),
             Some("blk.0.ffn_down.weight")
         );
-        assert_eq!(gguf_name("model.layers.0.mystery.weight"), None);
+        assert_eq!(gguf_name("model.layers.0.mystery.weight", false), None);
+        assert_eq!(
+            gguf_name("model.layers.3.post_attention_layernorm.weight", true).as_deref(),
+            Some("blk.3.post_attention_norm.weight")
+        );
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! (`self_attn.q_proj`, `mlp.gate_proj`, `input_layernorm`), so loading needs no rename table.
 
 use crate::cache::KvCache;
-use crate::config::LlamaConfig;
+use crate::config::{Activation, LlamaConfig};
 use crate::error::LmError;
 use crate::lora::LoraLinear;
 use crate::rope::{self, Rope};
@@ -11,7 +11,7 @@ use burn::module::{Module, Param};
 use burn::nn::{Embedding, RmsNorm};
 use burn::tensor::activation::softmax;
 use burn::tensor::backend::Backend;
-use burn::tensor::{Bool, Int, Tensor};
+use burn::tensor::{Bool, Int, Tensor, TensorData};
 
 /// Query/key/value projections, grouped-query attention, output projection.
 #[derive(Module, Debug)]
@@ -25,6 +25,10 @@ pub struct Attention<B: Backend> {
     pub num_heads: usize,
     pub num_kv_heads: usize,
     pub head_dim: usize,
+    /// Scores are `q·k * scale`.
+    pub scale: f64,
+    /// A sliding-window (local) layer (Gemma 3).
+    pub sliding: bool,
 }
 
 /// What every layer's attention needs for one forward, computed once and shared: rotary
@@ -33,6 +37,13 @@ pub struct Attention<B: Backend> {
 /// shapes (measured: [32, 9, 1, 64] x [32, 1, 1, 64] 0.15 ms, equal shapes 0.002 ms).
 #[derive(Debug, Clone)]
 pub struct AttentionInputs<B: Backend> {
+    global: KindInputs<B>,
+    /// For sliding-window layers; `None` when the model has none.
+    local: Option<KindInputs<B>>,
+}
+
+#[derive(Debug, Clone)]
+struct KindInputs<B: Backend> {
     /// `[batch, heads, seq, head_dim]`
     cos_q: Tensor<B, 4>,
     sin_q: Tensor<B, 4>,
@@ -44,17 +55,13 @@ pub struct AttentionInputs<B: Backend> {
     mask: Tensor<B, 4, Bool>,
 }
 
-impl<B: Backend> AttentionInputs<B> {
-    /// # Shapes
-    /// - `positions`: `[batch, seq]`; `mask`: `[batch, 1, seq, keys]`
-    pub fn new(
-        rope: &Rope<B>,
-        positions: Tensor<B, 2, Int>,
+impl<B: Backend> KindInputs<B> {
+    fn new(
+        (cos, sin): (Tensor<B, 4>, Tensor<B, 4>),
         mask: Tensor<B, 4, Bool>,
         num_heads: usize,
         num_kv_heads: usize,
     ) -> Self {
-        let (cos, sin) = rope.tables(positions); // [b, 1, t, d]
         let n_rep = num_heads / num_kv_heads;
         Self {
             cos_q: cos.clone().repeat_dim(1, num_heads),
@@ -66,10 +73,61 @@ impl<B: Backend> AttentionInputs<B> {
     }
 }
 
+impl<B: Backend> AttentionInputs<B> {
+    /// # Shapes
+    /// - `positions`: `[batch, seq]`; `mask`: `[batch, 1, seq, keys]`, the queries being the
+    ///   last `seq` of the `keys` slots
+    pub fn new(
+        rope: &Rope<B>,
+        positions: Tensor<B, 2, Int>,
+        mask: Tensor<B, 4, Bool>,
+        num_heads: usize,
+        num_kv_heads: usize,
+        sliding_window: Option<usize>,
+    ) -> Self {
+        let local = rope.has_local().then(|| {
+            let mask = match sliding_window {
+                Some(window) => mask.clone().bool_or(outside_window(&mask, window)),
+                None => mask.clone(),
+            };
+            KindInputs::new(
+                rope.local_tables(positions.clone()),
+                mask,
+                num_heads,
+                num_kv_heads,
+            )
+        });
+        Self {
+            global: KindInputs::new(rope.tables(positions), mask, num_heads, num_kv_heads),
+            local,
+        }
+    }
+
+    fn for_layer(&self, sliding: bool) -> &KindInputs<B> {
+        match (&self.local, sliding) {
+            (Some(local), true) => local,
+            _ => &self.global,
+        }
+    }
+}
+
+/// `[batch, 1, seq, keys]`, true where the key is `window` or more slots before the query.
+/// Left padding keeps slot distance equal to position distance between real tokens.
+fn outside_window<B: Backend>(mask: &Tensor<B, 4, Bool>, window: usize) -> Tensor<B, 4, Bool> {
+    let [b, _, t, keys] = mask.dims();
+    let first_query = keys - t;
+    let data: Vec<bool> = (0..t)
+        .flat_map(|i| (0..keys).map(move |j| first_query + i >= j + window))
+        .collect();
+    Tensor::<B, 4, Bool>::from_data(TensorData::new(data, [1, 1, t, keys]), &mask.device())
+        .expand([b, 1, t, keys])
+}
+
 impl<B: Backend> Attention<B> {
     /// # Shapes
     /// - `x`: `[batch, seq, hidden]`
     pub fn forward(&self, x: Tensor<B, 3>, inputs: &AttentionInputs<B>) -> Tensor<B, 3> {
+        let inputs = inputs.for_layer(self.sliding);
         let (q, k, v) = self.project(x, inputs);
         self.attend(q, k, v, &inputs.mask)
     }
@@ -81,6 +139,7 @@ impl<B: Backend> Attention<B> {
         inputs: &AttentionInputs<B>,
         cache: &mut KvCache<B>,
     ) -> Tensor<B, 3> {
+        let inputs = inputs.for_layer(self.sliding);
         let (q, k, v) = self.project(x, inputs);
         let (k, v) = cache.append(k, v);
         self.attend(q, k, v, &inputs.mask)
@@ -90,7 +149,7 @@ impl<B: Backend> Attention<B> {
     fn project(
         &self,
         x: Tensor<B, 3>,
-        inputs: &AttentionInputs<B>,
+        inputs: &KindInputs<B>,
     ) -> (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>) {
         let [b, t, _] = x.dims();
         let (h, kv, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
@@ -123,7 +182,7 @@ impl<B: Backend> Attention<B> {
         let kv = self.num_kv_heads;
         let n_rep = h / kv;
         let q = q.reshape([b, kv, n_rep * t, d]); // [b, kv, n_rep * t, d], rows (rep, t)
-        let scores = q.matmul(k.swap_dims(2, 3)) / (d as f64).sqrt(); // [b, kv, n_rep * t, t_k]
+        let scores = q.matmul(k.swap_dims(2, 3)) * self.scale; // [b, kv, n_rep * t, t_k]
         let scores = scores.mask_fill(mask.clone(), MASKED);
         let out = softmax(scores, 3).matmul(v).reshape([b, h, t, d]); // [b, h, t, d]
         self.o_proj
@@ -140,13 +199,27 @@ pub struct Mlp<B: Backend> {
     pub gate_proj: LoraLinear<B>,
     pub up_proj: LoraLinear<B>,
     pub down_proj: LoraLinear<B>,
+    /// GELU (tanh approximation) instead of SiLU on the gate (Gemma).
+    pub gelu_tanh: bool,
 }
 
 impl<B: Backend> Mlp<B> {
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        self.down_proj
-            .forward(fast_silu(self.gate_proj.forward(x.clone())) * self.up_proj.forward(x))
+        let gate = self.gate_proj.forward(x.clone());
+        let gate = if self.gelu_tanh {
+            gelu_tanh(gate)
+        } else {
+            fast_silu(gate)
+        };
+        self.down_proj.forward(gate * self.up_proj.forward(x))
     }
+}
+
+/// `gelu_pytorch_tanh`: `x/2 · (1 + tanh(sqrt(2/π) · (x + 0.044715 x³)))`.
+fn gelu_tanh<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    let inner =
+        (x.clone() + x.clone().powi_scalar(3) * 0.044715) * (2.0 / std::f64::consts::PI).sqrt();
+    x * 0.5 * (inner.tanh() + 1.0)
 }
 
 /// `x * sigmoid(x)` as `x / (1 + exp(-x))`: the same function (exp(-x) = inf gives -0, the
@@ -159,17 +232,37 @@ fn fast_silu<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
 pub struct DecoderLayer<B: Backend> {
     pub input_layernorm: RmsNorm<B>,
     pub self_attn: Attention<B>,
+    /// Llama: the norm before the MLP. Gemma: the norm of the attention output.
     pub post_attention_layernorm: RmsNorm<B>,
     pub mlp: Mlp<B>,
+    /// Gemma only: the norms before and after the MLP.
+    pub pre_feedforward_layernorm: Option<RmsNorm<B>>,
+    pub post_feedforward_layernorm: Option<RmsNorm<B>>,
 }
 
 impl<B: Backend> DecoderLayer<B> {
     pub fn forward(&self, x: Tensor<B, 3>, inputs: &AttentionInputs<B>) -> Tensor<B, 3> {
-        let x = x.clone()
-            + self
-                .self_attn
-                .forward(self.input_layernorm.forward(x), inputs);
-        x.clone() + self.mlp.forward(self.post_attention_layernorm.forward(x))
+        let attended = self
+            .self_attn
+            .forward(self.input_layernorm.forward(x.clone()), inputs);
+        self.feed_forward(x, attended)
+    }
+
+    /// Residual around attention, then the MLP block with its norms.
+    fn feed_forward(&self, x: Tensor<B, 3>, attended: Tensor<B, 3>) -> Tensor<B, 3> {
+        match (
+            &self.pre_feedforward_layernorm,
+            &self.post_feedforward_layernorm,
+        ) {
+            (Some(pre), Some(post)) => {
+                let x = x + self.post_attention_layernorm.forward(attended);
+                x.clone() + post.forward(self.mlp.forward(pre.forward(x)))
+            }
+            _ => {
+                let x = x + attended;
+                x.clone() + self.mlp.forward(self.post_attention_layernorm.forward(x))
+            }
+        }
     }
 
     pub fn forward_cached(
@@ -179,8 +272,8 @@ impl<B: Backend> DecoderLayer<B> {
         cache: &mut KvCache<B>,
     ) -> Tensor<B, 3> {
         let normed = self.input_layernorm.forward(x.clone());
-        let x = x + self.self_attn.forward_cached(normed, inputs, cache);
-        x.clone() + self.mlp.forward(self.post_attention_layernorm.forward(x))
+        let attended = self.self_attn.forward_cached(normed, inputs, cache);
+        self.feed_forward(x, attended)
     }
 }
 
@@ -195,6 +288,11 @@ pub struct Llama<B: Backend> {
     pub rope_head_dim: usize,
     pub rope_theta: f64,
     pub rope_scaling: Option<(f64, f64, f64, usize)>,
+    /// Gemma: the local layers' RoPE base.
+    pub rope_local_theta: Option<f64>,
+    pub sliding_window: Option<usize>,
+    /// Gemma: embeddings are multiplied by `sqrt(hidden_size)` (rounded to f32 first).
+    pub embedding_scale: Option<f64>,
 }
 
 /// Logits and, when asked for, every hidden state as `transformers` defines them.
@@ -250,13 +348,18 @@ impl<B: Backend> Llama<B> {
             self.rope_head_dim,
             self.rope_theta,
             scaling.as_ref(),
+            self.rope_local_theta,
             device,
         )
     }
 
     /// Token embeddings. `[batch, seq]` -> `[batch, seq, hidden]`
     pub fn embed(&self, ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
-        self.embed_tokens.forward(ids)
+        let x = self.embed_tokens.forward(ids);
+        match self.embedding_scale {
+            Some(scale) => x * scale,
+            None => x,
+        }
     }
 
     /// Forward over token ids. `attention_mask` is `[batch, seq]`, 1 for real tokens and 0
@@ -371,7 +474,7 @@ impl<B: Backend> Llama<B> {
         let (h, kv) = self.layers.first().map_or((1, 1), |l| {
             (l.self_attn.num_heads, l.self_attn.num_kv_heads)
         });
-        AttentionInputs::new(rope, positions, mask, h, kv)
+        AttentionInputs::new(rope, positions, mask, h, kv, self.sliding_window)
     }
 
     /// One empty cache per layer.
@@ -423,8 +526,9 @@ impl LlamaConfig {
                 .init(device)
         };
         let (h, kv, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
+        let gemma = &self.gemma;
         let layers = (0..self.num_layers)
-            .map(|_| DecoderLayer {
+            .map(|i| DecoderLayer {
                 input_layernorm: norm(self.hidden_size),
                 self_attn: Attention {
                     q_proj: proj(self.hidden_size, h * d, self.qkv_bias),
@@ -436,13 +540,18 @@ impl LlamaConfig {
                     num_heads: h,
                     num_kv_heads: kv,
                     head_dim: d,
+                    scale: self.attention_scale,
+                    sliding: gemma.sliding_layers.get(i).copied().unwrap_or(false),
                 },
                 post_attention_layernorm: norm(self.hidden_size),
                 mlp: Mlp {
                     gate_proj: proj(self.hidden_size, self.intermediate_size, self.mlp_bias),
                     up_proj: proj(self.hidden_size, self.intermediate_size, self.mlp_bias),
                     down_proj: proj(self.intermediate_size, self.hidden_size, self.mlp_bias),
+                    gelu_tanh: self.activation == Activation::GeluTanh,
                 },
+                pre_feedforward_layernorm: gemma.sandwich_norms.then(|| norm(self.hidden_size)),
+                post_feedforward_layernorm: gemma.sandwich_norms.then(|| norm(self.hidden_size)),
             })
             .collect();
         Llama {
@@ -453,6 +562,11 @@ impl LlamaConfig {
                 .then(|| proj(self.hidden_size, self.vocab_size, false)),
             rope_head_dim: self.head_dim,
             rope_theta: self.rope_theta,
+            rope_local_theta: gemma.rope_local_theta,
+            sliding_window: gemma.sliding_window,
+            embedding_scale: gemma
+                .embedding_scale
+                .then(|| f64::from((self.hidden_size as f32).sqrt())),
             rope_scaling: self.rope_scaling.as_ref().map(|s| {
                 (
                     s.factor,

@@ -48,6 +48,8 @@ fn llama3_scale(inv_freq: f32, s: &RopeScaling) -> f32 {
 #[derive(Debug, Clone)]
 pub struct Rope<B: Backend> {
     inv_freq: Tensor<B, 1>,
+    /// Gemma 3's local (sliding-window) layers use their own base.
+    local_inv_freq: Option<Tensor<B, 1>>,
 }
 
 impl<B: Backend> Rope<B> {
@@ -55,20 +57,46 @@ impl<B: Backend> Rope<B> {
         head_dim: usize,
         theta: f64,
         scaling: Option<&RopeScaling>,
+        local_theta: Option<f64>,
         device: &B::Device,
     ) -> Self {
-        let inv = inverse_frequencies(head_dim, theta, scaling);
-        let n = inv.len();
+        let table = |inv: Vec<f32>| {
+            let n = inv.len();
+            Tensor::from_data(TensorData::new(inv, [n]), device)
+        };
         Self {
-            inv_freq: Tensor::from_data(TensorData::new(inv, [n]), device),
+            inv_freq: table(inverse_frequencies(head_dim, theta, scaling)),
+            local_inv_freq: local_theta
+                .map(|theta| table(inverse_frequencies(head_dim, theta, None))),
         }
     }
 
+    pub fn has_local(&self) -> bool {
+        self.local_inv_freq.is_some()
+    }
+
     pub fn tables(&self, positions: Tensor<B, 2, Int>) -> (Tensor<B, 4>, Tensor<B, 4>) {
+        tables(&self.inv_freq, positions)
+    }
+
+    /// The local layers' tables (the global ones when there is no local base).
+    pub fn local_tables(&self, positions: Tensor<B, 2, Int>) -> (Tensor<B, 4>, Tensor<B, 4>) {
+        tables(
+            self.local_inv_freq.as_ref().unwrap_or(&self.inv_freq),
+            positions,
+        )
+    }
+}
+
+fn tables<B: Backend>(
+    inv_freq: &Tensor<B, 1>,
+    positions: Tensor<B, 2, Int>,
+) -> (Tensor<B, 4>, Tensor<B, 4>) {
+    {
         let [b, t] = positions.dims();
-        let half = self.inv_freq.dims()[0];
+        let half = inv_freq.dims()[0];
         let pos = positions.float().reshape([b, t, 1]); // [b, t, 1]
-        let freqs = pos * self.inv_freq.clone().reshape([1, 1, half]); // [b, t, half]
+        let freqs = pos * inv_freq.clone().reshape([1, 1, half]); // [b, t, half]
         let emb = Tensor::cat(vec![freqs.clone(), freqs], 2); // [b, t, head_dim]
         let emb = emb.unsqueeze_dim::<4>(1); // [b, 1, t, head_dim]
         (emb.clone().cos(), emb.sin())

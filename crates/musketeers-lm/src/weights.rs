@@ -204,6 +204,8 @@ fn transposed(values: Vec<f32>, out: usize, inp: usize) -> Vec<f32> {
 struct Loader<'a, B: Backend> {
     checkpoint: &'a mut dyn TensorSource,
     device: &'a B::Device,
+    /// Gemma stores RMSNorm weights as `w` and applies `1 + w`; ours hold `1 + w`.
+    norm_offset: f32,
 }
 
 impl<B: Backend> Loader<'_, B> {
@@ -232,7 +234,10 @@ impl<B: Backend> Loader<'_, B> {
 
     fn norm(&mut self, norm: &mut RmsNorm<B>, prefix: &str) -> Result<(), LmError> {
         let [d] = norm.gamma.lazy_shape().dims();
-        let g = self.checkpoint.read(&format!("{prefix}.weight"), &[d])?;
+        let mut g = self.checkpoint.read(&format!("{prefix}.weight"), &[d])?;
+        if self.norm_offset != 0.0 {
+            g.iter_mut().for_each(|w| *w += self.norm_offset);
+        }
         set_param(
             &mut norm.gamma,
             Tensor::from_data(TensorData::new(g, [d]), self.device),
@@ -285,6 +290,7 @@ pub(crate) fn fill<B: Backend>(
     let mut loader = Loader::<B> {
         checkpoint: source,
         device,
+        norm_offset: if config.gemma.norm_plus_one { 1.0 } else { 0.0 },
     };
     let (v, h) = (config.vocab_size, config.hidden_size);
     let emb = loader
@@ -301,6 +307,12 @@ pub(crate) fn fill<B: Backend>(
             &mut layer.post_attention_layernorm,
             &format!("{p}.post_attention_layernorm"),
         )?;
+        if let Some(norm) = layer.pre_feedforward_layernorm.as_mut() {
+            loader.norm(norm, &format!("{p}.pre_feedforward_layernorm"))?;
+        }
+        if let Some(norm) = layer.post_feedforward_layernorm.as_mut() {
+            loader.norm(norm, &format!("{p}.post_feedforward_layernorm"))?;
+        }
         let attn = &mut layer.self_attn;
         for (proj, name) in [
             (&mut attn.q_proj, "q_proj"),

@@ -58,6 +58,8 @@ fn cached_greedy_equals_recomputed_greedy() {
         "qwen2-bias",
         "qwen3-qk-norm",
         "llama3-rope-scaling",
+        // Sliding window 4: the 17-token sequences cross it, in prefill and in decode.
+        "gemma3-sliding",
     ] {
         let model = model(name);
         let prompt = vec![3, 14, 15, 92, 65];
@@ -83,7 +85,13 @@ fn cached_greedy_equals_recomputed_greedy() {
 
 #[test]
 fn left_padded_batch_equals_single_rows() {
-    let model = model("llama-tied");
+    for name in ["llama-tied", "gemma3-sliding"] {
+        left_padded_batch_equals_single_rows_for(name);
+    }
+}
+
+fn left_padded_batch_equals_single_rows_for(name: &str) {
+    let model = model(name);
     let prompts = vec![
         vec![1, 2, 3, 4, 5, 6, 7, 8],
         vec![9, 10],

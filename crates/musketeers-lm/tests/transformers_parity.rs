@@ -10,12 +10,13 @@ use common::{expected, fixture, input_ids, relative_error};
 
 type B = Flex;
 
-const MODELS: [&str; 5] = [
+const MODELS: [&str; 6] = [
     "llama-gqa",
     "llama-tied",
     "llama3-rope-scaling",
     "qwen2-bias",
     "qwen3-qk-norm",
+    "gemma3-sliding",
 ];
 
 #[test]

@@ -86,5 +86,8 @@ fn forward_rejects_out_of_vocabulary_ids_and_missing_models() {
         .expect("run");
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("/no/such/model") && err.contains("smollm2-135m"), "{err}");
+    assert!(
+        err.contains("/no/such/model") && err.contains("smollm2-135m"),
+        "{err}"
+    );
 }
