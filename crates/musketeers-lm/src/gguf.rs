@@ -341,8 +341,21 @@ impl GgufFile {
                 dir: self.path.clone(),
             })?;
         let range = self.extent(info)?;
-        let values = dequantize(info.ggml_type, &self.bytes[range], info.num_elements());
-        Ok((info.shape(), values))
+        let data = &self.bytes[range];
+        // Blocks are independent: dequantize runs of them on all cores.
+        let kind = info.ggml_type;
+        let run = kind.block_bytes() * (16_384 / kind.block_elements()).max(1);
+        let elements_per_run = run / kind.block_bytes() * kind.block_elements();
+        let parts: Vec<Vec<f32>> = {
+            use rayon::prelude::*;
+            data.par_chunks(run)
+                .map(|chunk| {
+                    let n = chunk.len() / kind.block_bytes() * kind.block_elements();
+                    dequantize(kind, chunk, n.min(elements_per_run))
+                })
+                .collect()
+        };
+        Ok((info.shape(), parts.concat()))
     }
 
     pub fn get(&self, key: &str) -> Option<&Value> {

@@ -61,3 +61,54 @@ fn smollm2_answers_the_capital_of_france_greedily() {
         .expect("template");
     assert!(rendered.ends_with(prompt), "{rendered:?}");
 }
+
+#[test]
+fn gemma3_continues_a_story_as_transformers_does() {
+    let Some(path) = fetched("gemma3-270m") else {
+        return;
+    };
+    let model = Pretrained::<B>::load(&path, &Default::default()).expect("Gemma 3 loads");
+    assert_eq!(model.config.num_layers, 18);
+    assert_eq!(model.config.vocab_size, 262_144);
+    let tokenizer = model
+        .tokenizer()
+        .expect("SentencePiece tokenizer from GGUF metadata");
+    // Reference: transformers 5.24 `AutoTokenizer.from_pretrained(dir, gguf_file=...)`.
+    for (text, want) in [
+        ("Once upon a time", vec![2, 14946, 3324, 496, 990]),
+        (
+            "Hello world! 123 héllo\n\n  spaces",
+            vec![
+                2, 9259, 1902, 236888, 236743, 236770, 236778, 236800, 534, 7869, 844, 108, 138,
+                35220,
+            ],
+        ),
+        ("The quick brown fox", vec![2, 818, 3823, 8864, 37423]),
+    ] {
+        assert_eq!(
+            tokenizer.encode(text, true).expect("encode"),
+            want,
+            "{text:?}"
+        );
+    }
+    // Reference: transformers' greedy `generate` on the same GGUF, dequantized to f32.
+    let prompt = tokenizer.encode("Once upon a time", true).expect("encode");
+    let config = GenerationConfig {
+        max_new_tokens: 20,
+        eos_token_ids: model.eos_token_ids.clone(),
+        ..Default::default()
+    };
+    let out = generate(&model.model, &[prompt], &config, &Default::default()).expect("generate");
+    assert_eq!(
+        out.tokens[0],
+        vec![
+            236764, 993, 691, 496, 2268, 3953, 7489, 60708, 236761, 2625, 691, 496, 1401, 6538,
+            3953, 236764, 532, 1304, 9312, 531
+        ]
+    );
+    let text = tokenizer.decode(&out.tokens[0], true).expect("decode");
+    assert_eq!(
+        text,
+        ", there was a little girl named Lily. She was a very smart girl, and she loved to"
+    );
+}
