@@ -12,6 +12,7 @@ pub mod cache;
 pub mod catalog;
 pub mod config;
 pub mod error;
+pub mod export;
 pub mod generate;
 pub mod gguf;
 pub mod gguf_llama;

@@ -103,6 +103,32 @@ impl TextTokenizer {
             .map_err(|e| LmError::BadInput(format!("cannot decode: {e}")))
     }
 
+    /// Write `tokenizer.json` and `tokenizer_config.json` (chat template, bos and eos) into
+    /// `dir`, as a Hugging Face directory holds them.
+    pub fn save(&self, dir: &Path) -> Result<(), LmError> {
+        let path = dir.join("tokenizer.json");
+        self.inner
+            .save(&path, true)
+            .map_err(|e| LmError::BadInput(format!("{}: cannot write: {e}", path.display())))?;
+        let mut config = serde_json::Map::new();
+        let fields = [
+            ("chat_template", &self.chat_template),
+            ("bos_token", &self.bos_token),
+            ("eos_token", &self.eos_token),
+        ];
+        for (key, value) in fields {
+            if let Some(value) = value {
+                config.insert(key.into(), value.clone().into());
+            }
+        }
+        let path = dir.join("tokenizer_config.json");
+        let text = serde_json::to_string_pretty(&config).map_err(|source| LmError::Json {
+            path: path.clone(),
+            source,
+        })?;
+        std::fs::write(&path, text).map_err(|source| LmError::Io { path, source })
+    }
+
     /// The id of the eos token named in `tokenizer_config.json`, if any.
     pub fn eos_token_id(&self) -> Option<u32> {
         self.eos_token

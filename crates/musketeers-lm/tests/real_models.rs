@@ -112,3 +112,50 @@ fn gemma3_continues_a_story_as_transformers_does() {
         ", there was a little girl named Lily. She was a very smart girl, and she loved to"
     );
 }
+
+#[test]
+fn smollm2_converted_to_a_hugging_face_directory_gives_the_same_model() {
+    use burn::tensor::{Int, Tensor, TensorData};
+    let Some(path) = fetched("smollm2-135m") else {
+        return;
+    };
+    let device = Default::default();
+    let gguf = Pretrained::<B>::load(&path, &device).expect("SmolLM2 loads");
+    let out = tempfile::tempdir().expect("temp dir");
+    musketeers_lm::export::save_pretrained(&gguf, out.path()).expect("convert");
+    let dir = Pretrained::<B>::load(out.path(), &device).expect("converted directory loads");
+    assert_eq!(dir.config, gguf.config);
+    assert_eq!(dir.eos_token_ids, gguf.eos_token_ids);
+    let text = "<|im_start|>user\nWhat is 12 + 30?<|im_end|>\n";
+    let ids = gguf
+        .tokenizer()
+        .expect("tok")
+        .encode(text, true)
+        .expect("encode");
+    assert_eq!(
+        dir.tokenizer()
+            .expect("tok")
+            .encode(text, true)
+            .expect("encode"),
+        ids
+    );
+    let logits = |m: &musketeers_lm::Llama<B>| {
+        let t = ids.len();
+        let input = Tensor::<B, 2, Int>::from_data(
+            TensorData::new(
+                ids.iter().map(|&i| i64::from(i)).collect::<Vec<_>>(),
+                [1, t],
+            ),
+            &device,
+        );
+        m.forward(input, None, false)
+            .logits
+            .into_data()
+            .to_vec::<f32>()
+            .expect("f32")
+    };
+    assert!(
+        logits(&dir.model) == logits(&gguf.model),
+        "converted logits differ"
+    );
+}

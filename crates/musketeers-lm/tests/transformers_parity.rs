@@ -293,3 +293,31 @@ fn pooling_ignores_padding_on_either_side() {
         assert!(relative_error(&got, want) < 1e-6, "right-padded {how:?}");
     }
 }
+
+#[test]
+fn saved_directories_load_back_to_the_same_logits() {
+    use musketeers_lm::{Pretrained, export::save_pretrained};
+    let device = Default::default();
+    for name in MODELS {
+        let dir = fixture(name);
+        let loaded = Pretrained::<B>::load(&dir, &device).expect("load");
+        let out = tempfile::tempdir().expect("temp dir");
+        save_pretrained(&loaded, out.path()).expect("save");
+        let again = Pretrained::<B>::load(out.path(), &device).expect("reload");
+        assert_eq!(again.config, loaded.config, "{name}");
+        let ids = input_ids(&dir);
+        let t = ids.len();
+        let logits = |m: &musketeers_lm::Llama<B>| {
+            let input =
+                Tensor::<B, 2, Int>::from_data(TensorData::new(ids.clone(), [1, t]), &device);
+            m.forward(input, None, false)
+                .logits
+                .into_data()
+                .to_vec::<f32>()
+                .expect("f32")
+        };
+        let (_, want) = expected(&dir, "logits");
+        let err = relative_error(&logits(&again.model), &want);
+        assert!(err < 1e-4, "{name}: reloaded logits relative error {err}");
+    }
+}

@@ -35,6 +35,14 @@ pub enum LmCommand {
         #[arg(long)]
         dump: PathBuf,
     },
+    /// Write a model (a .gguf file, a fetched name, or a directory) as a Hugging Face
+    /// directory: config.json, f32 model.safetensors, tokenizer.json, tokenizer_config.json.
+    Convert {
+        #[arg(long, value_parser = resolve_model)]
+        from: PathBuf,
+        #[arg(long)]
+        to: PathBuf,
+    },
     /// Print the token ids of a text as a JSON array.
     Tokenize {
         #[command(flatten)]
@@ -85,6 +93,7 @@ pub fn run(command: LmCommand) -> Result<()> {
         LmCommand::Forward { model, .. }
         | LmCommand::Tokenize { model, .. }
         | LmCommand::Generate { model, .. } => model.device,
+        LmCommand::Convert { .. } => DeviceKind::Cpu,
     };
     match device {
         DeviceKind::Cpu => run_on::<burn::backend::Flex>(command, &Default::default()),
@@ -125,6 +134,20 @@ fn tokenizer(path: &Path) -> Result<TextTokenizer> {
 fn run_on<B: Backend>(command: LmCommand, device: &B::Device) -> Result<()> {
     let mut out = std::io::stdout().lock();
     match command {
+        LmCommand::Convert { from, to } => {
+            let start = Instant::now();
+            let pretrained = Pretrained::<B>::load(&from, device)
+                .with_context(|| format!("loading model {}", from.display()))?;
+            musketeers_lm::export::save_pretrained(&pretrained, &to)
+                .with_context(|| format!("writing {}", to.display()))?;
+            writeln!(
+                out,
+                "wrote {} ({} layers, f32) in {:.1}s",
+                to.display(),
+                pretrained.config.num_layers,
+                start.elapsed().as_secs_f64()
+            )?;
+        }
         LmCommand::Tokenize { model, text } => {
             let ids = tokenizer(&model.model)?.encode(&text, false)?;
             writeln!(out, "{}", serde_json::to_string(&ids)?)?;
