@@ -3,7 +3,7 @@
 use crate::util::run;
 use anyhow::{Context, Result, bail};
 use clap::Subcommand;
-use musketeers_lm::catalog::{CatalogModel, MODELS, find, models_dir};
+use musketeers_lm::catalog::{CatalogModel, LLAMA_VOCAB, MODELS, VocabTests, find, models_dir};
 use sha2::{Digest, Sha256};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -30,16 +30,19 @@ pub fn run_models(command: Models) -> Result<()> {
     match command {
         Models::Fetch { names, dir } => {
             let dir = dir.unwrap_or_else(models_dir);
+            let vocab = names.is_empty() || names.iter().any(|n| n == LLAMA_VOCAB.name);
             let chosen: Vec<&CatalogModel> = if names.is_empty() {
                 MODELS.iter().collect()
             } else {
                 names
                     .iter()
+                    .filter(|n| *n != LLAMA_VOCAB.name)
                     .map(|n| {
                         find(n).with_context(|| {
                             format!(
-                                "unknown model {n:?}; known: {}",
-                                MODELS.iter().map(|m| m.name).collect::<Vec<_>>().join(", ")
+                                "unknown model {n:?}; known: {}, {}",
+                                MODELS.iter().map(|m| m.name).collect::<Vec<_>>().join(", "),
+                                LLAMA_VOCAB.name
                             )
                         })
                     })
@@ -47,6 +50,9 @@ pub fn run_models(command: Models) -> Result<()> {
             };
             for model in chosen {
                 fetch(model, &dir)?;
+            }
+            if vocab {
+                fetch_vocab_tests(&LLAMA_VOCAB, &dir)?;
             }
             Ok(())
         }
@@ -66,6 +72,18 @@ pub fn run_models(command: Models) -> Result<()> {
                 };
                 writeln!(out, "{:<14} {}  [{state}]", model.name, model.description)?;
             }
+            let vocab = dir.join(LLAMA_VOCAB.name);
+            let state = if vocab_complete(&LLAMA_VOCAB, &vocab) {
+                format!("fetched, {}", vocab.display())
+            } else {
+                "not fetched".into()
+            };
+            writeln!(
+                out,
+                "{:<14} llama.cpp tokenizer test vectors ({})  [{state}]",
+                LLAMA_VOCAB.name,
+                LLAMA_VOCAB.vocabularies.join(", ")
+            )?;
             Ok(())
         }
     }
@@ -183,5 +201,79 @@ fn fetch(model: &CatalogModel, dir: &Path) -> Result<()> {
     }
     std::fs::rename(&partial, &target)?;
     progress(&format!("{}: fetched {}", model.name, target.display()))?;
+    Ok(())
+}
+
+fn vocab_files(tests: &VocabTests) -> Vec<String> {
+    tests
+        .vocabularies
+        .iter()
+        .flat_map(|v| ["gguf", "gguf.inp", "gguf.out"].map(|ext| format!("ggml-vocab-{v}.{ext}")))
+        .collect()
+}
+
+fn vocab_complete(tests: &VocabTests, dir: &Path) -> bool {
+    vocab_files(tests).iter().all(|f| dir.join(f).exists())
+}
+
+fn fetch_vocab_tests(tests: &VocabTests, dir: &Path) -> Result<()> {
+    let target = dir.join(tests.name);
+    if vocab_complete(tests, &target) {
+        progress(&format!(
+            "{}: already fetched ({})",
+            tests.name,
+            target.display()
+        ))?;
+        return Ok(());
+    }
+    progress(&format!("{}: downloading {}", tests.name, tests.url))?;
+    let temp = tempfile::tempdir()?;
+    let archive = temp.path().join("sdist.tar.gz");
+    let dest = archive.to_string_lossy().into_owned();
+    // Python's urllib: the same trust store and proxies pip uses, no extra Rust HTTP stack.
+    run(
+        "python3",
+        &[
+            "-c",
+            "import sys, urllib.request; urllib.request.urlretrieve(sys.argv[1], sys.argv[2])",
+            tests.url,
+            &dest,
+        ],
+    )
+    .with_context(|| format!("downloading {}", tests.url))?;
+    let digest = sha256_file(&archive)?;
+    if digest != tests.sha256 {
+        bail!("{}: sha256 {digest}, expected {}", tests.url, tests.sha256);
+    }
+    let staging = dir.join(format!("{}.partial", tests.name));
+    if staging.exists() {
+        std::fs::remove_dir_all(&staging)?;
+    }
+    std::fs::create_dir_all(&staging)?;
+    let wanted = vocab_files(tests);
+    let gz = flate2::read::GzDecoder::new(std::fs::File::open(&archive)?);
+    let mut tar = tar::Archive::new(gz);
+    for entry in tar.entries()? {
+        let mut entry = entry?;
+        let path = entry.path()?.to_string_lossy().into_owned();
+        if let Some(name) = path.strip_prefix(tests.prefix)
+            && wanted.iter().any(|w| w == name)
+        {
+            let mut out = std::fs::File::create(staging.join(name))?;
+            std::io::copy(&mut entry, &mut out)?;
+        }
+    }
+    if !vocab_complete(tests, &staging) {
+        bail!(
+            "{}: the archive lacks some of {}",
+            tests.url,
+            wanted.join(", ")
+        );
+    }
+    if target.exists() {
+        std::fs::remove_dir_all(&target)?;
+    }
+    std::fs::rename(&staging, &target)?;
+    progress(&format!("{}: fetched {}", tests.name, target.display()))?;
     Ok(())
 }

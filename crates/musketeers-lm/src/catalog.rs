@@ -73,6 +73,26 @@ pub const MODELS: &[CatalogModel] = &[
     },
 ];
 
+/// llama.cpp's tokenizer test vectors, from the llama-cpp-python source distribution (a
+/// `.tar.gz` that pip cannot download without building it, so it is fetched by URL).
+#[derive(Debug, Clone, Copy)]
+pub struct VocabTests {
+    pub name: &'static str,
+    pub url: &'static str,
+    pub sha256: &'static str,
+    /// Directory of the files inside the archive.
+    pub prefix: &'static str,
+    pub vocabularies: &'static [&'static str],
+}
+
+pub const LLAMA_VOCAB: VocabTests = VocabTests {
+    name: "llama-vocab",
+    url: "https://files.pythonhosted.org/packages/ec/e9/e7de2b0463ea3ffbf0ede6cb21b58c1258a8f6521aae45ca773a59fe7cf3/llama_cpp_python-0.3.36.tar.gz",
+    sha256: "832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e",
+    prefix: "llama_cpp_python-0.3.36/vendor/llama.cpp/models/",
+    vocabularies: &["gpt-2", "llama-bpe", "qwen2", "llama-spm"],
+};
+
 pub fn find(name: &str) -> Option<&'static CatalogModel> {
     MODELS.iter().find(|m| m.name == name)
 }
