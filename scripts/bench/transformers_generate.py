@@ -1,6 +1,8 @@
 """transformers reference for `cargo xtask bench lm`: a SmolLM2-135M-shaped LlamaForCausalLM with
-random weights, f32, eager attention, sampling new tokens at the given batch sizes.
+random weights (or the model given as a 5th argument: a .gguf file, dequantized, or a directory),
+f32, eager attention, sampling new tokens at the given batch sizes.
 Prints one JSON object per batch: prefill and decode tokens per second."""
+import os
 import json
 import sys
 import time
@@ -16,7 +18,16 @@ torch.manual_seed(0)
 config = LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
                      num_attention_heads=9, num_key_value_heads=3, rope_theta=100000.0, rms_norm_eps=1e-5,
                      tie_word_embeddings=True, attn_implementation="eager")
-model = LlamaForCausalLM(config).eval()
+model_path = sys.argv[4] if len(sys.argv) > 4 else ""
+if not model_path:
+    model = LlamaForCausalLM(config).eval()
+elif model_path.endswith(".gguf"):
+    from transformers import AutoModelForCausalLM
+    model = AutoModelForCausalLM.from_pretrained(os.path.dirname(model_path), gguf_file=os.path.basename(model_path),
+                                                 dtype=torch.float32, attn_implementation="eager").eval()
+else:
+    from transformers import AutoModelForCausalLM
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32, attn_implementation="eager").eval()
 prompt_len = 32
 for batch in batches:
     ids = torch.tensor([[(b * 131 + i * 17) % 49000 for i in range(prompt_len)] for b in range(batch)])

@@ -30,6 +30,10 @@ pub enum Bench {
         /// Skip the transformers reference (no virtual environment is created).
         #[arg(long)]
         no_python: bool,
+        /// A real model instead of random weights: a fetched name (smollm2-135m), a .gguf file
+        /// or a Hugging Face directory; both sides run it dequantized to f32.
+        #[arg(long)]
+        model: Option<String>,
     },
 }
 
@@ -40,7 +44,8 @@ pub fn run(bench: Bench) -> Result<()> {
             batches,
             new_tokens,
             no_python,
-        } => lm(&batches, new_tokens, no_python),
+            model,
+        } => lm(&batches, new_tokens, no_python, model.as_deref()),
     }
 }
 
@@ -62,9 +67,15 @@ fn venv(name: &str, packages: &[&str]) -> Result<String> {
     let python = venv.join("bin/python");
     if !python.exists() {
         run_cmd("python3", &["-m", "venv", &venv.to_string_lossy()])?;
+    }
+    // Install again whenever the wanted package list changes.
+    let marker = venv.join("musketeers-packages.txt");
+    let wanted = packages.join("\n");
+    if std::fs::read_to_string(&marker).ok().as_deref() != Some(wanted.as_str()) {
         let mut args = vec!["install", "--quiet"];
         args.extend(packages);
         run_cmd(&venv.join("bin/pip").to_string_lossy(), &args)?;
+        std::fs::write(&marker, &wanted)?;
     }
     Ok(python.to_string_lossy().into_owned())
 }
@@ -138,7 +149,13 @@ fn verify(seconds: f64, no_python: bool) -> Result<()> {
     Ok(())
 }
 
-fn lm(batches: &str, new_tokens: usize, no_python: bool) -> Result<()> {
+fn lm(batches: &str, new_tokens: usize, no_python: bool, model: Option<&str>) -> Result<()> {
+    let model = model
+        .map(|m| musketeers_lm::catalog::resolve(m).map_err(anyhow::Error::from))
+        .transpose()?;
+    let model_arg = model
+        .as_ref()
+        .map_or(String::new(), |p| p.to_string_lossy().into_owned());
     let text = std::process::Command::new("cargo")
         .args([
             "bench",
@@ -150,6 +167,7 @@ fn lm(batches: &str, new_tokens: usize, no_python: bool) -> Result<()> {
         ])
         .env("BENCH_BATCHES", batches)
         .env("BENCH_NEW_TOKENS", new_tokens.to_string())
+        .env("BENCH_MODEL", &model_arg)
         .current_dir(root())
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())?;
@@ -176,7 +194,10 @@ fn lm(batches: &str, new_tokens: usize, no_python: bool) -> Result<()> {
     let reference: Vec<Value> = if no_python {
         Vec::new()
     } else {
-        let python = venv("bench-venv-lm", &["torch", "transformers", "safetensors"])?;
+        let python = venv(
+            "bench-venv-lm",
+            &["torch", "transformers", "safetensors", "gguf"],
+        )?;
         let script = root().join("scripts/bench/transformers_generate.py");
         output(
             &python,
@@ -185,6 +206,7 @@ fn lm(batches: &str, new_tokens: usize, no_python: bool) -> Result<()> {
                 batches,
                 &new_tokens.to_string(),
                 &threads.to_string(),
+                &model_arg,
             ],
             None,
         )?
@@ -195,7 +217,12 @@ fn lm(batches: &str, new_tokens: usize, no_python: bool) -> Result<()> {
     let mut out = std::io::stdout().lock();
     writeln!(
         out,
-        "SmolLM2-135M shape, f32, CPU ({threads} threads), {new_tokens} sampled tokens; matmul 1024^3: {gflops:.0} GFLOP/s; memory read: {bandwidth:.1} GB/s"
+        "{}, f32, CPU ({threads} threads), {new_tokens} sampled tokens; matmul 1024^3: {gflops:.0} GFLOP/s; memory read: {bandwidth:.1} GB/s",
+        model
+            .as_ref()
+            .map_or("SmolLM2-135M shape, random weights".to_string(), |p| p
+                .display()
+                .to_string())
     )?;
     writeln!(
         out,

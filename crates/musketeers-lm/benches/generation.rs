@@ -54,7 +54,15 @@ fn main() {
         })
     );
     let device = Default::default();
-    let model = smollm2_135m().init::<B>(&device);
+    // BENCH_MODEL: a real model (dequantized to f32) instead of random weights.
+    let model = match std::env::var("BENCH_MODEL").ok().filter(|m| !m.is_empty()) {
+        Some(path) => {
+            musketeers_lm::Pretrained::<B>::load(std::path::Path::new(&path), &device)
+                .expect("BENCH_MODEL loads")
+                .model
+        }
+        None => smollm2_135m().init::<B>(&device),
+    };
     for batch in batches {
         let prompts: Vec<Vec<u32>> = (0..batch)
             .map(|b| {
