@@ -1,0 +1,256 @@
+//! Per-expert projections, K latent queries cross-attending over all expert tokens, optional
+//! latent self-attention blocks, and a zero-initialised output projection.
+
+use crate::FusionError;
+use crate::attention::MultiHeadAttention;
+use burn::module::{Module, Param};
+use burn::nn::{Initializer, LayerNorm, LayerNormConfig, Linear, LinearConfig};
+use burn::tensor::activation::gelu;
+use burn::tensor::backend::Backend;
+use burn::tensor::{Bool, Int, Tensor};
+use serde::{Deserialize, Serialize};
+
+/// The interface's shape. Defaults follow the paper: width 512, 8 latents, 8 heads, one
+/// cross-attention block and no latent self-attention.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LatentInterfaceConfig {
+    /// Hidden width of each expert, in team order.
+    pub expert_dims: Vec<usize>,
+    /// Embedding width of the policy: the width of each context token.
+    pub policy_dim: usize,
+    #[serde(default = "default_width")]
+    pub latent_dim: usize,
+    #[serde(default = "default_eight")]
+    pub num_latents: usize,
+    #[serde(default = "default_eight")]
+    pub num_heads: usize,
+    /// Latent self-attention blocks after the cross-attention block (Perceiver style).
+    #[serde(default)]
+    pub self_attention_blocks: usize,
+    /// FFN hidden width as a multiple of `latent_dim`.
+    #[serde(default = "default_ffn")]
+    pub ffn_multiplier: usize,
+}
+
+fn default_width() -> usize {
+    512
+}
+fn default_eight() -> usize {
+    8
+}
+fn default_ffn() -> usize {
+    4
+}
+
+impl LatentInterfaceConfig {
+    pub fn new(expert_dims: Vec<usize>, policy_dim: usize) -> Self {
+        Self {
+            expert_dims,
+            policy_dim,
+            latent_dim: default_width(),
+            num_latents: default_eight(),
+            num_heads: default_eight(),
+            self_attention_blocks: 0,
+            ffn_multiplier: default_ffn(),
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), FusionError> {
+        let bad = |m: String| Err(FusionError::BadConfig(m));
+        if self.expert_dims.is_empty() {
+            return bad("the team has no experts".into());
+        }
+        if let Some(i) = self.expert_dims.iter().position(|&d| d == 0) {
+            return bad(format!("expert {i} has width 0"));
+        }
+        if self.policy_dim == 0 || self.latent_dim == 0 || self.num_latents == 0 {
+            return bad("policy_dim, latent_dim and num_latents must be positive".into());
+        }
+        if self.num_heads == 0 || !self.latent_dim.is_multiple_of(self.num_heads) {
+            return bad(format!(
+                "latent_dim {} is not divisible into {} heads",
+                self.latent_dim, self.num_heads
+            ));
+        }
+        if self.ffn_multiplier == 0 {
+            return bad("ffn_multiplier must be positive".into());
+        }
+        Ok(())
+    }
+
+    pub fn init<B: Backend>(&self, device: &B::Device) -> Result<LatentInterface<B>, FusionError> {
+        self.validate()?;
+        let w = self.latent_dim;
+        let norm = || LayerNormConfig::new(w).init(device);
+        let block = |cross| Block {
+            attention_norm: norm(),
+            attention: MultiHeadAttention::new(w, self.num_heads, device),
+            ffn_norm: norm(),
+            ffn_up: LinearConfig::new(w, w * self.ffn_multiplier).init(device),
+            ffn_down: LinearConfig::new(w * self.ffn_multiplier, w).init(device),
+            cross,
+        };
+        Ok(LatentInterface {
+            projections: self
+                .expert_dims
+                .iter()
+                .map(|&d| ExpertProjection {
+                    linear: LinearConfig::new(d, w).init(device),
+                    norm: norm(),
+                })
+                .collect(),
+            latents: Initializer::Normal {
+                mean: 0.0,
+                std: 0.02,
+            }
+            .init([self.num_latents, w], device),
+            cross: block(true),
+            blocks: (0..self.self_attention_blocks)
+                .map(|_| block(false))
+                .collect(),
+            output_norm: norm(),
+            // Zero: C = 0 at the start, so the policy begins exactly as it was.
+            output: LinearConfig::new(w, self.policy_dim)
+                .with_initializer(Initializer::Zeros)
+                .init(device),
+        })
+    }
+}
+
+/// One expert's width to the shared latent width, normalised so experts of different scale
+/// compete on equal terms.
+#[derive(Module, Debug)]
+pub struct ExpertProjection<B: Backend> {
+    pub linear: Linear<B>,
+    pub norm: LayerNorm<B>,
+}
+
+/// Pre-norm attention (cross over expert tokens, or self over latents) and FFN, each residual.
+#[derive(Module, Debug)]
+pub struct Block<B: Backend> {
+    pub attention_norm: LayerNorm<B>,
+    pub attention: MultiHeadAttention<B>,
+    pub ffn_norm: LayerNorm<B>,
+    pub ffn_up: Linear<B>,
+    pub ffn_down: Linear<B>,
+    pub cross: bool,
+}
+
+impl<B: Backend> Block<B> {
+    fn forward(
+        &self,
+        latents: Tensor<B, 3>,
+        tokens: Option<(Tensor<B, 3>, Tensor<B, 2, Bool>)>,
+    ) -> (Tensor<B, 3>, Tensor<B, 4>) {
+        let normed = self.attention_norm.forward(latents.clone());
+        let (attended, weights) = match tokens {
+            Some((keys, mask)) => self.attention.forward(normed, keys, Some(mask)),
+            None => self.attention.forward(normed.clone(), normed, None),
+        };
+        let latents = latents + attended;
+        let ffn = self.ffn_down.forward(gelu(
+            self.ffn_up.forward(self.ffn_norm.forward(latents.clone())),
+        ));
+        (latents + ffn, weights)
+    }
+}
+
+/// The trainable interface between the team and the policy.
+#[derive(Module, Debug)]
+pub struct LatentInterface<B: Backend> {
+    pub projections: Vec<ExpertProjection<B>>,
+    /// `[num_latents, latent_dim]`
+    pub latents: Param<Tensor<B, 2>>,
+    pub cross: Block<B>,
+    pub blocks: Vec<Block<B>>,
+    pub output_norm: LayerNorm<B>,
+    pub output: Linear<B>,
+}
+
+/// One expert's contribution for a batch.
+#[derive(Debug, Clone)]
+pub struct ExpertInput<B: Backend> {
+    /// `[batch, tokens, expert width]`: one token for a pooled vector, or all prompt tokens.
+    pub hidden: Tensor<B, 3>,
+    /// `[batch, tokens]`, 1 for real tokens and 0 for padding; `None` when all are real.
+    pub mask: Option<Tensor<B, 2, Int>>,
+}
+
+/// The context tokens and the attention that produced them.
+#[derive(Debug, Clone)]
+pub struct FusionOutput<B: Backend> {
+    /// `[batch, num_latents, policy_dim]`
+    pub context: Tensor<B, 3>,
+    /// Cross-attention weights `[batch, heads, num_latents, total expert tokens]`.
+    pub attention: Tensor<B, 4>,
+    /// Where each expert's tokens sit along the last axis of `attention`: `(start, len)`.
+    pub expert_spans: Vec<(usize, usize)>,
+}
+
+impl<B: Backend> LatentInterface<B> {
+    pub fn num_experts(&self) -> usize {
+        self.projections.len()
+    }
+
+    /// # Shapes
+    /// `experts[i].hidden`: `[batch, T_i, d_i]`; returns context `[batch, K, d_policy]`.
+    pub fn forward(&self, experts: &[ExpertInput<B>]) -> Result<FusionOutput<B>, FusionError> {
+        if experts.len() != self.projections.len() {
+            return Err(FusionError::BadInput(format!(
+                "{} experts given to an interface built for {}",
+                experts.len(),
+                self.projections.len()
+            )));
+        }
+        let batch = experts[0].hidden.dims()[0];
+        let mut tokens = Vec::with_capacity(experts.len());
+        let mut padding = Vec::with_capacity(experts.len());
+        let mut spans = Vec::with_capacity(experts.len());
+        let mut start = 0;
+        for (i, (input, projection)) in experts.iter().zip(&self.projections).enumerate() {
+            let [b, t, d] = input.hidden.dims();
+            let expected = projection.linear.weight.dims()[0];
+            if b != batch || d != expected || t == 0 {
+                return Err(FusionError::BadInput(format!(
+                    "expert {i}: hidden states [{b}, {t}, {d}], expected [{batch}, T >= 1, {expected}]"
+                )));
+            }
+            if let Some(mask) = &input.mask
+                && mask.dims() != [b, t]
+            {
+                return Err(FusionError::BadInput(format!(
+                    "expert {i}: mask {:?} for hidden states [{b}, {t}, {d}]",
+                    mask.dims()
+                )));
+            }
+            tokens.push(
+                projection
+                    .norm
+                    .forward(projection.linear.forward(input.hidden.clone())),
+            );
+            padding.push(match &input.mask {
+                Some(mask) => mask.clone().equal_elem(0),
+                None => Tensor::<B, 2, Bool>::from_bool(
+                    burn::tensor::TensorData::new(vec![false; b * t], [b, t]),
+                    &input.hidden.device(),
+                ),
+            });
+            spans.push((start, t));
+            start += t;
+        }
+        let tokens = Tensor::cat(tokens, 1);
+        let padding = Tensor::cat(padding, 1);
+        let [k, w] = self.latents.dims();
+        let latents = self.latents.val().reshape([1, k, w]).repeat_dim(0, batch);
+        let (mut latents, attention) = self.cross.forward(latents, Some((tokens, padding)));
+        for block in &self.blocks {
+            latents = block.forward(latents, None).0;
+        }
+        Ok(FusionOutput {
+            context: self.output.forward(self.output_norm.forward(latents)),
+            attention,
+            expert_spans: spans,
+        })
+    }
+}

@@ -1,0 +1,245 @@
+//! The latent interface's contract: zero-initialised output, utilization that sums to one,
+//! padding that changes nothing, expert order that does not matter, and gradients that agree
+//! with finite differences.
+
+use burn::backend::Autodiff;
+use burn::module::Param;
+use burn::tensor::backend::Backend;
+use burn::tensor::{Distribution, Int, Tensor, TensorData};
+use burn_flex::Flex;
+use musketeers_fusion::stats::{expert_utilization, routing_entropy};
+use musketeers_fusion::{ExpertInput, LatentInterface, LatentInterfaceConfig};
+
+type B = Flex;
+
+fn config() -> LatentInterfaceConfig {
+    LatentInterfaceConfig {
+        latent_dim: 16,
+        num_latents: 3,
+        num_heads: 4,
+        self_attention_blocks: 1,
+        ffn_multiplier: 2,
+        ..LatentInterfaceConfig::new(vec![6, 10, 4], 12)
+    }
+}
+
+fn random<Bk: Backend, const D: usize>(shape: [usize; D]) -> Tensor<Bk, D> {
+    Tensor::random(shape, Distribution::Normal(0.0, 1.0), &Default::default())
+}
+
+/// The interface with a random (non-zero) output projection, so C depends on everything.
+fn live<Bk: Backend>(config: &LatentInterfaceConfig) -> LatentInterface<Bk> {
+    let mut interface = config
+        .init::<Bk>(&Default::default())
+        .expect("valid config");
+    interface.output.weight = Param::from_tensor(random([config.latent_dim, config.policy_dim]));
+    interface
+}
+
+fn inputs<Bk: Backend>(batch: usize, tokens: [usize; 3], dims: [usize; 3]) -> Vec<ExpertInput<Bk>> {
+    tokens
+        .iter()
+        .zip(dims)
+        .map(|(&t, d)| ExpertInput {
+            hidden: random([batch, t, d]),
+            mask: None,
+        })
+        .collect()
+}
+
+fn values<Bk: Backend, const D: usize>(t: Tensor<Bk, D>) -> Vec<f32> {
+    t.into_data().convert::<f32>().to_vec::<f32>().expect("f32")
+}
+
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+#[test]
+fn zero_initialised_output_gives_exactly_zero_context() {
+    let interface = config().init::<B>(&Default::default()).expect("init");
+    let out = interface
+        .forward(&inputs(2, [1, 5, 3], [6, 10, 4]))
+        .expect("forward");
+    assert_eq!(out.context.dims(), [2, 3, 12]);
+    assert!(values(out.context).iter().all(|v| *v == 0.0));
+}
+
+#[test]
+fn utilization_sums_to_one_and_entropy_is_bounded() {
+    let interface = live::<B>(&config());
+    let out = interface
+        .forward(&inputs(4, [1, 5, 3], [6, 10, 4]))
+        .expect("forward");
+    let util = expert_utilization(&out.attention, &out.expert_spans);
+    assert_eq!(util.dims(), [4, 3]);
+    let rows = values(util.clone());
+    for row in rows.chunks(3) {
+        assert!((row.iter().sum::<f32>() - 1.0).abs() < 1e-5, "{row:?}");
+        assert!(row.iter().all(|p| (0.0..=1.0).contains(p)));
+    }
+    let (entropy, normalised) = routing_entropy(&util);
+    for (h, n) in values(entropy).into_iter().zip(values(normalised)) {
+        assert!((0.0..=3f32.ln() + 1e-5).contains(&h), "{h}");
+        assert!((n - h / 3f32.ln()).abs() < 1e-6);
+    }
+    // One expert holding all the mass has entropy 0; a uniform team has normalised entropy 1.
+    let onehot = Tensor::<B, 2>::from_data(
+        TensorData::new(
+            vec![1f32, 0.0, 0.0, 1.0 / 3.0, 1.0 / 3.0, 1.0 / 3.0],
+            [2, 3],
+        ),
+        &Default::default(),
+    );
+    let (h, n) = routing_entropy(&onehot);
+    let (h, n) = (values(h), values(n));
+    assert_eq!(h[0], 0.0);
+    assert!((n[1] - 1.0).abs() < 1e-6);
+}
+
+#[test]
+fn masked_padding_changes_nothing() {
+    let interface = live::<B>(&config());
+    let device = Default::default();
+    let plain = inputs::<B>(2, [1, 3, 2], [6, 10, 4]);
+    let reference = interface.forward(&plain).expect("forward");
+    // Expert 1 gets two padding tokens of garbage after its three real ones (right padding)
+    // and expert 2 one before its two (left padding).
+    let mut padded = plain.clone();
+    padded[1] = ExpertInput {
+        hidden: Tensor::cat(
+            vec![plain[1].hidden.clone(), random::<B, 3>([2, 2, 10]) * 50.0],
+            1,
+        ),
+        mask: Some(Tensor::<B, 2, Int>::from_data(
+            TensorData::new(vec![1i64, 1, 1, 0, 0, 1, 1, 1, 0, 0], [2, 5]),
+            &device,
+        )),
+    };
+    padded[2] = ExpertInput {
+        hidden: Tensor::cat(
+            vec![random::<B, 3>([2, 1, 4]) * 50.0, plain[2].hidden.clone()],
+            1,
+        ),
+        mask: Some(Tensor::<B, 2, Int>::from_data(
+            TensorData::new(vec![0i64, 1, 1, 0, 1, 1], [2, 3]),
+            &device,
+        )),
+    };
+    let out = interface.forward(&padded).expect("forward");
+    assert!(max_diff(&values(out.context), &values(reference.context)) < 1e-5);
+    let u = values(expert_utilization(&out.attention, &out.expert_spans));
+    let r = values(expert_utilization(
+        &reference.attention,
+        &reference.expert_spans,
+    ));
+    assert!(max_diff(&u, &r) < 1e-6);
+}
+
+#[test]
+fn permuting_the_experts_permutes_utilization_and_keeps_the_context() {
+    let config = config();
+    let interface = live::<B>(&config);
+    let plain = inputs::<B>(2, [1, 4, 2], [6, 10, 4]);
+    let reference = interface.forward(&plain).expect("forward");
+    let order = [2, 0, 1];
+    let mut permuted = interface.clone();
+    permuted.projections = order
+        .iter()
+        .map(|&i| interface.projections[i].clone())
+        .collect();
+    let inputs: Vec<_> = order.iter().map(|&i| plain[i].clone()).collect();
+    let out = permuted.forward(&inputs).expect("forward");
+    assert!(max_diff(&values(out.context), &values(reference.context)) < 1e-5);
+    let u = values(expert_utilization(&out.attention, &out.expert_spans));
+    let r = values(expert_utilization(
+        &reference.attention,
+        &reference.expert_spans,
+    ));
+    for row in 0..2 {
+        for (slot, &expert) in order.iter().enumerate() {
+            assert!((u[row * 3 + slot] - r[row * 3 + expert]).abs() < 1e-6);
+        }
+    }
+}
+
+#[test]
+fn gradients_agree_with_finite_differences() {
+    type Ad = Autodiff<Flex>;
+    let config = config();
+    let interface = live::<Ad>(&config);
+    let experts = inputs::<Ad>(2, [1, 3, 2], [6, 10, 4]);
+    let target = random::<Ad, 3>([2, 3, 12]);
+    let loss_of = |m: &LatentInterface<Ad>| {
+        let out = m.forward(&experts).expect("forward");
+        (out.context * target.clone()).sum()
+    };
+    let grads = loss_of(&interface).backward();
+    // Checked parameters: the latent queries, expert 1's projection, a cross-attention key
+    // projection, the output projection.
+    let params: Vec<(&str, Param<Tensor<Ad, 2>>)> = vec![
+        ("latents", interface.latents.clone()),
+        (
+            "projection[1]",
+            interface.projections[1].linear.weight.clone(),
+        ),
+        ("cross.key", interface.cross.attention.key.weight.clone()),
+        ("output", interface.output.weight.clone()),
+    ];
+    for (name, param) in params {
+        let analytic = values(param.val().grad(&grads).expect("has a gradient"));
+        let base = values(param.val().inner());
+        let shape = param.dims();
+        // A few entries per parameter, central differences in f32.
+        for &index in &[0, base.len() / 2, base.len() - 1] {
+            let eps = 1e-2f32;
+            let loss_at = |delta: f32| {
+                let mut moved = base.clone();
+                moved[index] += delta;
+                let mut m = interface.clone();
+                let tensor =
+                    Tensor::<Ad, 2>::from_data(TensorData::new(moved, shape), &Default::default());
+                match name {
+                    "latents" => m.latents = Param::from_tensor(tensor),
+                    "projection[1]" => m.projections[1].linear.weight = Param::from_tensor(tensor),
+                    "cross.key" => m.cross.attention.key.weight = Param::from_tensor(tensor),
+                    _ => m.output.weight = Param::from_tensor(tensor),
+                }
+                f64::from(values(loss_of(&m))[0])
+            };
+            let numeric = (loss_at(eps) - loss_at(-eps)) / (2.0 * f64::from(eps));
+            let a = f64::from(analytic[index]);
+            let tolerance = 2e-2 * a.abs().max(numeric.abs()).max(0.1);
+            assert!(
+                (a - numeric).abs() <= tolerance,
+                "{name}[{index}]: analytic {a}, numeric {numeric}"
+            );
+        }
+    }
+}
+
+#[test]
+fn bad_inputs_and_configs_are_errors() {
+    let interface = config().init::<B>(&Default::default()).expect("init");
+    let two = inputs::<B>(1, [1, 1, 1], [6, 10, 4])[..2].to_vec();
+    assert!(
+        interface
+            .forward(&two)
+            .expect_err("count")
+            .to_string()
+            .contains("2 experts")
+    );
+    let wrong = inputs::<B>(1, [1, 1, 1], [6, 11, 4]);
+    let err = interface.forward(&wrong).expect_err("width").to_string();
+    assert!(err.contains("expert 1") && err.contains("11"), "{err}");
+    let bad = LatentInterfaceConfig {
+        num_heads: 5,
+        ..config()
+    };
+    assert!(bad.init::<B>(&Default::default()).is_err());
+    assert!(LatentInterfaceConfig::new(vec![], 8).validate().is_err());
+}
