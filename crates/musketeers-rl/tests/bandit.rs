@@ -108,6 +108,7 @@ fn grpo_learns_the_rewarded_token() {
     let first: f32 = rewards_per_step[..5].iter().sum::<f32>() / 5.0;
     let last: f32 = rewards_per_step[35..].iter().sum::<f32>() / 5.0;
     let p_right = probabilities(&policy)[RIGHT as usize];
+    eprintln!("reward: first 5 steps {first:.3}, last 5 steps {last:.3}; p(right) = {p_right:.3}");
     assert!(
         first < 0.3,
         "the task starts hard: first-steps reward {first}"
