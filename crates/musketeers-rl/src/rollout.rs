@@ -44,6 +44,9 @@ pub struct StepConfig {
     pub eos_token_ids: Vec<u32>,
     /// Exclude completions cut at the length limit from the loss.
     pub mask_truncated_completions: bool,
+    /// Exclude groups whose rewards are all equal (their advantages are 0; dropping them keeps
+    /// them out of the token counts that normalise the loss).
+    pub drop_zero_std_groups: bool,
 }
 
 /// Per-step figures besides the loss's own metrics.
@@ -106,12 +109,19 @@ pub fn grpo_step<B: Backend, S: TokenScorer<B> + ?Sized>(
         .max()
         .unwrap_or(0)
         .max(1);
-    let (mask, truncated) = completion_mask(
+    let (mut mask, truncated) = completion_mask(
         &rollouts.completion_ids,
         &config.eos_token_ids,
         width,
         config.mask_truncated_completions,
     );
+    if config.drop_zero_std_groups {
+        for (row, zero) in advantages.zero_std_group.iter().enumerate() {
+            if *zero {
+                mask[row * width..(row + 1) * width].fill(0.0);
+            }
+        }
+    }
     let (logps, entropies) = scorer.score(rollouts, width)?;
     let inputs = LossInputs {
         per_token_logps: logps,

@@ -71,6 +71,7 @@ fn grpo_learns_the_rewarded_token() {
     let mut rng = ChaCha8Rng::seed_from_u64(0);
     let config = StepConfig {
         eos_token_ids: vec![],
+        drop_zero_std_groups: true,
         ..StepConfig::default()
     };
     let (prompts, g) = (4, 8);
