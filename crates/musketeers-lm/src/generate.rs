@@ -112,7 +112,36 @@ pub fn generate_until<B: Backend>(
     stop: Option<&dyn StopCondition>,
     device: &B::Device,
 ) -> Result<Generation, LmError> {
+    generate_with_prefix(model, prompts, None, config, stop, device)
+}
+
+/// Like [`generate_until`], with soft tokens in front of every prompt: `prefix` is
+/// `[prompts, K, hidden]` input embeddings (n-Musketeers' context tokens), placed before the
+/// (left-padded) prompt embeddings. Rows are laid out `[prefix | padding | prompt]`, the same
+/// layout `Llama::forward_embeddings` sees when a trainer scores the completions.
+pub fn generate_with_prefix<B: Backend>(
+    model: &Llama<B>,
+    prompts: &[Vec<u32>],
+    prefix: Option<Tensor<B, 3>>,
+    config: &GenerationConfig,
+    stop: Option<&dyn StopCondition>,
+    device: &B::Device,
+) -> Result<Generation, LmError> {
     let vocab = model.embed_tokens.weight.dims()[0];
+    let soft = match &prefix {
+        Some(p) => {
+            let [pb, k, d] = p.dims();
+            let hidden = model.embed_tokens.weight.dims()[1];
+            if pb != prompts.len() || d != hidden {
+                return Err(LmError::BadInput(format!(
+                    "prefix is [{pb}, {k}, {d}], expected [{}, K, {hidden}]",
+                    prompts.len()
+                )));
+            }
+            k
+        }
+        None => 0,
+    };
     if prompts.is_empty() || prompts.iter().any(Vec::is_empty) {
         return Err(LmError::BadInput(
             "every prompt needs at least one token".into(),
@@ -134,33 +163,45 @@ pub fn generate_until<B: Backend>(
         prompts.iter().map(Vec::len).max().unwrap_or(0),
     );
 
-    // Prefill: left-padded prompts, positions counted over real tokens only.
+    // Prefill: [prefix | padding | prompt], positions counted over real tokens only.
     let start = Instant::now();
     let mut ids = Vec::with_capacity(b * width);
-    let mut positions = Vec::with_capacity(b * width);
+    let mut positions = Vec::with_capacity(b * (soft + width));
     let mut real: Vec<Vec<bool>> = Vec::with_capacity(b);
     for prompt in prompts {
         let pad = width - prompt.len();
         ids.extend(std::iter::repeat_n(0i64, pad).chain(prompt.iter().map(|&t| i64::from(t))));
-        positions.extend(std::iter::repeat_n(0i64, pad).chain(0..prompt.len() as i64));
+        positions.extend(
+            (0..soft as i64)
+                .chain(std::iter::repeat_n(soft as i64, pad))
+                .chain(soft as i64..(soft + prompt.len()) as i64),
+        );
         real.push(
-            std::iter::repeat_n(false, pad)
+            std::iter::repeat_n(true, soft)
+                .chain(std::iter::repeat_n(false, pad))
                 .chain(std::iter::repeat_n(true, prompt.len()))
                 .collect(),
         );
     }
+    let total = soft + width;
     let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [b, width]), device);
-    let positions = Tensor::<B, 2, Int>::from_data(TensorData::new(positions, [b, width]), device);
+    let mut key_positions: Vec<Vec<i64>> = positions.chunks(total).map(<[i64]>::to_vec).collect();
+    let positions = Tensor::<B, 2, Int>::from_data(TensorData::new(positions, [b, total]), device);
+    let embedded = match prefix {
+        Some(prefix) => Tensor::cat(vec![prefix, model.embed(ids)], 1),
+        None => model.embed(ids),
+    };
     let mut caches = model.new_caches();
     let hidden = model.forward_cached(
-        model.embed(ids),
+        embedded,
+        positions.clone(),
         positions,
-        &attention_mask(&real, width, device),
+        &attention_mask(&real, total, device),
         &mut caches,
         &rope,
     );
     let [_, _, h] = hidden.dims();
-    let mut last = model.head(hidden.slice([0..b, width - 1..width, 0..h])); // [b, 1, vocab]
+    let mut last = model.head(hidden.slice([0..b, total - 1..total, 0..h])); // [b, 1, vocab]
     let prefill_seconds = start.elapsed().as_secs_f64();
 
     // One row per sample: repeat each prompt's cache, logits and mask G times.
@@ -178,7 +219,11 @@ pub fn generate_until<B: Backend>(
     );
     last = last.select(0, index);
     let mut real: Vec<Vec<bool>> = rows.iter().map(|&p| real[p].clone()).collect();
-    let mut next_position: Vec<i64> = rows.iter().map(|&p| prompts[p].len() as i64).collect();
+    key_positions = rows.iter().map(|&p| key_positions[p].clone()).collect();
+    let mut next_position: Vec<i64> = rows
+        .iter()
+        .map(|&p| (soft + prompts[p].len()) as i64)
+        .collect();
     let mut samplers: Vec<Sampler> = (0..rows.len())
         .map(|s| Sampler::new(&config.sampling, s as u64))
         .collect();
@@ -218,15 +263,18 @@ pub fn generate_until<B: Backend>(
         }
         for (row, mask) in real.iter_mut().enumerate() {
             mask.push(!done[row]);
+            key_positions[row].push(next_position[row]);
         }
         let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(step_ids, [n, 1]), device);
         let positions =
             Tensor::<B, 2, Int>::from_data(TensorData::new(next_position.clone(), [n, 1]), device);
         next_position.iter_mut().for_each(|p| *p += 1);
         let width = real[0].len();
+        let keys: Vec<i64> = key_positions.iter().flatten().copied().collect();
         let hidden = model.forward_cached(
             model.embed(ids),
             positions,
+            Tensor::<B, 2, Int>::from_data(TensorData::new(keys, [n, width]), device),
             &decode_mask(&real, width, device),
             &mut caches,
             &rope,

@@ -11,7 +11,7 @@ use burn::module::{Module, Param};
 use burn::nn::{Embedding, RmsNorm};
 use burn::tensor::activation::softmax;
 use burn::tensor::backend::Backend;
-use burn::tensor::{Bool, Int, Tensor, TensorData};
+use burn::tensor::{Bool, Int, Tensor};
 
 /// Query/key/value projections, grouped-query attention, output projection.
 #[derive(Module, Debug)]
@@ -75,19 +75,22 @@ impl<B: Backend> KindInputs<B> {
 
 impl<B: Backend> AttentionInputs<B> {
     /// # Shapes
-    /// - `positions`: `[batch, seq]`; `mask`: `[batch, 1, seq, keys]`, the queries being the
-    ///   last `seq` of the `keys` slots
+    /// - `positions`: `[batch, seq]` of the queries; `key_positions`: `[batch, keys]`
+    /// - `mask`: `[batch, 1, seq, keys]`, true where attention is forbidden
     pub fn new(
         rope: &Rope<B>,
         positions: Tensor<B, 2, Int>,
+        key_positions: Tensor<B, 2, Int>,
         mask: Tensor<B, 4, Bool>,
-        num_heads: usize,
-        num_kv_heads: usize,
+        (num_heads, num_kv_heads): (usize, usize),
         sliding_window: Option<usize>,
     ) -> Self {
         let local = rope.has_local().then(|| {
             let mask = match sliding_window {
-                Some(window) => mask.clone().bool_or(outside_window(&mask, window)),
+                Some(window) => {
+                    mask.clone()
+                        .bool_or(outside_window(positions.clone(), key_positions, window))
+                }
                 None => mask.clone(),
             };
             KindInputs::new(
@@ -111,16 +114,20 @@ impl<B: Backend> AttentionInputs<B> {
     }
 }
 
-/// `[batch, 1, seq, keys]`, true where the key is `window` or more slots before the query.
-/// Left padding keeps slot distance equal to position distance between real tokens.
-fn outside_window<B: Backend>(mask: &Tensor<B, 4, Bool>, window: usize) -> Tensor<B, 4, Bool> {
-    let [b, _, t, keys] = mask.dims();
-    let first_query = keys - t;
-    let data: Vec<bool> = (0..t)
-        .flat_map(|i| (0..keys).map(move |j| first_query + i >= j + window))
-        .collect();
-    Tensor::<B, 4, Bool>::from_data(TensorData::new(data, [1, 1, t, keys]), &mask.device())
-        .expand([b, 1, t, keys])
+/// `[batch, 1, seq, keys]`, true where the key's position is `window` or more before the
+/// query's (positions, not slots: padding may sit anywhere in a row).
+fn outside_window<B: Backend>(
+    positions: Tensor<B, 2, Int>,
+    key_positions: Tensor<B, 2, Int>,
+    window: usize,
+) -> Tensor<B, 4, Bool> {
+    let [b, t] = positions.dims();
+    let keys = key_positions.dims()[1];
+    let queries = positions.reshape([b, 1, t, 1]).expand([b, 1, t, keys]);
+    let keys = key_positions
+        .reshape([b, 1, 1, keys])
+        .expand([b, 1, t, keys]);
+    (queries - keys).greater_equal_elem(window as i64)
 }
 
 impl<B: Backend> Attention<B> {
@@ -429,8 +436,12 @@ impl<B: Backend> Llama<B> {
         let mask = attention_mask.unwrap_or_else(|| Tensor::ones([b, t], &device));
         // Position of each token among the real tokens of its row: left padding shifts nothing.
         let positions = (mask.clone().cumsum(1) - 1).clamp_min(0); // [b, t]
-        let inputs =
-            self.attention_inputs(&self.rope(&device), positions, causal_padding_mask(mask));
+        let inputs = self.attention_inputs(
+            &self.rope(&device),
+            positions.clone(),
+            positions,
+            causal_padding_mask(mask),
+        );
         let mut states = Vec::new();
         let mut x = x;
         for layer in &self.layers[..count] {
@@ -446,17 +457,20 @@ impl<B: Backend> Llama<B> {
     ///
     /// # Shapes
     /// - `x`: `[batch, new, hidden]`; `positions`: `[batch, new]`
+    /// - `key_positions`: `[batch, cached + new]`, the position of every cached and new slot
+    ///   (any value on padding)
     /// - `mask`: `[batch, 1, new, cached + new]`, true where attention is forbidden
     /// - returns `[batch, new, hidden]`
     pub fn forward_cached(
         &self,
         x: Tensor<B, 3>,
         positions: Tensor<B, 2, Int>,
+        key_positions: Tensor<B, 2, Int>,
         mask: &Tensor<B, 4, Bool>,
         caches: &mut [KvCache<B>],
         rope: &Rope<B>,
     ) -> Tensor<B, 3> {
-        let inputs = self.attention_inputs(rope, positions, mask.clone());
+        let inputs = self.attention_inputs(rope, positions, key_positions, mask.clone());
         let mut x = x;
         for (layer, cache) in self.layers.iter().zip(caches.iter_mut()) {
             x = layer.forward_cached(x, &inputs, cache);
@@ -468,13 +482,21 @@ impl<B: Backend> Llama<B> {
         &self,
         rope: &Rope<B>,
         positions: Tensor<B, 2, Int>,
+        key_positions: Tensor<B, 2, Int>,
         mask: Tensor<B, 4, Bool>,
     ) -> AttentionInputs<B> {
         // Layers are uniform; a model without layers never reads these.
-        let (h, kv) = self.layers.first().map_or((1, 1), |l| {
+        let heads = self.layers.first().map_or((1, 1), |l| {
             (l.self_attn.num_heads, l.self_attn.num_kv_heads)
         });
-        AttentionInputs::new(rope, positions, mask, h, kv, self.sliding_window)
+        AttentionInputs::new(
+            rope,
+            positions,
+            key_positions,
+            mask,
+            heads,
+            self.sliding_window,
+        )
     }
 
     /// One empty cache per layer.

@@ -270,3 +270,46 @@ fn pretrained_collects_eos_from_generation_config_config_and_tokenizer() {
         .to_string();
     assert!(err.contains("generation_config.json"), "{err}");
 }
+
+#[test]
+fn a_soft_prefix_of_token_embeddings_generates_as_those_tokens_do() {
+    use musketeers_lm::generate::generate_with_prefix;
+    for name in ["llama-gqa", "gemma3-sliding"] {
+        let model = model(name);
+        let prompts: Vec<Vec<u32>> = vec![vec![3, 14, 15, 92, 65], vec![9, 26, 5]];
+        let k = 2;
+        let config = GenerationConfig {
+            max_new_tokens: 8,
+            num_return_sequences: 2,
+            ..Default::default()
+        };
+        let plain = generate(&model, &prompts, &config, &Default::default()).expect("plain");
+        // The first k tokens of each prompt as soft tokens (their input embeddings).
+        let heads: Vec<i64> = prompts
+            .iter()
+            .flat_map(|p| p[..k].iter().map(|&t| i64::from(t)))
+            .collect();
+        let heads =
+            Tensor::<B, 2, Int>::from_data(TensorData::new(heads, [2, k]), &Default::default());
+        let prefix = model.embed(heads);
+        let rests: Vec<Vec<u32>> = prompts.iter().map(|p| p[k..].to_vec()).collect();
+        let soft = generate_with_prefix(
+            &model,
+            &rests,
+            Some(prefix),
+            &config,
+            None,
+            &Default::default(),
+        )
+        .expect("with prefix");
+        assert_eq!(soft.tokens, plain.tokens, "{name}");
+        for (a, b) in soft
+            .logprobs
+            .iter()
+            .flatten()
+            .zip(plain.logprobs.iter().flatten())
+        {
+            assert!((a - b).abs() < 1e-4, "{name}: logprob {a} vs {b}");
+        }
+    }
+}
