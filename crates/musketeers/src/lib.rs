@@ -6,5 +6,6 @@
 
 pub mod policy;
 pub mod scoring;
+pub mod train;
 
 pub use scoring::{ScoreLine, score_lines};

@@ -1,0 +1,372 @@
+//! One n-Musketeers GRPO step, following the design's data flow: the frozen team reads each
+//! prompt once; the latent interface turns their states into context tokens `C` (with
+//! autodiff); the policy samples G completions per prompt from `[C ; prompt]` on the inner
+//! backend; rewards score them; GRPO's loss flows back into the LoRA adapters and the
+//! interface, and AdamW (with gradient clipping) updates only those.
+
+use burn::module::AutodiffModule;
+use burn::optim::adaptor::OptimizerAdaptor;
+use burn::optim::{AdamW, AdamWConfig, GradientsParams, Optimizer};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
+use musketeers_fusion::stats::{batch_utilization, expert_utilization, routing_entropy};
+use musketeers_fusion::{ExpertInput, LatentInterface};
+use musketeers_lm::Llama;
+use musketeers_lm::generate::{GenerationConfig, generate_with_prefix};
+use musketeers_lm::pooling::{Pooling, pool};
+use musketeers_lm::sampling::SamplingConfig;
+use musketeers_lm::tokenizer::TextTokenizer;
+use musketeers_rl::rollout::{RolloutStats, StepConfig, grpo_step};
+use musketeers_rl::{GrpoMetrics, Rollouts};
+use serde::{Deserialize, Serialize};
+use std::time::Instant;
+
+use crate::policy::PrefixedPolicy;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error(transparent)]
+    Lm(#[from] musketeers_lm::LmError),
+    #[error(transparent)]
+    Fusion(#[from] musketeers_fusion::FusionError),
+    #[error(transparent)]
+    Rl(#[from] musketeers_rl::RlError),
+    #[error("{0}")]
+    BadInput(String),
+}
+
+/// What an expert passes on: one pooled vector, or all of its prompt tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExpertReadout {
+    Last,
+    First,
+    Mean,
+    All,
+}
+
+/// A frozen expert: its model, its own tokenizer, which hidden state it passes on and how.
+#[derive(Debug)]
+pub struct TeamMember<B: Backend> {
+    pub name: String,
+    pub model: Llama<B>,
+    pub tokenizer: TextTokenizer,
+    /// `hidden_states` index, negative from the end.
+    pub layer: isize,
+    pub readout: ExpertReadout,
+}
+
+impl<B: Backend> TeamMember<B> {
+    /// Hidden states for `prompts` (left-padded), `[prompts, 1 or T, width]` and their mask.
+    pub fn read(
+        &self,
+        prompts: &[String],
+        device: &B::Device,
+    ) -> Result<ExpertInput<B>, TrainError> {
+        let ids = prompts
+            .iter()
+            .map(|p| self.tokenizer.encode(p, true))
+            .collect::<Result<Vec<_>, _>>()?;
+        let width = ids.iter().map(Vec::len).max().unwrap_or(0).max(1);
+        let n = prompts.len();
+        let mut flat = Vec::with_capacity(n * width);
+        let mut mask = Vec::with_capacity(n * width);
+        for row in &ids {
+            let pad = width - row.len();
+            flat.extend(std::iter::repeat_n(0i64, pad).chain(row.iter().map(|&t| i64::from(t))));
+            mask.extend(std::iter::repeat_n(0i64, pad).chain(std::iter::repeat_n(1i64, row.len())));
+        }
+        let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(flat, [n, width]), device);
+        let mask = Tensor::<B, 2, Int>::from_data(TensorData::new(mask, [n, width]), device);
+        let hidden =
+            self.model
+                .hidden_state(self.model.embed(ids), Some(mask.clone()), self.layer)?;
+        let pooled = |how| {
+            let d = hidden.dims()[2];
+            pool(hidden.clone(), mask.clone(), how).reshape([n, 1, d])
+        };
+        Ok(match self.readout {
+            ExpertReadout::Last => ExpertInput {
+                hidden: pooled(Pooling::Last),
+                mask: None,
+            },
+            ExpertReadout::First => ExpertInput {
+                hidden: pooled(Pooling::First),
+                mask: None,
+            },
+            ExpertReadout::Mean => ExpertInput {
+                hidden: pooled(Pooling::Mean),
+                mask: None,
+            },
+            ExpertReadout::All => ExpertInput {
+                hidden,
+                mask: Some(mask),
+            },
+        })
+    }
+}
+
+/// The GRPO settings of a run, named as TRL names them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepSettings {
+    pub num_generations: usize,
+    pub max_completion_length: usize,
+    pub temperature: f32,
+    pub learning_rate: f64,
+    /// Gradient norm clip per trained module (LoRA, interface).
+    pub max_grad_norm: f32,
+    pub grpo: StepConfig,
+    pub seed: u64,
+}
+
+/// What one step did, for `metrics.jsonl` and the live view.
+#[derive(Debug, Clone, Serialize)]
+pub struct StepReport {
+    pub step: u64,
+    pub loss: GrpoMetrics,
+    pub rollouts: RolloutStats,
+    /// Batch-mean share of attention per expert (empty without a team).
+    pub utilization: Vec<f32>,
+    /// Batch-mean routing entropy, natural log and normalised by ln n.
+    pub routing_entropy: Option<f32>,
+    pub routing_entropy_normalized: Option<f32>,
+    pub sampled_tokens: usize,
+    pub sample_seconds: f64,
+    pub step_seconds: f64,
+    /// The first completion of each prompt with its reward, for the run log.
+    pub samples: Vec<(String, f32)>,
+}
+
+type Adam<M, B> = OptimizerAdaptor<AdamW, M, B>;
+
+impl<B: AutodiffBackend> std::fmt::Debug for Trainer<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Trainer")
+            .field("step", &self.step)
+            .field(
+                "team",
+                &self.team.iter().map(|m| &m.name).collect::<Vec<_>>(),
+            )
+            .field("fused", &self.interface.is_some())
+            .field("settings", &self.settings)
+            .finish()
+    }
+}
+
+/// The trainable state: the policy (LoRA on a frozen base), the interface (absent in
+/// `single` mode), the frozen team and the optimizers.
+pub struct Trainer<B: AutodiffBackend> {
+    pub policy: Llama<B>,
+    pub tokenizer: TextTokenizer,
+    pub interface: Option<LatentInterface<B>>,
+    pub team: Vec<TeamMember<B::InnerBackend>>,
+    pub settings: StepSettings,
+    pub step: u64,
+    policy_optim: Adam<Llama<B>, B>,
+    interface_optim: Adam<LatentInterface<B>, B>,
+}
+
+impl<B: AutodiffBackend> Trainer<B> {
+    pub fn new(
+        policy: Llama<B>,
+        tokenizer: TextTokenizer,
+        interface: Option<LatentInterface<B>>,
+        team: Vec<TeamMember<B::InnerBackend>>,
+        settings: StepSettings,
+    ) -> Result<Self, TrainError> {
+        if interface.as_ref().map_or(0, |i| i.num_experts()) != team.len() {
+            return Err(TrainError::BadInput(format!(
+                "{} team members for an interface of {} experts",
+                team.len(),
+                interface.as_ref().map_or(0, |i| i.num_experts())
+            )));
+        }
+        let clip = Some(burn::grad_clipping::GradientClippingConfig::Norm(
+            settings.max_grad_norm,
+        ));
+        let adam = AdamWConfig::new()
+            .with_weight_decay(0.0)
+            .with_grad_clipping(clip);
+        Ok(Self {
+            policy,
+            tokenizer,
+            interface,
+            team,
+            step: 0,
+            policy_optim: adam.init(),
+            interface_optim: adam.init(),
+            settings,
+        })
+    }
+
+    /// One GRPO step on `prompts` (texts, already in the policy's prompt template);
+    /// `reward(prompt_index, completion_text)` scores a completion.
+    pub fn train_step(
+        &mut self,
+        prompts: &[String],
+        reward: &(dyn Fn(usize, &str) -> f32 + Sync),
+    ) -> Result<StepReport, TrainError> {
+        let started = Instant::now();
+        let device = self.policy.embed_tokens.weight.device();
+        let inner_device = self.policy.embed_tokens.weight.val().inner().device();
+        let s = self.settings.clone();
+        let p = prompts.len();
+
+        // The team reads each prompt once; the interface turns that into C (with gradient).
+        let fused = match &self.interface {
+            Some(interface) => {
+                let inputs = self
+                    .team
+                    .iter()
+                    .map(|m| {
+                        let read = m.read(prompts, &inner_device)?;
+                        Ok(ExpertInput {
+                            hidden: Tensor::from_inner(read.hidden),
+                            mask: read.mask.map(Tensor::from_inner),
+                        })
+                    })
+                    .collect::<Result<Vec<_>, TrainError>>()?;
+                Some(interface.forward(&inputs)?)
+            }
+            None => None,
+        };
+
+        // Rollouts from [C ; prompt] on the inner backend, G per prompt.
+        let prompt_ids = prompts
+            .iter()
+            .map(|t| self.tokenizer.encode(t, true))
+            .collect::<Result<Vec<_>, _>>()?;
+        let sample_start = Instant::now();
+        let sampler = self.policy.valid();
+        let generation = generate_with_prefix(
+            &sampler,
+            &prompt_ids,
+            fused.as_ref().map(|f| f.context.clone().inner()),
+            &GenerationConfig {
+                max_new_tokens: s.max_completion_length,
+                num_return_sequences: s.num_generations,
+                eos_token_ids: s.grpo.eos_token_ids.clone(),
+                sampling: SamplingConfig {
+                    temperature: s.temperature,
+                    top_k: None,
+                    top_p: None,
+                    seed: s.seed.wrapping_mul(1_000_003).wrapping_add(self.step),
+                },
+            },
+            None,
+            &inner_device,
+        )?;
+        let sample_seconds = sample_start.elapsed().as_secs_f64();
+        let n = generation.tokens.len();
+        let texts = generation
+            .tokens
+            .iter()
+            .map(|t| self.tokenizer.decode(t, true))
+            .collect::<Result<Vec<_>, _>>()?;
+        let rewards: Vec<f32> = {
+            use rayon::prelude::*;
+            texts
+                .par_iter()
+                .enumerate()
+                .map(|(i, text)| reward(i / s.num_generations, text))
+                .collect()
+        };
+        let rows: Vec<i64> = (0..p as i64)
+            .flat_map(|i| std::iter::repeat_n(i, s.num_generations))
+            .collect();
+        let index = Tensor::<B, 1, Int>::from_data(TensorData::new(rows.clone(), [n]), &device);
+        let context = fused.as_ref().map(|f| f.context.clone().select(0, index));
+        let reference = (s.grpo.loss.beta > 0.0).then(|| self.policy.without_adapters());
+        let mut rollouts = Rollouts {
+            prompt_ids: rows
+                .iter()
+                .map(|&i| prompt_ids[i as usize].clone())
+                .collect(),
+            completion_ids: generation.tokens.clone(),
+            num_generations: s.num_generations,
+            rewards: rewards.clone(),
+            old_logprobs: None,
+            ref_logprobs: None,
+        };
+        if let Some(reference) = &reference {
+            let width = rollouts
+                .completion_ids
+                .iter()
+                .map(Vec::len)
+                .max()
+                .unwrap_or(1)
+                .max(1);
+            let scorer = PrefixedPolicy {
+                model: reference,
+                context: context.clone().map(|c| c.detach()),
+                temperature: f64::from(s.temperature),
+            };
+            let (logps, _) = musketeers_rl::TokenScorer::score(&scorer, &rollouts, width)?;
+            let values = logps
+                .into_data()
+                .convert::<f32>()
+                .to_vec::<f32>()
+                .unwrap_or_default();
+            rollouts.ref_logprobs = Some(
+                rollouts
+                    .completion_ids
+                    .iter()
+                    .enumerate()
+                    .map(|(r, c)| values[r * width..r * width + c.len()].to_vec())
+                    .collect(),
+            );
+        }
+        let scorer = PrefixedPolicy {
+            model: &self.policy,
+            context,
+            temperature: f64::from(s.temperature),
+        };
+        let (loss, _, stats) = grpo_step(&scorer, &rollouts, &s.grpo, &device)?;
+        let mut grads = loss.loss.backward();
+        let policy_grads = GradientsParams::from_module(&mut grads, &self.policy);
+        self.policy = self
+            .policy_optim
+            .step(s.learning_rate, self.policy.clone(), policy_grads);
+        if let Some(interface) = self.interface.take() {
+            let interface_grads = GradientsParams::from_module(&mut grads, &interface);
+            self.interface = Some(self.interface_optim.step(
+                s.learning_rate,
+                interface,
+                interface_grads,
+            ));
+        }
+
+        let (utilization, entropy, normalized) = match &fused {
+            Some(f) => {
+                let per_example = expert_utilization(&f.attention, &f.expert_spans).inner();
+                let (h, hn) = routing_entropy(&per_example);
+                let mean = |t: Tensor<B::InnerBackend, 1>| t.mean().into_scalar().elem::<f32>();
+                let util = batch_utilization(&per_example)
+                    .into_data()
+                    .convert::<f32>()
+                    .to_vec::<f32>()
+                    .unwrap_or_default();
+                (util, Some(mean(h)), Some(mean(hn)))
+            }
+            None => (Vec::new(), None, None),
+        };
+        self.step += 1;
+        Ok(StepReport {
+            step: self.step,
+            loss: loss.metrics,
+            rollouts: stats,
+            utilization,
+            routing_entropy: entropy,
+            routing_entropy_normalized: normalized,
+            sampled_tokens: generation.decode_tokens,
+            sample_seconds,
+            step_seconds: started.elapsed().as_secs_f64(),
+            samples: (0..p)
+                .map(|i| {
+                    let r = i * s.num_generations;
+                    (texts[r].clone(), rewards[r])
+                })
+                .collect(),
+        })
+    }
+}
