@@ -5,6 +5,8 @@
 //! built (see docs/ARCHITECTURE.md).
 
 pub mod policy;
+pub mod run;
+pub mod run_config;
 pub mod scoring;
 pub mod train;
 

@@ -32,6 +32,17 @@ enum Command {
     Lm(lm::LmCommand),
     /// Show the compute backends compiled in and measure one matmul on the chosen device.
     Device(backend::DeviceArgs),
+    /// Train with GRPO from a TOML run config (fused team or single policy), on the CPU.
+    Train {
+        #[arg(long)]
+        config: PathBuf,
+        /// Override the config's number of steps.
+        #[arg(long)]
+        steps: Option<u64>,
+        /// Run directory (default: the config's out_dir, else runs/<config stem>).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -69,7 +80,42 @@ fn main() -> Result<()> {
         }) => sample(&task, n, seed, &config),
         Command::Device(args) => backend::run(&args),
         Command::Lm(command) => lm::run(command),
+        Command::Train { config, steps, out } => train(&config, steps, out),
     }
+}
+
+fn train(path: &std::path::Path, steps: Option<u64>, out: Option<PathBuf>) -> Result<()> {
+    use musketeers::run_config::RunConfig;
+    type Ad = burn::backend::Autodiff<burn::backend::Flex>;
+    let config = RunConfig::from_file(path)?;
+    let out = out
+        .or_else(|| config.out_dir.clone())
+        .unwrap_or_else(|| PathBuf::from("runs").join(path.file_stem().unwrap_or_default()));
+    let total = steps.unwrap_or(config.grpo.steps);
+    let started = std::time::Instant::now();
+    let mut err = std::io::stderr();
+    let mut progress = |r: &musketeers::train::StepReport| {
+        let elapsed = started.elapsed().as_secs_f64();
+        let eta = elapsed / r.step as f64 * (total.saturating_sub(r.step)) as f64;
+        let util: Vec<String> = r.utilization.iter().map(|u| format!("{u:.2}")).collect();
+        let _ = writeln!(
+            err,
+            "step {}/{total}  reward {:.3}±{:.3}  loss {:+.4}  kl {}  len {:.1}  util [{}]  {:.0} tok/s  {:.1}s/step  eta {:.0}s",
+            r.step,
+            r.rollouts.reward_mean,
+            r.rollouts.reward_std,
+            r.loss.loss,
+            r.loss.kl.map_or("-".into(), |k| format!("{k:.4}")),
+            r.rollouts.mean_completion_length,
+            util.join(" "),
+            r.sampled_tokens as f64 / r.sample_seconds.max(1e-9),
+            r.step_seconds,
+            eta
+        );
+    };
+    let dir = musketeers::run::run::<Ad>(&config, &out, steps, &Default::default(), &mut progress)?;
+    writeln!(std::io::stdout(), "run written to {}", dir.display())?;
+    Ok(())
 }
 
 fn score(input: &PathBuf) -> Result<()> {

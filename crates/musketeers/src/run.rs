@@ -1,0 +1,235 @@
+//! A training run from a [`RunConfig`]: models resolved and loaded, the task mix built, steps
+//! taken, and the run directory written (resolved config, `metrics.jsonl`, `samples.jsonl`,
+//! checkpoints replaced atomically).
+
+use crate::run_config::{Mode, RunConfig};
+use crate::train::{StepReport, StepSettings, TeamMember, TrainError, Trainer};
+use burn::store::{ModuleSnapshot, SafetensorsStore};
+use burn::tensor::backend::AutodiffBackend;
+use musketeers_fusion::LatentInterfaceConfig;
+use musketeers_lm::tokenizer::{ChatMessage, TextTokenizer};
+use musketeers_lm::{Pretrained, catalog};
+use musketeers_rl::GrpoLossConfig;
+use musketeers_rl::rollout::StepConfig;
+use musketeers_verify::options::Options;
+use musketeers_verify::task::{Mix, Task};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
+    move |e| TrainError::BadInput(format!("{}: {e}", path.display()))
+}
+
+fn mix(config: &RunConfig) -> Result<Mix, TrainError> {
+    let parts = config
+        .tasks
+        .iter()
+        .map(|t| {
+            let mut options = Options::new(&t.name);
+            for (key, value) in &t.options {
+                let text = match value {
+                    toml::Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                options = options.set(key, text);
+            }
+            let task = musketeers_verify::generators::create(&t.name, options)
+                .map_err(|e| TrainError::BadInput(format!("task {}: {e}", t.name)))?;
+            Ok((task, t.weight))
+        })
+        .collect::<Result<Vec<_>, TrainError>>()?;
+    Mix::new("tasks", parts).map_err(|e| TrainError::BadInput(e.to_string()))
+}
+
+/// The policy's prompt for a question: the template, through the chat template when asked.
+pub fn render_prompt(
+    tokenizer: &TextTokenizer,
+    config: &RunConfig,
+    question: &str,
+) -> Result<String, TrainError> {
+    let user = config
+        .policy
+        .prompt_template
+        .replace("{question}", question);
+    if !config.policy.chat {
+        return Ok(user);
+    }
+    Ok(tokenizer.apply_chat_template(
+        &[ChatMessage {
+            role: "user".into(),
+            content: user,
+        }],
+        true,
+    )?)
+}
+
+fn load<B: burn::tensor::backend::Backend>(
+    spec: &str,
+    device: &B::Device,
+) -> Result<Pretrained<B>, TrainError> {
+    Ok(Pretrained::<B>::load(&catalog::resolve(spec)?, device)?)
+}
+
+fn take_tokenizer(
+    slot: &mut Option<TextTokenizer>,
+    model: &str,
+) -> Result<TextTokenizer, TrainError> {
+    slot.take()
+        .ok_or_else(|| TrainError::BadInput(format!("model {model} has no tokenizer")))
+}
+
+/// Write `dir` by writing `dir.tmp` and renaming it over: a kill at any moment leaves the
+/// previous checkpoint or the new one, never half of one.
+fn save_checkpoint<B: AutodiffBackend>(
+    trainer: &Trainer<B>,
+    config: &RunConfig,
+    dir: &Path,
+) -> Result<(), TrainError> {
+    let staging = dir.with_extension("tmp");
+    if staging.exists() {
+        std::fs::remove_dir_all(&staging).map_err(io(&staging))?;
+    }
+    std::fs::create_dir_all(&staging).map_err(io(&staging))?;
+    trainer.policy.save_adapters(
+        &staging.join("adapter"),
+        &config.policy.lora,
+        &config.policy.model,
+    )?;
+    if let Some(interface) = &trainer.interface {
+        let path = staging.join("interface.safetensors");
+        let mut store = SafetensorsStore::from_file(&path);
+        interface
+            .save_into(&mut store)
+            .map_err(|e| TrainError::BadInput(format!("{}: {e}", path.display())))?;
+    }
+    let state = serde_json::json!({"step": trainer.step});
+    let path = staging.join("state.json");
+    std::fs::write(&path, state.to_string()).map_err(io(&path))?;
+    let old = dir.with_extension("old");
+    if dir.exists() {
+        std::fs::rename(dir, &old).map_err(io(dir))?;
+    }
+    std::fs::rename(&staging, dir).map_err(io(dir))?;
+    if old.exists() {
+        std::fs::remove_dir_all(&old).map_err(io(&old))?;
+    }
+    Ok(())
+}
+
+/// Run `config` for `steps` (default: the config's), calling `progress` after every step.
+/// Returns the run directory.
+pub fn run<B: AutodiffBackend>(
+    config: &RunConfig,
+    out_dir: &Path,
+    steps: Option<u64>,
+    device: &B::Device,
+    progress: &mut dyn FnMut(&StepReport),
+) -> Result<PathBuf, TrainError> {
+    config.validate()?;
+    std::fs::create_dir_all(out_dir).map_err(io(out_dir))?;
+    let resolved = out_dir.join("config.toml");
+    let text =
+        toml::to_string_pretty(config).map_err(|e| TrainError::BadInput(format!("config: {e}")))?;
+    std::fs::write(&resolved, text).map_err(io(&resolved))?;
+
+    let g = &config.grpo;
+    let mut policy = load::<B>(&config.policy.model, device)?;
+    let tokenizer = take_tokenizer(&mut policy.tokenizer, &config.policy.model)?;
+    let eos = policy.eos_token_ids.clone();
+    let policy_width = policy.config.hidden_size;
+    let model = policy.model.with_lora(&config.policy.lora, g.seed)?;
+    let inner_device = model.embed_tokens.weight.val().inner().device();
+    let (team, interface) = match config.mode {
+        Mode::Single => (Vec::new(), None),
+        Mode::Fused => {
+            let mut team = Vec::new();
+            for member in &config.team {
+                let mut expert = load::<B::InnerBackend>(&member.model, &inner_device)?;
+                team.push(TeamMember {
+                    name: member.name.clone(),
+                    tokenizer: take_tokenizer(&mut expert.tokenizer, &member.model)?,
+                    model: expert.model,
+                    layer: member.layer,
+                    readout: member.readout,
+                });
+            }
+            let i = &config.interface;
+            let interface = LatentInterfaceConfig {
+                expert_dims: team
+                    .iter()
+                    .map(|m| m.model.embed_tokens.weight.dims()[1])
+                    .collect(),
+                policy_dim: policy_width,
+                latent_dim: i.latent_dim,
+                num_latents: i.num_latents,
+                num_heads: i.num_heads,
+                self_attention_blocks: i.self_attention_blocks,
+                ffn_multiplier: i.ffn_multiplier,
+            }
+            .init::<B>(device)?;
+            (team, Some(interface))
+        }
+    };
+    let settings = StepSettings {
+        num_generations: g.num_generations,
+        max_completion_length: g.max_completion_length,
+        temperature: g.temperature,
+        learning_rate: g.learning_rate,
+        max_grad_norm: g.max_grad_norm,
+        grpo: StepConfig {
+            loss: GrpoLossConfig {
+                beta: g.beta,
+                epsilon: g.epsilon,
+                epsilon_high: g.epsilon_high,
+                loss_type: g.loss_type,
+                max_completion_length: g.max_completion_length,
+            },
+            scale_rewards: g.scale_rewards,
+            eos_token_ids: eos,
+            mask_truncated_completions: g.mask_truncated_completions,
+            drop_zero_std_groups: false,
+        },
+        seed: g.seed,
+    };
+    let mut trainer = Trainer::new(model, tokenizer, interface, team, settings)?;
+    let tasks = mix(config)?;
+    let metrics_path = out_dir.join("metrics.jsonl");
+    let samples_path = out_dir.join("samples.jsonl");
+    let open = |p: &Path| {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(p)
+            .map_err(io(p))
+    };
+    let (mut metrics, mut samples) = (open(&metrics_path)?, open(&samples_path)?);
+    let steps = steps.unwrap_or(g.steps);
+    for step in 0..steps {
+        let entries = (0..g.prompts_per_step as u64)
+            .map(|i| tasks.entry(g.seed, step * g.prompts_per_step as u64 + i))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| TrainError::BadInput(e.to_string()))?;
+        let prompts = entries
+            .iter()
+            .map(|e| render_prompt(&trainer.tokenizer, config, &e.question))
+            .collect::<Result<Vec<_>, _>>()?;
+        let reward = |i: usize, text: &str| tasks.score_completion(text, &entries[i]) as f32;
+        let report = trainer.train_step(&prompts, &reward)?;
+        let mut line = serde_json::to_value(&report)
+            .map_err(|e| TrainError::BadInput(format!("metrics: {e}")))?;
+        if let Some(object) = line.as_object_mut() {
+            object.remove("samples");
+        }
+        writeln!(metrics, "{line}").map_err(io(&metrics_path))?;
+        for (i, (completion, reward)) in report.samples.iter().enumerate() {
+            let sample = serde_json::json!({"step": report.step, "question": entries[i].question,
+                "answer": entries[i].answer, "completion": completion, "reward": reward});
+            writeln!(samples, "{sample}").map_err(io(&samples_path))?;
+        }
+        progress(&report);
+        if (step + 1) % g.save_steps.max(1) == 0 || step + 1 == steps {
+            save_checkpoint(&trainer, config, &out_dir.join("checkpoint"))?;
+        }
+    }
+    Ok(out_dir.to_path_buf())
+}

@@ -1,0 +1,195 @@
+//! A training run as a TOML file: serde defaults, unknown keys rejected with their name.
+
+use musketeers_lm::LoraConfig;
+use musketeers_rl::{LossType, ScaleRewards};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use crate::train::{ExpertReadout, TrainError};
+
+/// `fused` is the paper's system; `single` trains the policy alone with the same GRPO.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    #[default]
+    Fused,
+    Single,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunConfig {
+    #[serde(default)]
+    pub mode: Mode,
+    pub policy: PolicyConfig,
+    #[serde(default)]
+    pub team: Vec<MemberConfig>,
+    #[serde(default)]
+    pub interface: InterfaceConfig,
+    #[serde(default)]
+    pub grpo: GrpoConfig,
+    pub tasks: Vec<TaskConfig>,
+    /// Where the run writes (default `runs/<config file stem>`).
+    #[serde(default)]
+    pub out_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// A fetched model name, a `.gguf` file or a Hugging Face directory.
+    pub model: String,
+    #[serde(default)]
+    pub lora: LoraConfig,
+    /// Render prompts with the model's chat template (when it has one).
+    #[serde(default = "yes")]
+    pub chat: bool,
+    /// The user message; `{question}` is replaced by the task's question.
+    #[serde(default = "default_template")]
+    pub prompt_template: String,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_template() -> String {
+    "{question}\nGive only the final answer, as <answer>...</answer>.".into()
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemberConfig {
+    pub name: String,
+    pub model: String,
+    /// `hidden_states` index, negative from the end.
+    #[serde(default = "last_layer")]
+    pub layer: isize,
+    #[serde(default = "last_readout")]
+    pub readout: ExpertReadout,
+}
+
+fn last_layer() -> isize {
+    -1
+}
+
+fn last_readout() -> ExpertReadout {
+    ExpertReadout::Last
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct InterfaceConfig {
+    pub latent_dim: usize,
+    pub num_latents: usize,
+    pub num_heads: usize,
+    pub self_attention_blocks: usize,
+    pub ffn_multiplier: usize,
+}
+
+impl Default for InterfaceConfig {
+    fn default() -> Self {
+        Self {
+            latent_dim: 512,
+            num_latents: 8,
+            num_heads: 8,
+            self_attention_blocks: 0,
+            ffn_multiplier: 4,
+        }
+    }
+}
+
+/// GRPO settings, named as TRL's `GRPOConfig` names them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GrpoConfig {
+    pub steps: u64,
+    pub prompts_per_step: usize,
+    pub num_generations: usize,
+    pub max_completion_length: usize,
+    pub temperature: f32,
+    pub learning_rate: f64,
+    pub beta: f64,
+    pub epsilon: f64,
+    pub epsilon_high: Option<f64>,
+    pub loss_type: LossType,
+    pub scale_rewards: ScaleRewards,
+    pub mask_truncated_completions: bool,
+    pub max_grad_norm: f32,
+    pub seed: u64,
+    /// Save a checkpoint every this many steps (and at the end).
+    pub save_steps: u64,
+}
+
+impl Default for GrpoConfig {
+    fn default() -> Self {
+        Self {
+            steps: 100,
+            prompts_per_step: 4,
+            num_generations: 8,
+            max_completion_length: 64,
+            temperature: 1.0,
+            learning_rate: 1e-5,
+            beta: 0.04,
+            epsilon: 0.2,
+            epsilon_high: None,
+            loss_type: LossType::Dapo,
+            scale_rewards: ScaleRewards::Group,
+            mask_truncated_completions: false,
+            max_grad_norm: 1.0,
+            seed: 0,
+            save_steps: 25,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskConfig {
+    /// A generator name (`musketeers verify sample --task list`).
+    pub name: String,
+    #[serde(default = "one")]
+    pub weight: f64,
+    /// Generator settings, Reasoning Gym's names (e.g. `min_terms = 2`).
+    #[serde(default)]
+    pub options: BTreeMap<String, toml::Value>,
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+impl RunConfig {
+    pub fn from_file(path: &Path) -> Result<Self, TrainError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| TrainError::BadInput(format!("{}: {e}", path.display())))?;
+        let config: Self = toml::from_str(&text)
+            .map_err(|e| TrainError::BadInput(format!("{}: {e}", path.display())))?;
+        config
+            .validate()
+            .map_err(|e| TrainError::BadInput(format!("{}: {e}", path.display())))?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<(), TrainError> {
+        let bad = |m: &str| Err(TrainError::BadInput(m.into()));
+        if self.mode == Mode::Fused && self.team.is_empty() {
+            return bad("mode \"fused\" needs at least one [[team]] member");
+        }
+        if self.tasks.is_empty() {
+            return bad("at least one [[tasks]] entry is needed");
+        }
+        if self.grpo.num_generations < 2 {
+            return bad("grpo.num_generations must be at least 2 (advantages compare samples)");
+        }
+        if self.grpo.prompts_per_step == 0 || self.grpo.max_completion_length == 0 {
+            return bad("grpo.prompts_per_step and grpo.max_completion_length must be positive");
+        }
+        if !self.policy.prompt_template.contains("{question}") {
+            return bad("policy.prompt_template must contain {question}");
+        }
+        self.policy.lora.validate()?;
+        Ok(())
+    }
+}

@@ -1,0 +1,108 @@
+//! A whole run on tiny random models: the run directory holds the resolved config, one
+//! metrics line per step, samples, and a checkpoint (PEFT adapter, interface, state).
+
+use burn::backend::Autodiff;
+use burn_flex::Flex;
+use musketeers::run_config::RunConfig;
+use std::path::{Path, PathBuf};
+
+type Ad = Autodiff<Flex>;
+
+fn fixture_with_tokenizer(name: &str, into: &Path) -> PathBuf {
+    let src = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../musketeers-lm/tests/fixtures")
+        .join(name);
+    let dir = into.join(name);
+    std::fs::create_dir_all(&dir).expect("dir");
+    for file in ["config.json", "model.safetensors"] {
+        std::fs::copy(src.join(file), dir.join(file)).expect("copy");
+    }
+    let vocab: serde_json::Map<String, serde_json::Value> =
+        (0..96).map(|i| (format!("w{i}"), i.into())).collect();
+    let tokenizer = serde_json::json!({
+        "version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
+        "normalizer": null, "pre_tokenizer": {"type": "Whitespace"}, "post_processor": null,
+        "decoder": null, "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "w0"}
+    });
+    std::fs::write(dir.join("tokenizer.json"), tokenizer.to_string()).expect("tokenizer");
+    dir
+}
+
+#[test]
+fn a_run_writes_metrics_samples_and_a_checkpoint() {
+    let temp = tempfile::tempdir().expect("temp");
+    let policy = fixture_with_tokenizer("llama-gqa", temp.path());
+    let expert = fixture_with_tokenizer("qwen3-qk-norm", temp.path());
+    let config: RunConfig = toml::from_str(&format!(
+        r#"
+        mode = "fused"
+        [policy]
+        model = "{}"
+        chat = false
+        lora = {{ rank = 2, alpha = 4.0 }}
+        [[team]]
+        name = "qwen3"
+        model = "{}"
+        readout = "all"
+        [interface]
+        latent_dim = 16
+        num_latents = 2
+        num_heads = 2
+        [grpo]
+        steps = 3
+        prompts_per_step = 2
+        num_generations = 2
+        max_completion_length = 4
+        save_steps = 2
+        [[tasks]]
+        name = "chain_sum"
+        "#,
+        policy.display(),
+        expert.display()
+    ))
+    .expect("config parses");
+    let out = temp.path().join("run");
+    let mut seen = Vec::new();
+    musketeers::run::run::<Ad>(&config, &out, None, &Default::default(), &mut |r| {
+        seen.push(r.step)
+    })
+    .expect("run");
+    assert_eq!(seen, vec![1, 2, 3]);
+    let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).expect("metrics");
+    let lines: Vec<serde_json::Value> = metrics
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json"))
+        .collect();
+    assert_eq!(lines.len(), 3);
+    for (i, line) in lines.iter().enumerate() {
+        assert_eq!(line["step"], i as u64 + 1);
+        assert!(line["loss"]["loss"].as_f64().is_some_and(f64::is_finite));
+        assert_eq!(line["utilization"].as_array().map(Vec::len), Some(1));
+        assert!(line["rollouts"]["reward_mean"].is_number());
+    }
+    let samples = std::fs::read_to_string(out.join("samples.jsonl")).expect("samples");
+    assert_eq!(
+        samples.lines().count(),
+        3 * 2,
+        "one sample per prompt per step"
+    );
+    let reread: RunConfig =
+        toml::from_str(&std::fs::read_to_string(out.join("config.toml")).expect("config"))
+            .expect("resolved config parses");
+    assert_eq!(reread, config);
+    let checkpoint = out.join("checkpoint");
+    for file in [
+        "adapter/adapter_model.safetensors",
+        "adapter/adapter_config.json",
+        "interface.safetensors",
+        "state.json",
+    ] {
+        assert!(checkpoint.join(file).exists(), "{file}");
+    }
+    let state: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(checkpoint.join("state.json")).expect("state"),
+    )
+    .expect("json");
+    assert_eq!(state["step"], 3);
+    assert!(!out.join("checkpoint.tmp").exists() && !out.join("checkpoint.old").exists());
+}
