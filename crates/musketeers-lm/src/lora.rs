@@ -8,7 +8,7 @@
 
 use crate::error::LmError;
 use crate::llama::{Llama, set_param};
-use burn::module::{Module, Param};
+use burn::module::{Module, Param, ParamId};
 use burn::nn::{Dropout, DropoutConfig, Linear};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
@@ -217,7 +217,7 @@ impl<B: Backend> Llama<B> {
         self = self.no_grad();
         let device = self.embed_tokens.weight.device();
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        for (_, name, proj) in self.projections_mut() {
+        for (prefix, name, proj) in self.projections_mut() {
             if !config.targets.iter().any(|t| t == name) {
                 continue;
             }
@@ -230,6 +230,7 @@ impl<B: Backend> Llama<B> {
                 Tensor::from_data(TensorData::new(a, [inp, config.rank]), &device),
                 Tensor::zeros([config.rank, out], &device),
                 config,
+                &prefix,
             ));
         }
         Ok(self)
@@ -382,6 +383,7 @@ impl<B: Backend> Llama<B> {
                 Tensor::<B, 2>::from_data(TensorData::new(a, [r, inp]), &device).transpose(),
                 Tensor::<B, 2>::from_data(TensorData::new(b, [out, r]), &device).transpose(),
                 &config,
+                &prefix,
             ));
         }
         let total = file.len();
@@ -397,10 +399,30 @@ impl<B: Backend> Llama<B> {
     }
 }
 
-fn adapter<B: Backend>(a: Tensor<B, 2>, b: Tensor<B, 2>, config: &LoraConfig) -> LoraAdapter<B> {
+/// A parameter id derived from the adapter's name (FNV-1a), the same in every process: an
+/// optimizer's saved state, keyed by parameter id, then matches adapters loaded from disk.
+fn stable_id(name: &str) -> ParamId {
+    let hash = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    ParamId::from(hash)
+}
+
+fn adapter<B: Backend>(
+    a: Tensor<B, 2>,
+    b: Tensor<B, 2>,
+    config: &LoraConfig,
+    prefix: &str,
+) -> LoraAdapter<B> {
+    let param = |which: &str, t: Tensor<B, 2>| {
+        Param::initialized(
+            stable_id(&format!("lora:{prefix}.{which}")),
+            t.require_grad(),
+        )
+    };
     LoraAdapter {
-        lora_a: Param::from_tensor(a),
-        lora_b: Param::from_tensor(b),
+        lora_a: param("lora_A", a),
+        lora_b: param("lora_B", b),
         dropout: DropoutConfig::new(config.dropout).init(),
         scaling: config.scaling(),
     }

@@ -42,6 +42,9 @@ enum Command {
         /// Run directory (default: the config's out_dir, else runs/<config stem>).
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Continue from the run directory's last checkpoint, exactly.
+        #[arg(long)]
+        resume: bool,
     },
 }
 
@@ -80,11 +83,21 @@ fn main() -> Result<()> {
         }) => sample(&task, n, seed, &config),
         Command::Device(args) => backend::run(&args),
         Command::Lm(command) => lm::run(command),
-        Command::Train { config, steps, out } => train(&config, steps, out),
+        Command::Train {
+            config,
+            steps,
+            out,
+            resume,
+        } => train(&config, steps, out, resume),
     }
 }
 
-fn train(path: &std::path::Path, steps: Option<u64>, out: Option<PathBuf>) -> Result<()> {
+fn train(
+    path: &std::path::Path,
+    steps: Option<u64>,
+    out: Option<PathBuf>,
+    resume: bool,
+) -> Result<()> {
     use musketeers::run_config::RunConfig;
     type Ad = burn::backend::Autodiff<burn::backend::Flex>;
     let config = RunConfig::from_file(path)?;
@@ -113,7 +126,14 @@ fn train(path: &std::path::Path, steps: Option<u64>, out: Option<PathBuf>) -> Re
             eta
         );
     };
-    let dir = musketeers::run::run::<Ad>(&config, &out, steps, &Default::default(), &mut progress)?;
+    let dir = musketeers::run::run::<Ad>(
+        &config,
+        &out,
+        steps,
+        resume,
+        &Default::default(),
+        &mut progress,
+    )?;
     writeln!(std::io::stdout(), "run written to {}", dir.display())?;
     Ok(())
 }

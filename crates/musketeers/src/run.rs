@@ -102,6 +102,7 @@ fn save_checkpoint<B: AutodiffBackend>(
             .save_into(&mut store)
             .map_err(|e| TrainError::BadInput(format!("{}: {e}", path.display())))?;
     }
+    trainer.save_state(&staging)?;
     let state = serde_json::json!({"step": trainer.step});
     let path = staging.join("state.json");
     std::fs::write(&path, state.to_string()).map_err(io(&path))?;
@@ -116,12 +117,39 @@ fn save_checkpoint<B: AutodiffBackend>(
     Ok(())
 }
 
+/// The step of the checkpoint in `out_dir`, if there is one.
+pub fn checkpoint_step(out_dir: &Path) -> Option<u64> {
+    let text = std::fs::read_to_string(out_dir.join("checkpoint/state.json")).ok()?;
+    serde_json::from_str::<serde_json::Value>(&text).ok()?["step"].as_u64()
+}
+
+/// Keep the lines of a JSONL log whose `step` is at most `step` (a killed run may have logged
+/// steps after its last checkpoint; they are taken again).
+fn truncate_log(path: &Path, step: u64) -> Result<(), TrainError> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Ok(());
+    };
+    let kept: String = text
+        .lines()
+        .filter(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .ok()
+                .and_then(|v| v["step"].as_u64())
+                .is_some_and(|s| s <= step)
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(path, kept).map_err(io(path))
+}
+
 /// Run `config` for `steps` (default: the config's), calling `progress` after every step.
-/// Returns the run directory.
+/// With `resume`, a checkpoint in `out_dir` is loaded and the run continues from it exactly
+/// (same adapters, interface, optimizer state and sampling seeds). Returns the run directory.
 pub fn run<B: AutodiffBackend>(
     config: &RunConfig,
     out_dir: &Path,
     steps: Option<u64>,
+    resume: bool,
     device: &B::Device,
     progress: &mut dyn FnMut(&StepReport),
 ) -> Result<PathBuf, TrainError> {
@@ -137,7 +165,16 @@ pub fn run<B: AutodiffBackend>(
     let tokenizer = take_tokenizer(&mut policy.tokenizer, &config.policy.model)?;
     let eos = policy.eos_token_ids.clone();
     let policy_width = policy.config.hidden_size;
-    let model = policy.model.with_lora(&config.policy.lora, g.seed)?;
+    let checkpoint = out_dir.join("checkpoint");
+    let resume_from = if resume {
+        checkpoint_step(out_dir)
+    } else {
+        None
+    };
+    let model = match resume_from {
+        Some(_) => policy.model.load_adapters(&checkpoint.join("adapter"))?.0,
+        None => policy.model.with_lora(&config.policy.lora, g.seed)?,
+    };
     let inner_device = model.embed_tokens.weight.val().inner().device();
     let (team, interface) = match config.mode {
         Mode::Single => (Vec::new(), None),
@@ -154,6 +191,8 @@ pub fn run<B: AutodiffBackend>(
                 });
             }
             let i = &config.interface;
+            // The interface's random initial values follow the run's seed.
+            B::seed(device, g.seed);
             let interface = LatentInterfaceConfig {
                 expert_dims: team
                     .iter()
@@ -192,6 +231,24 @@ pub fn run<B: AutodiffBackend>(
         seed: g.seed,
     };
     let mut trainer = Trainer::new(model, tokenizer, interface, team, settings)?;
+    let first = match resume_from {
+        Some(step) => {
+            trainer.load_state(&checkpoint, step)?;
+            truncate_log(&out_dir.join("metrics.jsonl"), step)?;
+            truncate_log(&out_dir.join("samples.jsonl"), step)?;
+            step
+        }
+        None => {
+            // A fresh run starts fresh logs.
+            for log in ["metrics.jsonl", "samples.jsonl"] {
+                let path = out_dir.join(log);
+                if path.exists() {
+                    std::fs::remove_file(&path).map_err(io(&path))?;
+                }
+            }
+            0
+        }
+    };
     let tasks = mix(config)?;
     let metrics_path = out_dir.join("metrics.jsonl");
     let samples_path = out_dir.join("samples.jsonl");
@@ -204,7 +261,7 @@ pub fn run<B: AutodiffBackend>(
     };
     let (mut metrics, mut samples) = (open(&metrics_path)?, open(&samples_path)?);
     let steps = steps.unwrap_or(g.steps);
-    for step in 0..steps {
+    for step in first..steps {
         let entries = (0..g.prompts_per_step as u64)
             .map(|i| tasks.entry(g.seed, step * g.prompts_per_step as u64 + i))
             .collect::<Result<Vec<_>, _>>()
@@ -228,7 +285,7 @@ pub fn run<B: AutodiffBackend>(
         }
         progress(&report);
         if (step + 1) % g.save_steps.max(1) == 0 || step + 1 == steps {
-            save_checkpoint(&trainer, config, &out_dir.join("checkpoint"))?;
+            save_checkpoint(&trainer, config, &checkpoint)?;
         }
     }
     Ok(out_dir.to_path_buf())

@@ -4,9 +4,10 @@
 //! backend; rewards score them; GRPO's loss flows back into the LoRA adapters and the
 //! interface, and AdamW (with gradient clipping) updates only those.
 
-use burn::module::AutodiffModule;
+use burn::module::{AutodiffModule, Module};
 use burn::optim::adaptor::OptimizerAdaptor;
 use burn::optim::{AdamW, AdamWConfig, GradientsParams, Optimizer};
+use burn::record::{BinFileRecorder, FullPrecisionSettings, Recorder, RecorderError};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
 use musketeers_fusion::stats::{batch_utilization, expert_utilization, routing_entropy};
@@ -19,6 +20,7 @@ use musketeers_lm::tokenizer::TextTokenizer;
 use musketeers_rl::rollout::{RolloutStats, StepConfig, grpo_step};
 use musketeers_rl::{GrpoMetrics, Rollouts};
 use serde::{Deserialize, Serialize};
+use std::path::Path;
 use std::time::Instant;
 
 use crate::policy::PrefixedPolicy;
@@ -162,6 +164,7 @@ pub struct Trainer<B: AutodiffBackend> {
     pub team: Vec<TeamMember<B::InnerBackend>>,
     pub settings: StepSettings,
     pub step: u64,
+    adam: AdamWConfig,
     policy_optim: Adam<Llama<B>, B>,
     interface_optim: Adam<LatentInterface<B>, B>,
 }
@@ -195,8 +198,57 @@ impl<B: AutodiffBackend> Trainer<B> {
             step: 0,
             policy_optim: adam.init(),
             interface_optim: adam.init(),
+            adam,
             settings,
         })
+    }
+
+    /// Save what `load_state` needs to continue exactly: both optimizers' state and the
+    /// interface as Burn records (parameter ids included), and the step. The adapters are
+    /// saved separately, in PEFT's layout (their parameter ids are derived from their names).
+    pub fn save_state(&self, dir: &Path) -> Result<(), TrainError> {
+        let recorder = BinFileRecorder::<FullPrecisionSettings>::new();
+        let fail = |e: RecorderError| TrainError::BadInput(format!("{}: {e}", dir.display()));
+        recorder
+            .record(self.policy_optim.to_record(), dir.join("policy_optimizer"))
+            .map_err(fail)?;
+        recorder
+            .record(
+                self.interface_optim.to_record(),
+                dir.join("interface_optimizer"),
+            )
+            .map_err(fail)?;
+        if let Some(interface) = &self.interface {
+            recorder
+                .record(interface.clone().into_record(), dir.join("interface"))
+                .map_err(fail)?;
+        }
+        Ok(())
+    }
+
+    /// Restore what [`Self::save_state`] wrote, and the step count.
+    pub fn load_state(&mut self, dir: &Path, step: u64) -> Result<(), TrainError> {
+        let recorder = BinFileRecorder::<FullPrecisionSettings>::new();
+        let device = self.policy.embed_tokens.weight.device();
+        let fail = |e: RecorderError| TrainError::BadInput(format!("{}: {e}", dir.display()));
+        let record = recorder
+            .load(dir.join("policy_optimizer"), &device)
+            .map_err(fail)?;
+        let optim = std::mem::replace(&mut self.policy_optim, self.adam.init());
+        self.policy_optim = optim.load_record(record);
+        let record = recorder
+            .load(dir.join("interface_optimizer"), &device)
+            .map_err(fail)?;
+        let optim = std::mem::replace(&mut self.interface_optim, self.adam.init());
+        self.interface_optim = optim.load_record(record);
+        if let Some(interface) = self.interface.take() {
+            let record = recorder
+                .load(dir.join("interface"), &device)
+                .map_err(fail)?;
+            self.interface = Some(interface.load_record(record));
+        }
+        self.step = step;
+        Ok(())
     }
 
     /// One GRPO step on `prompts` (texts, already in the policy's prompt template);

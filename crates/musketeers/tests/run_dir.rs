@@ -63,7 +63,7 @@ fn a_run_writes_metrics_samples_and_a_checkpoint() {
     .expect("config parses");
     let out = temp.path().join("run");
     let mut seen = Vec::new();
-    musketeers::run::run::<Ad>(&config, &out, None, &Default::default(), &mut |r| {
+    musketeers::run::run::<Ad>(&config, &out, None, false, &Default::default(), &mut |r| {
         seen.push(r.step)
     })
     .expect("run");
@@ -105,4 +105,105 @@ fn a_run_writes_metrics_samples_and_a_checkpoint() {
     .expect("json");
     assert_eq!(state["step"], 3);
     assert!(!out.join("checkpoint.tmp").exists() && !out.join("checkpoint.old").exists());
+}
+
+/// The fields of a metrics line that must repeat exactly (not the timings).
+fn deterministic(line: &serde_json::Value) -> serde_json::Value {
+    serde_json::json!([
+        line["step"],
+        line["loss"],
+        line["rollouts"],
+        line["utilization"],
+        line["routing_entropy"]
+    ])
+}
+
+#[test]
+fn a_killed_run_resumes_exactly() {
+    let temp = tempfile::tempdir().expect("temp");
+    let policy = fixture_with_tokenizer("llama-gqa", temp.path());
+    let expert = fixture_with_tokenizer("qwen2-bias", temp.path());
+    let config: RunConfig = toml::from_str(&format!(
+        r#"
+        [policy]
+        model = "{}"
+        chat = false
+        lora = {{ rank = 2, alpha = 4.0 }}
+        [[team]]
+        name = "qwen2"
+        model = "{}"
+        [interface]
+        latent_dim = 16
+        num_latents = 2
+        num_heads = 2
+        [grpo]
+        steps = 4
+        prompts_per_step = 2
+        num_generations = 3
+        max_completion_length = 5
+        temperature = 1.5
+        learning_rate = 0.05
+        save_steps = 2
+        [[tasks]]
+        name = "leg_counting"
+        "#,
+        policy.display(),
+        expert.display()
+    ))
+    .expect("config parses");
+    let read = |dir: &Path| -> Vec<serde_json::Value> {
+        std::fs::read_to_string(dir.join("metrics.jsonl"))
+            .expect("metrics")
+            .lines()
+            .map(|l| deterministic(&serde_json::from_str(l).expect("json")))
+            .collect()
+    };
+    let whole = temp.path().join("whole");
+    musketeers::run::run::<Ad>(
+        &config,
+        &whole,
+        None,
+        false,
+        &Default::default(),
+        &mut |_| {},
+    )
+    .expect("run");
+    // The same run killed after step 3 (its last checkpoint is step 2), then resumed.
+    let killed = temp.path().join("killed");
+    musketeers::run::run::<Ad>(
+        &config,
+        &killed,
+        Some(3),
+        false,
+        &Default::default(),
+        &mut |_| {},
+    )
+    .expect("run");
+    assert_eq!(
+        musketeers::run::checkpoint_step(&killed),
+        Some(3),
+        "the final step is saved"
+    );
+    // Roll the checkpoint back as if the kill came before step 3's save.
+    musketeers::run::run::<Ad>(
+        &config,
+        &killed,
+        Some(2),
+        false,
+        &Default::default(),
+        &mut |_| {},
+    )
+    .expect("run");
+    let mut resumed_steps = Vec::new();
+    musketeers::run::run::<Ad>(
+        &config,
+        &killed,
+        None,
+        true,
+        &Default::default(),
+        &mut |r| resumed_steps.push(r.step),
+    )
+    .expect("resume");
+    assert_eq!(resumed_steps, vec![3, 4]);
+    assert_eq!(read(&killed), read(&whole));
 }

@@ -151,3 +151,116 @@ fn a_fused_step_updates_only_the_adapters_and_the_interface() {
         frozen_before
     );
 }
+
+/// A trainer over the tiny fixtures, its policy's adapters either fresh or loaded from `adapters`.
+fn trainer(dir: &Path, adapters: Option<&Path>) -> Trainer<Ad> {
+    let device = Default::default();
+    let base = weights::load::<Ad>(&fixture("llama-gqa"), &device)
+        .expect("policy")
+        .1;
+    let policy = match adapters {
+        Some(path) => base.load_adapters(path).expect("adapters").0,
+        None => base
+            .with_lora(
+                &LoraConfig {
+                    rank: 4,
+                    alpha: 8.0,
+                    ..LoraConfig::default()
+                },
+                1,
+            )
+            .expect("lora"),
+    };
+    let team = vec![TeamMember {
+        name: "qwen2".into(),
+        model: weights::load::<Flex>(&fixture("qwen2-bias"), &device)
+            .expect("expert")
+            .1,
+        tokenizer: tokenizer(dir),
+        layer: -1,
+        readout: ExpertReadout::Mean,
+    }];
+    let interface = LatentInterfaceConfig {
+        latent_dim: 16,
+        num_latents: 2,
+        num_heads: 2,
+        ..LatentInterfaceConfig::new(vec![64], 64)
+    }
+    .init::<Ad>(&device)
+    .expect("interface");
+    let settings = StepSettings {
+        num_generations: 4,
+        max_completion_length: 5,
+        temperature: 1.0,
+        learning_rate: 5e-2,
+        max_grad_norm: 1.0,
+        grpo: StepConfig {
+            loss: GrpoLossConfig {
+                beta: 0.04,
+                max_completion_length: 5,
+                ..GrpoLossConfig::default()
+            },
+            ..StepConfig::default()
+        },
+        seed: 9,
+    };
+    Trainer::new(policy, tokenizer(dir), Some(interface), team, settings).expect("trainer")
+}
+
+#[test]
+fn saved_state_continues_training_exactly() {
+    let temp = tempfile::tempdir().expect("temp");
+    let prompts = vec!["w3 w14 w15".to_string(), "w9 w26".to_string()];
+    let mut whole = trainer(temp.path(), None);
+    let mut reports = Vec::new();
+    for _ in 0..2 {
+        reports.push(whole.train_step(&prompts, &reward).expect("step"));
+    }
+    let lora = LoraConfig {
+        rank: 4,
+        alpha: 8.0,
+        ..LoraConfig::default()
+    };
+    let checkpoint = temp.path().join("checkpoint");
+    whole
+        .policy
+        .save_adapters(&checkpoint.join("adapter"), &lora, "llama-gqa")
+        .expect("adapters");
+    whole.save_state(&checkpoint).expect("state");
+    let adapter_b = |t: &Trainer<Ad>| {
+        let a = t.policy.layers[1]
+            .mlp
+            .down_proj
+            .adapter
+            .as_ref()
+            .expect("adapter");
+        a.lora_b.val().into_data()
+    };
+    let latents = |t: &Trainer<Ad>| {
+        t.interface
+            .as_ref()
+            .expect("interface")
+            .latents
+            .val()
+            .into_data()
+    };
+    let (b_before, latents_before) = (adapter_b(&whole), latents(&whole));
+    reports.push(whole.train_step(&prompts, &reward).expect("step"));
+    assert!(
+        reports.iter().all(|r| r.loss.loss != 0.0),
+        "the reward has signal, so the steps train"
+    );
+
+    // A new process: fresh interface and optimizers (different random initial values), then
+    // the checkpoint; only a complete checkpoint makes the third step match.
+    let mut resumed = trainer(temp.path(), Some(&checkpoint.join("adapter")));
+    resumed.load_state(&checkpoint, 2).expect("load");
+    assert_eq!(adapter_b(&resumed), b_before, "adapters restored");
+    assert_eq!(latents(&resumed), latents_before, "interface restored");
+    let third = resumed.train_step(&prompts, &reward).expect("step");
+    assert_eq!(third.step, 3);
+    assert_eq!(third.loss, reports[2].loss);
+    assert_eq!(third.rollouts, reports[2].rollouts);
+    assert_eq!(third.utilization, reports[2].utilization);
+    assert_eq!(third.samples, reports[2].samples);
+}
