@@ -218,26 +218,7 @@ pub fn save_pretrained<B: Backend>(pretrained: &Pretrained<B>, dir: &Path) -> Re
         &json!({"eos_token_id": pretrained.eos_token_ids}),
     )?;
     let writer = tensors(&pretrained.model, config)?;
-    let views = writer
-        .tensors
-        .iter()
-        .map(|(name, shape, bytes)| {
-            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), bytes)
-                .map(|v| (name.clone(), v))
-        })
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| LmError::BadInput(format!("model tensors: {e}")))?;
-    let weights = dir.join("model.safetensors");
-    let metadata = Some(std::collections::HashMap::from([(
-        "format".to_string(),
-        "pt".to_string(),
-    )]));
-    safetensors::serialize_to_file(views, metadata, &weights).map_err(|e| {
-        LmError::BadSafetensors {
-            path: weights.clone(),
-            reason: e.to_string(),
-        }
-    })?;
+    crate::weights::save_f32_safetensors(&dir.join("model.safetensors"), &writer.tensors)?;
     if let Some(tokenizer) = &pretrained.tokenizer {
         tokenizer.save(dir)?;
     }

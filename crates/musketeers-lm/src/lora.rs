@@ -308,25 +308,12 @@ impl<B: Backend> Llama<B> {
                 );
             }
         }
-        let views = tensors
-            .iter()
-            .map(|(name, (shape, bytes))| {
-                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), bytes)
-                    .map(|v| (name.clone(), v))
-            })
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| LmError::BadInput(format!("adapter tensors: {e}")))?;
-        let metadata = Some(std::collections::HashMap::from([(
-            "format".to_string(),
-            "pt".to_string(),
-        )]));
         let weights_path = dir.join("adapter_model.safetensors");
-        safetensors::serialize_to_file(views, metadata, &weights_path).map_err(|e| {
-            LmError::BadSafetensors {
-                path: weights_path.clone(),
-                reason: e.to_string(),
-            }
-        })?;
+        let tensors: Vec<_> = tensors
+            .into_iter()
+            .map(|(name, (shape, bytes))| (name, shape, bytes))
+            .collect();
+        crate::weights::save_f32_safetensors(&weights_path, &tensors)?;
         let peft = PeftConfig {
             peft_type: "LORA".into(),
             task_type: Some("CAUSAL_LM".into()),

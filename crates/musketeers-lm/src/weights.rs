@@ -98,6 +98,30 @@ impl SafetensorsFile {
     }
 }
 
+/// Write little-endian f32 tensors (`name`, shape, bytes) as a safetensors file with PyTorch's
+/// `format: pt` metadata, as `transformers` and PEFT write theirs.
+pub fn save_f32_safetensors(
+    path: &Path,
+    tensors: &[(String, Vec<usize>, Vec<u8>)],
+) -> Result<(), LmError> {
+    let views = tensors
+        .iter()
+        .map(|(name, shape, bytes)| {
+            safetensors::tensor::TensorView::new(Dtype::F32, shape.clone(), bytes)
+                .map(|v| (name.clone(), v))
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| LmError::BadSafetensors {
+            path: path.into(),
+            reason: e.to_string(),
+        })?;
+    let metadata = Some(HashMap::from([("format".to_string(), "pt".to_string())]));
+    safetensors::serialize_to_file(views, metadata, path).map_err(|e| LmError::BadSafetensors {
+        path: path.into(),
+        reason: e.to_string(),
+    })
+}
+
 /// Named f32 tensors in Hugging Face naming and layout (`model.layers.0.self_attn.q_proj.weight`,
 /// `[out, in]`), wherever they come from: safetensors shards, or a GGUF file mapped onto them.
 pub(crate) trait TensorSource {

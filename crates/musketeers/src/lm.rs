@@ -280,7 +280,7 @@ fn run_on<B: Backend>(command: LmCommand, device: &B::Device) -> Result<()> {
 
 /// Write f32 tensors to a safetensors file.
 fn write_dump(path: &Path, tensors: &[(&str, Vec<usize>, Vec<f32>)]) -> Result<()> {
-    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+    let tensors: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
         .iter()
         .map(|(n, s, v)| {
             (
@@ -290,16 +290,7 @@ fn write_dump(path: &Path, tensors: &[(&str, Vec<usize>, Vec<f32>)]) -> Result<(
             )
         })
         .collect();
-    let views = bytes
-        .iter()
-        .map(|(n, s, b)| {
-            Ok((
-                n.clone(),
-                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)?,
-            ))
-        })
-        .collect::<Result<Vec<_>, safetensors::SafeTensorError>>()?;
-    safetensors::serialize_to_file(views, None, path)
+    musketeers_lm::weights::save_f32_safetensors(path, &tensors)
         .with_context(|| format!("writing {}", path.display()))?;
     Ok(())
 }
