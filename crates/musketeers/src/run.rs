@@ -2,7 +2,7 @@
 //! taken, and the run directory written (resolved config, `metrics.jsonl`, `samples.jsonl`,
 //! checkpoints replaced atomically).
 
-use crate::run_config::{Mode, RunConfig};
+use crate::run_config::{AnswerExtraction, Mode, RunConfig};
 use crate::train::{StepReport, StepSettings, TeamMember, TrainError, Trainer};
 use burn::store::{ModuleSnapshot, SafetensorsStore};
 use burn::tensor::backend::AutodiffBackend;
@@ -11,6 +11,8 @@ use musketeers_lm::tokenizer::{ChatMessage, TextTokenizer};
 use musketeers_lm::{Pretrained, catalog};
 use musketeers_rl::GrpoLossConfig;
 use musketeers_rl::rollout::StepConfig;
+use musketeers_verify::entry::Entry;
+use musketeers_verify::extract;
 use musketeers_verify::options::Options;
 use musketeers_verify::task::{Mix, Task};
 use std::io::Write;
@@ -39,6 +41,19 @@ fn mix(config: &RunConfig) -> Result<Mix, TrainError> {
         })
         .collect::<Result<Vec<_>, TrainError>>()?;
     Mix::new("tasks", parts).map_err(|e| TrainError::BadInput(e.to_string()))
+}
+
+/// A completion's reward under the run's answer-extraction rule.
+pub fn score(tasks: &Mix, rule: AnswerExtraction, completion: &str, entry: &Entry) -> f32 {
+    let reward = match rule {
+        AnswerExtraction::Tag => tasks.score_completion(completion, entry),
+        AnswerExtraction::TagOrLastNumber => {
+            let answer = extract::extract_answer_tag(completion)
+                .or_else(|| extract::extract_gsm8k_answer(completion));
+            tasks.score(answer.as_deref(), entry)
+        }
+    };
+    reward as f32
 }
 
 /// The policy's prompt for a question: the template, through the chat template when asked.
@@ -270,7 +285,8 @@ pub fn run<B: AutodiffBackend>(
             .iter()
             .map(|e| render_prompt(&trainer.tokenizer, config, &e.question))
             .collect::<Result<Vec<_>, _>>()?;
-        let reward = |i: usize, text: &str| tasks.score_completion(text, &entries[i]) as f32;
+        let reward =
+            |i: usize, text: &str| score(&tasks, config.answer_extraction, text, &entries[i]);
         let report = trainer.train_step(&prompts, &reward)?;
         let mut line = serde_json::to_value(&report)
             .map_err(|e| TrainError::BadInput(format!("metrics: {e}")))?;

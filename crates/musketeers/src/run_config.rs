@@ -17,11 +17,25 @@ pub enum Mode {
     Single,
 }
 
+/// How a completion's answer is found before the task scores it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AnswerExtraction {
+    /// Reasoning Gym's rule: the last `<answer>...</answer>`; none scores 0.
+    #[default]
+    Tag,
+    /// The last `<answer>`, else GSM8K's conventions (`\boxed{}`, `#### N`, the last number):
+    /// for small instruct models that answer correctly but ignore the tag format.
+    TagOrLastNumber,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RunConfig {
     #[serde(default)]
     pub mode: Mode,
+    #[serde(default)]
+    pub answer_extraction: AnswerExtraction,
     pub policy: PolicyConfig,
     #[serde(default)]
     pub team: Vec<MemberConfig>,

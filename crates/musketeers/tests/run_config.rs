@@ -50,3 +50,32 @@ fn unknown_keys_and_bad_values_are_named() {
     let err = write(&format!("mode = \"solo\"\n{base}"));
     assert!(err.contains("solo"), "{err}");
 }
+
+#[test]
+fn lenient_extraction_scores_untagged_answers() {
+    use musketeers::run::score;
+    use musketeers::run_config::AnswerExtraction;
+    use musketeers_verify::task::{Mix, Task};
+    let task = musketeers_verify::generators::create(
+        "chain_sum",
+        musketeers_verify::options::Options::new("chain_sum"),
+    )
+    .expect("task");
+    let mix = Mix::new("tasks", vec![(task, 1.0)]).expect("mix");
+    let entry = mix.entry(0, 0).expect("entry");
+    let answer = entry.answer.clone().expect("answer");
+    let untagged = format!("The sum is {answer}");
+    let tagged = format!("<answer>{answer}</answer>");
+    assert_eq!(score(&mix, AnswerExtraction::Tag, &untagged, &entry), 0.0);
+    assert_eq!(
+        score(&mix, AnswerExtraction::TagOrLastNumber, &untagged, &entry),
+        1.0
+    );
+    assert_eq!(score(&mix, AnswerExtraction::Tag, &tagged, &entry), 1.0);
+    // A tag wins over later numbers.
+    let both = format!("<answer>{answer}</answer> (or maybe 12345)");
+    assert_eq!(
+        score(&mix, AnswerExtraction::TagOrLastNumber, &both, &entry),
+        1.0
+    );
+}
