@@ -367,8 +367,16 @@ impl<B: Backend> Llama<B> {
             let b = file.read_f32(&key("lora_B"), &[out, r])?; // [out, r]
             used += 2;
             proj.adapter = Some(adapter(
-                Tensor::<B, 2>::from_data(TensorData::new(a, [r, inp]), &device).transpose(),
-                Tensor::<B, 2>::from_data(TensorData::new(b, [out, r]), &device).transpose(),
+                // Transposed on the host, so the adapters are laid out (contiguous) exactly as
+                // fresh ones and a resumed run computes bit for bit as before.
+                Tensor::<B, 2>::from_data(
+                    TensorData::new(crate::weights::transposed(a, r, inp), [inp, r]),
+                    &device,
+                ),
+                Tensor::<B, 2>::from_data(
+                    TensorData::new(crate::weights::transposed(b, out, r), [r, out]),
+                    &device,
+                ),
                 &config,
                 &prefix,
             ));

@@ -210,7 +210,7 @@ impl TensorSource for Checkpoint {
 
 /// A Hugging Face `[out, in]` weight as Burn's `[in, out]`, in square tiles so that reads
 /// and writes both stay in cache (a plain loop is ~10x slower on a 576x1536 matrix).
-fn transposed(values: Vec<f32>, out: usize, inp: usize) -> Vec<f32> {
+pub(crate) fn transposed(values: Vec<f32>, out: usize, inp: usize) -> Vec<f32> {
     const TILE: usize = 32;
     let mut t = vec![0.0; values.len()];
     for o0 in (0..out).step_by(TILE) {

@@ -74,15 +74,18 @@ impl<B: Backend> TokenScorer<B> for PrefixedPolicy<'_, B> {
         };
         let total = soft + tokens;
         let mask = Tensor::<B, 2, Int>::from_data(TensorData::new(mask, [n, total]), &device);
+        let hidden = self
+            .model
+            .hidden_state(embedded, Some(mask), -1)
+            .map_err(|e| RlError::BadInput(e.to_string()))?;
+        // Position p predicts token p + 1: the completion's tokens are predicted from the
+        // last prompt position onwards. Only those positions go through the head, which
+        // saves the head's work and memory on the prompt positions.
+        let start = soft + prompt_width - 1;
+        let d = hidden.dims()[2];
         let logits = self
             .model
-            .forward_embeddings(embedded, Some(mask), false)
-            .logits;
-        let vocab = logits.dims()[2];
-        // Position p predicts token p + 1: the completion's tokens are predicted from the
-        // last prompt position onwards.
-        let start = soft + prompt_width - 1;
-        let logits = logits.slice([0..n, start..start + width, 0..vocab]);
+            .head(hidden.slice([0..n, start..start + width, 0..d]));
         let targets = Tensor::<B, 2, Int>::from_data(TensorData::new(targets, [n, width]), &device);
         Ok(token_logprobs(logits, targets, self.temperature))
     }

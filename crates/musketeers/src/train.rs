@@ -328,7 +328,6 @@ impl<B: AutodiffBackend> Trainer<B> {
             .collect();
         let index = Tensor::<B, 1, Int>::from_data(TensorData::new(rows.clone(), [n]), &device);
         let context = fused.as_ref().map(|f| f.context.clone().select(0, index));
-        let reference = (s.grpo.loss.beta > 0.0).then(|| self.policy.without_adapters());
         let mut rollouts = Rollouts {
             prompt_ids: rows
                 .iter()
@@ -340,7 +339,10 @@ impl<B: AutodiffBackend> Trainer<B> {
             old_logprobs: None,
             ref_logprobs: None,
         };
-        if let Some(reference) = &reference {
+        if s.grpo.loss.beta > 0.0 {
+            // Scored on the same backend as the policy, so that with unchanged adapters the
+            // two agree to the bit and the KL and its gradient are exactly zero.
+            let reference = self.policy.without_adapters();
             let width = rollouts
                 .completion_ids
                 .iter()
@@ -349,7 +351,7 @@ impl<B: AutodiffBackend> Trainer<B> {
                 .unwrap_or(1)
                 .max(1);
             let scorer = PrefixedPolicy {
-                model: reference,
+                model: &reference,
                 context: context.clone().map(|c| c.detach()),
                 temperature: f64::from(s.temperature),
             };

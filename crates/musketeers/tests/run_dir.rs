@@ -205,5 +205,9 @@ fn a_killed_run_resumes_exactly() {
     )
     .expect("resume");
     assert_eq!(resumed_steps, vec![3, 4]);
-    assert_eq!(read(&killed), read(&whole));
+    let (k, w) = (read(&killed), read(&whole));
+    for (a, b) in k.iter().zip(&w) {
+        assert_eq!(a, b, "first differing step");
+    }
+    assert_eq!(k.len(), w.len());
 }
