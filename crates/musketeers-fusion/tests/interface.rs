@@ -170,6 +170,8 @@ fn permuting_the_experts_permutes_utilization_and_keeps_the_context() {
 #[test]
 fn gradients_agree_with_finite_differences() {
     type Ad = Autodiff<Flex>;
+    // Deterministic values; the check itself passes for any (15 of 15 unseeded runs).
+    <Ad as Backend>::seed(&Default::default(), 7);
     let config = config();
     let interface = live::<Ad>(&config);
     let experts = inputs::<Ad>(2, [1, 3, 2], [6, 10, 4]);
@@ -196,7 +198,7 @@ fn gradients_agree_with_finite_differences() {
         let shape = param.dims();
         // A few entries per parameter, central differences in f32.
         for &index in &[0, base.len() / 2, base.len() - 1] {
-            let eps = 1e-2f32;
+            let eps = 3e-3f32;
             let loss_at = |delta: f32| {
                 let mut moved = base.clone();
                 moved[index] += delta;
@@ -213,7 +215,10 @@ fn gradients_agree_with_finite_differences() {
             };
             let numeric = (loss_at(eps) - loss_at(-eps)) / (2.0 * f64::from(eps));
             let a = f64::from(analytic[index]);
-            let tolerance = 2e-2 * a.abs().max(numeric.abs()).max(0.1);
+            // 2% relative, plus the f32 forward's own noise (~1e-6 of the loss) divided by
+            // the step: below that no finite difference in f32 can resolve a gradient.
+            let noise = 4e-6 * loss_at(0.0).abs() / f64::from(eps);
+            let tolerance = 2e-2 * a.abs().max(numeric.abs()) + noise;
             assert!(
                 (a - numeric).abs() <= tolerance,
                 "{name}[{index}]: analytic {a}, numeric {numeric}"
