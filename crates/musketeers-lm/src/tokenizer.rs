@@ -90,6 +90,20 @@ impl TextTokenizer {
         }
     }
 
+    /// A tokenizer from the text of a `tokenizer.json` (e.g. one built in code for a model
+    /// trained from scratch), with the text of its eos token.
+    pub fn from_json(json: &str, eos_token: Option<String>) -> Result<Self, LmError> {
+        let inner: tokenizers::Tokenizer = json
+            .parse()
+            .map_err(|e| LmError::BadInput(format!("not a tokenizer.json: {e}")))?;
+        Ok(Self::from_parts(inner, None, None, eos_token))
+    }
+
+    /// How many tokens the vocabulary has, added tokens included.
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
     pub fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>, LmError> {
         self.inner
             .encode(text, add_special_tokens)

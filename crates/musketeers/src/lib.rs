@@ -4,10 +4,14 @@
 //! ([`policy::PrefixedPolicy`]). The trainer, team config and reports land here as they are
 //! built (see docs/ARCHITECTURE.md).
 
+pub mod demo;
+pub mod eval;
 pub mod policy;
+pub mod report;
 pub mod run;
 pub mod run_config;
 pub mod scoring;
+pub mod sft;
 pub mod train;
 
 pub use scoring::{ScoreLine, score_lines};

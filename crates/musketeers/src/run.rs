@@ -2,6 +2,7 @@
 //! taken, and the run directory written (resolved config, `metrics.jsonl`, `samples.jsonl`,
 //! checkpoints replaced atomically).
 
+use crate::eval::EvalReport;
 use crate::run_config::{AnswerExtraction, Mode, RunConfig};
 use crate::train::{StepReport, StepSettings, TeamMember, TrainError, Trainer};
 use burn::store::{ModuleSnapshot, SafetensorsStore};
@@ -157,9 +158,19 @@ fn truncate_log(path: &Path, step: u64) -> Result<(), TrainError> {
     std::fs::write(path, kept).map_err(io(path))
 }
 
-/// Run `config` for `steps` (default: the config's), calling `progress` after every step.
+/// What a finished run left behind.
+#[derive(Debug, Clone)]
+pub struct RunOutcome {
+    pub dir: PathBuf,
+    pub steps: u64,
+    /// The held-out evaluation (also in `eval.json`), when `eval.problems > 0`.
+    pub eval: Option<EvalReport>,
+}
+
+/// Run `config` for `steps` (default: the config's), calling `progress` after every step,
+/// then evaluate on held-out problems (`eval.json`) and write `report.md`.
 /// With `resume`, a checkpoint in `out_dir` is loaded and the run continues from it exactly
-/// (same adapters, interface, optimizer state and sampling seeds). Returns the run directory.
+/// (same adapters, interface, optimizer state and sampling seeds).
 pub fn run<B: AutodiffBackend>(
     config: &RunConfig,
     out_dir: &Path,
@@ -167,7 +178,7 @@ pub fn run<B: AutodiffBackend>(
     resume: bool,
     device: &B::Device,
     progress: &mut dyn FnMut(&StepReport),
-) -> Result<PathBuf, TrainError> {
+) -> Result<RunOutcome, TrainError> {
     config.validate()?;
     std::fs::create_dir_all(out_dir).map_err(io(out_dir))?;
     let resolved = out_dir.join("config.toml");
@@ -304,5 +315,20 @@ pub fn run<B: AutodiffBackend>(
             save_checkpoint(&trainer, config, &checkpoint)?;
         }
     }
-    Ok(out_dir.to_path_buf())
+    let eval = if config.eval.problems > 0 {
+        let report = crate::eval::evaluate(&trainer, config, &tasks)?;
+        let path = out_dir.join("eval.json");
+        let text = serde_json::to_string_pretty(&report)
+            .map_err(|e| TrainError::BadInput(format!("eval: {e}")))?;
+        std::fs::write(&path, text).map_err(io(&path))?;
+        Some(report)
+    } else {
+        None
+    };
+    crate::report::write_run_report(out_dir)?;
+    Ok(RunOutcome {
+        dir: out_dir.to_path_buf(),
+        steps: trainer.step,
+        eval,
+    })
 }

@@ -44,6 +44,8 @@ pub struct RunConfig {
     #[serde(default)]
     pub grpo: GrpoConfig,
     pub tasks: Vec<TaskConfig>,
+    #[serde(default)]
+    pub eval: EvalConfig,
     /// Where the run writes (default `runs/<config file stem>`).
     #[serde(default)]
     pub out_dir: Option<PathBuf>,
@@ -154,6 +156,28 @@ impl Default for GrpoConfig {
             max_grad_norm: 1.0,
             seed: 0,
             save_steps: 25,
+        }
+    }
+}
+
+/// Greedy evaluation after training on problems the run never trained on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EvalConfig {
+    /// Held-out problems (0: no evaluation).
+    pub problems: usize,
+    /// The seed of the evaluation stream: one set of problems for every training seed.
+    pub seed: u64,
+    /// Also evaluate a fused run with its context tokens removed (the "no C" ablation).
+    pub without_context: bool,
+}
+
+impl Default for EvalConfig {
+    fn default() -> Self {
+        Self {
+            problems: 256,
+            seed: 0x5EED_E7A1,
+            without_context: true,
         }
     }
 }

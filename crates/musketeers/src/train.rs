@@ -251,6 +251,64 @@ impl<B: AutodiffBackend> Trainer<B> {
         Ok(())
     }
 
+    /// The team's context tokens for `prompts` on the inner backend (no gradient), for
+    /// sampling outside training.
+    pub fn context(
+        &self,
+        prompts: &[String],
+    ) -> Result<Option<Tensor<B::InnerBackend, 3>>, TrainError> {
+        let Some(interface) = &self.interface else {
+            return Ok(None);
+        };
+        let device = self.policy.embed_tokens.weight.val().inner().device();
+        let inputs = self
+            .team
+            .iter()
+            .map(|m| m.read(prompts, &device))
+            .collect::<Result<Vec<_>, TrainError>>()?;
+        Ok(Some(interface.valid().forward(&inputs)?.context))
+    }
+
+    /// Greedy completions of `prompts`, from `[C ; prompt]` when `with_context` and the run
+    /// has a team, else from the prompt alone (the "no C at evaluation" ablation).
+    pub fn complete_greedy(
+        &self,
+        prompts: &[String],
+        with_context: bool,
+    ) -> Result<Vec<String>, TrainError> {
+        let device = self.policy.embed_tokens.weight.val().inner().device();
+        let sampler = self.policy.valid();
+        let mut out = Vec::with_capacity(prompts.len());
+        for chunk in prompts.chunks(64) {
+            let ids = chunk
+                .iter()
+                .map(|t| self.tokenizer.encode(t, true))
+                .collect::<Result<Vec<_>, _>>()?;
+            let context = if with_context {
+                self.context(chunk)?
+            } else {
+                None
+            };
+            let generation = generate_with_prefix(
+                &sampler,
+                &ids,
+                context,
+                &GenerationConfig {
+                    max_new_tokens: self.settings.max_completion_length,
+                    num_return_sequences: 1,
+                    eos_token_ids: self.settings.grpo.eos_token_ids.clone(),
+                    sampling: SamplingConfig::default(),
+                },
+                None,
+                &device,
+            )?;
+            for tokens in &generation.tokens {
+                out.push(self.tokenizer.decode(tokens, true)?);
+            }
+        }
+        Ok(out)
+    }
+
     /// One GRPO step on `prompts` (texts, already in the policy's prompt template);
     /// `reward(prompt_index, completion_text)` scores a completion.
     pub fn train_step(

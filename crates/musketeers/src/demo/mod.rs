@@ -1,0 +1,712 @@
+//! The offline demo: a tiny team trained from scratch, a warm-started tiny policy, and
+//! `fused` against `single` GRPO on an arithmetic task and a logic task, over several seeds.
+//!
+//! Everything is made here, nothing is downloaded: an arithmetic specialist (words and
+//! punctuation as tokens) and a logic specialist (whitespace-separated tokens, punctuation
+//! kept on its word) learn their task by supervised training, a "naive" expert
+//! (character-level) keeps its random weights, and the policy learns only
+//! the answer format (its warm-start answers are drawn at random, so it knows the format but
+//! not the answers). The models are written as Hugging Face directories and every GRPO run is
+//! an ordinary [`crate::run::run`] over a [`RunConfig`], so the demo exercises the same code a
+//! user's run does.
+
+pub mod vocab;
+
+use crate::run::RunOutcome;
+use crate::run_config::{
+    AnswerExtraction, EvalConfig, GrpoConfig, InterfaceConfig, MemberConfig, Mode, PolicyConfig,
+    RunConfig, TaskConfig,
+};
+use crate::sft::{Example, SftSettings};
+use crate::train::{ExpertReadout, TrainError};
+use burn::tensor::backend::AutodiffBackend;
+use musketeers_lm::config::{Activation, GemmaOptions, LlamaConfig};
+use musketeers_lm::tokenizer::TextTokenizer;
+use musketeers_lm::{LoraConfig, Pretrained};
+use musketeers_rl::{LossType, ScaleRewards};
+use musketeers_verify::entry::Entry;
+use musketeers_verify::options::Options;
+use musketeers_verify::task::Task;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use vocab::Segmentation;
+
+/// A task of the demo and the expert that knows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DemoTask {
+    pub label: &'static str,
+    pub generator: &'static str,
+    pub options: &'static [(&'static str, &'static str)],
+    pub specialist: &'static str,
+}
+
+pub const ARITHMETIC: DemoTask = DemoTask {
+    label: "arithmetic",
+    generator: "chain_sum",
+    // 2,000 distinct problems, answers -17..=27: enough that held-out problems exist.
+    options: &[
+        ("min_terms", "3"),
+        ("max_terms", "3"),
+        ("min_digits", "1"),
+        ("max_digits", "1"),
+    ],
+    specialist: "arithmetic",
+};
+
+pub const LOGIC: DemoTask = DemoTask {
+    label: "logic",
+    generator: "syllogism",
+    options: &[],
+    specialist: "logic",
+};
+
+pub const TASKS: [DemoTask; 2] = [ARITHMETIC, LOGIC];
+
+/// The team's member names, in interface order.
+pub const TEAM: [&str; 3] = ["arithmetic", "logic", "naive"];
+
+/// The data seeds: supervised corpora and the runs' evaluation problems are disjoint streams.
+const CORPUS_SEED: u64 = 0xC0_4905;
+
+/// How big the demo is. [`DemoSettings::full`] is `cargo xtask demo`; [`DemoSettings::quick`]
+/// is the CI integration test.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DemoSettings {
+    pub out_dir: PathBuf,
+    pub seeds: Vec<u64>,
+    pub tasks: Vec<DemoTask>,
+    /// Supervised examples per task (experts and the warm start).
+    pub corpus_size: usize,
+    pub specialist_steps: usize,
+    pub warm_start_steps: usize,
+    pub hidden_size: usize,
+    pub num_layers: usize,
+    pub grpo_steps: u64,
+    pub prompts_per_step: usize,
+    pub num_generations: usize,
+    pub learning_rate: f64,
+    pub eval_problems: usize,
+}
+
+impl DemoSettings {
+    pub fn full(out_dir: PathBuf) -> Self {
+        Self {
+            out_dir,
+            seeds: vec![1, 2, 3],
+            tasks: TASKS.to_vec(),
+            corpus_size: 4000,
+            specialist_steps: 600,
+            warm_start_steps: 150,
+            hidden_size: 64,
+            num_layers: 2,
+            grpo_steps: 80,
+            prompts_per_step: 8,
+            num_generations: 8,
+            learning_rate: 3e-3,
+            eval_problems: 256,
+        }
+    }
+
+    pub fn quick(out_dir: PathBuf) -> Self {
+        Self {
+            seeds: vec![1],
+            corpus_size: 500,
+            specialist_steps: 60,
+            warm_start_steps: 30,
+            hidden_size: 32,
+            grpo_steps: 4,
+            prompts_per_step: 4,
+            num_generations: 4,
+            eval_problems: 32,
+            ..Self::full(out_dir)
+        }
+    }
+}
+
+/// One row of the results table.
+#[derive(Debug, Clone, Serialize)]
+pub struct DemoRow {
+    pub task: String,
+    pub system: String,
+    /// Per seed.
+    pub accuracies: Vec<f64>,
+    pub mean: f64,
+    pub std: f64,
+}
+
+/// What the demo measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct DemoResults {
+    pub rows: Vec<DemoRow>,
+    /// Per task: the relevant specialist's share of attention, first and last 10% of
+    /// steps, mean over seeds (fused runs).
+    pub specialist_utilization: BTreeMap<String, (f64, f64)>,
+    /// Per task, per team member: utilization over the last 10% of steps, mean over seeds.
+    pub final_utilization: BTreeMap<String, Vec<f64>>,
+    pub report: PathBuf,
+}
+
+fn mean_std(xs: &[f64]) -> (f64, f64) {
+    let n = xs.len().max(1) as f64;
+    let mean = xs.iter().sum::<f64>() / n;
+    let var = if xs.len() > 1 {
+        xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0)
+    } else {
+        0.0
+    };
+    (mean, var.sqrt())
+}
+
+fn task_of(task: &DemoTask) -> Result<Box<dyn Task>, TrainError> {
+    let mut options = Options::new(task.generator);
+    for (k, v) in task.options {
+        options = options.set(k, *v);
+    }
+    musketeers_verify::generators::create(task.generator, options)
+        .map_err(|e| TrainError::BadInput(format!("task {}: {e}", task.generator)))
+}
+
+fn corpus(task: &DemoTask, size: usize) -> Result<Vec<Entry>, TrainError> {
+    let generator = task_of(task)?;
+    (0..size as u64)
+        .map(|i| {
+            generator
+                .entry(CORPUS_SEED, i)
+                .map_err(|e| TrainError::BadInput(e.to_string()))
+        })
+        .collect()
+}
+
+fn tiny_config(vocab: usize, hidden: usize, layers: usize) -> LlamaConfig {
+    let heads = 4;
+    LlamaConfig {
+        vocab_size: vocab,
+        hidden_size: hidden,
+        intermediate_size: hidden * 3,
+        num_layers: layers,
+        num_heads: heads,
+        num_kv_heads: heads,
+        head_dim: hidden / heads,
+        rms_norm_eps: 1e-5,
+        rope_theta: 10_000.0,
+        rope_scaling: None,
+        tie_word_embeddings: true,
+        qkv_bias: false,
+        o_bias: false,
+        mlp_bias: false,
+        qk_norm: false,
+        eos_token_ids: vec![1],
+        activation: Activation::Silu,
+        attention_scale: 1.0 / ((hidden / heads) as f64).sqrt(),
+        gemma: GemmaOptions::default(),
+    }
+}
+
+fn examples(
+    tokenizer: &TextTokenizer,
+    pairs: impl Iterator<Item = (String, String)>,
+) -> Result<Vec<Example>, TrainError> {
+    let eos = tokenizer.eos_token_id().unwrap_or(1);
+    pairs
+        .map(|(prompt, target)| {
+            let mut target = tokenizer.encode(&target, false)?;
+            target.push(eos);
+            Ok(Example {
+                prompt: tokenizer.encode(&prompt, false)?,
+                target,
+            })
+        })
+        .collect()
+}
+
+/// Train (or, with `steps == 0`, only initialise) a tiny model and write it as a Hugging
+/// Face directory. Returns the share of held-out examples it answers exactly.
+#[allow(clippy::too_many_arguments)]
+fn make_model<B: AutodiffBackend>(
+    dir: &Path,
+    tokenizer: TextTokenizer,
+    train: &[Example],
+    held_out: &[Example],
+    settings: &DemoSettings,
+    steps: usize,
+    seed: u64,
+    device: &B::Device,
+    progress: &mut dyn FnMut(&str),
+) -> Result<f32, TrainError> {
+    let config = tiny_config(
+        tokenizer.vocab_size(),
+        settings.hidden_size,
+        settings.num_layers,
+    );
+    B::seed(device, seed);
+    let mut model = config.init::<B>(device);
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if steps > 0 {
+        let sft = SftSettings {
+            steps,
+            batch_size: 64,
+            learning_rate: 3e-3,
+            weight_decay: 0.0,
+            max_grad_norm: 1.0,
+            seed,
+        };
+        let mut last = None;
+        model = crate::sft::train(model, train, &sft, &mut |s| {
+            if s.step % 50 == 0 || s.step == steps {
+                last = Some(*s);
+            }
+            if s.step % 100 == 0 {
+                progress(&format!(
+                    "  {name}: step {}/{steps}, loss {:.3}, token accuracy {:.3}",
+                    s.step, s.loss, s.token_accuracy
+                ));
+            }
+        })?;
+    }
+    let exact = crate::sft::exact_match(&model, held_out);
+    let pretrained = Pretrained {
+        dir: dir.to_path_buf(),
+        eos_token_ids: config.eos_token_ids.clone(),
+        config,
+        model,
+        tokenizer: Some(tokenizer),
+    };
+    musketeers_lm::export::save_pretrained(&pretrained, dir)?;
+    Ok(exact)
+}
+
+/// The GRPO run of one (task, mode, seed) cell.
+fn run_config(
+    settings: &DemoSettings,
+    models: &Path,
+    task: &DemoTask,
+    mode: Mode,
+    seed: u64,
+) -> RunConfig {
+    let model = |name: &str| models.join(name).to_string_lossy().into_owned();
+    RunConfig {
+        mode,
+        answer_extraction: AnswerExtraction::Tag,
+        policy: PolicyConfig {
+            model: model("policy"),
+            lora: LoraConfig {
+                rank: 8,
+                alpha: 16.0,
+                ..LoraConfig::default()
+            },
+            chat: false,
+            prompt_template: "{question}".into(),
+        },
+        team: TEAM
+            .iter()
+            .map(|name| MemberConfig {
+                name: (*name).into(),
+                model: model(name),
+                layer: -1,
+                readout: ExpertReadout::Last,
+            })
+            .collect(),
+        interface: InterfaceConfig {
+            latent_dim: settings.hidden_size,
+            num_latents: 4,
+            num_heads: 4,
+            self_attention_blocks: 0,
+            ffn_multiplier: 2,
+        },
+        grpo: GrpoConfig {
+            steps: settings.grpo_steps,
+            prompts_per_step: settings.prompts_per_step,
+            num_generations: settings.num_generations,
+            max_completion_length: 8,
+            temperature: 1.0,
+            learning_rate: settings.learning_rate,
+            beta: 0.0,
+            epsilon: 0.2,
+            epsilon_high: Some(0.28),
+            loss_type: LossType::Dapo,
+            scale_rewards: ScaleRewards::Group,
+            mask_truncated_completions: false,
+            max_grad_norm: 1.0,
+            seed,
+            save_steps: settings.grpo_steps.max(1),
+        },
+        tasks: vec![TaskConfig {
+            name: task.generator.into(),
+            weight: 1.0,
+            options: task
+                .options
+                .iter()
+                .map(|(k, v)| ((*k).to_string(), toml::Value::String((*v).into())))
+                .collect(),
+        }],
+        eval: EvalConfig {
+            problems: settings.eval_problems,
+            ..EvalConfig::default()
+        },
+        out_dir: None,
+    }
+}
+
+/// Build the team and the policy under `out_dir/models`, then train and evaluate every
+/// (task, mode, seed) cell; writes `out_dir/report.md` and `out_dir/results.json`.
+pub fn run_demo<B: AutodiffBackend>(
+    settings: &DemoSettings,
+    device: &B::Device,
+    progress: &mut dyn FnMut(&str),
+) -> Result<DemoResults, TrainError> {
+    let io = |p: &Path| {
+        let p = p.to_path_buf();
+        move |e: std::io::Error| TrainError::BadInput(format!("{}: {e}", p.display()))
+    };
+    let models = settings.out_dir.join("models");
+    std::fs::create_dir_all(&models).map_err(io(&models))?;
+
+    // Supervised corpora; the last tenth of each is held out to check the experts.
+    let corpora: Vec<(DemoTask, Vec<Entry>)> = settings
+        .tasks
+        .iter()
+        .map(|t| Ok((*t, corpus(t, settings.corpus_size)?)))
+        .collect::<Result<_, TrainError>>()?;
+    let text_of = |task: &str| -> Vec<String> {
+        corpora
+            .iter()
+            .filter(|(t, _)| task.is_empty() || t.label == task)
+            .flat_map(|(_, entries)| {
+                entries
+                    .iter()
+                    .flat_map(|e| [e.question.clone(), e.answer.clone().unwrap_or_default()])
+            })
+            .collect()
+    };
+    let all_text = text_of("");
+    let split = |v: Vec<Example>| {
+        let cut = v.len() * 9 / 10;
+        let held = v[cut..].to_vec();
+        (v[..cut].to_vec(), held)
+    };
+    let mut expert_accuracy = BTreeMap::new();
+    for (name, segmentation, task) in [
+        ("arithmetic", Segmentation::Words, ARITHMETIC.label),
+        ("logic", Segmentation::WhitespaceSplit, LOGIC.label),
+    ] {
+        let corpus_text = text_of(task);
+        let tokenizer = vocab::build(corpus_text.iter().map(String::as_str), segmentation, &[])?;
+        let pairs = corpora
+            .iter()
+            .filter(|(t, _)| t.label == task)
+            .flat_map(|(_, entries)| entries.iter())
+            .map(|e| (e.question.clone(), e.answer.clone().unwrap_or_default()));
+        let (train, held) = split(examples(&tokenizer, pairs)?);
+        if train.is_empty() {
+            continue;
+        }
+        progress(&format!(
+            "training the {name} expert from scratch ({} examples, {} steps)",
+            train.len(),
+            settings.specialist_steps
+        ));
+        let exact = make_model::<B>(
+            &models.join(name),
+            tokenizer,
+            &train,
+            &held,
+            settings,
+            settings.specialist_steps,
+            11,
+            device,
+            progress,
+        )?;
+        progress(&format!(
+            "  {name} expert: held-out exact answers {exact:.3}"
+        ));
+        expert_accuracy.insert(task.to_string(), (name.to_string(), exact));
+    }
+    // The naive expert: random weights, its own character vocabulary.
+    let naive_tokenizer = vocab::build(
+        all_text.iter().map(String::as_str),
+        Segmentation::Characters,
+        &[],
+    )?;
+    make_model::<B>(
+        &models.join("naive"),
+        naive_tokenizer,
+        &[],
+        &[],
+        settings,
+        0,
+        13,
+        device,
+        progress,
+    )?;
+
+    // The policy learns the format `<answer>X</answer>` with X drawn from the task's answers
+    // at random: the answer space without the answers.
+    let policy_tokenizer = vocab::build(
+        all_text.iter().map(String::as_str),
+        Segmentation::Words,
+        &[vocab::ANSWER_OPEN, vocab::ANSWER_CLOSE],
+    )?;
+    let mut rng = ChaCha8Rng::seed_from_u64(17);
+    let mut pairs = Vec::new();
+    for (_, entries) in &corpora {
+        for e in entries {
+            let other = &entries[rng.random_range(0..entries.len())];
+            let answer = other.answer.clone().unwrap_or_default();
+            pairs.push((
+                e.question.clone(),
+                format!("{}{answer}{}", vocab::ANSWER_OPEN, vocab::ANSWER_CLOSE),
+            ));
+        }
+    }
+    let warm = examples(&policy_tokenizer, pairs.into_iter())?;
+    progress(&format!(
+        "warm-starting the policy on the answer format ({} examples, {} steps)",
+        warm.len(),
+        settings.warm_start_steps
+    ));
+    make_model::<B>(
+        &models.join("policy"),
+        policy_tokenizer,
+        &warm,
+        &[],
+        settings,
+        settings.warm_start_steps,
+        19,
+        device,
+        progress,
+    )?;
+
+    // GRPO: every task, both modes, every seed.
+    let mut outcomes: Vec<(DemoTask, Mode, u64, RunOutcome)> = Vec::new();
+    for task in &settings.tasks {
+        for mode in [Mode::Single, Mode::Fused] {
+            for &seed in &settings.seeds {
+                let label = format!("{}-{}-seed{seed}", task.label, mode_name(mode));
+                let config = run_config(settings, &models, task, mode, seed);
+                let dir = settings.out_dir.join("runs").join(&label);
+                let started = std::time::Instant::now();
+                let outcome =
+                    crate::run::run::<B>(&config, &dir, None, false, device, &mut |_| {})?;
+                progress(&format!(
+                    "{label}: {} steps in {:.0} s, held-out accuracy {:.3}{}",
+                    outcome.steps,
+                    started.elapsed().as_secs_f64(),
+                    outcome.eval.as_ref().map_or(f64::NAN, |e| e.accuracy),
+                    outcome
+                        .eval
+                        .as_ref()
+                        .and_then(|e| e.accuracy_without_context)
+                        .map_or(String::new(), |a| format!(" ({a:.3} without C)"))
+                ));
+                outcomes.push((*task, mode, seed, outcome));
+            }
+        }
+    }
+    let results = summarize(settings, &outcomes, &expert_accuracy)?;
+    Ok(results)
+}
+
+fn mode_name(mode: Mode) -> &'static str {
+    match mode {
+        Mode::Fused => "fused",
+        Mode::Single => "single",
+    }
+}
+
+fn summarize(
+    settings: &DemoSettings,
+    outcomes: &[(DemoTask, Mode, u64, RunOutcome)],
+    expert_accuracy: &BTreeMap<String, (String, f32)>,
+) -> Result<DemoResults, TrainError> {
+    let mut rows = Vec::new();
+    let mut specialist_utilization = BTreeMap::new();
+    let mut final_utilization = BTreeMap::new();
+    for task in &settings.tasks {
+        let cell = |mode: Mode| outcomes.iter().filter(move |o| o.0 == *task && o.1 == mode);
+        let mut push = |system: &str, accuracies: Vec<f64>| {
+            let (mean, std) = mean_std(&accuracies);
+            rows.push(DemoRow {
+                task: task.label.into(),
+                system: system.into(),
+                accuracies,
+                mean,
+                std,
+            });
+        };
+        let acc = |o: &(DemoTask, Mode, u64, RunOutcome)| {
+            o.3.eval.as_ref().map_or(f64::NAN, |e| e.accuracy)
+        };
+        push(
+            "single (policy alone)",
+            cell(Mode::Single).map(acc).collect(),
+        );
+        push("fused (n-Musketeers)", cell(Mode::Fused).map(acc).collect());
+        push(
+            "fused, C removed at evaluation",
+            cell(Mode::Fused)
+                .map(|o| {
+                    o.3.eval
+                        .as_ref()
+                        .and_then(|e| e.accuracy_without_context)
+                        .unwrap_or(f64::NAN)
+                })
+                .collect(),
+        );
+        if let Some((name, exact)) = expert_accuracy.get(task.label) {
+            push(
+                &format!("{name} expert alone (supervised, exact answer)"),
+                vec![f64::from(*exact)],
+            );
+        }
+        let specialist = TEAM.iter().position(|m| *m == task.specialist).unwrap_or(0);
+        let mut firsts = Vec::new();
+        let mut lasts: Vec<Vec<f64>> = Vec::new();
+        for o in cell(Mode::Fused) {
+            let curves = crate::report::read_curves(&o.3.dir.join("metrics.jsonl"))?;
+            let share: Vec<f64> = curves
+                .utilization
+                .iter()
+                .map(|u| u.get(specialist).copied().unwrap_or(f64::NAN))
+                .collect();
+            firsts.push(crate::report::first_last(&share, 0.1).0);
+            lasts.push(
+                (0..TEAM.len())
+                    .map(|e| {
+                        let ys: Vec<f64> = curves
+                            .utilization
+                            .iter()
+                            .map(|u| u.get(e).copied().unwrap_or(f64::NAN))
+                            .collect();
+                        crate::report::first_last(&ys, 0.1).1
+                    })
+                    .collect(),
+            );
+        }
+        let last_mean: Vec<f64> = (0..TEAM.len())
+            .map(|e| mean_std(&lasts.iter().map(|l| l[e]).collect::<Vec<_>>()).0)
+            .collect();
+        specialist_utilization.insert(
+            task.label.to_string(),
+            (mean_std(&firsts).0, last_mean[specialist]),
+        );
+        final_utilization.insert(task.label.to_string(), last_mean);
+    }
+    let report = settings.out_dir.join("report.md");
+    let results = DemoResults {
+        rows,
+        specialist_utilization,
+        final_utilization,
+        report: report.clone(),
+    };
+    write_demo_report(settings, outcomes, &results)?;
+    let path = settings.out_dir.join("results.json");
+    let text = serde_json::to_string_pretty(&results)
+        .map_err(|e| TrainError::BadInput(format!("results: {e}")))?;
+    std::fs::write(&path, text)
+        .map_err(|e| TrainError::BadInput(format!("{}: {e}", path.display())))?;
+    Ok(results)
+}
+
+/// The results table as Markdown (the layout of the paper's Table 1).
+pub fn table(results: &DemoResults) -> String {
+    let mut md = String::from(
+        "| task | system | accuracy (mean ± std over seeds) | per seed |\n|---|---|---|---|\n",
+    );
+    for r in &results.rows {
+        let per: Vec<String> = r.accuracies.iter().map(|a| format!("{a:.3}")).collect();
+        let _ = writeln!(
+            md,
+            "| {} | {} | {:.3} ± {:.3} | {} |",
+            r.task,
+            r.system,
+            r.mean,
+            r.std,
+            per.join(", ")
+        );
+    }
+    md
+}
+
+fn write_demo_report(
+    settings: &DemoSettings,
+    outcomes: &[(DemoTask, Mode, u64, RunOutcome)],
+    results: &DemoResults,
+) -> Result<(), TrainError> {
+    let mut md = String::from("# n-Musketeers demo\n\n");
+    let _ = writeln!(
+        md,
+        "Team: {} (the naive expert is untrained). Policy: a tiny Llama warm-started on the \
+         answer format with random answers. GRPO: {} steps × {} prompts × {} samples, LoRA rank 8, \
+         seeds {:?}. Held-out problems: {} per run, greedy.\n",
+        TEAM.join(", "),
+        settings.grpo_steps,
+        settings.prompts_per_step,
+        settings.num_generations,
+        settings.seeds,
+        settings.eval_problems
+    );
+    md.push_str(&table(results));
+    md.push_str("\n## Does the fused team beat the single policy?\n\n");
+    for task in &settings.tasks {
+        let get = |s: &str| {
+            results
+                .rows
+                .iter()
+                .find(|r| r.task == task.label && r.system.starts_with(s))
+        };
+        if let (Some(f), Some(s)) = (get("fused (n"), get("single")) {
+            let verdict = if f.mean - f.std > s.mean + s.std {
+                "yes, by more than one standard deviation"
+            } else if f.mean > s.mean {
+                "higher on average, within one standard deviation"
+            } else {
+                "no"
+            };
+            let _ = writeln!(
+                md,
+                "- {}: fused {:.3} vs single {:.3}: {verdict}.",
+                task.label, f.mean, s.mean
+            );
+        }
+    }
+    md.push_str("\n## Does utilization concentrate on the relevant expert?\n\n| task | specialist | share, first 10% of steps | share, last 10% | last 10%, every member |\n|---|---|---|---|---|\n");
+    for task in &settings.tasks {
+        if let (Some((a, b)), Some(all)) = (
+            results.specialist_utilization.get(task.label),
+            results.final_utilization.get(task.label),
+        ) {
+            let all: Vec<String> = TEAM
+                .iter()
+                .zip(all)
+                .map(|(n, u)| format!("{n} {u:.3}"))
+                .collect();
+            let _ = writeln!(
+                md,
+                "| {} | {} | {a:.3} | {b:.3} | {} |",
+                task.label,
+                task.specialist,
+                all.join(", ")
+            );
+        }
+    }
+    md.push_str("\nUniform attention over three experts is 0.333.\n\n## Runs\n\n");
+    for (task, mode, seed, o) in outcomes {
+        let rel = o.dir.strip_prefix(&settings.out_dir).unwrap_or(&o.dir);
+        let _ = writeln!(
+            md,
+            "- [{} {} seed {seed}]({}/report.md)",
+            task.label,
+            mode_name(*mode),
+            rel.display()
+        );
+    }
+    let path = settings.out_dir.join("report.md");
+    std::fs::write(&path, md).map_err(|e| TrainError::BadInput(format!("{}: {e}", path.display())))
+}

@@ -1,0 +1,129 @@
+//! Greedy evaluation on held-out problems: the accuracy column of the paper's Table 1.
+
+use crate::run::{render_prompt, score};
+use crate::run_config::RunConfig;
+use crate::train::{TrainError, Trainer};
+use burn::tensor::backend::AutodiffBackend;
+use musketeers_verify::entry::Entry;
+use musketeers_verify::task::{Mix, Task};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashSet};
+
+/// What `eval.json` holds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EvalReport {
+    /// Training steps taken before the evaluation.
+    pub step: u64,
+    pub problems: usize,
+    /// Share of problems answered right, greedy decoding.
+    pub accuracy: f64,
+    /// The same policy without its context tokens (fused runs only).
+    pub accuracy_without_context: Option<f64>,
+    /// Accuracy per task (by the dataset each entry is scored under).
+    pub per_task: BTreeMap<String, f64>,
+    /// Candidates skipped because their question was a training prompt of this run.
+    pub skipped_seen: usize,
+    /// The first completions, with their rewards.
+    pub examples: Vec<EvalExample>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EvalExample {
+    pub question: String,
+    pub answer: Option<String>,
+    pub completion: String,
+    pub reward: f32,
+}
+
+/// `count` problems from the evaluation stream whose questions the run did not train on
+/// (its first `trained_steps` steps); small problem spaces may yield fewer.
+pub fn held_out(
+    tasks: &Mix,
+    config: &RunConfig,
+    trained_steps: u64,
+    count: usize,
+) -> Result<(Vec<Entry>, usize), TrainError> {
+    let g = &config.grpo;
+    let bad = |e: musketeers_verify::task::TaskError| TrainError::BadInput(e.to_string());
+    let mut seen = HashSet::new();
+    for i in 0..trained_steps * g.prompts_per_step as u64 {
+        seen.insert(tasks.entry(g.seed, i).map_err(bad)?.question);
+    }
+    let (mut out, mut skipped) = (Vec::with_capacity(count), 0);
+    // Twenty candidates per wanted problem bounds the search on tiny problem spaces.
+    for i in 0..(count as u64) * 20 {
+        if out.len() == count {
+            break;
+        }
+        let entry = tasks.entry(config.eval.seed, i).map_err(bad)?;
+        if seen.insert(entry.question.clone()) {
+            out.push(entry);
+        } else {
+            skipped += 1;
+        }
+    }
+    Ok((out, skipped))
+}
+
+fn dataset(entry: &Entry, tasks: &Mix) -> String {
+    entry
+        .metadata
+        .get("source_dataset")
+        .and_then(|v| v.as_str())
+        .unwrap_or(tasks.name())
+        .to_string()
+}
+
+/// Evaluate the trainer's policy greedily on the config's held-out problems.
+pub fn evaluate<B: AutodiffBackend>(
+    trainer: &Trainer<B>,
+    config: &RunConfig,
+    tasks: &Mix,
+) -> Result<EvalReport, TrainError> {
+    let (entries, skipped_seen) = held_out(tasks, config, trainer.step, config.eval.problems)?;
+    let prompts = entries
+        .iter()
+        .map(|e| render_prompt(&trainer.tokenizer, config, &e.question))
+        .collect::<Result<Vec<_>, _>>()?;
+    let rewards_of = |completions: &[String]| -> Vec<f32> {
+        completions
+            .iter()
+            .zip(&entries)
+            .map(|(c, e)| score(tasks, config.answer_extraction, c, e))
+            .collect()
+    };
+    let mean = |r: &[f32]| r.iter().map(|&x| f64::from(x)).sum::<f64>() / r.len().max(1) as f64;
+    let completions = trainer.complete_greedy(&prompts, true)?;
+    let rewards = rewards_of(&completions);
+    let accuracy_without_context = if trainer.interface.is_some() && config.eval.without_context {
+        Some(mean(&rewards_of(
+            &trainer.complete_greedy(&prompts, false)?,
+        )))
+    } else {
+        None
+    };
+    let mut by_task: BTreeMap<String, Vec<f32>> = BTreeMap::new();
+    for (entry, &r) in entries.iter().zip(&rewards) {
+        by_task.entry(dataset(entry, tasks)).or_default().push(r);
+    }
+    Ok(EvalReport {
+        step: trainer.step,
+        problems: entries.len(),
+        accuracy: mean(&rewards),
+        accuracy_without_context,
+        per_task: by_task.iter().map(|(k, v)| (k.clone(), mean(v))).collect(),
+        skipped_seen,
+        examples: entries
+            .iter()
+            .zip(&completions)
+            .zip(&rewards)
+            .take(16)
+            .map(|((e, c), &reward)| EvalExample {
+                question: e.question.clone(),
+                answer: e.answer.clone(),
+                completion: c.clone(),
+                reward,
+            })
+            .collect(),
+    })
+}

@@ -1,0 +1,239 @@
+//! `report.md` for a run directory: what `metrics.jsonl` and `eval.json` say, with SVG plots
+//! of reward, per-expert utilization (the paper's Figures 1 and 4) and routing entropy.
+
+use crate::eval::EvalReport;
+use crate::train::TrainError;
+use musketeers_fusion::stats::spearman;
+use plotters::prelude::*;
+use serde_json::Value;
+use std::fmt::Write as _;
+use std::path::Path;
+
+/// The per-step numbers a report draws.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RunCurves {
+    pub steps: Vec<f64>,
+    pub reward: Vec<f64>,
+    /// `[step][expert]`; empty rows without a team.
+    pub utilization: Vec<Vec<f64>>,
+    pub routing_entropy: Vec<f64>,
+    pub kl: Vec<f64>,
+    pub step_seconds: Vec<f64>,
+    pub tokens_per_second: Vec<f64>,
+}
+
+fn number(v: &Value) -> f64 {
+    v.as_f64().unwrap_or(f64::NAN)
+}
+
+/// Read `metrics.jsonl`; a line that is not a step's JSON is an error naming the line.
+pub fn read_curves(path: &Path) -> Result<RunCurves, TrainError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| TrainError::BadInput(format!("{}: {e}", path.display())))?;
+    let mut c = RunCurves::default();
+    for (i, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        let v: Value = serde_json::from_str(line)
+            .map_err(|e| TrainError::BadInput(format!("{}:{}: {e}", path.display(), i + 1)))?;
+        c.steps.push(number(&v["step"]));
+        c.reward.push(number(&v["rollouts"]["reward_mean"]));
+        c.utilization.push(
+            v["utilization"]
+                .as_array()
+                .map(|a| a.iter().map(number).collect())
+                .unwrap_or_default(),
+        );
+        c.routing_entropy
+            .push(number(&v["routing_entropy_normalized"]));
+        c.kl.push(number(&v["loss"]["kl"]));
+        c.step_seconds.push(number(&v["step_seconds"]));
+        c.tokens_per_second
+            .push(number(&v["sampled_tokens"]) / number(&v["sample_seconds"]));
+    }
+    Ok(c)
+}
+
+/// One line chart per named series, written as SVG.
+pub fn line_chart(
+    path: &Path,
+    title: &str,
+    x: &[f64],
+    series: &[(String, Vec<f64>)],
+) -> Result<(), TrainError> {
+    let fail = |e: String| TrainError::BadInput(format!("{}: {e}", path.display()));
+    let finite = series
+        .iter()
+        .flat_map(|(_, ys)| ys.iter().copied())
+        .filter(|y| y.is_finite());
+    let (lo, hi) = finite.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), y| {
+        (a.min(y), b.max(y))
+    });
+    let (lo, hi) = if lo.is_finite() { (lo, hi) } else { (0.0, 1.0) };
+    let pad = ((hi - lo) * 0.05).max(1e-3);
+    let x_max = x.iter().copied().fold(1.0f64, f64::max);
+    let root = SVGBackend::new(path, (720, 360)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| fail(e.to_string()))?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 18))
+        .margin(12)
+        .x_label_area_size(32)
+        .y_label_area_size(48)
+        .build_cartesian_2d(0f64..x_max, (lo - pad)..(hi + pad))
+        .map_err(|e| fail(e.to_string()))?;
+    chart
+        .configure_mesh()
+        .x_desc("step")
+        .draw()
+        .map_err(|e| fail(e.to_string()))?;
+    for (i, (name, ys)) in series.iter().enumerate() {
+        let color = Palette99::pick(i).to_rgba();
+        let points = x
+            .iter()
+            .zip(ys)
+            .filter(|(_, y)| y.is_finite())
+            .map(|(&x, &y)| (x, y));
+        chart
+            .draw_series(LineSeries::new(points, color.stroke_width(2)))
+            .map_err(|e| fail(e.to_string()))?
+            .label(name.as_str())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color));
+    }
+    if series.len() > 1 {
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()
+            .map_err(|e| fail(e.to_string()))?;
+    }
+    root.present().map_err(|e| fail(e.to_string()))
+}
+
+/// Mean of the first and last `share` of a series (NaNs left out).
+pub fn first_last(values: &[f64], share: f64) -> (f64, f64) {
+    let n = values.len();
+    let k = ((n as f64 * share).ceil() as usize).clamp(1, n.max(1));
+    let mean = |s: &[f64]| {
+        let f: Vec<f64> = s.iter().copied().filter(|v| v.is_finite()).collect();
+        f.iter().sum::<f64>() / f.len().max(1) as f64
+    };
+    if n == 0 {
+        return (f64::NAN, f64::NAN);
+    }
+    (mean(&values[..k]), mean(&values[n - k..]))
+}
+
+/// Team member names from the resolved `config.toml`, in interface order.
+fn team_names(dir: &Path) -> Vec<String> {
+    let Ok(text) = std::fs::read_to_string(dir.join("config.toml")) else {
+        return Vec::new();
+    };
+    let Ok(config) = toml::from_str::<crate::run_config::RunConfig>(&text) else {
+        return Vec::new();
+    };
+    match config.mode {
+        crate::run_config::Mode::Fused => config.team.iter().map(|m| m.name.clone()).collect(),
+        crate::run_config::Mode::Single => Vec::new(),
+    }
+}
+
+/// Write `report.md` and its plots into the run directory `dir`.
+pub fn write_run_report(dir: &Path) -> Result<(), TrainError> {
+    let curves = read_curves(&dir.join("metrics.jsonl"))?;
+    let names = team_names(dir);
+    let mut md = String::new();
+    let _ = writeln!(md, "# Run report: {}\n", dir.display());
+    let n = curves.steps.len();
+    let (r0, r1) = first_last(&curves.reward, 0.1);
+    let _ = writeln!(
+        md,
+        "{n} steps. Training reward (mean of a step's samples): {r0:.3} over the first 10% of \
+         steps, {r1:.3} over the last 10%."
+    );
+    let secs: f64 = curves.step_seconds.iter().sum();
+    let _ = writeln!(
+        md,
+        "Seconds per step: {:.2} (mean); sampling {:.0} tokens/s (mean).\n",
+        secs / n.max(1) as f64,
+        curves
+            .tokens_per_second
+            .iter()
+            .filter(|v| v.is_finite())
+            .sum::<f64>()
+            / n.max(1) as f64
+    );
+    if let Ok(text) = std::fs::read_to_string(dir.join("eval.json"))
+        && let Ok(eval) = serde_json::from_str::<EvalReport>(&text)
+    {
+        let _ = writeln!(
+            md,
+            "## Held-out evaluation (greedy, {} problems after {} steps)\n",
+            eval.problems, eval.step
+        );
+        let _ = writeln!(md, "| task | accuracy |\n|---|---|");
+        for (task, acc) in &eval.per_task {
+            let _ = writeln!(md, "| {task} | {acc:.3} |");
+        }
+        let _ = writeln!(md, "| all | {:.3} |", eval.accuracy);
+        if let Some(a) = eval.accuracy_without_context {
+            let _ = writeln!(md, "| all, context tokens removed | {a:.3} |");
+        }
+        let _ = writeln!(md);
+    }
+    line_chart(
+        &dir.join("reward.svg"),
+        "training reward (mean per step)",
+        &curves.steps,
+        &[("reward".into(), curves.reward.clone())],
+    )?;
+    let _ = writeln!(md, "![reward](reward.svg)\n");
+    let experts = curves.utilization.iter().map(Vec::len).max().unwrap_or(0);
+    if experts > 0 {
+        let series: Vec<(String, Vec<f64>)> = (0..experts)
+            .map(|e| {
+                let name = names
+                    .get(e)
+                    .cloned()
+                    .unwrap_or_else(|| format!("expert {e}"));
+                let ys = curves
+                    .utilization
+                    .iter()
+                    .map(|u| u.get(e).copied().unwrap_or(f64::NAN))
+                    .collect();
+                (name, ys)
+            })
+            .collect();
+        line_chart(
+            &dir.join("utilization.svg"),
+            "per-expert utilization (share of latent attention)",
+            &curves.steps,
+            &series,
+        )?;
+        line_chart(
+            &dir.join("routing_entropy.svg"),
+            "routing entropy / ln(experts)",
+            &curves.steps,
+            &[("routing entropy".into(), curves.routing_entropy.clone())],
+        )?;
+        let _ = writeln!(
+            md,
+            "## The team\n\n| expert | utilization, first 10% | last 10% |\n|---|---|---|"
+        );
+        for (name, ys) in &series {
+            let (a, b) = first_last(ys, 0.1);
+            let _ = writeln!(md, "| {name} | {a:.3} | {b:.3} |");
+        }
+        let rho = spearman(&curves.reward, &curves.routing_entropy);
+        let _ = writeln!(
+            md,
+            "\nSpearman correlation between a step's mean reward and its mean normalised routing \
+             entropy: {}.\n\n![utilization](utilization.svg)\n\n![routing entropy](routing_entropy.svg)\n",
+            rho.map_or("undefined (constant series)".into(), |r| format!("{r:+.3}"))
+        );
+    }
+    let path = dir.join("report.md");
+    std::fs::write(&path, md).map_err(|e| TrainError::BadInput(format!("{}: {e}", path.display())))
+}
