@@ -17,8 +17,12 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// The offline demo: generate tasks, score completions, show what the verifiers decide.
-    Demo,
+    /// The offline training demo (tiny team from scratch, fused vs single GRPO, 3 seeds);
+    /// extra arguments go to `musketeers demo` (e.g. `--quick`, `--seeds 1`, `--out DIR`).
+    Demo {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Benchmarks, each reported as a ratio to a reference measured in the same run.
     #[command(subcommand)]
     Bench(bench::Bench),
@@ -29,7 +33,7 @@ enum Command {
 
 fn main() -> Result<()> {
     match Cli::parse().command {
-        Command::Demo => demo::run(),
+        Command::Demo { args } => demo::run(&args),
         Command::Bench(target) => bench::run(target),
         Command::Models(command) => models::run_models(command),
     }

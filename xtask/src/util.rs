@@ -58,12 +58,3 @@ pub fn output(program: &str, args: &[&str], input: Option<&str>) -> Result<Strin
     }
     String::from_utf8(out.stdout).context("output is not UTF-8")
 }
-
-/// Build the `musketeers` CLI (dev profile, shared with the tests) and return its path.
-pub fn musketeers_binary() -> Result<String> {
-    run("cargo", &["build", "--quiet", "-p", "musketeers"])?;
-    Ok(target_dir()
-        .join("debug/musketeers")
-        .to_string_lossy()
-        .into_owned())
-}

@@ -1,6 +1,6 @@
 //! Greedy evaluation on held-out problems: the accuracy column of the paper's Table 1.
 
-use crate::run::{render_prompt, score};
+use crate::run::score;
 use crate::run_config::RunConfig;
 use crate::train::{TrainError, Trainer};
 use burn::tensor::backend::AutodiffBackend;
@@ -74,17 +74,16 @@ fn dataset(entry: &Entry, tasks: &Mix) -> String {
         .to_string()
 }
 
-/// Evaluate the trainer's policy greedily on the config's held-out problems.
+/// Evaluate the trainer's policy greedily on the config's held-out problems, prompted as
+/// the run prompts (`prompts_for`).
 pub fn evaluate<B: AutodiffBackend>(
     trainer: &Trainer<B>,
     config: &RunConfig,
     tasks: &Mix,
+    prompts_for: &dyn Fn(&[Entry]) -> Result<Vec<String>, TrainError>,
 ) -> Result<EvalReport, TrainError> {
     let (entries, skipped_seen) = held_out(tasks, config, trainer.step, config.eval.problems)?;
-    let prompts = entries
-        .iter()
-        .map(|e| render_prompt(&trainer.tokenizer, config, &e.question))
-        .collect::<Result<Vec<_>, _>>()?;
+    let prompts = prompts_for(&entries)?;
     let rewards_of = |completions: &[String]| -> Vec<f32> {
         completions
             .iter()

@@ -4,10 +4,12 @@
 //! ([`policy::PrefixedPolicy`]). The trainer, team config and reports land here as they are
 //! built (see docs/ARCHITECTURE.md).
 
+pub mod collab;
 pub mod demo;
 pub mod eval;
 pub mod policy;
 pub mod report;
+pub mod route;
 pub mod run;
 pub mod run_config;
 pub mod scoring;

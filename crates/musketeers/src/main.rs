@@ -70,6 +70,21 @@ struct DemoArgs {
     /// Seeds, comma-separated (default 1,2,3).
     #[arg(long, value_delimiter = ',')]
     seeds: Vec<u64>,
+    /// Tasks, comma-separated: arithmetic, logic (default both).
+    #[arg(long, value_delimiter = ',')]
+    tasks: Vec<String>,
+    /// Override the supervised steps of the arithmetic expert (the logic expert takes half).
+    #[arg(long)]
+    expert_steps: Option<usize>,
+    /// Systems to compare, comma-separated: single, fused, hard-route, text-collab (default all).
+    #[arg(long, value_delimiter = ',')]
+    modes: Vec<String>,
+    /// Override the GRPO learning rate (LoRA and interface).
+    #[arg(long)]
+    lr: Option<f64>,
+    /// Override the KL weight to the warm-started policy.
+    #[arg(long)]
+    beta: Option<f64>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -137,9 +152,25 @@ fn train(
     let total = steps.unwrap_or(config.grpo.steps);
     let started = std::time::Instant::now();
     let mut err = std::io::stderr();
+    // Ctrl-C asks the run to stop after the step in flight; it is checkpointed, so
+    // `--resume` continues it. A second Ctrl-C exits at once.
+    let interrupted = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = interrupted.clone();
+    ctrlc::set_handler(move || {
+        if flag.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+        let _ = writeln!(
+            std::io::stderr(),
+            "\nstopping after this step (checkpoint saved; --resume continues); Ctrl-C again quits now"
+        );
+    })
+    .context("installing the Ctrl-C handler")?;
+    let mut steps_here = 0u64;
     let mut progress = |r: &musketeers::train::StepReport| {
+        steps_here += 1;
         let elapsed = started.elapsed().as_secs_f64();
-        let eta = elapsed / r.step as f64 * (total.saturating_sub(r.step)) as f64;
+        let eta = elapsed / steps_here as f64 * (total.saturating_sub(r.step)) as f64;
         let util: Vec<String> = r.utilization.iter().map(|u| format!("{u:.2}")).collect();
         let _ = writeln!(
             err,
@@ -155,6 +186,11 @@ fn train(
             r.step_seconds,
             eta
         );
+        if interrupted.load(std::sync::atomic::Ordering::SeqCst) {
+            std::ops::ControlFlow::Break(())
+        } else {
+            std::ops::ControlFlow::Continue(())
+        }
     };
     let outcome = musketeers::run::run::<Ad>(
         &config,
@@ -165,6 +201,13 @@ fn train(
         &mut progress,
     )?;
     let mut stdout = std::io::stdout();
+    if outcome.stopped {
+        writeln!(
+            stdout,
+            "stopped after step {}; continue with --resume",
+            outcome.steps
+        )?;
+    }
     if let Some(eval) = &outcome.eval {
         write!(
             stdout,
@@ -199,6 +242,39 @@ fn demo(args: &DemoArgs) -> Result<()> {
     if !args.seeds.is_empty() {
         settings.seeds = args.seeds.clone();
     }
+    if !args.modes.is_empty() {
+        settings.modes = args
+            .modes
+            .iter()
+            .map(|m| {
+                serde_json::from_value(serde_json::Value::String(m.clone())).with_context(|| {
+                    format!("--modes: no mode {m:?} (single, fused, hard-route, text-collab)")
+                })
+            })
+            .collect::<Result<_>>()?;
+    }
+    if let Some(lr) = args.lr {
+        settings.learning_rate = lr;
+    }
+    if let Some(beta) = args.beta {
+        settings.beta = beta;
+    }
+    if let Some(steps) = args.expert_steps {
+        settings.specialist_steps = steps;
+    }
+    if !args.tasks.is_empty() {
+        settings.tasks = args
+            .tasks
+            .iter()
+            .map(|name| {
+                musketeers::demo::TASKS
+                    .iter()
+                    .find(|t| t.label == name)
+                    .copied()
+                    .with_context(|| format!("--tasks: no demo task {name:?} (arithmetic, logic)"))
+            })
+            .collect::<Result<_>>()?;
+    }
     let started = std::time::Instant::now();
     let mut err = std::io::stderr();
     let results = run_demo::<Ad>(&settings, &Default::default(), &mut |line| {
@@ -206,11 +282,11 @@ fn demo(args: &DemoArgs) -> Result<()> {
     })?;
     let mut out = std::io::stdout().lock();
     writeln!(out, "\n{}", table(&results))?;
-    for (task, (first, last)) in &results.specialist_utilization {
+    for (run, (first, last)) in &results.specialist_utilization {
         writeln!(
             out,
-            "{task}: the {task} expert's share of the interface's attention went from {first:.3} \
-             (first 10% of steps) to {last:.3} (last 10%); uniform is 0.333"
+            "{run}: the task's specialist's share went from {first:.3} (first 10% of steps) to \
+             {last:.3} (last 10%); uniform is 0.333"
         )?;
     }
     writeln!(

@@ -135,8 +135,10 @@ fn team_names(dir: &Path) -> Vec<String> {
         return Vec::new();
     };
     match config.mode {
-        crate::run_config::Mode::Fused => config.team.iter().map(|m| m.name.clone()).collect(),
-        crate::run_config::Mode::Single => Vec::new(),
+        crate::run_config::Mode::Fused | crate::run_config::Mode::HardRoute => {
+            config.team.iter().map(|m| m.name.clone()).collect()
+        }
+        crate::run_config::Mode::Single | crate::run_config::Mode::TextCollab => Vec::new(),
     }
 }
 
@@ -236,4 +238,48 @@ pub fn write_run_report(dir: &Path) -> Result<(), TrainError> {
     }
     let path = dir.join("report.md");
     std::fs::write(&path, md).map_err(|e| TrainError::BadInput(format!("{}: {e}", path.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(step: u64, reward: f64, util: [f64; 2], entropy: f64) -> String {
+        serde_json::json!({"step": step, "rollouts": {"reward_mean": reward},
+            "utilization": util, "routing_entropy_normalized": entropy,
+            "loss": {"kl": null}, "step_seconds": 0.5, "sampled_tokens": 10,
+            "sample_seconds": 0.1})
+        .to_string()
+    }
+
+    #[test]
+    fn a_report_summarises_curves_and_draws_them() {
+        let dir = tempfile::tempdir().expect("temp");
+        let lines: Vec<String> = (1..=20)
+            .map(|s| {
+                let x = s as f64 / 20.0;
+                line(s, x, [0.5 + 0.4 * x, 0.5 - 0.4 * x], 1.0 - x)
+            })
+            .collect();
+        std::fs::write(dir.path().join("metrics.jsonl"), lines.join("\n")).expect("write");
+        write_run_report(dir.path()).expect("report");
+        let md = std::fs::read_to_string(dir.path().join("report.md")).expect("md");
+        // Reward rises as entropy falls: rank correlation exactly -1.
+        assert!(md.contains("entropy: -1.000"), "{md}");
+        assert!(md.contains("| expert 0 | 0.530 | 0.890 |"), "{md}");
+        for svg in ["reward.svg", "utilization.svg", "routing_entropy.svg"] {
+            let text = std::fs::read_to_string(dir.path().join(svg)).expect(svg);
+            assert!(text.starts_with("<svg") && text.contains("<polyline"), "{svg}");
+        }
+    }
+
+    #[test]
+    fn a_bad_metrics_line_is_an_error_naming_it() {
+        let dir = tempfile::tempdir().expect("temp");
+        let path = dir.path().join("metrics.jsonl");
+        std::fs::write(&path, format!("{}\n{{not json\n", line(1, 0.0, [1.0, 0.0], 0.0)))
+            .expect("write");
+        let err = read_curves(&path).expect_err("bad line").to_string();
+        assert!(err.contains("metrics.jsonl:2"), "{err}");
+    }
 }

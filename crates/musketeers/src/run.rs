@@ -2,7 +2,9 @@
 //! taken, and the run directory written (resolved config, `metrics.jsonl`, `samples.jsonl`,
 //! checkpoints replaced atomically).
 
+use crate::collab::{TextExpert, with_suggestions};
 use crate::eval::EvalReport;
+use crate::route::Router;
 use crate::run_config::{AnswerExtraction, Mode, RunConfig};
 use crate::train::{StepReport, StepSettings, TeamMember, TrainError, Trainer};
 use burn::store::{ModuleSnapshot, SafetensorsStore};
@@ -17,6 +19,7 @@ use musketeers_verify::extract;
 use musketeers_verify::options::Options;
 use musketeers_verify::task::{Mix, Task};
 use std::io::Write;
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
@@ -77,6 +80,43 @@ pub fn render_prompt(
         }],
         true,
     )?)
+}
+
+/// The policy's prompts for `entries`; in `text-collab` mode the team's short answers are
+/// pasted under each question first.
+fn policy_prompts<B: burn::tensor::backend::Backend>(
+    config: &RunConfig,
+    tokenizer: &TextTokenizer,
+    text_experts: &[TextExpert<B>],
+    entries: &[Entry],
+    device: &B::Device,
+) -> Result<Vec<String>, TrainError> {
+    if text_experts.is_empty() {
+        return entries
+            .iter()
+            .map(|e| render_prompt(tokenizer, config, &e.question))
+            .collect();
+    }
+    let templated: Vec<String> = entries
+        .iter()
+        .map(|e| config.policy.prompt_template.replace("{question}", &e.question))
+        .collect();
+    let answers = text_experts
+        .iter()
+        .map(|x| x.suggest(&templated, config.policy.chat, config.collab.max_new_tokens, device))
+        .collect::<Result<Vec<_>, _>>()?;
+    entries
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            let notes: Vec<(&str, &str)> = text_experts
+                .iter()
+                .zip(&answers)
+                .map(|(x, a)| (x.member.name.as_str(), a[i].as_str()))
+                .collect();
+            render_prompt(tokenizer, config, &with_suggestions(&e.question, &notes))
+        })
+        .collect()
 }
 
 fn load<B: burn::tensor::backend::Backend>(
@@ -163,12 +203,16 @@ fn truncate_log(path: &Path, step: u64) -> Result<(), TrainError> {
 pub struct RunOutcome {
     pub dir: PathBuf,
     pub steps: u64,
+    /// Stopped early by `progress` (checkpointed, not evaluated).
+    pub stopped: bool,
     /// The held-out evaluation (also in `eval.json`), when `eval.problems > 0`.
     pub eval: Option<EvalReport>,
 }
 
 /// Run `config` for `steps` (default: the config's), calling `progress` after every step,
-/// then evaluate on held-out problems (`eval.json`) and write `report.md`.
+/// then evaluate on held-out problems (`eval.json`) and write `report.md`. `progress`
+/// returning `Break` stops the run after that step: it is checkpointed (so `resume`
+/// continues it), reported, and not evaluated.
 /// With `resume`, a checkpoint in `out_dir` is loaded and the run continues from it exactly
 /// (same adapters, interface, optimizer state and sampling seeds).
 pub fn run<B: AutodiffBackend>(
@@ -177,7 +221,7 @@ pub fn run<B: AutodiffBackend>(
     steps: Option<u64>,
     resume: bool,
     device: &B::Device,
-    progress: &mut dyn FnMut(&StepReport),
+    progress: &mut dyn FnMut(&StepReport) -> ControlFlow<()>,
 ) -> Result<RunOutcome, TrainError> {
     config.validate()?;
     std::fs::create_dir_all(out_dir).map_err(io(out_dir))?;
@@ -202,38 +246,62 @@ pub fn run<B: AutodiffBackend>(
         None => policy.model.with_lora(&config.policy.lora, g.seed)?,
     };
     let inner_device = model.embed_tokens.weight.val().inner().device();
-    let (team, interface) = match config.mode {
-        Mode::Single => (Vec::new(), None),
-        Mode::Fused => {
-            let mut team = Vec::new();
-            for member in &config.team {
-                let mut expert = load::<B::InnerBackend>(&member.model, &inner_device)?;
-                team.push(TeamMember {
+    let load_team = || -> Result<Vec<(TeamMember<B::InnerBackend>, Vec<u32>)>, TrainError> {
+        let mut team = Vec::new();
+        for member in &config.team {
+            let mut expert = load::<B::InnerBackend>(&member.model, &inner_device)?;
+            team.push((
+                TeamMember {
                     name: member.name.clone(),
                     tokenizer: take_tokenizer(&mut expert.tokenizer, &member.model)?,
                     model: expert.model,
                     layer: member.layer,
                     readout: member.readout,
-                });
-            }
-            let i = &config.interface;
-            // The interface's random initial values follow the run's seed.
-            B::seed(device, g.seed);
-            let interface = LatentInterfaceConfig {
-                expert_dims: team
-                    .iter()
-                    .map(|m| m.model.embed_tokens.weight.dims()[1])
-                    .collect(),
-                policy_dim: policy_width,
-                latent_dim: i.latent_dim,
-                num_latents: i.num_latents,
-                num_heads: i.num_heads,
-                self_attention_blocks: i.self_attention_blocks,
-                ffn_multiplier: i.ffn_multiplier,
-            }
-            .init::<B>(device)?;
-            (team, Some(interface))
+                },
+                expert.eos_token_ids,
+            ));
         }
+        Ok(team)
+    };
+    let (team, text_experts) = match config.mode {
+        Mode::Single => (Vec::new(), Vec::new()),
+        Mode::Fused | Mode::HardRoute => (
+            load_team()?.into_iter().map(|(m, _)| m).collect(),
+            Vec::new(),
+        ),
+        Mode::TextCollab => (
+            Vec::new(),
+            load_team()?
+                .into_iter()
+                .map(|(member, eos_token_ids)| TextExpert {
+                    member,
+                    eos_token_ids,
+                })
+                .collect(),
+        ),
+    };
+    let (interface, router) = if team.is_empty() {
+        (None, None)
+    } else {
+        let i = &config.interface;
+        // The interface's random initial values follow the run's seed.
+        B::seed(device, g.seed);
+        let interface = LatentInterfaceConfig {
+            expert_dims: team
+                .iter()
+                .map(|m| m.model.embed_tokens.weight.dims()[1])
+                .collect(),
+            policy_dim: policy_width,
+            latent_dim: i.latent_dim,
+            num_latents: i.num_latents,
+            num_heads: i.num_heads,
+            self_attention_blocks: i.self_attention_blocks,
+            ffn_multiplier: i.ffn_multiplier,
+        }
+        .init::<B>(device)?;
+        let router = (config.mode == Mode::HardRoute)
+            .then(|| Router::new(policy_width, team.len(), device));
+        (Some(interface), router)
     };
     let settings = StepSettings {
         num_generations: g.num_generations,
@@ -257,6 +325,9 @@ pub fn run<B: AutodiffBackend>(
         seed: g.seed,
     };
     let mut trainer = Trainer::new(model, tokenizer, interface, team, settings)?;
+    if let Some(router) = router {
+        trainer = trainer.with_router(router);
+    }
     let first = match resume_from {
         Some(step) => {
             trainer.load_state(&checkpoint, step)?;
@@ -276,6 +347,9 @@ pub fn run<B: AutodiffBackend>(
         }
     };
     let tasks = mix(config)?;
+    let prompts_for = |tokenizer: &TextTokenizer, entries: &[Entry]| {
+        policy_prompts(config, tokenizer, &text_experts, entries, &inner_device)
+    };
     let metrics_path = out_dir.join("metrics.jsonl");
     let samples_path = out_dir.join("samples.jsonl");
     let open = |p: &Path| {
@@ -287,15 +361,13 @@ pub fn run<B: AutodiffBackend>(
     };
     let (mut metrics, mut samples) = (open(&metrics_path)?, open(&samples_path)?);
     let steps = steps.unwrap_or(g.steps);
+    let mut stopped = false;
     for step in first..steps {
         let entries = (0..g.prompts_per_step as u64)
             .map(|i| tasks.entry(g.seed, step * g.prompts_per_step as u64 + i))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| TrainError::BadInput(e.to_string()))?;
-        let prompts = entries
-            .iter()
-            .map(|e| render_prompt(&trainer.tokenizer, config, &e.question))
-            .collect::<Result<Vec<_>, _>>()?;
+        let prompts = prompts_for(&trainer.tokenizer, &entries)?;
         let reward =
             |i: usize, text: &str| score(&tasks, config.answer_extraction, text, &entries[i]);
         let report = trainer.train_step(&prompts, &reward)?;
@@ -305,18 +377,25 @@ pub fn run<B: AutodiffBackend>(
             object.remove("samples");
         }
         writeln!(metrics, "{line}").map_err(io(&metrics_path))?;
-        for (i, (completion, reward)) in report.samples.iter().enumerate() {
-            let sample = serde_json::json!({"step": report.step, "question": entries[i].question,
-                "answer": entries[i].answer, "completion": completion, "reward": reward});
-            writeln!(samples, "{sample}").map_err(io(&samples_path))?;
+        for (i, sample) in report.samples.iter().enumerate() {
+            let line = serde_json::json!({"step": report.step, "question": entries[i].question,
+                "answer": entries[i].answer, "completion": sample.completion,
+                "reward": sample.reward, "advantage": sample.advantage});
+            writeln!(samples, "{line}").map_err(io(&samples_path))?;
         }
-        progress(&report);
-        if (step + 1) % g.save_steps.max(1) == 0 || step + 1 == steps {
+        let flow = progress(&report);
+        if (step + 1) % g.save_steps.max(1) == 0 || step + 1 == steps || flow.is_break() {
             save_checkpoint(&trainer, config, &checkpoint)?;
         }
+        if flow.is_break() {
+            stopped = true;
+            break;
+        }
     }
-    let eval = if config.eval.problems > 0 {
-        let report = crate::eval::evaluate(&trainer, config, &tasks)?;
+    let eval = if config.eval.problems > 0 && !stopped {
+        let report = crate::eval::evaluate(&trainer, config, &tasks, &|entries| {
+            prompts_for(&trainer.tokenizer, entries)
+        })?;
         let path = out_dir.join("eval.json");
         let text = serde_json::to_string_pretty(&report)
             .map_err(|e| TrainError::BadInput(format!("eval: {e}")))?;
@@ -329,6 +408,7 @@ pub fn run<B: AutodiffBackend>(
     Ok(RunOutcome {
         dir: out_dir.to_path_buf(),
         steps: trainer.step,
+        stopped,
         eval,
     })
 }

@@ -8,13 +8,17 @@ use std::path::{Path, PathBuf};
 
 use crate::train::{ExpertReadout, TrainError};
 
-/// `fused` is the paper's system; `single` trains the policy alone with the same GRPO.
+/// `fused` is the paper's system; `single` trains the policy alone with the same GRPO;
+/// `hard-route` lets a router pick one expert per prompt; `text-collab` pastes the experts'
+/// short text answers into the policy's prompt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Mode {
     #[default]
     Fused,
     Single,
+    HardRoute,
+    TextCollab,
 }
 
 /// How a completion's answer is found before the task scores it.
@@ -46,6 +50,8 @@ pub struct RunConfig {
     pub tasks: Vec<TaskConfig>,
     #[serde(default)]
     pub eval: EvalConfig,
+    #[serde(default)]
+    pub collab: CollabConfig,
     /// Where the run writes (default `runs/<config file stem>`).
     #[serde(default)]
     pub out_dir: Option<PathBuf>,
@@ -160,6 +166,20 @@ impl Default for GrpoConfig {
     }
 }
 
+/// `text-collab` settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CollabConfig {
+    /// Longest answer an expert writes (greedy).
+    pub max_new_tokens: usize,
+}
+
+impl Default for CollabConfig {
+    fn default() -> Self {
+        Self { max_new_tokens: 16 }
+    }
+}
+
 /// Greedy evaluation after training on problems the run never trained on.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -212,8 +232,8 @@ impl RunConfig {
 
     pub fn validate(&self) -> Result<(), TrainError> {
         let bad = |m: &str| Err(TrainError::BadInput(m.into()));
-        if self.mode == Mode::Fused && self.team.is_empty() {
-            return bad("mode \"fused\" needs at least one [[team]] member");
+        if self.mode != Mode::Single && self.team.is_empty() {
+            return bad("modes fused, hard-route and text-collab need at least one [[team]] member");
         }
         if self.tasks.is_empty() {
             return bad("at least one [[tasks]] entry is needed");

@@ -24,6 +24,11 @@ use std::path::Path;
 use std::time::Instant;
 
 use crate::policy::PrefixedPolicy;
+use crate::route::{Router, choose, routed_inputs, sentence_embeddings};
+
+fn host_f32<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
+    t.into_data().convert::<f32>().to_vec::<f32>().unwrap_or_default()
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
@@ -135,8 +140,16 @@ pub struct StepReport {
     pub sampled_tokens: usize,
     pub sample_seconds: f64,
     pub step_seconds: f64,
-    /// The first completion of each prompt with its reward, for the run log.
-    pub samples: Vec<(String, f32)>,
+    /// The first completion of each prompt, for the run log.
+    pub samples: Vec<Sample>,
+}
+
+/// A logged completion with its reward and group advantage.
+#[derive(Debug, Clone, Serialize)]
+pub struct Sample {
+    pub completion: String,
+    pub reward: f32,
+    pub advantage: f32,
 }
 
 type Adam<M, B> = OptimizerAdaptor<AdamW, M, B>;
@@ -164,9 +177,12 @@ pub struct Trainer<B: AutodiffBackend> {
     pub team: Vec<TeamMember<B::InnerBackend>>,
     pub settings: StepSettings,
     pub step: u64,
+    /// `hard-route` mode: picks one expert per prompt (see [`crate::route`]).
+    pub router: Option<Router<B>>,
     adam: AdamWConfig,
     policy_optim: Adam<Llama<B>, B>,
     interface_optim: Adam<LatentInterface<B>, B>,
+    router_optim: Adam<Router<B>, B>,
 }
 
 impl<B: AutodiffBackend> Trainer<B> {
@@ -196,11 +212,19 @@ impl<B: AutodiffBackend> Trainer<B> {
             interface,
             team,
             step: 0,
+            router: None,
             policy_optim: adam.init(),
             interface_optim: adam.init(),
+            router_optim: adam.init(),
             adam,
             settings,
         })
+    }
+
+    /// Route each prompt to one expert (`hard-route`) instead of fusing them all.
+    pub fn with_router(mut self, router: Router<B>) -> Self {
+        self.router = Some(router);
+        self
     }
 
     /// Save what `load_state` needs to continue exactly: both optimizers' state and the
@@ -221,6 +245,14 @@ impl<B: AutodiffBackend> Trainer<B> {
         if let Some(interface) = &self.interface {
             recorder
                 .record(interface.clone().into_record(), dir.join("interface"))
+                .map_err(fail)?;
+        }
+        if let Some(router) = &self.router {
+            recorder
+                .record(router.clone().into_record(), dir.join("router"))
+                .map_err(fail)?;
+            recorder
+                .record(self.router_optim.to_record(), dir.join("router_optimizer"))
                 .map_err(fail)?;
         }
         Ok(())
@@ -247,6 +279,15 @@ impl<B: AutodiffBackend> Trainer<B> {
                 .map_err(fail)?;
             self.interface = Some(interface.load_record(record));
         }
+        if let Some(router) = self.router.take() {
+            let record = recorder.load(dir.join("router"), &device).map_err(fail)?;
+            self.router = Some(router.load_record(record));
+            let record = recorder
+                .load(dir.join("router_optimizer"), &device)
+                .map_err(fail)?;
+            let optim = std::mem::replace(&mut self.router_optim, self.adam.init());
+            self.router_optim = optim.load_record(record);
+        }
         self.step = step;
         Ok(())
     }
@@ -261,11 +302,23 @@ impl<B: AutodiffBackend> Trainer<B> {
             return Ok(None);
         };
         let device = self.policy.embed_tokens.weight.val().inner().device();
-        let inputs = self
-            .team
-            .iter()
-            .map(|m| m.read(prompts, &device))
-            .collect::<Result<Vec<_>, TrainError>>()?;
+        let inputs = match &self.router {
+            Some(router) => {
+                let ids = prompts
+                    .iter()
+                    .map(|t| self.tokenizer.encode(t, true))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let sentences = sentence_embeddings(&self.policy.valid(), &ids, &device);
+                let log_probs = host_f32(router.valid().log_probs(sentences));
+                let choice = choose(&log_probs, self.team.len(), None);
+                routed_inputs(&self.team, prompts, &choice, &device)?
+            }
+            None => self
+                .team
+                .iter()
+                .map(|m| m.read(prompts, &device))
+                .collect::<Result<Vec<_>, TrainError>>()?,
+        };
         Ok(Some(interface.valid().forward(&inputs)?.context))
     }
 
@@ -322,32 +375,55 @@ impl<B: AutodiffBackend> Trainer<B> {
         let s = self.settings.clone();
         let p = prompts.len();
 
-        // The team reads each prompt once; the interface turns that into C (with gradient).
+        let prompt_ids = prompts
+            .iter()
+            .map(|t| self.tokenizer.encode(t, true))
+            .collect::<Result<Vec<_>, _>>()?;
+        let sampler = self.policy.valid();
+
+        // The team reads each prompt once (hard-route: only the routed expert reads it); the
+        // interface turns that into C (with gradient).
+        let mut routing = None;
         let fused = match &self.interface {
             Some(interface) => {
-                let inputs = self
-                    .team
-                    .iter()
-                    .map(|m| {
-                        let read = m.read(prompts, &inner_device)?;
-                        Ok(ExpertInput {
-                            hidden: Tensor::from_inner(read.hidden),
-                            mask: read.mask.map(Tensor::from_inner),
-                        })
+                let inner_inputs = match &self.router {
+                    Some(router) => {
+                        let sentences = Tensor::from_inner(sentence_embeddings(
+                            &sampler,
+                            &prompt_ids,
+                            &inner_device,
+                        ));
+                        let log_probs = router.log_probs(sentences);
+                        let seed = s.seed.wrapping_mul(7_919).wrapping_add(self.step);
+                        let choice = choose(
+                            &host_f32(log_probs.clone().inner()),
+                            self.team.len(),
+                            Some(seed),
+                        );
+                        let inputs = routed_inputs(&self.team, prompts, &choice, &inner_device)?;
+                        routing = Some((log_probs, choice));
+                        inputs
+                    }
+                    None => self
+                        .team
+                        .iter()
+                        .map(|m| m.read(prompts, &inner_device))
+                        .collect::<Result<Vec<_>, TrainError>>()?,
+                };
+                let inputs: Vec<ExpertInput<B>> = inner_inputs
+                    .into_iter()
+                    .map(|read| ExpertInput {
+                        hidden: Tensor::from_inner(read.hidden),
+                        mask: read.mask.map(Tensor::from_inner),
                     })
-                    .collect::<Result<Vec<_>, TrainError>>()?;
+                    .collect();
                 Some(interface.forward(&inputs)?)
             }
             None => None,
         };
 
         // Rollouts from [C ; prompt] on the inner backend, G per prompt.
-        let prompt_ids = prompts
-            .iter()
-            .map(|t| self.tokenizer.encode(t, true))
-            .collect::<Result<Vec<_>, _>>()?;
         let sample_start = Instant::now();
-        let sampler = self.policy.valid();
         let generation = generate_with_prefix(
             &sampler,
             &prompt_ids,
@@ -381,6 +457,11 @@ impl<B: AutodiffBackend> Trainer<B> {
                 .map(|(i, text)| reward(i / s.num_generations, text))
                 .collect()
         };
+        let advantages = musketeers_rl::advantages::group_advantages(
+            &rewards,
+            s.num_generations,
+            s.grpo.scale_rewards,
+        )?;
         let rows: Vec<i64> = (0..p as i64)
             .flat_map(|i| std::iter::repeat_n(i, s.num_generations))
             .collect();
@@ -434,11 +515,45 @@ impl<B: AutodiffBackend> Trainer<B> {
             temperature: f64::from(s.temperature),
         };
         let (loss, _, stats) = grpo_step(&scorer, &rollouts, &s.grpo, &device)?;
-        let mut grads = loss.loss.backward();
+        // The router's REINFORCE term: a prompt's mean reward against the batch mean.
+        let mut router_entropy = None;
+        let total = match &routing {
+            Some((log_probs, choice)) => {
+                let means: Vec<f32> = rewards
+                    .chunks(s.num_generations)
+                    .map(|g| g.iter().sum::<f32>() / g.len() as f32)
+                    .collect();
+                let baseline = means.iter().sum::<f32>() / means.len().max(1) as f32;
+                let advantage: Vec<f32> = means.iter().map(|m| m - baseline).collect();
+                let advantage =
+                    Tensor::<B, 2>::from_data(TensorData::new(advantage, [p, 1]), &device);
+                let picked: Vec<i64> = choice.iter().map(|&c| c as i64).collect();
+                let picked = Tensor::<B, 2, Int>::from_data(TensorData::new(picked, [p, 1]), &device);
+                let chosen = log_probs.clone().gather(1, picked);
+                let probs = log_probs.clone().inner().exp();
+                let entropy = (probs.clone() * log_probs.clone().inner())
+                    .sum_dim(1)
+                    .neg()
+                    .mean()
+                    .into_scalar()
+                    .elem::<f32>();
+                router_entropy = Some(entropy);
+                loss.loss.clone() - (chosen * advantage).mean()
+            }
+            None => loss.loss.clone(),
+        };
+        let mut grads = total.backward();
         let policy_grads = GradientsParams::from_module(&mut grads, &self.policy);
         self.policy = self
             .policy_optim
             .step(s.learning_rate, self.policy.clone(), policy_grads);
+        if let Some(router) = self.router.take() {
+            let router_grads = GradientsParams::from_module(&mut grads, &router);
+            self.router = Some(
+                self.router_optim
+                    .step(s.learning_rate, router, router_grads),
+            );
+        }
         if let Some(interface) = self.interface.take() {
             let interface_grads = GradientsParams::from_module(&mut grads, &interface);
             self.interface = Some(self.interface_optim.step(
@@ -458,7 +573,15 @@ impl<B: AutodiffBackend> Trainer<B> {
                     .convert::<f32>()
                     .to_vec::<f32>()
                     .unwrap_or_default();
-                (util, Some(mean(h)), Some(mean(hn)))
+                match router_entropy {
+                    // Hard routing: each prompt attends to one expert; the entropy worth
+                    // reporting is the router's.
+                    Some(h) => {
+                        let n = self.team.len().max(2) as f32;
+                        (util, Some(h), Some(h / n.ln()))
+                    }
+                    None => (util, Some(mean(h)), Some(mean(hn))),
+                }
             }
             None => (Vec::new(), None, None),
         };
@@ -476,7 +599,11 @@ impl<B: AutodiffBackend> Trainer<B> {
             samples: (0..p)
                 .map(|i| {
                     let r = i * s.num_generations;
-                    (texts[r].clone(), rewards[r])
+                    Sample {
+                        completion: texts[r].clone(),
+                        reward: rewards[r],
+                        advantage: advantages.values.get(r).copied().unwrap_or(f32::NAN),
+                    }
                 })
                 .collect(),
         })

@@ -4,6 +4,7 @@
 use burn::backend::Autodiff;
 use burn_flex::Flex;
 use musketeers::run_config::RunConfig;
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
 type Ad = Autodiff<Flex>;
@@ -28,12 +29,10 @@ fn fixture_with_tokenizer(name: &str, into: &Path) -> PathBuf {
     dir
 }
 
-#[test]
-fn a_run_writes_metrics_samples_and_a_checkpoint() {
-    let temp = tempfile::tempdir().expect("temp");
-    let policy = fixture_with_tokenizer("llama-gqa", temp.path());
-    let expert = fixture_with_tokenizer("qwen3-qk-norm", temp.path());
-    let config: RunConfig = toml::from_str(&format!(
+fn fused_config(temp: &Path) -> RunConfig {
+    let policy = fixture_with_tokenizer("llama-gqa", temp);
+    let expert = fixture_with_tokenizer("qwen3-qk-norm", temp);
+    toml::from_str(&format!(
         r#"
         mode = "fused"
         [policy]
@@ -60,11 +59,18 @@ fn a_run_writes_metrics_samples_and_a_checkpoint() {
         policy.display(),
         expert.display()
     ))
-    .expect("config parses");
+    .expect("config parses")
+}
+
+#[test]
+fn a_run_writes_metrics_samples_and_a_checkpoint() {
+    let temp = tempfile::tempdir().expect("temp");
+    let config = fused_config(temp.path());
     let out = temp.path().join("run");
     let mut seen = Vec::new();
     musketeers::run::run::<Ad>(&config, &out, None, false, &Default::default(), &mut |r| {
-        seen.push(r.step)
+        seen.push(r.step);
+        ControlFlow::Continue(())
     })
     .expect("run");
     assert_eq!(seen, vec![1, 2, 3]);
@@ -86,6 +92,16 @@ fn a_run_writes_metrics_samples_and_a_checkpoint() {
         3 * 2,
         "one sample per prompt per step"
     );
+    let first: serde_json::Value =
+        serde_json::from_str(samples.lines().next().expect("a sample")).expect("json");
+    assert!(first["advantage"].is_number() && first["reward"].is_number());
+    let eval: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("eval.json")).expect("eval"))
+            .expect("json");
+    assert_eq!(eval["step"], 3);
+    assert!(eval["accuracy_without_context"].is_number());
+    let report = std::fs::read_to_string(out.join("report.md")).expect("report");
+    assert!(report.contains("| qwen3 |"), "{report}");
     let reread: RunConfig =
         toml::from_str(&std::fs::read_to_string(out.join("config.toml")).expect("config"))
             .expect("resolved config parses");
@@ -105,6 +121,30 @@ fn a_run_writes_metrics_samples_and_a_checkpoint() {
     .expect("json");
     assert_eq!(state["step"], 3);
     assert!(!out.join("checkpoint.tmp").exists() && !out.join("checkpoint.old").exists());
+}
+
+#[test]
+fn a_stopped_run_is_checkpointed_not_evaluated_and_resumes() {
+    let temp = tempfile::tempdir().expect("temp");
+    let config = fused_config(temp.path());
+    let out = temp.path().join("run");
+    let outcome = musketeers::run::run::<Ad>(&config, &out, None, false, &Default::default(), &mut |r| {
+        if r.step == 1 {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        }
+    })
+    .expect("run");
+    assert!(outcome.stopped && outcome.eval.is_none());
+    assert_eq!(musketeers::run::checkpoint_step(&out), Some(1));
+    assert!(!out.join("eval.json").exists());
+    let outcome = musketeers::run::run::<Ad>(&config, &out, None, true, &Default::default(), &mut |_| {
+        ControlFlow::Continue(())
+    })
+    .expect("resumed");
+    assert_eq!(outcome.steps, 3);
+    assert!(!outcome.stopped && outcome.eval.is_some());
 }
 
 /// The fields of a metrics line that must repeat exactly (not the timings).
@@ -165,7 +205,7 @@ fn a_killed_run_resumes_exactly() {
         None,
         false,
         &Default::default(),
-        &mut |_| {},
+        &mut |_| ControlFlow::Continue(()),
     )
     .expect("run");
     // The same run killed after step 3 (its last checkpoint is step 2), then resumed.
@@ -176,7 +216,7 @@ fn a_killed_run_resumes_exactly() {
         Some(3),
         false,
         &Default::default(),
-        &mut |_| {},
+        &mut |_| ControlFlow::Continue(()),
     )
     .expect("run");
     assert_eq!(
@@ -191,7 +231,7 @@ fn a_killed_run_resumes_exactly() {
         Some(2),
         false,
         &Default::default(),
-        &mut |_| {},
+        &mut |_| ControlFlow::Continue(()),
     )
     .expect("run");
     let mut resumed_steps = Vec::new();
@@ -201,7 +241,10 @@ fn a_killed_run_resumes_exactly() {
         None,
         true,
         &Default::default(),
-        &mut |r| resumed_steps.push(r.step),
+        &mut |r| {
+            resumed_steps.push(r.step);
+            ControlFlow::Continue(())
+        },
     )
     .expect("resume");
     assert_eq!(resumed_steps, vec![3, 4]);

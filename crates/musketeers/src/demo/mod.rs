@@ -14,7 +14,7 @@ pub mod vocab;
 
 use crate::run::RunOutcome;
 use crate::run_config::{
-    AnswerExtraction, EvalConfig, GrpoConfig, InterfaceConfig, MemberConfig, Mode, PolicyConfig,
+    AnswerExtraction, CollabConfig, EvalConfig, GrpoConfig, InterfaceConfig, MemberConfig, Mode, PolicyConfig,
     RunConfig, TaskConfig,
 };
 use crate::sft::{Example, SftSettings};
@@ -32,6 +32,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use vocab::Segmentation;
 
@@ -79,8 +80,13 @@ pub struct DemoSettings {
     pub out_dir: PathBuf,
     pub seeds: Vec<u64>,
     pub tasks: Vec<DemoTask>,
+    /// The systems compared; `single` and `fused` are the table's point, `hard-route` and
+    /// `text-collab` the paper's baselines.
+    pub modes: Vec<Mode>,
     /// Supervised examples per task (experts and the warm start).
     pub corpus_size: usize,
+    /// Supervised steps of the arithmetic expert; the logic expert learns faster and takes
+    /// half as many.
     pub specialist_steps: usize,
     pub warm_start_steps: usize,
     pub hidden_size: usize,
@@ -89,6 +95,8 @@ pub struct DemoSettings {
     pub prompts_per_step: usize,
     pub num_generations: usize,
     pub learning_rate: f64,
+    /// KL weight to the warm-started policy.
+    pub beta: f64,
     pub eval_problems: usize,
 }
 
@@ -98,15 +106,17 @@ impl DemoSettings {
             out_dir,
             seeds: vec![1, 2, 3],
             tasks: TASKS.to_vec(),
+            modes: vec![Mode::Single, Mode::Fused, Mode::HardRoute, Mode::TextCollab],
             corpus_size: 4000,
-            specialist_steps: 600,
+            specialist_steps: 1500,
             warm_start_steps: 150,
             hidden_size: 64,
             num_layers: 2,
-            grpo_steps: 80,
+            grpo_steps: 150,
             prompts_per_step: 8,
             num_generations: 8,
-            learning_rate: 3e-3,
+            learning_rate: 1e-3,
+            beta: 0.04,
             eval_problems: 256,
         }
     }
@@ -142,10 +152,11 @@ pub struct DemoRow {
 #[derive(Debug, Clone, Serialize)]
 pub struct DemoResults {
     pub rows: Vec<DemoRow>,
-    /// Per task: the relevant specialist's share of attention, first and last 10% of
-    /// steps, mean over seeds (fused runs).
+    /// Per "task mode" (fused, hard-route): the relevant specialist's share (of the
+    /// interface's attention; of the routed prompts), first and last 10% of steps, mean over
+    /// seeds.
     pub specialist_utilization: BTreeMap<String, (f64, f64)>,
-    /// Per task, per team member: utilization over the last 10% of steps, mean over seeds.
+    /// Per "task mode", per team member: the share over the last 10% of steps, mean over seeds.
     pub final_utilization: BTreeMap<String, Vec<f64>>,
     pub report: PathBuf,
 }
@@ -327,7 +338,7 @@ fn run_config(
             max_completion_length: 8,
             temperature: 1.0,
             learning_rate: settings.learning_rate,
-            beta: 0.0,
+            beta: settings.beta,
             epsilon: 0.2,
             epsilon_high: Some(0.28),
             loss_type: LossType::Dapo,
@@ -350,27 +361,23 @@ fn run_config(
             problems: settings.eval_problems,
             ..EvalConfig::default()
         },
+        // The specialists answer in a few tokens; the naive expert's noise is cut short.
+        collab: CollabConfig { max_new_tokens: 6 },
         out_dir: None,
     }
 }
 
-/// Build the team and the policy under `out_dir/models`, then train and evaluate every
-/// (task, mode, seed) cell; writes `out_dir/report.md` and `out_dir/results.json`.
-pub fn run_demo<B: AutodiffBackend>(
+/// Train the experts and warm-start the policy into `models`; returns each specialist's
+/// held-out exact-answer rate by task.
+fn build_models<B: AutodiffBackend>(
     settings: &DemoSettings,
+    models: &Path,
     device: &B::Device,
     progress: &mut dyn FnMut(&str),
-) -> Result<DemoResults, TrainError> {
-    let io = |p: &Path| {
-        let p = p.to_path_buf();
-        move |e: std::io::Error| TrainError::BadInput(format!("{}: {e}", p.display()))
-    };
-    let models = settings.out_dir.join("models");
-    std::fs::create_dir_all(&models).map_err(io(&models))?;
-
+) -> Result<BTreeMap<String, (String, f32)>, TrainError> {
     // Supervised corpora; the last tenth of each is held out to check the experts.
-    let corpora: Vec<(DemoTask, Vec<Entry>)> = settings
-        .tasks
+    // The whole team is built whichever tasks the runs train on.
+    let corpora: Vec<(DemoTask, Vec<Entry>)> = TASKS
         .iter()
         .map(|t| Ok((*t, corpus(t, settings.corpus_size)?)))
         .collect::<Result<_, TrainError>>()?;
@@ -392,9 +399,19 @@ pub fn run_demo<B: AutodiffBackend>(
         (v[..cut].to_vec(), held)
     };
     let mut expert_accuracy = BTreeMap::new();
-    for (name, segmentation, task) in [
-        ("arithmetic", Segmentation::Words, ARITHMETIC.label),
-        ("logic", Segmentation::WhitespaceSplit, LOGIC.label),
+    for (name, segmentation, task, steps) in [
+        (
+            "arithmetic",
+            Segmentation::Words,
+            ARITHMETIC.label,
+            settings.specialist_steps,
+        ),
+        (
+            "logic",
+            Segmentation::WhitespaceSplit,
+            LOGIC.label,
+            settings.specialist_steps / 2,
+        ),
     ] {
         let corpus_text = text_of(task);
         let tokenizer = vocab::build(corpus_text.iter().map(String::as_str), segmentation, &[])?;
@@ -410,7 +427,7 @@ pub fn run_demo<B: AutodiffBackend>(
         progress(&format!(
             "training the {name} expert from scratch ({} examples, {} steps)",
             train.len(),
-            settings.specialist_steps
+            steps
         ));
         let exact = make_model::<B>(
             &models.join(name),
@@ -418,7 +435,7 @@ pub fn run_demo<B: AutodiffBackend>(
             &train,
             &held,
             settings,
-            settings.specialist_steps,
+            steps,
             11,
             device,
             progress,
@@ -447,24 +464,42 @@ pub fn run_demo<B: AutodiffBackend>(
     )?;
 
     // The policy learns the format `<answer>X</answer>` with X drawn from the task's answers
-    // at random: the answer space without the answers.
-    let policy_tokenizer = vocab::build(
-        all_text.iter().map(String::as_str),
-        Segmentation::Words,
-        &[vocab::ANSWER_OPEN, vocab::ANSWER_CLOSE],
-    )?;
+    // at random: the answer space without the answers. Half of its prompts carry the notes
+    // `text-collab` pastes in (random answers too), so that prompt shape is not new to it.
     let mut rng = ChaCha8Rng::seed_from_u64(17);
+    let random_answer = |rng: &mut ChaCha8Rng, entries: &[Entry]| {
+        entries[rng.random_range(0..entries.len())]
+            .answer
+            .clone()
+            .unwrap_or_default()
+    };
     let mut pairs = Vec::new();
     for (_, entries) in &corpora {
         for e in entries {
-            let other = &entries[rng.random_range(0..entries.len())];
-            let answer = other.answer.clone().unwrap_or_default();
-            pairs.push((
-                e.question.clone(),
-                format!("{}{answer}{}", vocab::ANSWER_OPEN, vocab::ANSWER_CLOSE),
-            ));
+            let answer = random_answer(&mut rng, entries);
+            let target = format!("{}{answer}{}", vocab::ANSWER_OPEN, vocab::ANSWER_CLOSE);
+            pairs.push((e.question.clone(), target.clone()));
+            let notes: Vec<String> = corpora
+                .iter()
+                .map(|(_, c)| random_answer(&mut rng, c))
+                .chain(std::iter::once("?".to_string()))
+                .collect();
+            let named: Vec<(&str, &str)> = TEAM
+                .iter()
+                .copied()
+                .zip(notes.iter().map(String::as_str))
+                .collect();
+            pairs.push((crate::collab::with_suggestions(&e.question, &named), target));
         }
     }
+    let policy_tokenizer = vocab::build(
+        all_text
+            .iter()
+            .map(String::as_str)
+            .chain(pairs.iter().map(|(p, _)| p.as_str())),
+        Segmentation::Words,
+        &[vocab::ANSWER_OPEN, vocab::ANSWER_CLOSE],
+    )?;
     let warm = examples(&policy_tokenizer, pairs.into_iter())?;
     progress(&format!(
         "warm-starting the policy on the answer format ({} examples, {} steps)",
@@ -483,17 +518,63 @@ pub fn run_demo<B: AutodiffBackend>(
         progress,
     )?;
 
+    Ok(expert_accuracy)
+}
+
+/// Build the team and the policy under `out_dir/models`, then train and evaluate every
+/// (task, mode, seed) cell; writes `out_dir/report.md` and `out_dir/results.json`.
+pub fn run_demo<B: AutodiffBackend>(
+    settings: &DemoSettings,
+    device: &B::Device,
+    progress: &mut dyn FnMut(&str),
+) -> Result<DemoResults, TrainError> {
+    let io = |p: &Path| {
+        let p = p.to_path_buf();
+        move |e: std::io::Error| TrainError::BadInput(format!("{}: {e}", p.display()))
+    };
+    let models = settings.out_dir.join("models");
+    std::fs::create_dir_all(&models).map_err(io(&models))?;
+
+    // The team and the policy depend only on the model settings: rebuilt when those change,
+    // reused otherwise (re-running the GRPO part costs minutes less).
+    let fingerprint = serde_json::json!({
+        "corpus_size": settings.corpus_size,
+        "specialist_steps": settings.specialist_steps,
+        "warm_start_steps": settings.warm_start_steps,
+        "hidden_size": settings.hidden_size,
+        "num_layers": settings.num_layers,
+        "version": 2,
+    });
+    let built = models.join("built.json");
+    let previous = std::fs::read_to_string(&built)
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok());
+    let expert_accuracy: BTreeMap<String, (String, f32)> = match previous {
+        Some(p) if p["settings"] == fingerprint => {
+            progress(&format!("reusing the team and policy in {}", models.display()));
+            serde_json::from_value(p["expert_accuracy"].clone()).unwrap_or_default()
+        }
+        _ => {
+            let accuracy = build_models::<B>(settings, &models, device, progress)?;
+            let record = serde_json::json!({"settings": fingerprint, "expert_accuracy": accuracy});
+            std::fs::write(&built, record.to_string()).map_err(io(&built))?;
+            accuracy
+        }
+    };
+
     // GRPO: every task, both modes, every seed.
     let mut outcomes: Vec<(DemoTask, Mode, u64, RunOutcome)> = Vec::new();
     for task in &settings.tasks {
-        for mode in [Mode::Single, Mode::Fused] {
+        for &mode in &settings.modes {
             for &seed in &settings.seeds {
                 let label = format!("{}-{}-seed{seed}", task.label, mode_name(mode));
                 let config = run_config(settings, &models, task, mode, seed);
                 let dir = settings.out_dir.join("runs").join(&label);
                 let started = std::time::Instant::now();
                 let outcome =
-                    crate::run::run::<B>(&config, &dir, None, false, device, &mut |_| {})?;
+                    crate::run::run::<B>(&config, &dir, None, false, device, &mut |_| {
+                    ControlFlow::Continue(())
+                })?;
                 progress(&format!(
                     "{label}: {} steps in {:.0} s, held-out accuracy {:.3}{}",
                     outcome.steps,
@@ -513,10 +594,21 @@ pub fn run_demo<B: AutodiffBackend>(
     Ok(results)
 }
 
+fn system_name(mode: Mode) -> &'static str {
+    match mode {
+        Mode::Single => "single (policy alone)",
+        Mode::Fused => "fused (n-Musketeers)",
+        Mode::HardRoute => "hard-route (one expert per prompt)",
+        Mode::TextCollab => "text-collab (experts' answers in the prompt)",
+    }
+}
+
 fn mode_name(mode: Mode) -> &'static str {
     match mode {
         Mode::Fused => "fused",
         Mode::Single => "single",
+        Mode::HardRoute => "hard-route",
+        Mode::TextCollab => "text-collab",
     }
 }
 
@@ -543,22 +635,22 @@ fn summarize(
         let acc = |o: &(DemoTask, Mode, u64, RunOutcome)| {
             o.3.eval.as_ref().map_or(f64::NAN, |e| e.accuracy)
         };
-        push(
-            "single (policy alone)",
-            cell(Mode::Single).map(acc).collect(),
-        );
-        push("fused (n-Musketeers)", cell(Mode::Fused).map(acc).collect());
-        push(
-            "fused, C removed at evaluation",
-            cell(Mode::Fused)
-                .map(|o| {
-                    o.3.eval
-                        .as_ref()
-                        .and_then(|e| e.accuracy_without_context)
-                        .unwrap_or(f64::NAN)
-                })
-                .collect(),
-        );
+        for &mode in &settings.modes {
+            push(system_name(mode), cell(mode).map(acc).collect());
+            if mode == Mode::Fused {
+                push(
+                    "fused, C removed at evaluation",
+                    cell(Mode::Fused)
+                        .map(|o| {
+                            o.3.eval
+                                .as_ref()
+                                .and_then(|e| e.accuracy_without_context)
+                                .unwrap_or(f64::NAN)
+                        })
+                        .collect(),
+                );
+            }
+        }
         if let Some((name, exact)) = expert_accuracy.get(task.label) {
             push(
                 &format!("{name} expert alone (supervised, exact answer)"),
@@ -566,37 +658,35 @@ fn summarize(
             );
         }
         let specialist = TEAM.iter().position(|m| *m == task.specialist).unwrap_or(0);
-        let mut firsts = Vec::new();
-        let mut lasts: Vec<Vec<f64>> = Vec::new();
-        for o in cell(Mode::Fused) {
-            let curves = crate::report::read_curves(&o.3.dir.join("metrics.jsonl"))?;
-            let share: Vec<f64> = curves
-                .utilization
-                .iter()
-                .map(|u| u.get(specialist).copied().unwrap_or(f64::NAN))
+        for mode in [Mode::Fused, Mode::HardRoute] {
+            if !settings.modes.contains(&mode) {
+                continue;
+            }
+            let mut firsts = Vec::new();
+            let mut lasts: Vec<Vec<f64>> = Vec::new();
+            for o in cell(mode) {
+                let curves = crate::report::read_curves(&o.3.dir.join("metrics.jsonl"))?;
+                let series = |e: usize| -> Vec<f64> {
+                    curves
+                        .utilization
+                        .iter()
+                        .map(|u| u.get(e).copied().unwrap_or(f64::NAN))
+                        .collect()
+                };
+                firsts.push(crate::report::first_last(&series(specialist), 0.1).0);
+                lasts.push(
+                    (0..TEAM.len())
+                        .map(|e| crate::report::first_last(&series(e), 0.1).1)
+                        .collect(),
+                );
+            }
+            let last_mean: Vec<f64> = (0..TEAM.len())
+                .map(|e| mean_std(&lasts.iter().map(|l| l[e]).collect::<Vec<_>>()).0)
                 .collect();
-            firsts.push(crate::report::first_last(&share, 0.1).0);
-            lasts.push(
-                (0..TEAM.len())
-                    .map(|e| {
-                        let ys: Vec<f64> = curves
-                            .utilization
-                            .iter()
-                            .map(|u| u.get(e).copied().unwrap_or(f64::NAN))
-                            .collect();
-                        crate::report::first_last(&ys, 0.1).1
-                    })
-                    .collect(),
-            );
+            let key = format!("{} {}", task.label, mode_name(mode));
+            specialist_utilization.insert(key.clone(), (mean_std(&firsts).0, last_mean[specialist]));
+            final_utilization.insert(key, last_mean);
         }
-        let last_mean: Vec<f64> = (0..TEAM.len())
-            .map(|e| mean_std(&lasts.iter().map(|l| l[e]).collect::<Vec<_>>()).0)
-            .collect();
-        specialist_utilization.insert(
-            task.label.to_string(),
-            (mean_std(&firsts).0, last_mean[specialist]),
-        );
-        final_utilization.insert(task.label.to_string(), last_mean);
     }
     let report = settings.out_dir.join("report.md");
     let results = DemoResults {
@@ -676,25 +766,20 @@ fn write_demo_report(
             );
         }
     }
-    md.push_str("\n## Does utilization concentrate on the relevant expert?\n\n| task | specialist | share, first 10% of steps | share, last 10% | last 10%, every member |\n|---|---|---|---|---|\n");
-    for task in &settings.tasks {
-        if let (Some((a, b)), Some(all)) = (
-            results.specialist_utilization.get(task.label),
-            results.final_utilization.get(task.label),
-        ) {
-            let all: Vec<String> = TEAM
-                .iter()
-                .zip(all)
-                .map(|(n, u)| format!("{n} {u:.3}"))
-                .collect();
-            let _ = writeln!(
-                md,
-                "| {} | {} | {a:.3} | {b:.3} | {} |",
-                task.label,
-                task.specialist,
-                all.join(", ")
-            );
-        }
+    md.push_str("\n## Does utilization concentrate on the relevant expert?\n\nFused: share of the latent interface's attention; hard-route: share of prompts routed.\n\n| task, mode | specialist | share, first 10% of steps | share, last 10% | last 10%, every member |\n|---|---|---|---|---|\n");
+    for (key, (a, b)) in &results.specialist_utilization {
+        let task = settings.tasks.iter().find(|t| key.starts_with(t.label));
+        let all: Vec<String> = TEAM
+            .iter()
+            .zip(results.final_utilization.get(key).into_iter().flatten())
+            .map(|(n, u)| format!("{n} {u:.3}"))
+            .collect();
+        let _ = writeln!(
+            md,
+            "| {key} | {} | {a:.3} | {b:.3} | {} |",
+            task.map_or("", |t| t.specialist),
+            all.join(", ")
+        );
     }
     md.push_str("\nUniform attention over three experts is 0.333.\n\n## Runs\n\n");
     for (task, mode, seed, o) in outcomes {
