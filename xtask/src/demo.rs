@@ -9,7 +9,10 @@ use anyhow::{Context, Result, bail};
 use std::process::Command;
 
 pub fn run(args: &[String]) -> Result<()> {
-    crate::util::run("cargo", &["build", "--release", "--quiet", "-p", "musketeers"])?;
+    crate::util::run(
+        "cargo",
+        &["build", "--release", "--quiet", "-p", "musketeers"],
+    )?;
     let bin = target_dir().join("release/musketeers");
     let status = Command::new(&bin)
         .arg("demo")

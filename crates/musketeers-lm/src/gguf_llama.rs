@@ -47,30 +47,41 @@ pub fn config(file: &GgufFile) -> Result<LlamaConfig, LmError> {
     let key = |k: &str| format!("{arch}.{k}");
     let hidden = file.require_u64(&key("embedding_length"))? as usize;
     let heads = file.require_u64(&key("attention.head_count"))? as usize;
-    let kv_heads = match file.get(&key("attention.head_count_kv")) {
-        Some(v) => v.as_u64().ok_or_else(|| LmError::BadGguf {
-            path: file.path.clone(),
-            reason: "attention.head_count_kv is not an integer".into(),
-        })? as usize,
-        None => heads,
+    // An optional integer key: absent gives None, present but not an integer is an error
+    // naming it.
+    let optional = |k: &str| -> Result<Option<usize>, LmError> {
+        file.get(k)
+            .map(|v| {
+                v.as_u64()
+                    .map(|n| n as usize)
+                    .ok_or_else(|| LmError::BadGguf {
+                        path: file.path.clone(),
+                        reason: format!("{k} is not an integer"),
+                    })
+            })
+            .transpose()
     };
+    let kv_heads = optional(&key("attention.head_count_kv"))?.unwrap_or(heads);
     if heads == 0 || kv_heads == 0 || !heads.is_multiple_of(kv_heads) {
         return Err(LmError::BadGguf {
             path: file.path.clone(),
             reason: format!("{heads} heads cannot share {kv_heads} key/value heads"),
         });
     }
-    let head_dim = match file.get(&key("attention.key_length")) {
-        Some(v) => v.as_u64().unwrap_or(0) as usize,
-        None => hidden / heads,
-    };
-    let vocab = match file.get(&key("vocab_size")) {
-        Some(v) => v.as_u64().unwrap_or(0) as usize,
+    let head_dim = optional(&key("attention.key_length"))?.unwrap_or(hidden / heads);
+    let vocab = match optional(&key("vocab_size"))? {
+        Some(n) => n,
         None => file
             .get("tokenizer.ggml.tokens")
             .and_then(|t| t.as_array())
             .map_or(0, <[_]>::len),
     };
+    if head_dim == 0 || vocab == 0 {
+        return Err(LmError::BadGguf {
+            path: file.path.clone(),
+            reason: format!("head size {head_dim} and vocabulary {vocab} must be positive"),
+        });
+    }
     let eos = file
         .get("tokenizer.ggml.eos_token_id")
         .and_then(|v| v.as_u64())
@@ -83,10 +94,7 @@ pub fn config(file: &GgufFile) -> Result<LlamaConfig, LmError> {
             sandwich_norms: true,
             // llama.cpp's Gemma 3: five local layers then one global, local base 10000.
             sliding_layers: (0..layers).map(|i| (i + 1) % 6 != 0).collect(),
-            sliding_window: file
-                .get(&key("attention.sliding_window"))
-                .and_then(|v| v.as_u64())
-                .map(|w| w as usize),
+            sliding_window: optional(&key("attention.sliding_window"))?,
             rope_local_theta: Some(10_000.0),
         }
     } else {

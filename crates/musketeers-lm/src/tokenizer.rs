@@ -37,6 +37,20 @@ fn token_string(value: Option<&serde_json::Value>) -> Option<String> {
     }
 }
 
+/// The text of a word-level `tokenizer.json` over `n` ids where id `i` is the word `w{i}`
+/// (unknown words map to `w0`): a tokenizer for models with random weights, in tests and
+/// shape checks.
+pub fn numbered_words_json(n: usize) -> String {
+    let vocab: serde_json::Map<String, serde_json::Value> =
+        (0..n).map(|i| (format!("w{i}"), i.into())).collect();
+    serde_json::json!({
+        "version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
+        "normalizer": null, "pre_tokenizer": {"type": "Whitespace"}, "post_processor": null,
+        "decoder": null, "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "w0"}
+    })
+    .to_string()
+}
+
 impl TextTokenizer {
     /// Load `tokenizer.json` (and `tokenizer_config.json` when present) and check that every
     /// token id fits the model's vocabulary.

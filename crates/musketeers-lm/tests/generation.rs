@@ -192,15 +192,8 @@ fn eos_stops_a_row_and_bad_input_is_an_error() {
 
 /// A word-level tokenizer over the fixtures' 96 ids: id `i` is the word `w{i}`.
 fn word_tokenizer(dir: &std::path::Path) {
-    let vocab: serde_json::Map<String, serde_json::Value> =
-        (0..96).map(|i| (format!("w{i}"), i.into())).collect();
-    let tokenizer = serde_json::json!({
-        "version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
-        "normalizer": null, "pre_tokenizer": {"type": "Whitespace"},
-        "post_processor": null, "decoder": null,
-        "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "w0"}
-    });
-    std::fs::write(dir.join("tokenizer.json"), tokenizer.to_string()).expect("tokenizer");
+    let tokenizer = musketeers_lm::tokenizer::numbered_words_json(96);
+    std::fs::write(dir.join("tokenizer.json"), tokenizer).expect("tokenizer");
     std::fs::write(dir.join("tokenizer_config.json"), r#"{"eos_token": "w9"}"#).expect("config");
 }
 

@@ -9,6 +9,7 @@
 //! - [`rollout`]: the seam between a batch of rollouts and any policy that scores tokens.
 
 pub mod advantages;
+pub mod clip;
 pub mod logprobs;
 pub mod loss;
 pub mod rollout;

@@ -1,7 +1,7 @@
 //! The one place where a compute backend is chosen. Library code is generic over
 //! `B: Backend`; this binary picks Flex (CPU, always compiled), CUDA or wgpu by feature.
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use musketeers_lm::perf::matmul_gflops;
 use std::io::Write;
 
@@ -22,6 +22,43 @@ pub struct DeviceArgs {
     pub size: usize,
 }
 
+/// `autodiff` wraps a backend in `Autodiff`, `plain` leaves it as it is.
+macro_rules! wrapped {
+    (autodiff, $back:ty) => { burn::backend::Autodiff<$back> };
+    (plain, $back:ty) => { $back };
+}
+pub(crate) use wrapped;
+
+/// Evaluate `$body` with `$B` naming the backend of `$kind` (`plain`, or wrapped in
+/// `autodiff`); a backend that is not compiled in is an error naming the feature to build
+/// with.
+macro_rules! on_backend {
+    ($kind:expr, $B:ident = $mode:ident, $body:expr) => {
+        match $kind {
+            $crate::backend::DeviceKind::Cpu => {
+                type $B = $crate::backend::wrapped!($mode, burn::backend::Flex);
+                $body
+            }
+            #[cfg(feature = "cuda")]
+            $crate::backend::DeviceKind::Cuda => {
+                type $B = $crate::backend::wrapped!($mode, burn::backend::Cuda);
+                $body
+            }
+            #[cfg(feature = "wgpu")]
+            $crate::backend::DeviceKind::Wgpu => {
+                type $B = $crate::backend::wrapped!($mode, burn::backend::Wgpu);
+                $body
+            }
+            #[allow(unreachable_patterns)]
+            other => anyhow::bail!(
+                "backend {other:?} is not compiled in; rebuild with `--features {}`",
+                format!("{other:?}").to_lowercase()
+            ),
+        }
+    };
+}
+pub(crate) use on_backend;
+
 pub fn compiled_backends() -> Vec<&'static str> {
     let mut names = vec!["cpu (flex)"];
     if cfg!(feature = "cuda") {
@@ -36,18 +73,11 @@ pub fn compiled_backends() -> Vec<&'static str> {
 pub fn run(args: &DeviceArgs) -> Result<()> {
     let mut out = std::io::stdout().lock();
     writeln!(out, "compiled backends: {}", compiled_backends().join(", "))?;
-    let gflops = match args.device {
-        DeviceKind::Cpu => matmul_gflops::<burn::backend::Flex>(args.size, &Default::default()),
-        #[cfg(feature = "cuda")]
-        DeviceKind::Cuda => matmul_gflops::<burn::backend::Cuda>(args.size, &Default::default()),
-        #[cfg(feature = "wgpu")]
-        DeviceKind::Wgpu => matmul_gflops::<burn::backend::Wgpu>(args.size, &Default::default()),
-        #[allow(unreachable_patterns)]
-        other => bail!(
-            "backend {other:?} is not compiled in; rebuild with `--features {}`",
-            format!("{other:?}").to_lowercase()
-        ),
-    };
+    let gflops = on_backend!(
+        args.device,
+        B = plain,
+        matmul_gflops::<B>(args.size, &Default::default())
+    );
     writeln!(
         out,
         "{:?}: f32 matmul {n}^3 at {gflops:.1} GFLOP/s",

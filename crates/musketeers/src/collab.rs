@@ -67,7 +67,11 @@ impl<B: Backend> TextExpert<B> {
 
 /// The first non-empty line, trimmed and capped.
 fn tidy(text: &str) -> String {
-    let line = text.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or("");
+    let line = text
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or("");
     line.chars().take(MAX_SUGGESTION_CHARS).collect()
 }
 
@@ -90,6 +94,9 @@ mod tests {
         assert_eq!(tidy(&"x".repeat(1000)).len(), MAX_SUGGESTION_CHARS);
         assert_eq!(tidy(""), "");
         let prompt = with_suggestions("2 + 2 =", &[("a", "4"), ("b", "5")]);
-        assert_eq!(prompt, "2 + 2 =\n\nAnswers from other models:\n- a: 4\n- b: 5");
+        assert_eq!(
+            prompt,
+            "2 + 2 =\n\nAnswers from other models:\n- a: 4\n- b: 5"
+        );
     }
 }

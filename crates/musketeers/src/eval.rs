@@ -9,6 +9,9 @@ use musketeers_verify::task::{Mix, Task};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashSet};
 
+/// How a run turns problems into the policy's prompts (template, chat, text-collab notes).
+pub type PromptsFor<'a> = dyn Fn(&[Entry]) -> Result<Vec<String>, TrainError> + 'a;
+
 /// What `eval.json` holds.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EvalReport {
@@ -80,7 +83,7 @@ pub fn evaluate<B: AutodiffBackend>(
     trainer: &Trainer<B>,
     config: &RunConfig,
     tasks: &Mix,
-    prompts_for: &dyn Fn(&[Entry]) -> Result<Vec<String>, TrainError>,
+    prompts_for: &PromptsFor<'_>,
 ) -> Result<EvalReport, TrainError> {
     let (entries, skipped_seen) = held_out(tasks, config, trainer.step, config.eval.problems)?;
     let prompts = prompts_for(&entries)?;

@@ -5,11 +5,11 @@ use anyhow::{Context, Result, bail};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 use clap::{Args, Subcommand};
+use musketeers_lm::Pretrained;
 use musketeers_lm::generate::{GenerationConfig, StopStrings, generate_until};
 use musketeers_lm::pretrained::load_tokenizer;
 use musketeers_lm::sampling::SamplingConfig;
 use musketeers_lm::tokenizer::{ChatMessage, TextTokenizer};
-use musketeers_lm::{Llama, LlamaConfig, Pretrained, weights};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -95,32 +95,22 @@ pub fn run(command: LmCommand) -> Result<()> {
         | LmCommand::Generate { model, .. } => model.device,
         LmCommand::Convert { .. } => DeviceKind::Cpu,
     };
-    match device {
-        DeviceKind::Cpu => run_on::<burn::backend::Flex>(command, &Default::default()),
-        #[cfg(feature = "cuda")]
-        DeviceKind::Cuda => run_on::<burn::backend::Cuda>(command, &Default::default()),
-        #[cfg(feature = "wgpu")]
-        DeviceKind::Wgpu => run_on::<burn::backend::Wgpu>(command, &Default::default()),
-        #[allow(unreachable_patterns)]
-        other => bail!(
-            "backend {other:?} is not compiled in; rebuild with `--features {}`",
-            format!("{other:?}").to_lowercase()
-        ),
-    }
+    crate::backend::on_backend!(device, B = plain, run_on::<B>(command, &Default::default()))
 }
 
-fn load<B: Backend>(dir: &Path, device: &B::Device) -> Result<(LlamaConfig, Llama<B>)> {
+/// Load a model directory or `.gguf` file, saying on stderr how long it took (stdout stays
+/// machine-readable).
+fn load<B: Backend>(path: &Path, device: &B::Device) -> Result<Pretrained<B>> {
     let start = Instant::now();
-    let loaded = weights::load::<B>(dir, device)
-        .with_context(|| format!("loading model {}", dir.display()))?;
-    // Progress goes to stderr so stdout stays machine-readable.
+    let pretrained = Pretrained::<B>::load(path, device)
+        .with_context(|| format!("loading model {}", path.display()))?;
     writeln!(
         std::io::stderr(),
         "loaded {} in {:.2}s",
-        dir.display(),
+        path.display(),
         start.elapsed().as_secs_f64()
     )?;
-    Ok(loaded)
+    Ok(pretrained)
 }
 
 fn resolve_model(spec: &str) -> Result<PathBuf, String> {
@@ -136,8 +126,7 @@ fn run_on<B: Backend>(command: LmCommand, device: &B::Device) -> Result<()> {
     match command {
         LmCommand::Convert { from, to } => {
             let start = Instant::now();
-            let pretrained = Pretrained::<B>::load(&from, device)
-                .with_context(|| format!("loading model {}", from.display()))?;
+            let pretrained = load::<B>(&from, device)?;
             musketeers_lm::export::save_pretrained(&pretrained, &to)
                 .with_context(|| format!("writing {}", to.display()))?;
             writeln!(
@@ -158,10 +147,17 @@ fn run_on<B: Backend>(command: LmCommand, device: &B::Device) -> Result<()> {
             prompt,
             dump,
         } => {
-            let (config, llama) = load::<B>(&model.model, device)?;
+            let Pretrained {
+                config,
+                model: llama,
+                tokenizer: tok,
+                ..
+            } = load::<B>(&model.model, device)?;
             let ids = match (token_ids, prompt) {
                 (Some(ids), _) => ids,
-                (None, Some(text)) => tokenizer(&model.model)?.encode(&text, true)?,
+                (None, Some(text)) => tok
+                    .with_context(|| format!("{} has no tokenizer", model.model.display()))?
+                    .encode(&text, true)?,
                 (None, None) => bail!("give --token-ids or --prompt"),
             };
             if let Some(bad) = ids.iter().find(|&&id| id as usize >= config.vocab_size) {
@@ -221,15 +217,7 @@ fn run_on<B: Backend>(command: LmCommand, device: &B::Device) -> Result<()> {
             num_return_sequences,
             stop,
         } => {
-            let start = Instant::now();
-            let pretrained = Pretrained::<B>::load(&model.model, device)
-                .with_context(|| format!("loading model {}", model.model.display()))?;
-            writeln!(
-                std::io::stderr(),
-                "loaded {} in {:.2}s",
-                model.model.display(),
-                start.elapsed().as_secs_f64()
-            )?;
+            let pretrained = load::<B>(&model.model, device)?;
             let tok = pretrained.tokenizer()?;
             let text = if chat {
                 tok.apply_chat_template(

@@ -45,6 +45,9 @@ enum Command {
         /// Continue from the run directory's last checkpoint, exactly.
         #[arg(long)]
         resume: bool,
+        /// Compute backend (cuda and wgpu need the cargo feature of that name).
+        #[arg(long, value_enum, default_value_t = backend::DeviceKind::Cpu)]
+        device: backend::DeviceKind,
     },
     /// The offline demo: train a tiny expert team and policy from scratch, then fused vs
     /// single GRPO on arithmetic and logic over several seeds; prints the table.
@@ -85,6 +88,9 @@ struct DemoArgs {
     /// Override the KL weight to the warm-started policy.
     #[arg(long)]
     beta: Option<f64>,
+    /// Compute backend (cuda and wgpu need the cargo feature of that name).
+    #[arg(long, value_enum, default_value_t = backend::DeviceKind::Cpu)]
+    device: backend::DeviceKind,
 }
 
 #[derive(Subcommand, Debug)]
@@ -127,7 +133,8 @@ fn main() -> Result<()> {
             steps,
             out,
             resume,
-        } => train(&config, steps, out, resume),
+            device,
+        } => train(&config, steps, out, resume, device),
         Command::Demo(args) => demo(&args),
         Command::Report { run } => {
             musketeers::report::write_run_report(&run)?;
@@ -142,9 +149,9 @@ fn train(
     steps: Option<u64>,
     out: Option<PathBuf>,
     resume: bool,
+    device: backend::DeviceKind,
 ) -> Result<()> {
     use musketeers::run_config::RunConfig;
-    type Ad = burn::backend::Autodiff<burn::backend::Flex>;
     let config = RunConfig::from_file(path)?;
     let out = out
         .or_else(|| config.out_dir.clone())
@@ -192,14 +199,18 @@ fn train(
             std::ops::ControlFlow::Continue(())
         }
     };
-    let outcome = musketeers::run::run::<Ad>(
-        &config,
-        &out,
-        steps,
-        resume,
-        &Default::default(),
-        &mut progress,
-    )?;
+    let outcome = backend::on_backend!(
+        device,
+        B = autodiff,
+        musketeers::run::run::<B>(
+            &config,
+            &out,
+            steps,
+            resume,
+            &Default::default(),
+            &mut progress,
+        )?
+    );
     let mut stdout = std::io::stdout();
     if outcome.stopped {
         writeln!(
@@ -230,7 +241,6 @@ fn train(
 
 fn demo(args: &DemoArgs) -> Result<()> {
     use musketeers::demo::{DemoSettings, run_demo, table};
-    type Ad = burn::backend::Autodiff<burn::backend::Flex>;
     let mut settings = if args.quick {
         DemoSettings::quick(args.out.clone())
     } else {
@@ -277,9 +287,14 @@ fn demo(args: &DemoArgs) -> Result<()> {
     }
     let started = std::time::Instant::now();
     let mut err = std::io::stderr();
-    let results = run_demo::<Ad>(&settings, &Default::default(), &mut |line| {
+    let mut log = |line: &str| {
         let _ = writeln!(err, "[{:>5.0}s] {line}", started.elapsed().as_secs_f64());
-    })?;
+    };
+    let results = backend::on_backend!(
+        args.device,
+        B = autodiff,
+        run_demo::<B>(&settings, &Default::default(), &mut log)?
+    );
     let mut out = std::io::stdout().lock();
     writeln!(out, "\n{}", table(&results))?;
     for (run, (first, last)) in &results.specialist_utilization {

@@ -269,7 +269,10 @@ mod tests {
         assert!(md.contains("| expert 0 | 0.530 | 0.890 |"), "{md}");
         for svg in ["reward.svg", "utilization.svg", "routing_entropy.svg"] {
             let text = std::fs::read_to_string(dir.path().join(svg)).expect(svg);
-            assert!(text.starts_with("<svg") && text.contains("<polyline"), "{svg}");
+            assert!(
+                text.starts_with("<svg") && text.contains("<polyline"),
+                "{svg}"
+            );
         }
     }
 
@@ -277,8 +280,11 @@ mod tests {
     fn a_bad_metrics_line_is_an_error_naming_it() {
         let dir = tempfile::tempdir().expect("temp");
         let path = dir.path().join("metrics.jsonl");
-        std::fs::write(&path, format!("{}\n{{not json\n", line(1, 0.0, [1.0, 0.0], 0.0)))
-            .expect("write");
+        std::fs::write(
+            &path,
+            format!("{}\n{{not json\n", line(1, 0.0, [1.0, 0.0], 0.0)),
+        )
+        .expect("write");
         let err = read_curves(&path).expect_err("bad line").to_string();
         assert!(err.contains("metrics.jsonl:2"), "{err}");
     }

@@ -23,11 +23,9 @@ pub struct Router<B: Backend> {
 impl<B: Backend> Router<B> {
     /// Zero weights: every expert equally likely at the start.
     pub fn new(policy_dim: usize, experts: usize, device: &B::Device) -> Self {
-        let mut scores = LinearConfig::new(policy_dim, experts).init(device);
-        scores.weight = scores.weight.map(|w| w.zeros_like());
-        if let Some(bias) = scores.bias.take() {
-            scores.bias = Some(bias.map(|b| b.zeros_like()));
-        }
+        let scores = LinearConfig::new(policy_dim, experts)
+            .with_initializer(burn::nn::Initializer::Zeros)
+            .init(device);
         Self { scores }
     }
 
@@ -77,13 +75,14 @@ pub fn choose(log_probs: &[f32], experts: usize, sample: Option<u64>) -> Vec<usi
                 }
                 row.len() - 1
             }
-            None => row
-                .iter()
-                .enumerate()
-                .fold((0, f32::NEG_INFINITY), |best, (i, &v)| {
-                    if v > best.1 { (i, v) } else { best }
-                })
-                .0,
+            None => {
+                row.iter()
+                    .enumerate()
+                    .fold((0, f32::NEG_INFINITY), |best, (i, &v)| {
+                        if v > best.1 { (i, v) } else { best }
+                    })
+                    .0
+            }
         })
         .collect()
 }
@@ -138,6 +137,23 @@ pub fn routed_inputs<B: Backend>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_fresh_router_is_uniform_and_trainable() {
+        use burn::backend::Autodiff;
+        use burn::optim::GradientsParams;
+        type Ad = Autodiff<burn_flex::Flex>;
+        let device = Default::default();
+        let router = Router::<Ad>::new(4, 3, &device);
+        let x = Tensor::<Ad, 2>::from_floats([[1.0, 0.5, -1.0, 2.0]], &device);
+        let lp = router.log_probs(x);
+        let values = lp.clone().into_data().to_vec::<f32>().expect("f32");
+        for v in values {
+            assert!((v - (1.0f32 / 3.0).ln()).abs() < 1e-6);
+        }
+        let grads = GradientsParams::from_grads(lp.slice([0..1, 1..2]).sum().backward(), &router);
+        assert_eq!(grads.len(), 2, "weight and bias get gradients");
+    }
 
     #[test]
     fn argmax_and_seeded_sampling_pick_valid_experts() {

@@ -99,11 +99,23 @@ fn policy_prompts<B: burn::tensor::backend::Backend>(
     }
     let templated: Vec<String> = entries
         .iter()
-        .map(|e| config.policy.prompt_template.replace("{question}", &e.question))
+        .map(|e| {
+            config
+                .policy
+                .prompt_template
+                .replace("{question}", &e.question)
+        })
         .collect();
     let answers = text_experts
         .iter()
-        .map(|x| x.suggest(&templated, config.policy.chat, config.collab.max_new_tokens, device))
+        .map(|x| {
+            x.suggest(
+                &templated,
+                config.policy.chat,
+                config.collab.max_new_tokens,
+                device,
+            )
+        })
         .collect::<Result<Vec<_>, _>>()?;
     entries
         .iter()
@@ -246,39 +258,30 @@ pub fn run<B: AutodiffBackend>(
         None => policy.model.with_lora(&config.policy.lora, g.seed)?,
     };
     let inner_device = model.embed_tokens.weight.val().inner().device();
-    let load_team = || -> Result<Vec<(TeamMember<B::InnerBackend>, Vec<u32>)>, TrainError> {
+    let load_team = || -> Result<Vec<TextExpert<B::InnerBackend>>, TrainError> {
         let mut team = Vec::new();
         for member in &config.team {
             let mut expert = load::<B::InnerBackend>(&member.model, &inner_device)?;
-            team.push((
-                TeamMember {
+            team.push(TextExpert {
+                member: TeamMember {
                     name: member.name.clone(),
                     tokenizer: take_tokenizer(&mut expert.tokenizer, &member.model)?,
                     model: expert.model,
                     layer: member.layer,
                     readout: member.readout,
                 },
-                expert.eos_token_ids,
-            ));
+                eos_token_ids: expert.eos_token_ids,
+            });
         }
         Ok(team)
     };
     let (team, text_experts) = match config.mode {
         Mode::Single => (Vec::new(), Vec::new()),
         Mode::Fused | Mode::HardRoute => (
-            load_team()?.into_iter().map(|(m, _)| m).collect(),
+            load_team()?.into_iter().map(|x| x.member).collect(),
             Vec::new(),
         ),
-        Mode::TextCollab => (
-            Vec::new(),
-            load_team()?
-                .into_iter()
-                .map(|(member, eos_token_ids)| TextExpert {
-                    member,
-                    eos_token_ids,
-                })
-                .collect(),
-        ),
+        Mode::TextCollab => (Vec::new(), load_team()?),
     };
     let (interface, router) = if team.is_empty() {
         (None, None)
@@ -299,8 +302,8 @@ pub fn run<B: AutodiffBackend>(
             ffn_multiplier: i.ffn_multiplier,
         }
         .init::<B>(device)?;
-        let router = (config.mode == Mode::HardRoute)
-            .then(|| Router::new(policy_width, team.len(), device));
+        let router =
+            (config.mode == Mode::HardRoute).then(|| Router::new(policy_width, team.len(), device));
         (Some(interface), router)
     };
     let settings = StepSettings {
@@ -378,7 +381,8 @@ pub fn run<B: AutodiffBackend>(
         }
         writeln!(metrics, "{line}").map_err(io(&metrics_path))?;
         for (i, sample) in report.samples.iter().enumerate() {
-            let line = serde_json::json!({"step": report.step, "question": entries[i].question,
+            let line = serde_json::json!({"step": report.step, "prompt": prompts[i],
+                "question": entries[i].question,
                 "answer": entries[i].answer, "completion": sample.completion,
                 "reward": sample.reward, "advantage": sample.advantage});
             writeln!(samples, "{line}").map_err(io(&samples_path))?;

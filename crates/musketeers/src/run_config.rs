@@ -233,7 +233,9 @@ impl RunConfig {
     pub fn validate(&self) -> Result<(), TrainError> {
         let bad = |m: &str| Err(TrainError::BadInput(m.into()));
         if self.mode != Mode::Single && self.team.is_empty() {
-            return bad("modes fused, hard-route and text-collab need at least one [[team]] member");
+            return bad(
+                "modes fused, hard-route and text-collab need at least one [[team]] member",
+            );
         }
         if self.tasks.is_empty() {
             return bad("at least one [[tasks]] entry is needed");

@@ -17,6 +17,7 @@ use musketeers_lm::generate::{GenerationConfig, generate_with_prefix};
 use musketeers_lm::pooling::{Pooling, pool};
 use musketeers_lm::sampling::SamplingConfig;
 use musketeers_lm::tokenizer::TextTokenizer;
+use musketeers_rl::clip::{clip_factor, scale_grads, squared_grad_norm};
 use musketeers_rl::rollout::{RolloutStats, StepConfig, grpo_step};
 use musketeers_rl::{GrpoMetrics, Rollouts};
 use serde::{Deserialize, Serialize};
@@ -27,7 +28,10 @@ use crate::policy::PrefixedPolicy;
 use crate::route::{Router, choose, routed_inputs, sentence_embeddings};
 
 fn host_f32<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
-    t.into_data().convert::<f32>().to_vec::<f32>().unwrap_or_default()
+    t.into_data()
+        .convert::<f32>()
+        .to_vec::<f32>()
+        .unwrap_or_default()
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -120,7 +124,8 @@ pub struct StepSettings {
     pub max_completion_length: usize,
     pub temperature: f32,
     pub learning_rate: f64,
-    /// Gradient norm clip per trained module (LoRA, interface).
+    /// Clip of the global gradient norm over every trained parameter (LoRA, interface,
+    /// router), as TRL's `max_grad_norm`.
     pub max_grad_norm: f32,
     pub grpo: StepConfig,
     pub seed: u64,
@@ -137,6 +142,8 @@ pub struct StepReport {
     /// Batch-mean routing entropy, natural log and normalised by ln n.
     pub routing_entropy: Option<f32>,
     pub routing_entropy_normalized: Option<f32>,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f64,
     pub sampled_tokens: usize,
     pub sample_seconds: f64,
     pub step_seconds: f64,
@@ -145,7 +152,7 @@ pub struct StepReport {
 }
 
 /// A logged completion with its reward and group advantage.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Sample {
     pub completion: String,
     pub reward: f32,
@@ -153,6 +160,9 @@ pub struct Sample {
 }
 
 type Adam<M, B> = OptimizerAdaptor<AdamW, M, B>;
+
+/// `hard-route`'s router learning rate over the policy's.
+pub const ROUTER_LR_SCALE: f64 = 10.0;
 
 impl<B: AutodiffBackend> std::fmt::Debug for Trainer<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -200,12 +210,8 @@ impl<B: AutodiffBackend> Trainer<B> {
                 interface.as_ref().map_or(0, |i| i.num_experts())
             )));
         }
-        let clip = Some(burn::grad_clipping::GradientClippingConfig::Norm(
-            settings.max_grad_norm,
-        ));
-        let adam = AdamWConfig::new()
-            .with_weight_decay(0.0)
-            .with_grad_clipping(clip);
+        // Clipping is by the global norm, in `train_step`, not Burn's per-tensor clipping.
+        let adam = AdamWConfig::new().with_weight_decay(0.0);
         Ok(Self {
             policy,
             tokenizer,
@@ -528,7 +534,8 @@ impl<B: AutodiffBackend> Trainer<B> {
                 let advantage =
                     Tensor::<B, 2>::from_data(TensorData::new(advantage, [p, 1]), &device);
                 let picked: Vec<i64> = choice.iter().map(|&c| c as i64).collect();
-                let picked = Tensor::<B, 2, Int>::from_data(TensorData::new(picked, [p, 1]), &device);
+                let picked =
+                    Tensor::<B, 2, Int>::from_data(TensorData::new(picked, [p, 1]), &device);
                 let chosen = log_probs.clone().gather(1, picked);
                 let probs = log_probs.clone().inner().exp();
                 let entropy = (probs.clone() * log_probs.clone().inner())
@@ -543,24 +550,47 @@ impl<B: AutodiffBackend> Trainer<B> {
             None => loss.loss.clone(),
         };
         let mut grads = total.backward();
-        let policy_grads = GradientsParams::from_module(&mut grads, &self.policy);
+        let mut policy_grads = GradientsParams::from_module(&mut grads, &self.policy);
+        let mut interface_grads = self
+            .interface
+            .as_ref()
+            .map(|m| GradientsParams::from_module(&mut grads, m));
+        let mut router_grads = self
+            .router
+            .as_ref()
+            .map(|m| GradientsParams::from_module(&mut grads, m));
+        let mut squared = squared_grad_norm(&self.policy, &policy_grads);
+        if let (Some(m), Some(g)) = (&self.interface, &interface_grads) {
+            squared += squared_grad_norm(m, g);
+        }
+        if let (Some(m), Some(g)) = (&self.router, &router_grads) {
+            squared += squared_grad_norm(m, g);
+        }
+        let grad_norm = squared.sqrt();
+        let factor = clip_factor(grad_norm, f64::from(s.max_grad_norm));
+        if factor < 1.0 {
+            scale_grads(&self.policy, &mut policy_grads, factor);
+            if let (Some(m), Some(g)) = (&self.interface, interface_grads.as_mut()) {
+                scale_grads(m, g, factor);
+            }
+            if let (Some(m), Some(g)) = (&self.router, router_grads.as_mut()) {
+                scale_grads(m, g, factor);
+            }
+        }
         self.policy = self
             .policy_optim
             .step(s.learning_rate, self.policy.clone(), policy_grads);
-        if let Some(router) = self.router.take() {
-            let router_grads = GradientsParams::from_module(&mut grads, &router);
-            self.router = Some(
-                self.router_optim
-                    .step(s.learning_rate, router, router_grads),
-            );
-        }
-        if let Some(interface) = self.interface.take() {
-            let interface_grads = GradientsParams::from_module(&mut grads, &interface);
-            self.interface = Some(self.interface_optim.step(
-                s.learning_rate,
-                interface,
-                interface_grads,
+        if let (Some(router), Some(g)) = (self.router.take(), router_grads) {
+            // The router is a bandit over a few experts with a noisy reward; it moves
+            // ROUTER_LR_SCALE times faster than the policy so routing settles within a run.
+            self.router = Some(self.router_optim.step(
+                s.learning_rate * ROUTER_LR_SCALE,
+                router,
+                g,
             ));
+        }
+        if let (Some(interface), Some(g)) = (self.interface.take(), interface_grads) {
+            self.interface = Some(self.interface_optim.step(s.learning_rate, interface, g));
         }
 
         let (utilization, entropy, normalized) = match &fused {
@@ -593,6 +623,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             utilization,
             routing_entropy: entropy,
             routing_entropy_normalized: normalized,
+            grad_norm,
             sampled_tokens: generation.decode_tokens,
             sample_seconds,
             step_seconds: started.elapsed().as_secs_f64(),

@@ -25,9 +25,7 @@ fn the_quick_demo_trains_evaluates_and_reports_every_cell() {
     );
     for row in &results.rows {
         assert!(
-            row.accuracies
-                .iter()
-                .all(|a| (0.0..=1.0).contains(a)),
+            row.accuracies.iter().all(|a| (0.0..=1.0).contains(a)),
             "{row:?}"
         );
         assert!(row.mean.is_finite() && row.std >= 0.0, "{row:?}");
@@ -44,7 +42,13 @@ fn the_quick_demo_trains_evaluates_and_reports_every_cell() {
                 .path()
                 .join("runs")
                 .join(format!("{}-{mode}-seed1", task.label));
-            for file in ["config.toml", "metrics.jsonl", "eval.json", "report.md", "reward.svg"] {
+            for file in [
+                "config.toml",
+                "metrics.jsonl",
+                "eval.json",
+                "report.md",
+                "reward.svg",
+            ] {
                 assert!(dir.join(file).exists(), "{} lacks {file}", dir.display());
             }
             let eval: serde_json::Value = serde_json::from_str(
@@ -65,7 +69,10 @@ fn the_quick_demo_trains_evaluates_and_reports_every_cell() {
         assert!(fused.join("utilization.svg").exists());
     }
     let report = std::fs::read_to_string(&results.report).expect("report");
-    assert!(report.contains("| arithmetic | fused (n-Musketeers) |"), "{report}");
+    assert!(
+        report.contains("| arithmetic | fused (n-Musketeers) |"),
+        "{report}"
+    );
     assert!(report.contains("Does utilization concentrate"), "{report}");
 
     // A second demo with the same model settings reuses the team instead of retraining it.
@@ -79,6 +86,12 @@ fn the_quick_demo_trains_evaluates_and_reports_every_cell() {
         again.push(l.to_string())
     })
     .expect("second demo");
-    assert!(again.iter().any(|l| l.contains("reusing the team")), "{again:?}");
-    assert!(log.iter().any(|l| l.contains("training the arithmetic expert")));
+    assert!(
+        again.iter().any(|l| l.contains("reusing the team")),
+        "{again:?}"
+    );
+    assert!(
+        log.iter()
+            .any(|l| l.contains("training the arithmetic expert"))
+    );
 }

@@ -12,7 +12,9 @@ fn configs() -> PathBuf {
 fn shipped_configs_parse_with_defaults() {
     let team = RunConfig::from_file(&configs().join("smollm2-team.toml")).expect("team config");
     assert_eq!(team.mode, Mode::Fused);
-    assert_eq!(team.team.len(), 2);
+    assert_eq!(team.team.len(), 3);
+    assert_eq!(team.team[2].model, "runs/demo/models/arithmetic");
+    assert_eq!(team.eval.problems, 64);
     assert_eq!(team.policy.lora.rank, 8);
     assert_eq!(team.grpo.num_generations, 8);
     assert_eq!(team.interface.latent_dim, 512, "default");
@@ -23,6 +25,30 @@ fn shipped_configs_parse_with_defaults() {
     let single =
         RunConfig::from_file(&configs().join("smollm2-single.toml")).expect("single config");
     assert_eq!(single.mode, Mode::Single);
+}
+
+#[test]
+fn every_mode_parses_and_needs_a_team_except_single() {
+    let base = "[policy]\nmodel = \"x\"\n[[tasks]]\nname = \"chain_sum\"\n";
+    let member = "[[team]]\nname = \"a\"\nmodel = \"y\"\n";
+    for (name, mode) in [
+        ("fused", Mode::Fused),
+        ("hard-route", Mode::HardRoute),
+        ("text-collab", Mode::TextCollab),
+    ] {
+        let config: RunConfig =
+            toml::from_str(&format!("mode = \"{name}\"\n{base}{member}")).expect("parses");
+        assert_eq!(config.mode, mode);
+        config.validate().expect("valid with a team");
+        let alone: RunConfig =
+            toml::from_str(&format!("mode = \"{name}\"\n{base}")).expect("parses");
+        let err = alone.validate().expect_err("no team").to_string();
+        assert!(err.contains("[[team]]"), "{err}");
+    }
+    let err = toml::from_str::<RunConfig>(&format!("mode = \"soft-route\"\n{base}"))
+        .expect_err("unknown mode")
+        .to_string();
+    assert!(err.contains("soft-route"), "{err}");
 }
 
 #[test]

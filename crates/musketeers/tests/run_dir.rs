@@ -18,14 +18,8 @@ fn fixture_with_tokenizer(name: &str, into: &Path) -> PathBuf {
     for file in ["config.json", "model.safetensors"] {
         std::fs::copy(src.join(file), dir.join(file)).expect("copy");
     }
-    let vocab: serde_json::Map<String, serde_json::Value> =
-        (0..96).map(|i| (format!("w{i}"), i.into())).collect();
-    let tokenizer = serde_json::json!({
-        "version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
-        "normalizer": null, "pre_tokenizer": {"type": "Whitespace"}, "post_processor": null,
-        "decoder": null, "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "w0"}
-    });
-    std::fs::write(dir.join("tokenizer.json"), tokenizer.to_string()).expect("tokenizer");
+    let tokenizer = musketeers_lm::tokenizer::numbered_words_json(96);
+    std::fs::write(dir.join("tokenizer.json"), tokenizer).expect("tokenizer");
     dir
 }
 
@@ -128,21 +122,23 @@ fn a_stopped_run_is_checkpointed_not_evaluated_and_resumes() {
     let temp = tempfile::tempdir().expect("temp");
     let config = fused_config(temp.path());
     let out = temp.path().join("run");
-    let outcome = musketeers::run::run::<Ad>(&config, &out, None, false, &Default::default(), &mut |r| {
-        if r.step == 1 {
-            ControlFlow::Break(())
-        } else {
-            ControlFlow::Continue(())
-        }
-    })
-    .expect("run");
+    let outcome =
+        musketeers::run::run::<Ad>(&config, &out, None, false, &Default::default(), &mut |r| {
+            if r.step == 1 {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        })
+        .expect("run");
     assert!(outcome.stopped && outcome.eval.is_none());
     assert_eq!(musketeers::run::checkpoint_step(&out), Some(1));
     assert!(!out.join("eval.json").exists());
-    let outcome = musketeers::run::run::<Ad>(&config, &out, None, true, &Default::default(), &mut |_| {
-        ControlFlow::Continue(())
-    })
-    .expect("resumed");
+    let outcome =
+        musketeers::run::run::<Ad>(&config, &out, None, true, &Default::default(), &mut |_| {
+            ControlFlow::Continue(())
+        })
+        .expect("resumed");
     assert_eq!(outcome.steps, 3);
     assert!(!outcome.stopped && outcome.eval.is_some());
 }

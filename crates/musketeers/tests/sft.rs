@@ -58,8 +58,10 @@ fn a_tiny_model_learns_a_mapping_from_scratch() {
     let model = tiny(20).init::<Ad>(&device);
     assert!(exact_match(&model, &examples) < 0.5);
     let mut losses = Vec::new();
-    let model = train(model, &examples, &settings(150), &mut |s| losses.push(s.loss))
-        .expect("trains");
+    let model = train(model, &examples, &settings(150), &mut |s| {
+        losses.push(s.loss)
+    })
+    .expect("trains");
     assert_eq!(losses.len(), 150);
     assert!(
         losses[149] < losses[0] * 0.1,

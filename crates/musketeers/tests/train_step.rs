@@ -23,14 +23,8 @@ fn fixture(name: &str) -> PathBuf {
 
 /// Word-level tokenizer over the fixtures' 96 ids: id i is "w{i}".
 fn tokenizer(dir: &Path) -> TextTokenizer {
-    let vocab: serde_json::Map<String, serde_json::Value> =
-        (0..96).map(|i| (format!("w{i}"), i.into())).collect();
-    let json = serde_json::json!({
-        "version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
-        "normalizer": null, "pre_tokenizer": {"type": "Whitespace"}, "post_processor": null,
-        "decoder": null, "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "w0"}
-    });
-    std::fs::write(dir.join("tokenizer.json"), json.to_string()).expect("write");
+    let json = musketeers_lm::tokenizer::numbered_words_json(96);
+    std::fs::write(dir.join("tokenizer.json"), json).expect("write");
     TextTokenizer::load(dir, 96).expect("tokenizer")
 }
 

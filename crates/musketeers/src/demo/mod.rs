@@ -14,8 +14,8 @@ pub mod vocab;
 
 use crate::run::RunOutcome;
 use crate::run_config::{
-    AnswerExtraction, CollabConfig, EvalConfig, GrpoConfig, InterfaceConfig, MemberConfig, Mode, PolicyConfig,
-    RunConfig, TaskConfig,
+    AnswerExtraction, CollabConfig, EvalConfig, GrpoConfig, InterfaceConfig, MemberConfig, Mode,
+    PolicyConfig, RunConfig, TaskConfig,
 };
 use crate::sft::{Example, SftSettings};
 use crate::train::{ExpertReadout, TrainError};
@@ -69,6 +69,10 @@ pub const TASKS: [DemoTask; 2] = [ARITHMETIC, LOGIC];
 
 /// The team's member names, in interface order.
 pub const TEAM: [&str; 3] = ["arithmetic", "logic", "naive"];
+
+/// `text-collab`: the specialists answer in a few tokens; the naive expert's noise is cut
+/// short.
+const COLLAB_TOKENS: usize = 6;
 
 /// The data seeds: supervised corpora and the runs' evaluation problems are disjoint streams.
 const CORPUS_SEED: u64 = 0xC0_4905;
@@ -361,8 +365,9 @@ fn run_config(
             problems: settings.eval_problems,
             ..EvalConfig::default()
         },
-        // The specialists answer in a few tokens; the naive expert's noise is cut short.
-        collab: CollabConfig { max_new_tokens: 6 },
+        collab: CollabConfig {
+            max_new_tokens: COLLAB_TOKENS,
+        },
         out_dir: None,
     }
 }
@@ -465,32 +470,60 @@ fn build_models<B: AutodiffBackend>(
 
     // The policy learns the format `<answer>X</answer>` with X drawn from the task's answers
     // at random: the answer space without the answers. Half of its prompts carry the notes
-    // `text-collab` pastes in (random answers too), so that prompt shape is not new to it.
+    // `text-collab` pastes in: the experts' real answers, but to another question of the
+    // task, so that the prompt shape (the naive expert's noise included) is familiar while
+    // the notes tell nothing.
+    let inner_device = burn::tensor::Tensor::<B, 1>::zeros([1], device)
+        .inner()
+        .device();
+    let questions: Vec<String> = corpora
+        .iter()
+        .flat_map(|(_, entries)| entries.iter().map(|e| e.question.clone()))
+        .collect();
+    let mut notes_by_expert = Vec::new();
+    for name in TEAM {
+        let mut expert = Pretrained::<B::InnerBackend>::load(&models.join(name), &inner_device)?;
+        let tokenizer = expert
+            .tokenizer
+            .take()
+            .ok_or_else(|| TrainError::BadInput(format!("demo expert {name} has no tokenizer")))?;
+        let text_expert = crate::collab::TextExpert {
+            member: crate::train::TeamMember {
+                name: name.to_string(),
+                model: expert.model,
+                tokenizer,
+                layer: -1,
+                readout: ExpertReadout::Last,
+            },
+            eos_token_ids: expert.eos_token_ids,
+        };
+        let mut notes = Vec::with_capacity(questions.len());
+        for chunk in questions.chunks(256) {
+            notes.extend(text_expert.suggest(chunk, false, COLLAB_TOKENS, &inner_device)?);
+        }
+        notes_by_expert.push(notes);
+    }
     let mut rng = ChaCha8Rng::seed_from_u64(17);
-    let random_answer = |rng: &mut ChaCha8Rng, entries: &[Entry]| {
-        entries[rng.random_range(0..entries.len())]
-            .answer
-            .clone()
-            .unwrap_or_default()
-    };
     let mut pairs = Vec::new();
+    let mut offset = 0;
     for (_, entries) in &corpora {
+        let n = entries.len();
         for e in entries {
-            let answer = random_answer(&mut rng, entries);
+            let answer = entries[rng.random_range(0..n)]
+                .answer
+                .clone()
+                .unwrap_or_default();
             let target = format!("{}{answer}{}", vocab::ANSWER_OPEN, vocab::ANSWER_CLOSE);
             pairs.push((e.question.clone(), target.clone()));
-            let notes: Vec<String> = corpora
-                .iter()
-                .map(|(_, c)| random_answer(&mut rng, c))
-                .chain(std::iter::once("?".to_string()))
-                .collect();
+            let other = offset + rng.random_range(0..n);
             let named: Vec<(&str, &str)> = TEAM
                 .iter()
-                .copied()
-                .zip(notes.iter().map(String::as_str))
+                .zip(&notes_by_expert)
+                .map(|(name, notes)| (*name, notes[other].as_str()))
                 .collect();
             pairs.push((crate::collab::with_suggestions(&e.question, &named), target));
         }
+        offset += n;
     }
     let policy_tokenizer = vocab::build(
         all_text
@@ -543,7 +576,7 @@ pub fn run_demo<B: AutodiffBackend>(
         "warm_start_steps": settings.warm_start_steps,
         "hidden_size": settings.hidden_size,
         "num_layers": settings.num_layers,
-        "version": 2,
+        "version": 3,
     });
     let built = models.join("built.json");
     let previous = std::fs::read_to_string(&built)
@@ -551,7 +584,10 @@ pub fn run_demo<B: AutodiffBackend>(
         .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok());
     let expert_accuracy: BTreeMap<String, (String, f32)> = match previous {
         Some(p) if p["settings"] == fingerprint => {
-            progress(&format!("reusing the team and policy in {}", models.display()));
+            progress(&format!(
+                "reusing the team and policy in {}",
+                models.display()
+            ));
             serde_json::from_value(p["expert_accuracy"].clone()).unwrap_or_default()
         }
         _ => {
@@ -573,8 +609,8 @@ pub fn run_demo<B: AutodiffBackend>(
                 let started = std::time::Instant::now();
                 let outcome =
                     crate::run::run::<B>(&config, &dir, None, false, device, &mut |_| {
-                    ControlFlow::Continue(())
-                })?;
+                        ControlFlow::Continue(())
+                    })?;
                 progress(&format!(
                     "{label}: {} steps in {:.0} s, held-out accuracy {:.3}{}",
                     outcome.steps,
@@ -684,7 +720,8 @@ fn summarize(
                 .map(|e| mean_std(&lasts.iter().map(|l| l[e]).collect::<Vec<_>>()).0)
                 .collect();
             let key = format!("{} {}", task.label, mode_name(mode));
-            specialist_utilization.insert(key.clone(), (mean_std(&firsts).0, last_mean[specialist]));
+            specialist_utilization
+                .insert(key.clone(), (mean_std(&firsts).0, last_mean[specialist]));
             final_utilization.insert(key, last_mean);
         }
     }
