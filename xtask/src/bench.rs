@@ -35,7 +35,28 @@ pub enum Bench {
         #[arg(long)]
         model: Option<String>,
     },
+    /// Seconds per GRPO step on SmolLM2-135M-Instruct (4 prompts x 8 generations x 64 new
+    /// tokens, LoRA rank 8, beta 0.04, f32, CPU), beside TRL's GRPOTrainer on the same
+    /// configuration in the same run. Needs `cargo xtask models fetch smollm2-135m`.
+    Grpo {
+        /// Steps per side; the first is reported but left out of the mean (warm-up).
+        #[arg(long, default_value_t = 3)]
+        steps: u64,
+        /// Skip the TRL reference (no virtual environment is created).
+        #[arg(long)]
+        no_python: bool,
+    },
 }
+
+/// One virtual environment for the PyTorch references (transformers, TRL).
+const TORCH_PACKAGES: [&str; 6] = [
+    "torch",
+    "transformers",
+    "safetensors",
+    "gguf",
+    "trl==1.16.0",
+    "peft",
+];
 
 pub fn run(bench: Bench) -> Result<()> {
     match bench {
@@ -46,6 +67,7 @@ pub fn run(bench: Bench) -> Result<()> {
             no_python,
             model,
         } => lm(&batches, new_tokens, no_python, model.as_deref()),
+        Bench::Grpo { steps, no_python } => grpo(steps, no_python),
     }
 }
 
@@ -194,10 +216,7 @@ fn lm(batches: &str, new_tokens: usize, no_python: bool, model: Option<&str>) ->
     let reference: Vec<Value> = if no_python {
         Vec::new()
     } else {
-        let python = venv(
-            "bench-venv-lm",
-            &["torch", "transformers", "safetensors", "gguf"],
-        )?;
+        let python = venv("bench-venv-lm", &TORCH_PACKAGES)?;
         let script = root().join("scripts/bench/transformers_generate.py");
         output(
             &python,
@@ -261,6 +280,171 @@ fn lm(batches: &str, new_tokens: usize, no_python: bool, model: Option<&str>) ->
             show(d),
             show(hd),
             roofline(batch as f64)
+        )?;
+    }
+    Ok(())
+}
+
+/// The run config of the GRPO bench: the issue's step, in `single` mode (the policy's step;
+/// a fused step adds the team's forward passes, which TRL has no counterpart for).
+const GRPO_CONFIG: &str = r#"
+mode = "single"
+answer_extraction = "tag-or-last-number"
+[policy]
+model = "smollm2-135m"
+lora = { rank = 8, alpha = 16.0 }
+[grpo]
+prompts_per_step = 4
+num_generations = 8
+max_completion_length = 64
+temperature = 1.0
+beta = 0.04
+learning_rate = 1e-5
+save_steps = 1000
+[eval]
+problems = 0
+[[tasks]]
+name = "chain_sum"
+options = { min_terms = 2, max_terms = 2, min_digits = 1, max_digits = 1 }
+"#;
+
+fn mean_after_first(xs: &[f64]) -> f64 {
+    let rest = if xs.len() > 1 { &xs[1..] } else { xs };
+    rest.iter().sum::<f64>() / rest.len().max(1) as f64
+}
+
+fn grpo(steps: u64, no_python: bool) -> Result<()> {
+    let model = musketeers_lm::catalog::resolve("smollm2-135m")
+        .context("the GRPO bench runs SmolLM2-135M: `cargo xtask models fetch smollm2-135m`")?;
+    run_cmd(
+        "cargo",
+        &["build", "--release", "--quiet", "-p", "musketeers"],
+    )?;
+    let bin = crate::util::target_dir().join("release/musketeers");
+    let bin = bin.to_string_lossy();
+    let work = root().join("target/bench-grpo");
+    std::fs::create_dir_all(&work)?;
+    let config = work.join("config.toml");
+    std::fs::write(&config, GRPO_CONFIG)?;
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+
+    let ours_dir = work.join("ours");
+    let _ = std::fs::remove_dir_all(&ours_dir);
+    run_cmd(
+        &bin,
+        &[
+            "train",
+            "--config",
+            &config.to_string_lossy(),
+            "--steps",
+            &steps.to_string(),
+            "--out",
+            &ours_dir.to_string_lossy(),
+        ],
+    )?;
+    let metrics = std::fs::read_to_string(ours_dir.join("metrics.jsonl"))?;
+    let lines: Vec<Value> = metrics
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let ours: Vec<f64> = lines
+        .iter()
+        .filter_map(|l| l["step_seconds"].as_f64())
+        .collect();
+    let sampling: Vec<f64> = lines
+        .iter()
+        .filter_map(|l| l["sample_seconds"].as_f64())
+        .collect();
+
+    let trl: Vec<f64> = if no_python {
+        Vec::new()
+    } else {
+        let hf = work.join("smollm2-hf");
+        if !hf.join("model.safetensors").exists() {
+            run_cmd(
+                &bin,
+                &[
+                    "lm",
+                    "convert",
+                    "--from",
+                    &model.to_string_lossy(),
+                    "--to",
+                    &hf.to_string_lossy(),
+                ],
+            )?;
+        }
+        let prompts = work.join("prompts.jsonl");
+        let sample = output(
+            &bin,
+            &[
+                "verify",
+                "sample",
+                "--task",
+                "chain_sum",
+                "--n",
+                "256",
+                "--seed",
+                "0",
+                "--config",
+                "min_terms=2",
+                "--config",
+                "max_terms=2",
+                "--config",
+                "min_digits=1",
+                "--config",
+                "max_digits=1",
+            ],
+            None,
+        )?;
+        std::fs::write(&prompts, sample)?;
+        let python = venv("bench-venv-lm", &TORCH_PACKAGES)?;
+        let script = root().join("scripts/bench/trl_grpo_step.py");
+        output(
+            &python,
+            &[
+                &script.to_string_lossy(),
+                &hf.to_string_lossy(),
+                &prompts.to_string_lossy(),
+                &steps.to_string(),
+                &threads.to_string(),
+            ],
+            None,
+        )?
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter_map(|v| v["seconds"].as_f64())
+        .collect()
+    };
+
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "GRPO step, SmolLM2-135M-Instruct f32, CPU ({threads} threads): 4 prompts x 8 generations x <=64 tokens, LoRA r8, beta 0.04"
+    )?;
+    writeln!(
+        out,
+        "{:>5} {:>12} {:>14} {:>12}",
+        "step", "ours s", "ours sampling", "TRL s"
+    )?;
+    for i in 0..ours.len().max(trl.len()) {
+        let show = |v: Option<&f64>| v.map_or("-".to_string(), |x| format!("{x:.1}"));
+        writeln!(
+            out,
+            "{:>5} {:>12} {:>14} {:>12}",
+            i + 1,
+            show(ours.get(i)),
+            show(sampling.get(i)),
+            show(trl.get(i))
+        )?;
+    }
+    let (a, b) = (mean_after_first(&ours), mean_after_first(&trl));
+    if trl.is_empty() {
+        writeln!(out, "mean after the first step: ours {a:.1} s")?;
+    } else {
+        writeln!(
+            out,
+            "mean after the first step: ours {a:.1} s, TRL {b:.1} s: {:.2}x TRL's speed (goal: 2x)",
+            b / a
         )?;
     }
     Ok(())

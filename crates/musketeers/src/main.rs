@@ -88,6 +88,15 @@ struct DemoArgs {
     /// Override the KL weight to the warm-started policy.
     #[arg(long)]
     beta: Option<f64>,
+    /// What each expert passes on: last, first, mean, all (the readout ablation).
+    #[arg(long)]
+    readout: Option<String>,
+    /// Which hidden state the experts pass on (negative from the end; the layer ablation).
+    #[arg(long, allow_hyphen_values = true)]
+    layer: Option<isize>,
+    /// Build or reuse the team and policy here instead of OUT/models.
+    #[arg(long)]
+    models: Option<PathBuf>,
     /// Compute backend (cuda and wgpu need the cargo feature of that name).
     #[arg(long, value_enum, default_value_t = backend::DeviceKind::Cpu)]
     device: backend::DeviceKind,
@@ -269,6 +278,14 @@ fn demo(args: &DemoArgs) -> Result<()> {
     if let Some(beta) = args.beta {
         settings.beta = beta;
     }
+    if let Some(readout) = &args.readout {
+        settings.readout = serde_json::from_value(serde_json::Value::String(readout.clone()))
+            .with_context(|| format!("--readout: {readout:?} is not last, first, mean or all"))?;
+    }
+    if let Some(layer) = args.layer {
+        settings.expert_layer = layer;
+    }
+    settings.models_dir = args.models.clone();
     if let Some(steps) = args.expert_steps {
         settings.specialist_steps = steps;
     }

@@ -22,6 +22,26 @@ use std::io::Write;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
+/// Held while a run seeds Burn's process-wide generator and draws its initial weights.
+pub(crate) static INIT_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Draw every lazily initialised parameter of `module` now (Burn initialises a parameter at
+/// its first use): under [`INIT_LOCK`], so that the draws follow the seed just set.
+pub(crate) fn materialize<B: burn::tensor::backend::Backend, M: burn::module::Module<B>>(
+    module: &M,
+) {
+    struct Touch;
+    impl<B: burn::tensor::backend::Backend> burn::module::ModuleVisitor<B> for Touch {
+        fn visit_float<const D: usize>(
+            &mut self,
+            param: &burn::module::Param<burn::tensor::Tensor<B, D>>,
+        ) {
+            let _ = param.val();
+        }
+    }
+    module.visit(&mut Touch);
+}
+
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
     move |e| TrainError::BadInput(format!("{}: {e}", path.display()))
 }
@@ -287,7 +307,10 @@ pub fn run<B: AutodiffBackend>(
         (None, None)
     } else {
         let i = &config.interface;
-        // The interface's random initial values follow the run's seed.
+        // The interface's random initial values follow the run's seed. Burn's generator is
+        // global to the process: seeding and drawing happen under one lock, so runs in
+        // parallel threads (tests, sweeps) cannot interleave their draws.
+        let _rng = INIT_LOCK.lock().unwrap_or_else(|e| e.into_inner());
         B::seed(device, g.seed);
         let interface = LatentInterfaceConfig {
             expert_dims: team
@@ -302,6 +325,7 @@ pub fn run<B: AutodiffBackend>(
             ffn_multiplier: i.ffn_multiplier,
         }
         .init::<B>(device)?;
+        materialize(&interface);
         let router =
             (config.mode == Mode::HardRoute).then(|| Router::new(policy_width, team.len(), device));
         (Some(interface), router)

@@ -47,6 +47,8 @@ fn fused_config(temp: &Path) -> RunConfig {
         num_generations = 2
         max_completion_length = 4
         save_steps = 2
+        [eval]
+        problems = 8
         [[tasks]]
         name = "chain_sum"
         "#,
@@ -156,11 +158,23 @@ fn deterministic(line: &serde_json::Value) -> serde_json::Value {
 
 #[test]
 fn a_killed_run_resumes_exactly() {
+    resumes_exactly("fused");
+}
+
+#[test]
+fn a_killed_hard_route_run_resumes_exactly() {
+    // The router and its optimizer state are part of the checkpoint.
+    resumes_exactly("hard-route");
+}
+
+fn resumes_exactly(mode: &str) {
     let temp = tempfile::tempdir().expect("temp");
     let policy = fixture_with_tokenizer("llama-gqa", temp.path());
     let expert = fixture_with_tokenizer("qwen2-bias", temp.path());
+    let other = fixture_with_tokenizer("qwen3-qk-norm", temp.path());
     let config: RunConfig = toml::from_str(&format!(
         r#"
+        mode = "{mode}"
         [policy]
         model = "{}"
         chat = false
@@ -168,10 +182,15 @@ fn a_killed_run_resumes_exactly() {
         [[team]]
         name = "qwen2"
         model = "{}"
+        [[team]]
+        name = "qwen3"
+        model = "{}"
         [interface]
         latent_dim = 16
         num_latents = 2
         num_heads = 2
+        [eval]
+        problems = 4
         [grpo]
         steps = 4
         prompts_per_step = 2
@@ -184,7 +203,8 @@ fn a_killed_run_resumes_exactly() {
         name = "leg_counting"
         "#,
         policy.display(),
-        expert.display()
+        expert.display(),
+        other.display()
     ))
     .expect("config parses");
     let read = |dir: &Path| -> Vec<serde_json::Value> {

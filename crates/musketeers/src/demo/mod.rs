@@ -101,6 +101,12 @@ pub struct DemoSettings {
     pub learning_rate: f64,
     /// KL weight to the warm-started policy.
     pub beta: f64,
+    /// What each expert passes to the interface (the ablation of first / last / mean token).
+    pub readout: ExpertReadout,
+    /// Which hidden state each expert passes on (`hidden_states` index, negative from the end).
+    pub expert_layer: isize,
+    /// Where the team and policy are built or reused (default `out_dir/models`).
+    pub models_dir: Option<PathBuf>,
     pub eval_problems: usize,
 }
 
@@ -119,8 +125,12 @@ impl DemoSettings {
             grpo_steps: 150,
             prompts_per_step: 8,
             num_generations: 8,
-            learning_rate: 1e-3,
+            // 1e-3 collapsed one logic seed of three (fused) to a constant answer; measured.
+            learning_rate: 5e-4,
             beta: 0.04,
+            readout: ExpertReadout::Last,
+            expert_layer: -1,
+            models_dir: None,
             eval_problems: 256,
         }
     }
@@ -257,8 +267,15 @@ fn make_model<B: AutodiffBackend>(
         settings.hidden_size,
         settings.num_layers,
     );
-    B::seed(device, seed);
-    let mut model = config.init::<B>(device);
+    let mut model = {
+        let _rng = crate::run::INIT_LOCK
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        B::seed(device, seed);
+        let model = config.init::<B>(device);
+        crate::run::materialize(&model);
+        model
+    };
     let name = dir
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -324,8 +341,8 @@ fn run_config(
             .map(|name| MemberConfig {
                 name: (*name).into(),
                 model: model(name),
-                layer: -1,
-                readout: ExpertReadout::Last,
+                layer: settings.expert_layer,
+                readout: settings.readout,
             })
             .collect(),
         interface: InterfaceConfig {
@@ -565,7 +582,10 @@ pub fn run_demo<B: AutodiffBackend>(
         let p = p.to_path_buf();
         move |e: std::io::Error| TrainError::BadInput(format!("{}: {e}", p.display()))
     };
-    let models = settings.out_dir.join("models");
+    let models = settings
+        .models_dir
+        .clone()
+        .unwrap_or_else(|| settings.out_dir.join("models"));
     std::fs::create_dir_all(&models).map_err(io(&models))?;
 
     // The team and the policy depend only on the model settings: rebuilt when those change,
@@ -771,12 +791,17 @@ fn write_demo_report(
         md,
         "Team: {} (the naive expert is untrained). Policy: a tiny Llama warm-started on the \
          answer format with random answers. GRPO: {} steps × {} prompts × {} samples, LoRA rank 8, \
-         seeds {:?}. Held-out problems: {} per run, greedy.\n",
+         seeds {:?}, lr {}, beta {}. Experts pass the {:?} token of hidden state {}. Held-out \
+         problems: {} per run, greedy.\n",
         TEAM.join(", "),
         settings.grpo_steps,
         settings.prompts_per_step,
         settings.num_generations,
         settings.seeds,
+        settings.learning_rate,
+        settings.beta,
+        settings.readout,
+        settings.expert_layer,
         settings.eval_problems
     );
     md.push_str(&table(results));

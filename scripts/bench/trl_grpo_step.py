@@ -1,0 +1,74 @@
+"""TRL reference for `cargo xtask bench grpo`: GRPOTrainer steps on SmolLM2-135M-Instruct (a
+Hugging Face directory), f32 on the CPU, eager attention, LoRA on the same projections as ours,
+with the step configuration of the musketeers run it is compared with.
+
+argv: model_dir prompts.jsonl steps threads
+Prints one JSON object per optimizer step: {"step", "seconds"}."""
+import json
+import re
+import sys
+import time
+
+import torch
+from datasets import Dataset
+from peft import LoraConfig
+from transformers import TrainerCallback
+from trl import GRPOConfig, GRPOTrainer
+
+model_dir, prompts_path, steps, threads = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+torch.set_num_threads(threads)
+torch.manual_seed(0)
+
+rows = [json.loads(line) for line in open(prompts_path)]
+template = "{question}\nGive only the final answer, as <answer>...</answer>."
+dataset = Dataset.from_list([
+    {"prompt": [{"role": "user", "content": template.format(question=r["question"])}], "answer": r["answer"]}
+    for r in rows
+])
+
+
+def last_number_or_tag(completions, answer, **_):
+    """1 when the <answer> tag, else the last number, equals the reference: the musketeers run's
+    `tag-or-last-number` rule for integer answers."""
+    rewards = []
+    for completion, want in zip(completions, answer):
+        text = completion[0]["content"] if isinstance(completion, list) else completion
+        tags = re.findall(r"<answer>(.*?)</answer>", text, re.S)
+        found = tags[-1].strip() if tags else (re.findall(r"-?\d+", text) or [None])[-1]
+        rewards.append(1.0 if found == want else 0.0)
+    return rewards
+
+
+class StepTimer(TrainerCallback):
+    def on_step_begin(self, args, state, control, **kwargs):
+        self.start = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        print(json.dumps({"step": state.global_step, "seconds": time.perf_counter() - self.start}), flush=True)
+
+
+config = GRPOConfig(
+    output_dir="/tmp/musketeers-bench-trl",
+    per_device_train_batch_size=32,  # completions per step: 4 prompts x 8 generations
+    gradient_accumulation_steps=1,
+    num_generations=8,
+    max_completion_length=64,
+    temperature=1.0,
+    beta=0.04,
+    learning_rate=1e-5,
+    max_steps=steps,
+    logging_steps=1,
+    save_strategy="no",
+    report_to=[],
+    use_cpu=True,
+    bf16=False,
+    fp16=False,
+    seed=0,
+    dataloader_num_workers=0,
+    model_init_kwargs={"dtype": torch.float32, "attn_implementation": "eager"},
+)
+lora = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0,
+                  target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+trainer = GRPOTrainer(model=model_dir, reward_funcs=[last_number_or_tag], args=config,
+                      train_dataset=dataset, peft_config=lora, callbacks=[StepTimer()])
+trainer.train()
