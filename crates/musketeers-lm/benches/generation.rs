@@ -6,34 +6,13 @@
 
 use burn_flex::Flex;
 use musketeers_lm::LlamaConfig;
-use musketeers_lm::config::Activation;
 use musketeers_lm::generate::{GenerationConfig, generate};
 use musketeers_lm::sampling::SamplingConfig;
 
 type B = Flex;
 
 fn smollm2_135m() -> LlamaConfig {
-    LlamaConfig {
-        vocab_size: 49152,
-        hidden_size: 576,
-        intermediate_size: 1536,
-        num_layers: 30,
-        num_heads: 9,
-        num_kv_heads: 3,
-        head_dim: 64,
-        rms_norm_eps: 1e-5,
-        rope_theta: 100_000.0,
-        rope_scaling: None,
-        tie_word_embeddings: true,
-        qkv_bias: false,
-        o_bias: false,
-        mlp_bias: false,
-        qk_norm: false,
-        eos_token_ids: Vec::new(),
-        activation: Activation::Silu,
-        attention_scale: 0.125,
-        gemma: Default::default(),
-    }
+    LlamaConfig::llama(49152, 576, 1536, 30, 9, 3, 100_000.0)
 }
 
 fn main() {

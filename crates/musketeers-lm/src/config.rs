@@ -135,6 +135,41 @@ pub struct LlamaConfig {
 }
 
 impl LlamaConfig {
+    /// A plain Llama (SiLU, RMSNorm 1e-5, no biases, tied head, `1/sqrt(head_dim)` attention
+    /// scale, no Gemma options): for models built in code rather than read from a file.
+    pub fn llama(
+        vocab_size: usize,
+        hidden_size: usize,
+        intermediate_size: usize,
+        num_layers: usize,
+        num_heads: usize,
+        num_kv_heads: usize,
+        rope_theta: f64,
+    ) -> Self {
+        let head_dim = hidden_size / num_heads;
+        Self {
+            vocab_size,
+            hidden_size,
+            intermediate_size,
+            num_layers,
+            num_heads,
+            num_kv_heads,
+            head_dim,
+            rms_norm_eps: 1e-5,
+            rope_theta,
+            rope_scaling: None,
+            tie_word_embeddings: true,
+            qkv_bias: false,
+            o_bias: false,
+            mlp_bias: false,
+            qk_norm: false,
+            eos_token_ids: Vec::new(),
+            activation: Activation::Silu,
+            attention_scale: 1.0 / (head_dim as f64).sqrt(),
+            gemma: GemmaOptions::default(),
+        }
+    }
+
     /// Read and resolve `config.json`.
     pub fn from_file(path: &Path) -> Result<Self, LmError> {
         let text = std::fs::read_to_string(path).map_err(|source| LmError::Io {

@@ -501,11 +501,7 @@ impl<B: AutodiffBackend> Trainer<B> {
                 temperature: f64::from(s.temperature),
             };
             let (logps, _) = musketeers_rl::TokenScorer::score(&scorer, &rollouts, width)?;
-            let values = logps
-                .into_data()
-                .convert::<f32>()
-                .to_vec::<f32>()
-                .unwrap_or_default();
+            let values = host_f32(logps);
             rollouts.ref_logprobs = Some(
                 rollouts
                     .completion_ids
@@ -598,11 +594,7 @@ impl<B: AutodiffBackend> Trainer<B> {
                 let per_example = expert_utilization(&f.attention, &f.expert_spans).inner();
                 let (h, hn) = routing_entropy(&per_example);
                 let mean = |t: Tensor<B::InnerBackend, 1>| t.mean().into_scalar().elem::<f32>();
-                let util = batch_utilization(&per_example)
-                    .into_data()
-                    .convert::<f32>()
-                    .to_vec::<f32>()
-                    .unwrap_or_default();
+                let util = host_f32(batch_utilization(&per_example));
                 match router_entropy {
                     // Hard routing: each prompt attends to one expert; the entropy worth
                     // reporting is the router's.

@@ -5,31 +5,14 @@ use burn::backend::Autodiff;
 use burn::tensor::backend::Backend;
 use burn_flex::Flex;
 use musketeers::sft::{Example, SftSettings, exact_match, train};
-use musketeers_lm::config::{Activation, GemmaOptions, LlamaConfig};
+use musketeers_lm::config::LlamaConfig;
 
 type Ad = Autodiff<Flex>;
 
 fn tiny(vocab: usize) -> LlamaConfig {
     LlamaConfig {
-        vocab_size: vocab,
-        hidden_size: 32,
-        intermediate_size: 64,
-        num_layers: 1,
-        num_heads: 2,
-        num_kv_heads: 2,
-        head_dim: 16,
-        rms_norm_eps: 1e-5,
-        rope_theta: 10_000.0,
-        rope_scaling: None,
-        tie_word_embeddings: true,
-        qkv_bias: false,
-        o_bias: false,
-        mlp_bias: false,
-        qk_norm: false,
         eos_token_ids: vec![1],
-        activation: Activation::Silu,
-        attention_scale: 0.25,
-        gemma: GemmaOptions::default(),
+        ..LlamaConfig::llama(vocab, 32, 64, 1, 2, 2, 10_000.0)
     }
 }
 

@@ -20,7 +20,7 @@ use crate::run_config::{
 use crate::sft::{Example, SftSettings};
 use crate::train::{ExpertReadout, TrainError};
 use burn::tensor::backend::AutodiffBackend;
-use musketeers_lm::config::{Activation, GemmaOptions, LlamaConfig};
+use musketeers_lm::config::LlamaConfig;
 use musketeers_lm::tokenizer::TextTokenizer;
 use musketeers_lm::{LoraConfig, Pretrained};
 use musketeers_rl::{LossType, ScaleRewards};
@@ -207,27 +207,9 @@ fn corpus(task: &DemoTask, size: usize) -> Result<Vec<Entry>, TrainError> {
 }
 
 fn tiny_config(vocab: usize, hidden: usize, layers: usize) -> LlamaConfig {
-    let heads = 4;
     LlamaConfig {
-        vocab_size: vocab,
-        hidden_size: hidden,
-        intermediate_size: hidden * 3,
-        num_layers: layers,
-        num_heads: heads,
-        num_kv_heads: heads,
-        head_dim: hidden / heads,
-        rms_norm_eps: 1e-5,
-        rope_theta: 10_000.0,
-        rope_scaling: None,
-        tie_word_embeddings: true,
-        qkv_bias: false,
-        o_bias: false,
-        mlp_bias: false,
-        qk_norm: false,
         eos_token_ids: vec![1],
-        activation: Activation::Silu,
-        attention_scale: 1.0 / ((hidden / heads) as f64).sqrt(),
-        gemma: GemmaOptions::default(),
+        ..LlamaConfig::llama(vocab, hidden, hidden * 3, layers, 4, 4, 10_000.0)
     }
 }
 
