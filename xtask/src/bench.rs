@@ -340,6 +340,9 @@ fn grpo(steps: u64, no_python: bool) -> Result<()> {
             &steps.to_string(),
             "--out",
             &ours_dir.to_string_lossy(),
+            // The dashboard's render thread polls without sleeping: keep it off the timing.
+            "--progress",
+            "plain",
         ],
     )?;
     let metrics = std::fs::read_to_string(ours_dir.join("metrics.jsonl"))?;

@@ -1,6 +1,7 @@
 //! The `musketeers` command line.
 
 mod backend;
+mod live;
 mod lm;
 
 use anyhow::{Context, Result, bail};
@@ -48,6 +49,9 @@ enum Command {
         /// Compute backend (cuda and wgpu need the cargo feature of that name).
         #[arg(long, value_enum, default_value_t = backend::DeviceKind::Cpu)]
         device: backend::DeviceKind,
+        /// Live progress: burn-train's dashboard on a terminal, plain lines otherwise.
+        #[arg(long, value_enum, default_value_t = live::ProgressDisplay::Auto)]
+        progress: live::ProgressDisplay,
     },
     /// The offline demo: train a tiny expert team and policy from scratch, then fused vs
     /// single GRPO on arithmetic and logic over several seeds; prints the table.
@@ -143,7 +147,8 @@ fn main() -> Result<()> {
             out,
             resume,
             device,
-        } => train(&config, steps, out, resume, device),
+            progress,
+        } => train(&config, steps, out, resume, device, progress),
         Command::Demo(args) => demo(&args),
         Command::Report { run } => {
             musketeers::report::write_run_report(&run)?;
@@ -159,6 +164,7 @@ fn train(
     out: Option<PathBuf>,
     resume: bool,
     device: backend::DeviceKind,
+    display: live::ProgressDisplay,
 ) -> Result<()> {
     use musketeers::run_config::RunConfig;
     let config = RunConfig::from_file(path)?;
@@ -166,48 +172,25 @@ fn train(
         .or_else(|| config.out_dir.clone())
         .unwrap_or_else(|| PathBuf::from("runs").join(path.file_stem().unwrap_or_default()));
     let total = steps.unwrap_or(config.grpo.steps);
-    let started = std::time::Instant::now();
-    let mut err = std::io::stderr();
-    // Ctrl-C asks the run to stop after the step in flight; it is checkpointed, so
-    // `--resume` continues it. A second Ctrl-C exits at once.
-    let interrupted = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let flag = interrupted.clone();
+    // Ctrl-C (or the dashboard's `q`, `s`) asks the run to stop after the step in flight; it
+    // is checkpointed, so `--resume` continues it. A second Ctrl-C exits at once.
+    let interrupter = burn::train::Interrupter::new();
+    let on_ctrl_c = interrupter.clone();
     ctrlc::set_handler(move || {
-        if flag.swap(true, std::sync::atomic::Ordering::SeqCst) {
+        if on_ctrl_c.should_stop() {
             std::process::exit(130);
         }
+        on_ctrl_c.stop(Some("Ctrl-C"));
         let _ = writeln!(
             std::io::stderr(),
             "\nstopping after this step (checkpoint saved; --resume continues); Ctrl-C again quits now"
         );
     })
     .context("installing the Ctrl-C handler")?;
-    let mut steps_here = 0u64;
-    let mut progress = |r: &musketeers::train::StepReport| {
-        steps_here += 1;
-        let elapsed = started.elapsed().as_secs_f64();
-        let eta = elapsed / steps_here as f64 * (total.saturating_sub(r.step)) as f64;
-        let util: Vec<String> = r.utilization.iter().map(|u| format!("{u:.2}")).collect();
-        let _ = writeln!(
-            err,
-            "step {}/{total}  reward {:.3}±{:.3}  loss {:+.4}  kl {}  len {:.1}  util [{}]  {:.0} tok/s  {:.1}s/step  eta {:.0}s",
-            r.step,
-            r.rollouts.reward_mean,
-            r.rollouts.reward_std,
-            r.loss.loss,
-            r.loss.kl.map_or("-".into(), |k| format!("{k:.4}")),
-            r.rollouts.mean_completion_length,
-            util.join(" "),
-            r.sampled_tokens as f64 / r.sample_seconds.max(1e-9),
-            r.step_seconds,
-            eta
-        );
-        if interrupted.load(std::sync::atomic::Ordering::SeqCst) {
-            std::ops::ControlFlow::Break(())
-        } else {
-            std::ops::ControlFlow::Continue(())
-        }
-    };
+    // Modes without a latent interface or router report no utilization; the names go unused.
+    let experts = config.team.iter().map(|m| m.name.clone()).collect();
+    let mut live = live::LiveProgress::new(display, total, experts, interrupter);
+    let mut progress = |r: &musketeers::train::StepReport| live.step(r);
     let outcome = backend::on_backend!(
         device,
         B = autodiff,
@@ -220,6 +203,7 @@ fn train(
             &mut progress,
         )?
     );
+    live.finish();
     let mut stdout = std::io::stdout();
     if outcome.stopped {
         writeln!(

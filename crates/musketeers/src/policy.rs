@@ -4,88 +4,208 @@
 //! freshly sampled tokens equal their sampling log-probabilities.
 
 use burn::tensor::backend::Backend;
-use burn::tensor::{Int, Tensor, TensorData};
+use burn::tensor::{Bool, Int, Tensor, TensorData};
 use musketeers_lm::Llama;
+use musketeers_lm::llama::causal_padding_mask;
 use musketeers_rl::logprobs::token_logprobs;
 use musketeers_rl::{RlError, Rollouts, TokenScorer};
 
 #[derive(Debug)]
 pub struct PrefixedPolicy<'a, B: Backend> {
     pub model: &'a Llama<B>,
-    /// `[completions, K, hidden]`: each completion's context tokens (its prompt's `C`,
-    /// repeated over the group); `None` for a policy without context (`single` mode).
+    /// `[prompts, K, hidden]`: each prompt's context tokens `C`, shared by its group's
+    /// completions; `None` for a policy without context (`single` mode).
     pub context: Option<Tensor<B, 3>>,
     /// The sampling temperature: scores are under `softmax(logits / temperature)`.
     pub temperature: f64,
 }
 
+/// The rows of a batch with their shared prefixes: group `g` holds rows
+/// `g * size .. (g + 1) * size`, all with `prompts[g]`.
+struct Groups<'r> {
+    prompts: Vec<&'r [u32]>,
+    size: usize,
+}
+
+impl<'r> Groups<'r> {
+    fn of(rollouts: &'r Rollouts) -> Result<Self, RlError> {
+        let n = rollouts.completion_ids.len();
+        let size = rollouts.num_generations;
+        if size == 0 || n % size != 0 || rollouts.prompt_ids.len() != n {
+            return Err(RlError::BadInput(format!(
+                "{n} completions and {} prompts do not make groups of {size}",
+                rollouts.prompt_ids.len()
+            )));
+        }
+        let mut prompts = Vec::with_capacity(n / size);
+        for (g, rows) in rollouts.prompt_ids.chunks(size).enumerate() {
+            if rows.iter().any(|p| p != &rows[0]) {
+                return Err(RlError::BadInput(format!(
+                    "the completions of group {g} (rows {}..{}) have different prompts",
+                    g * size,
+                    (g + 1) * size
+                )));
+            }
+            prompts.push(rows[0].as_slice());
+        }
+        Ok(Self { prompts, size })
+    }
+
+    /// The group of each row, as an index tensor.
+    fn row_index<B: Backend>(&self, device: &B::Device) -> (Vec<usize>, Tensor<B, 1, Int>) {
+        let rows: Vec<usize> = (0..self.prompts.len() * self.size)
+            .map(|r| r / self.size)
+            .collect();
+        let data: Vec<i64> = rows.iter().map(|&g| g as i64).collect();
+        let index = Tensor::from_data(TensorData::new(data, [rows.len()]), device);
+        (rows, index)
+    }
+}
+
 impl<B: Backend> TokenScorer<B> for PrefixedPolicy<'_, B> {
+    /// The `[C ; prompt]` prefix runs once per prompt, not once per completion: its keys and
+    /// values are computed for the `prompts` rows and shared (gathered, so gradients sum
+    /// back) by the group's completions, which then run through the model against that
+    /// cache. With 8 completions per prompt and prompts longer than completions this is most
+    /// of a step's forward and backward work saved; the log-probabilities are those of a
+    /// full forward over each row (the test holds them to the sampling log-probabilities).
     fn score(
         &self,
         rollouts: &Rollouts,
         width: usize,
     ) -> Result<(Tensor<B, 2>, Tensor<B, 2>), RlError> {
-        let n = rollouts.completion_ids.len();
+        let groups = Groups::of(rollouts)?;
+        let p = groups.prompts.len();
+        let n = p * groups.size;
         let device = self.model.embed_tokens.weight.device();
         let soft = match &self.context {
             Some(c) => {
                 let [rows, k, _] = c.dims();
-                if rows != n {
+                if rows != p {
                     return Err(RlError::BadInput(format!(
-                        "context for {rows} completions, rollouts have {n}"
+                        "context for {rows} prompts, rollouts have {p}"
                     )));
                 }
                 k
             }
             None => 0,
         };
-        let prompt_width = rollouts.prompt_ids.iter().map(Vec::len).max().unwrap_or(0);
-        if soft + prompt_width == 0 {
+        let prompt_width = groups.prompts.iter().map(|t| t.len()).max().unwrap_or(0);
+        let prefix = soft + prompt_width;
+        if prefix == 0 {
             return Err(RlError::BadInput(
                 "nothing precedes the completions: no context tokens and empty prompts".into(),
             ));
         }
-        let mut ids = Vec::with_capacity(n * (prompt_width + width));
-        let mut mask = Vec::with_capacity(n * (soft + prompt_width + width));
-        let mut targets = Vec::with_capacity(n * width);
-        for (prompt, completion) in rollouts.prompt_ids.iter().zip(&rollouts.completion_ids) {
-            if completion.len() > width {
-                return Err(RlError::BadInput(format!(
-                    "a completion of {} tokens in a batch {width} wide",
-                    completion.len()
-                )));
-            }
-            let (left, right) = (prompt_width - prompt.len(), width - completion.len());
+        if width == 0 {
+            return Err(RlError::BadInput("completions 0 tokens wide".into()));
+        }
+        if let Some((r, c)) = rollouts
+            .completion_ids
+            .iter()
+            .enumerate()
+            .find(|(_, c)| c.len() > width)
+        {
+            return Err(RlError::BadInput(format!(
+                "completion {r} has {} tokens in a batch {width} wide",
+                c.len()
+            )));
+        }
+
+        // The prefixes, `[p, soft + prompt_width]`, prompts left-padded after C.
+        let mut ids = Vec::with_capacity(p * prompt_width);
+        let mut mask = Vec::with_capacity(p * prefix);
+        for prompt in &groups.prompts {
+            let left = prompt_width - prompt.len();
             ids.extend(std::iter::repeat_n(0i64, left));
-            ids.extend(prompt.iter().chain(completion).map(|&t| i64::from(t)));
-            ids.extend(std::iter::repeat_n(0i64, right));
+            ids.extend(prompt.iter().map(|&t| i64::from(t)));
             mask.extend(std::iter::repeat_n(1i64, soft));
             mask.extend(std::iter::repeat_n(0i64, left));
-            mask.extend(std::iter::repeat_n(1i64, prompt.len() + completion.len()));
-            mask.extend(std::iter::repeat_n(0i64, right));
-            targets.extend(completion.iter().map(|&t| i64::from(t)));
-            targets.extend(std::iter::repeat_n(0i64, right));
+            mask.extend(std::iter::repeat_n(1i64, prompt.len()));
         }
-        let tokens = prompt_width + width;
-        let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [n, tokens]), &device);
+        let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [p, prompt_width]), &device);
         let embedded = match &self.context {
+            Some(c) if prompt_width == 0 => c.clone(),
             Some(c) => Tensor::cat(vec![c.clone(), self.model.embed(ids)], 1),
             None => self.model.embed(ids),
         };
-        let total = soft + tokens;
-        let mask = Tensor::<B, 2, Int>::from_data(TensorData::new(mask, [n, total]), &device);
-        let hidden = self
-            .model
-            .hidden_state(embedded, Some(mask), -1)
-            .map_err(|e| RlError::BadInput(e.to_string()))?;
-        // Position p predicts token p + 1: the completion's tokens are predicted from the
-        // last prompt position onwards. Only those positions go through the head, which
-        // saves the head's work and memory on the prompt positions.
-        let start = soft + prompt_width - 1;
-        let d = hidden.dims()[2];
-        let logits = self
-            .model
-            .head(hidden.slice([0..n, start..start + width, 0..d]));
+        let prefix_mask =
+            Tensor::<B, 2, Int>::from_data(TensorData::new(mask.clone(), [p, prefix]), &device);
+        // Real tokens are numbered from 0 in each row; left padding shifts nothing.
+        let positions = (prefix_mask.clone().cumsum(1) - 1).clamp_min(0);
+        let rope = self.model.rope(&device);
+        let mut caches = self.model.new_caches();
+        let prefix_hidden = self.model.forward_cached(
+            embedded,
+            positions.clone(),
+            positions.clone(),
+            &causal_padding_mask(prefix_mask),
+            &mut caches,
+            &rope,
+        );
+        let d = prefix_hidden.dims()[2];
+        let (rows, row_index) = groups.row_index::<B>(&device);
+        // Position p predicts token p + 1: the prefix's last position predicts each
+        // completion's first token, completion token j the one after it.
+        let first = prefix_hidden
+            .slice([0..p, prefix - 1..prefix, 0..d])
+            .select(0, row_index.clone());
+        let hidden = if width == 1 {
+            first
+        } else {
+            for cache in &mut caches {
+                cache.select_rows(&rows);
+            }
+            let steps = width - 1;
+            let keys = prefix + steps;
+            let mut ids = Vec::with_capacity(n * steps);
+            let mut query_positions = Vec::with_capacity(n * steps);
+            let mut key_positions = Vec::with_capacity(n * keys);
+            let mut forbidden = Vec::with_capacity(n * steps * keys);
+            for (r, completion) in rollouts.completion_ids.iter().enumerate() {
+                let group = rows[r];
+                let row_mask = &mask[group * prefix..(group + 1) * prefix];
+                let real = (soft + groups.prompts[group].len()) as i64;
+                ids.extend((0..steps).map(|j| completion.get(j).map_or(0, |&t| i64::from(t))));
+                query_positions.extend((0..steps as i64).map(|j| real + j));
+                let mut seen = 0i64;
+                for &m in row_mask {
+                    key_positions.push((seen - 1 + m).max(0));
+                    seen += m;
+                }
+                key_positions.extend((0..steps as i64).map(|j| real + j));
+                for j in 0..steps {
+                    forbidden.extend(row_mask.iter().map(|&m| m == 0));
+                    forbidden.extend((0..steps).map(|k| k > j));
+                }
+            }
+            let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [n, steps]), &device);
+            let query_positions = Tensor::<B, 2, Int>::from_data(
+                TensorData::new(query_positions, [n, steps]),
+                &device,
+            );
+            let key_positions =
+                Tensor::<B, 2, Int>::from_data(TensorData::new(key_positions, [n, keys]), &device);
+            let forbidden = Tensor::<B, 4, Bool>::from_data(
+                TensorData::new(forbidden, [n, 1, steps, keys]),
+                &device,
+            );
+            let rest = self.model.forward_cached(
+                self.model.embed(ids),
+                query_positions,
+                key_positions,
+                &forbidden,
+                &mut caches,
+                &rope,
+            );
+            Tensor::cat(vec![first, rest], 1)
+        };
+        let mut targets = Vec::with_capacity(n * width);
+        for completion in &rollouts.completion_ids {
+            targets.extend(completion.iter().map(|&t| i64::from(t)));
+            targets.extend(std::iter::repeat_n(0i64, width - completion.len()));
+        }
+        let logits = self.model.head(hidden);
         let targets = Tensor::<B, 2, Int>::from_data(TensorData::new(targets, [n, width]), &device);
         Ok(token_logprobs(logits, targets, self.temperature))
     }

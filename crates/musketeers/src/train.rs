@@ -449,7 +449,6 @@ impl<B: AutodiffBackend> Trainer<B> {
             &inner_device,
         )?;
         let sample_seconds = sample_start.elapsed().as_secs_f64();
-        let n = generation.tokens.len();
         let texts = generation
             .tokens
             .iter()
@@ -471,8 +470,8 @@ impl<B: AutodiffBackend> Trainer<B> {
         let rows: Vec<i64> = (0..p as i64)
             .flat_map(|i| std::iter::repeat_n(i, s.num_generations))
             .collect();
-        let index = Tensor::<B, 1, Int>::from_data(TensorData::new(rows.clone(), [n]), &device);
-        let context = fused.as_ref().map(|f| f.context.clone().select(0, index));
+        // One C per prompt: the scorer shares each prompt's prefix across its group.
+        let context = fused.as_ref().map(|f| f.context.clone());
         let mut rollouts = Rollouts {
             prompt_ids: rows
                 .iter()

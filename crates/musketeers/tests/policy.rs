@@ -2,7 +2,7 @@
 //! sampled with (GRPO's importance ratio is 1 on the first iteration), with context tokens
 //! in front and left-padded prompts of different lengths.
 
-use burn::tensor::{Distribution, Int, Tensor, TensorData};
+use burn::tensor::{Distribution, Tensor};
 use burn_flex::Flex;
 use musketeers::policy::PrefixedPolicy;
 use musketeers_lm::generate::{GenerationConfig, generate_with_prefix};
@@ -53,7 +53,6 @@ fn scores_of_sampled_completions_equal_their_sampling_logprobs() {
             .expect("generate");
             let rows: Vec<i64> = (0..2).flat_map(|p| std::iter::repeat_n(p, g)).collect();
             let n = rows.len();
-            let index = Tensor::<B, 1, Int>::from_data(TensorData::new(rows.clone(), [n]), &device);
             let rollouts = Rollouts {
                 prompt_ids: rows.iter().map(|&p| prompts[p as usize].clone()).collect(),
                 completion_ids: generation.tokens.clone(),
@@ -64,7 +63,7 @@ fn scores_of_sampled_completions_equal_their_sampling_logprobs() {
             };
             let policy = PrefixedPolicy {
                 model: &model,
-                context: context.map(|c| c.select(0, index)),
+                context,
                 temperature,
             };
             let width = generation.tokens.iter().map(Vec::len).max().expect("rows");
@@ -81,4 +80,120 @@ fn scores_of_sampled_completions_equal_their_sampling_logprobs() {
             }
         }
     }
+}
+
+/// Gradients through the shared prefix (each prompt's keys and values computed once and
+/// gathered for its group) equal those of scoring every row alone with a full forward over
+/// `[C ; prompt ; completion]`: the context's gradient sums over the group either way.
+#[test]
+fn a_shared_prefix_scores_and_differentiates_like_each_row_alone() {
+    use burn::backend::Autodiff;
+    use burn::tensor::TensorData;
+    use musketeers_rl::logprobs::token_logprobs;
+    type A = Autodiff<Flex>;
+    let device = Default::default();
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../musketeers-lm/tests/fixtures/gemma3-sliding");
+    let (config, model) = weights::load::<A>(&dir, &device).expect("fixture loads");
+    let prompts: Vec<Vec<u32>> = vec![vec![3, 14, 15, 92, 65, 35], vec![9, 26]];
+    let completions: Vec<Vec<u32>> = vec![
+        vec![7, 8, 9, 10],
+        vec![11],
+        vec![12, 13, 5],
+        vec![4, 4, 4, 4],
+        vec![6, 2],
+        vec![30, 31, 32],
+    ];
+    let g = 3;
+    let temperature = 0.7;
+    let context_value = Tensor::<Flex, 3>::random(
+        [2, 3, config.hidden_size],
+        Distribution::Normal(0.0, 0.5),
+        &device,
+    );
+    let rollouts = Rollouts {
+        prompt_ids: (0..6).map(|r| prompts[r / g].clone()).collect(),
+        completion_ids: completions.clone(),
+        num_generations: g,
+        rewards: vec![0.0; 6],
+        old_logprobs: None,
+        ref_logprobs: None,
+    };
+    let width = 4;
+
+    let context = Tensor::<A, 3>::from_inner(context_value.clone()).require_grad();
+    let policy = PrefixedPolicy {
+        model: &model,
+        context: Some(context.clone()),
+        temperature,
+    };
+    let (scores, _) = policy.score(&rollouts, width).expect("score");
+    let mut weights = vec![0.0f32; 6 * width];
+    for (r, c) in completions.iter().enumerate() {
+        for j in 0..c.len() {
+            weights[r * width + j] = 1.0 + (r * width + j) as f32 / 10.0;
+        }
+    }
+    let weights = Tensor::<A, 2>::from_data(TensorData::new(weights.clone(), [6, width]), &device);
+    let shared_scores = scores.clone().inner().into_data().to_vec::<f32>().expect("f32");
+    let grads = (scores * weights.clone()).sum().backward();
+    let shared_grad = context.grad(&grads).expect("context gradient");
+
+    let alone_context = Tensor::<A, 3>::from_inner(context_value).require_grad();
+    let mut total = Tensor::<A, 1>::zeros([1], &device);
+    for (r, completion) in completions.iter().enumerate() {
+        let prompt = &prompts[r / g];
+        let tokens: Vec<i64> = prompt.iter().chain(completion).map(|&t| i64::from(t)).collect();
+        let len = tokens.len();
+        let ids = Tensor::from_data(TensorData::new(tokens, [1, len]), &device);
+        let c = alone_context.clone().slice([r / g..r / g + 1]);
+        let embedded = Tensor::cat(vec![c, model.embed(ids)], 1);
+        let logits = model.forward_embeddings(embedded, None, false).logits;
+        let start = 3 + prompt.len() - 1;
+        let k = completion.len();
+        let vocab = logits.dims()[2];
+        let logits = logits.slice([0..1, start..start + k, 0..vocab]);
+        let targets: Vec<i64> = completion.iter().map(|&t| i64::from(t)).collect();
+        let targets = Tensor::from_data(TensorData::new(targets, [1, k]), &device);
+        let (logps, _) = token_logprobs(logits, targets, temperature);
+        let row_weights = weights.clone().slice([r..r + 1, 0..k]);
+        let values = logps.clone().inner().into_data().to_vec::<f32>().expect("f32");
+        for (j, want) in values.iter().enumerate() {
+            let got = shared_scores[r * width + j];
+            assert!((got - want).abs() < 1e-4, "row {r} token {j}: {got} vs {want}");
+        }
+        total = total + (logps * row_weights).sum();
+    }
+    let grads = total.backward();
+    let alone_grad = alone_context.grad(&grads).expect("context gradient");
+    let shared = shared_grad.into_data().to_vec::<f32>().expect("f32");
+    let alone = alone_grad.into_data().to_vec::<f32>().expect("f32");
+    let scale = alone.iter().fold(0f32, |m, v| m.max(v.abs()));
+    assert!(scale > 1e-3, "the context gets a gradient");
+    for (i, (a, b)) in shared.iter().zip(&alone).enumerate() {
+        assert!((a - b).abs() < 1e-4 * scale.max(1.0), "grad {i}: shared {a}, alone {b}");
+    }
+}
+
+#[test]
+fn groups_whose_rows_have_different_prompts_are_refused() {
+    let device = Default::default();
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../musketeers-lm/tests/fixtures/llama-gqa");
+    let (_, model) = weights::load::<B>(&dir, &device).expect("fixture loads");
+    let rollouts = Rollouts {
+        prompt_ids: vec![vec![1, 2], vec![1, 3]],
+        completion_ids: vec![vec![4], vec![5]],
+        num_generations: 2,
+        rewards: vec![0.0; 2],
+        old_logprobs: None,
+        ref_logprobs: None,
+    };
+    let policy = PrefixedPolicy {
+        model: &model,
+        context: None,
+        temperature: 1.0,
+    };
+    let err = policy.score(&rollouts, 1).expect_err("mixed group");
+    assert!(err.to_string().contains("group 0"), "{err}");
 }
