@@ -354,10 +354,8 @@ fn grpo(steps: u64, no_python: bool) -> Result<()> {
         .iter()
         .filter_map(|l| l["step_seconds"].as_f64())
         .collect();
-    let sampling: Vec<f64> = lines
-        .iter()
-        .filter_map(|l| l["sample_seconds"].as_f64())
-        .collect();
+    let phase = |key: &str| -> Vec<f64> { lines.iter().filter_map(|l| l[key].as_f64()).collect() };
+    let sampling = phase("sample_seconds");
 
     let trl: Vec<f64> = if no_python {
         Vec::new()
@@ -440,6 +438,22 @@ fn grpo(steps: u64, no_python: bool) -> Result<()> {
             show(trl.get(i))
         )?;
     }
+    let phases = [
+        ("team", "team_seconds"),
+        ("sampling", "sample_seconds"),
+        ("reference", "reference_seconds"),
+        ("policy forward + loss", "loss_seconds"),
+        ("backward + optimizer", "update_seconds"),
+    ];
+    let breakdown: Vec<String> = phases
+        .iter()
+        .map(|(label, key)| format!("{label} {:.1}", mean_after_first(&phase(key))))
+        .collect();
+    writeln!(
+        out,
+        "ours, mean seconds after the first step: {}",
+        breakdown.join(", ")
+    )?;
     let (a, b) = (mean_after_first(&ours), mean_after_first(&trl));
     if trl.is_empty() {
         writeln!(out, "mean after the first step: ours {a:.1} s")?;

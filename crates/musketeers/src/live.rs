@@ -59,10 +59,7 @@ fn step_metrics(r: &StepReport, experts: &[String]) -> Vec<StepMetric> {
         StepMetric::new(
             "reward",
             r.rollouts.reward_mean.into(),
-            format!(
-                "{:.3}±{:.3}",
-                r.rollouts.reward_mean, r.rollouts.reward_std
-            ),
+            format!("{:.3}±{:.3}", r.rollouts.reward_mean, r.rollouts.reward_std),
             true,
         ),
         StepMetric::new("loss", r.loss.loss, format!("{:+.4}", r.loss.loss), false),
@@ -207,7 +204,10 @@ impl LiveProgress {
                     id,
                     SerializedEntry::new(metric.formatted, metric.value.to_string()),
                 );
-                renderer.update_train(MetricState::Numeric(entry, NumericEntry::Value(metric.value)));
+                renderer.update_train(MetricState::Numeric(
+                    entry,
+                    NumericEntry::Value(metric.value),
+                ));
             }
             let done = report.step.min(self.total_steps) as usize;
             let total = self.total_steps.max(1) as usize;
@@ -298,7 +298,11 @@ impl PlainRenderer {
             MetricState::Generic(entry) | MetricState::Numeric(entry, _) => entry,
         };
         let formatted = entry.serialized_entry.formatted;
-        match self.latest.iter_mut().find(|(id, _)| *id == entry.metric_id) {
+        match self
+            .latest
+            .iter_mut()
+            .find(|(id, _)| *id == entry.metric_id)
+        {
             Some((_, value)) => *value = formatted,
             None => self.latest.push((entry.metric_id, formatted)),
         }
@@ -410,6 +414,10 @@ mod tests {
             grad_norm: 2.0,
             sampled_tokens: 640,
             sample_seconds: 2.0,
+            team_seconds: 0.1,
+            reference_seconds: 0.4,
+            loss_seconds: 0.5,
+            update_seconds: 1.0,
             step_seconds: 4.0,
             samples: vec![Sample {
                 completion: "<answer>3</answer>".into(),

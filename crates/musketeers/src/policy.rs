@@ -31,7 +31,7 @@ impl<'r> Groups<'r> {
     fn of(rollouts: &'r Rollouts) -> Result<Self, RlError> {
         let n = rollouts.completion_ids.len();
         let size = rollouts.num_generations;
-        if size == 0 || n % size != 0 || rollouts.prompt_ids.len() != n {
+        if size == 0 || !n.is_multiple_of(size) || rollouts.prompt_ids.len() != n {
             return Err(RlError::BadInput(format!(
                 "{n} completions and {} prompts do not make groups of {size}",
                 rollouts.prompt_ids.len()

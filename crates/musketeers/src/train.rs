@@ -146,6 +146,14 @@ pub struct StepReport {
     pub grad_norm: f64,
     pub sampled_tokens: usize,
     pub sample_seconds: f64,
+    /// Where the rest of the step went: the team's reads and the interface, the reference
+    /// policy's scores, the policy's scores and loss, and backward with clipping and the
+    /// optimizer. Wall-clock per phase: exact on the eager CPU backend; on an asynchronous
+    /// GPU backend work queued in one phase may finish in the next.
+    pub team_seconds: f64,
+    pub reference_seconds: f64,
+    pub loss_seconds: f64,
+    pub update_seconds: f64,
     pub step_seconds: f64,
     /// The first completion of each prompt, for the run log.
     pub samples: Vec<Sample>,
@@ -428,6 +436,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             None => None,
         };
 
+        let team_seconds = started.elapsed().as_secs_f64();
         // Rollouts from [C ; prompt] on the inner backend, G per prompt.
         let sample_start = Instant::now();
         let generation = generate_with_prefix(
@@ -483,6 +492,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             old_logprobs: None,
             ref_logprobs: None,
         };
+        let reference_start = Instant::now();
         if s.grpo.loss.beta > 0.0 {
             // Scored on the same backend as the policy, so that with unchanged adapters the
             // two agree to the bit and the KL and its gradient are exactly zero.
@@ -510,6 +520,8 @@ impl<B: AutodiffBackend> Trainer<B> {
                     .collect(),
             );
         }
+        let reference_seconds = reference_start.elapsed().as_secs_f64();
+        let loss_start = Instant::now();
         let scorer = PrefixedPolicy {
             model: &self.policy,
             context,
@@ -544,6 +556,8 @@ impl<B: AutodiffBackend> Trainer<B> {
             }
             None => loss.loss.clone(),
         };
+        let loss_seconds = loss_start.elapsed().as_secs_f64();
+        let update_start = Instant::now();
         let mut grads = total.backward();
         let mut policy_grads = GradientsParams::from_module(&mut grads, &self.policy);
         let mut interface_grads = self
@@ -588,6 +602,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             self.interface = Some(self.interface_optim.step(s.learning_rate, interface, g));
         }
 
+        let update_seconds = update_start.elapsed().as_secs_f64();
         let (utilization, entropy, normalized) = match &fused {
             Some(f) => {
                 let per_example = expert_utilization(&f.attention, &f.expert_spans).inner();
@@ -617,6 +632,10 @@ impl<B: AutodiffBackend> Trainer<B> {
             grad_norm,
             sampled_tokens: generation.decode_tokens,
             sample_seconds,
+            team_seconds,
+            reference_seconds,
+            loss_seconds,
+            update_seconds,
             step_seconds: started.elapsed().as_secs_f64(),
             samples: (0..p)
                 .map(|i| {

@@ -135,7 +135,12 @@ fn a_shared_prefix_scores_and_differentiates_like_each_row_alone() {
         }
     }
     let weights = Tensor::<A, 2>::from_data(TensorData::new(weights.clone(), [6, width]), &device);
-    let shared_scores = scores.clone().inner().into_data().to_vec::<f32>().expect("f32");
+    let shared_scores = scores
+        .clone()
+        .inner()
+        .into_data()
+        .to_vec::<f32>()
+        .expect("f32");
     let grads = (scores * weights.clone()).sum().backward();
     let shared_grad = context.grad(&grads).expect("context gradient");
 
@@ -143,10 +148,14 @@ fn a_shared_prefix_scores_and_differentiates_like_each_row_alone() {
     let mut total = Tensor::<A, 1>::zeros([1], &device);
     for (r, completion) in completions.iter().enumerate() {
         let prompt = &prompts[r / g];
-        let tokens: Vec<i64> = prompt.iter().chain(completion).map(|&t| i64::from(t)).collect();
+        let tokens: Vec<i64> = prompt
+            .iter()
+            .chain(completion)
+            .map(|&t| i64::from(t))
+            .collect();
         let len = tokens.len();
         let ids = Tensor::from_data(TensorData::new(tokens, [1, len]), &device);
-        let c = alone_context.clone().slice([r / g..r / g + 1]);
+        let c = alone_context.clone().narrow(0, r / g, 1);
         let embedded = Tensor::cat(vec![c, model.embed(ids)], 1);
         let logits = model.forward_embeddings(embedded, None, false).logits;
         let start = 3 + prompt.len() - 1;
@@ -157,10 +166,18 @@ fn a_shared_prefix_scores_and_differentiates_like_each_row_alone() {
         let targets = Tensor::from_data(TensorData::new(targets, [1, k]), &device);
         let (logps, _) = token_logprobs(logits, targets, temperature);
         let row_weights = weights.clone().slice([r..r + 1, 0..k]);
-        let values = logps.clone().inner().into_data().to_vec::<f32>().expect("f32");
+        let values = logps
+            .clone()
+            .inner()
+            .into_data()
+            .to_vec::<f32>()
+            .expect("f32");
         for (j, want) in values.iter().enumerate() {
             let got = shared_scores[r * width + j];
-            assert!((got - want).abs() < 1e-4, "row {r} token {j}: {got} vs {want}");
+            assert!(
+                (got - want).abs() < 1e-4,
+                "row {r} token {j}: {got} vs {want}"
+            );
         }
         total = total + (logps * row_weights).sum();
     }
@@ -171,15 +188,18 @@ fn a_shared_prefix_scores_and_differentiates_like_each_row_alone() {
     let scale = alone.iter().fold(0f32, |m, v| m.max(v.abs()));
     assert!(scale > 1e-3, "the context gets a gradient");
     for (i, (a, b)) in shared.iter().zip(&alone).enumerate() {
-        assert!((a - b).abs() < 1e-4 * scale.max(1.0), "grad {i}: shared {a}, alone {b}");
+        assert!(
+            (a - b).abs() < 1e-4 * scale.max(1.0),
+            "grad {i}: shared {a}, alone {b}"
+        );
     }
 }
 
 #[test]
 fn groups_whose_rows_have_different_prompts_are_refused() {
     let device = Default::default();
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../musketeers-lm/tests/fixtures/llama-gqa");
+    let dir =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../musketeers-lm/tests/fixtures/llama-gqa");
     let (_, model) = weights::load::<B>(&dir, &device).expect("fixture loads");
     let rollouts = Rollouts {
         prompt_ids: vec![vec![1, 2], vec![1, 3]],
