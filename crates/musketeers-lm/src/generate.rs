@@ -231,8 +231,10 @@ pub fn generate_with_prefix<B: Backend>(
     let n = rows.len();
     let mut tokens = vec![Vec::new(); n];
     let mut logprobs = vec![Vec::new(); n];
-    let mut done = vec![false; n];
     let mut finish_reasons = vec![FinishReason::Length; n];
+    // The rows still sampling, in batch order: a row that finishes leaves the batch (its
+    // cache rows are dropped), so a few long completions do not drag finished rows along.
+    let mut active: Vec<usize> = (0..n).collect();
     let start = Instant::now();
     let mut decode_tokens = 0;
     for step in 0..config.max_new_tokens {
@@ -240,13 +242,10 @@ pub fn generate_with_prefix<B: Backend>(
             .into_data()
             .to_vec::<f32>()
             .map_err(|e| LmError::BadInput(format!("logits: {e:?}")))?;
-        let mut step_ids = Vec::with_capacity(n);
-        for row in 0..n {
-            if done[row] {
-                step_ids.push(0);
-                continue;
-            }
-            let (token, logprob) = samplers[row].sample(&logits[row * vocab..(row + 1) * vocab]);
+        let mut step_ids = Vec::with_capacity(active.len());
+        let mut keep = Vec::with_capacity(active.len());
+        for (slot, &row) in active.iter().enumerate() {
+            let (token, logprob) = samplers[row].sample(&logits[slot * vocab..(slot + 1) * vocab]);
             tokens[row].push(token);
             logprobs[row].push(logprob);
             decode_tokens += 1;
@@ -255,26 +254,44 @@ pub fn generate_with_prefix<B: Backend>(
             } else if stop.is_some_and(|s| s.should_stop(&tokens[row])) {
                 finish_reasons[row] = FinishReason::Stop;
             }
-            done[row] = finish_reasons[row] != FinishReason::Length;
-            step_ids.push(i64::from(token));
+            if finish_reasons[row] == FinishReason::Length {
+                keep.push(slot);
+                step_ids.push(i64::from(token));
+            }
         }
-        if done.iter().all(|d| *d) || step + 1 == config.max_new_tokens {
+        if keep.is_empty() || step + 1 == config.max_new_tokens {
             break;
         }
-        for (row, mask) in real.iter_mut().enumerate() {
-            mask.push(!done[row]);
-            key_positions[row].push(next_position[row]);
+        if keep.len() < active.len() {
+            for cache in &mut caches {
+                cache.select_rows(&keep);
+            }
+            active = keep.iter().map(|&slot| active[slot]).collect();
+            real = keep.iter().map(|&slot| real[slot].clone()).collect();
+            key_positions = keep
+                .iter()
+                .map(|&slot| key_positions[slot].clone())
+                .collect();
+            next_position = keep.iter().map(|&slot| next_position[slot]).collect();
         }
-        let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(step_ids, [n, 1]), device);
+        let m = active.len();
+        for (mask, (keys, position)) in real
+            .iter_mut()
+            .zip(key_positions.iter_mut().zip(&next_position))
+        {
+            mask.push(true);
+            keys.push(*position);
+        }
+        let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(step_ids, [m, 1]), device);
         let positions =
-            Tensor::<B, 2, Int>::from_data(TensorData::new(next_position.clone(), [n, 1]), device);
+            Tensor::<B, 2, Int>::from_data(TensorData::new(next_position.clone(), [m, 1]), device);
         next_position.iter_mut().for_each(|p| *p += 1);
         let width = real[0].len();
         let keys: Vec<i64> = key_positions.iter().flatten().copied().collect();
         let hidden = model.forward_cached(
             model.embed(ids),
             positions,
-            Tensor::<B, 2, Int>::from_data(TensorData::new(keys, [n, width]), device),
+            Tensor::<B, 2, Int>::from_data(TensorData::new(keys, [m, width]), device),
             &decode_mask(&real, width, device),
             &mut caches,
             &rope,

@@ -6,7 +6,9 @@
 use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, Int, Tensor, TensorData};
 use musketeers_lm::Llama;
+use musketeers_lm::cache::KvCache;
 use musketeers_lm::llama::causal_padding_mask;
+use musketeers_lm::rope::Rope;
 use musketeers_rl::logprobs::token_logprobs;
 use musketeers_rl::{RlError, Rollouts, TokenScorer};
 
@@ -49,16 +51,6 @@ impl<'r> Groups<'r> {
             prompts.push(rows[0].as_slice());
         }
         Ok(Self { prompts, size })
-    }
-
-    /// The group of each row, as an index tensor.
-    fn row_index<B: Backend>(&self, device: &B::Device) -> (Vec<usize>, Tensor<B, 1, Int>) {
-        let rows: Vec<usize> = (0..self.prompts.len() * self.size)
-            .map(|r| r / self.size)
-            .collect();
-        let data: Vec<i64> = rows.iter().map(|&g| g as i64).collect();
-        let index = Tensor::from_data(TensorData::new(data, [rows.len()]), device);
-        (rows, index)
     }
 }
 
@@ -144,28 +136,103 @@ impl<B: Backend> TokenScorer<B> for PrefixedPolicy<'_, B> {
             &rope,
         );
         let d = prefix_hidden.dims()[2];
-        let (rows, row_index) = groups.row_index::<B>(&device);
         // Position p predicts token p + 1: the prefix's last position predicts each
         // completion's first token, completion token j the one after it.
-        let first = prefix_hidden
-            .slice([0..p, prefix - 1..prefix, 0..d])
-            .select(0, row_index.clone());
-        let hidden = if width == 1 {
+        let last = prefix_hidden.slice([0..p, prefix - 1..prefix, 0..d]);
+        let shared = Shared {
+            model: self.model,
+            rope: &rope,
+            caches: &caches,
+            last: &last,
+            mask: &mask,
+            prefix,
+            soft,
+            prompts: &groups.prompts,
+            temperature: self.temperature,
+        };
+        // Completions run in buckets of similar length, each only as wide as its longest:
+        // one batch as wide as the longest completion spends most of its work on padding
+        // when a few completions hit the length limit and most stop early.
+        let mut order: Vec<usize> = (0..n).collect();
+        order.sort_by_key(|&r| rollouts.completion_ids[r].len());
+        let bucket_rows = n.div_ceil(LENGTH_BUCKETS).max(1);
+        let mut logps = Vec::new();
+        let mut entropies = Vec::new();
+        for bucket in order.chunks(bucket_rows) {
+            let rows: Vec<(usize, &[u32])> = bucket
+                .iter()
+                .map(|&r| (r / groups.size, rollouts.completion_ids[r].as_slice()))
+                .collect();
+            let (logp, entropy) = shared.score_bucket(&rows, width, &device);
+            logps.push(logp);
+            entropies.push(entropy);
+        }
+        // Back to the rollouts' row order.
+        let mut inverse = vec![0i64; n];
+        for (sorted, &r) in order.iter().enumerate() {
+            inverse[r] = sorted as i64;
+        }
+        let inverse = Tensor::<B, 1, Int>::from_data(TensorData::new(inverse, [n]), &device);
+        Ok((
+            Tensor::cat(logps, 0).select(0, inverse.clone()),
+            Tensor::cat(entropies, 0).select(0, inverse),
+        ))
+    }
+}
+
+/// How many length buckets a batch of completions is scored in.
+const LENGTH_BUCKETS: usize = 4;
+
+/// What every bucket of completions shares: the model and the prefixes' cache.
+struct Shared<'s, B: Backend> {
+    model: &'s Llama<B>,
+    rope: &'s Rope<B>,
+    /// Per layer, the prefixes' keys and values, `[prompts, kv_heads, prefix, head_dim]`.
+    caches: &'s [KvCache<B>],
+    /// The prefixes' last hidden state, `[prompts, 1, hidden]`.
+    last: &'s Tensor<B, 3>,
+    /// Row-major `[prompts, prefix]`, 1 on real tokens.
+    mask: &'s [i64],
+    prefix: usize,
+    soft: usize,
+    prompts: &'s [&'s [u32]],
+    temperature: f64,
+}
+
+impl<B: Backend> Shared<'_, B> {
+    /// Log-probabilities and entropies of `rows` (each its group and completion tokens),
+    /// `[rows, width]`, zero past each completion.
+    fn score_bucket(
+        &self,
+        rows: &[(usize, &[u32])],
+        width: usize,
+        device: &B::Device,
+    ) -> (Tensor<B, 2>, Tensor<B, 2>) {
+        let n = rows.len();
+        let prefix = self.prefix;
+        let bucket_width = rows.iter().map(|(_, c)| c.len()).max().unwrap_or(0).max(1);
+        let groups: Vec<usize> = rows.iter().map(|&(g, _)| g).collect();
+        let group_index = Tensor::<B, 1, Int>::from_data(
+            TensorData::new(groups.iter().map(|&g| g as i64).collect(), [n]),
+            device,
+        );
+        let first = self.last.clone().select(0, group_index);
+        let hidden = if bucket_width == 1 {
             first
         } else {
+            let mut caches = self.caches.to_vec();
             for cache in &mut caches {
-                cache.select_rows(&rows);
+                cache.select_rows(&groups);
             }
-            let steps = width - 1;
+            let steps = bucket_width - 1;
             let keys = prefix + steps;
             let mut ids = Vec::with_capacity(n * steps);
             let mut query_positions = Vec::with_capacity(n * steps);
             let mut key_positions = Vec::with_capacity(n * keys);
             let mut forbidden = Vec::with_capacity(n * steps * keys);
-            for (r, completion) in rollouts.completion_ids.iter().enumerate() {
-                let group = rows[r];
-                let row_mask = &mask[group * prefix..(group + 1) * prefix];
-                let real = (soft + groups.prompts[group].len()) as i64;
+            for &(group, completion) in rows {
+                let row_mask = &self.mask[group * prefix..(group + 1) * prefix];
+                let real = (self.soft + self.prompts[group].len()) as i64;
                 ids.extend((0..steps).map(|j| completion.get(j).map_or(0, |&t| i64::from(t))));
                 query_positions.extend((0..steps as i64).map(|j| real + j));
                 let mut seen = 0i64;
@@ -179,16 +246,16 @@ impl<B: Backend> TokenScorer<B> for PrefixedPolicy<'_, B> {
                     forbidden.extend((0..steps).map(|k| k > j));
                 }
             }
-            let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [n, steps]), &device);
+            let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [n, steps]), device);
             let query_positions = Tensor::<B, 2, Int>::from_data(
                 TensorData::new(query_positions, [n, steps]),
-                &device,
+                device,
             );
             let key_positions =
-                Tensor::<B, 2, Int>::from_data(TensorData::new(key_positions, [n, keys]), &device);
+                Tensor::<B, 2, Int>::from_data(TensorData::new(key_positions, [n, keys]), device);
             let forbidden = Tensor::<B, 4, Bool>::from_data(
                 TensorData::new(forbidden, [n, 1, steps, keys]),
-                &device,
+                device,
             );
             let rest = self.model.forward_cached(
                 self.model.embed(ids),
@@ -196,17 +263,25 @@ impl<B: Backend> TokenScorer<B> for PrefixedPolicy<'_, B> {
                 key_positions,
                 &forbidden,
                 &mut caches,
-                &rope,
+                self.rope,
             );
             Tensor::cat(vec![first, rest], 1)
         };
-        let mut targets = Vec::with_capacity(n * width);
-        for completion in &rollouts.completion_ids {
+        let mut targets = Vec::with_capacity(n * bucket_width);
+        for &(_, completion) in rows {
             targets.extend(completion.iter().map(|&t| i64::from(t)));
-            targets.extend(std::iter::repeat_n(0i64, width - completion.len()));
+            targets.extend(std::iter::repeat_n(0i64, bucket_width - completion.len()));
         }
-        let logits = self.model.head(hidden);
-        let targets = Tensor::<B, 2, Int>::from_data(TensorData::new(targets, [n, width]), &device);
-        Ok(token_logprobs(logits, targets, self.temperature))
+        let targets =
+            Tensor::<B, 2, Int>::from_data(TensorData::new(targets, [n, bucket_width]), device);
+        let (logp, entropy) = token_logprobs(self.model.head(hidden), targets, self.temperature);
+        if bucket_width == width {
+            return (logp, entropy);
+        }
+        let pad = || Tensor::<B, 2>::zeros([n, width - bucket_width], device);
+        (
+            Tensor::cat(vec![logp, pad()], 1),
+            Tensor::cat(vec![entropy, pad()], 1),
+        )
     }
 }
