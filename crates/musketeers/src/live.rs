@@ -24,9 +24,13 @@ use std::time::Instant;
 /// How progress is shown (`--progress`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum ProgressDisplay {
-    /// The dashboard when stdout is a terminal, plain lines otherwise.
+    /// The dashboard when stdout is a terminal and training runs on a GPU; plain lines
+    /// otherwise. Burn 0.21's dashboard thread polls without sleeping and keeps a core busy:
+    /// on a 2-core CPU run that made steps 30-40% slower (fixed after 0.21 by
+    /// tracel-ai/burn#5021).
     Auto,
-    /// burn-train's TUI dashboard (needs a terminal; `q` then `s` stops and checkpoints).
+    /// burn-train's TUI dashboard (needs a terminal; `q` then `s` stops and checkpoints;
+    /// Ctrl-C reaches the dashboard as a key, not a signal).
     Tui,
     /// One line per step on stderr.
     Plain,
@@ -143,15 +147,16 @@ impl std::fmt::Debug for LiveProgress {
 }
 
 impl LiveProgress {
-    /// `display` picks the renderer; `Auto` takes the dashboard only when stdout is a terminal.
+    /// `display` picks the renderer (see [`ProgressDisplay::Auto`]).
     pub fn new(
         display: ProgressDisplay,
+        on_cpu: bool,
         total_steps: u64,
         experts: Vec<String>,
         interrupter: Interrupter,
     ) -> Self {
         let dashboard = match display {
-            ProgressDisplay::Auto => std::io::stdout().is_terminal(),
+            ProgressDisplay::Auto => !on_cpu && std::io::stdout().is_terminal(),
             ProgressDisplay::Tui => true,
             ProgressDisplay::Plain => false,
         };

@@ -49,7 +49,8 @@ enum Command {
         /// Compute backend (cuda and wgpu need the cargo feature of that name).
         #[arg(long, value_enum, default_value_t = backend::DeviceKind::Cpu)]
         device: backend::DeviceKind,
-        /// Live progress: burn-train's dashboard on a terminal, plain lines otherwise.
+        /// Live progress: burn-train's dashboard, or one line per step (auto: the dashboard on
+        /// a terminal for GPU runs; on the CPU its render thread would take a core).
         #[arg(long, value_enum, default_value_t = live::ProgressDisplay::Auto)]
         progress: live::ProgressDisplay,
     },
@@ -189,7 +190,8 @@ fn train(
     .context("installing the Ctrl-C handler")?;
     // Modes without a latent interface or router report no utilization; the names go unused.
     let experts = config.team.iter().map(|m| m.name.clone()).collect();
-    let mut live = live::LiveProgress::new(display, total, experts, interrupter);
+    let on_cpu = device == backend::DeviceKind::Cpu;
+    let mut live = live::LiveProgress::new(display, on_cpu, total, experts, interrupter);
     let mut progress = |r: &musketeers::train::StepReport| live.step(r);
     let outcome = backend::on_backend!(
         device,
