@@ -1,7 +1,7 @@
 //! `cargo xtask`: project automation. This file only dispatches; one module per command.
 
 mod bench;
-mod demo;
+mod cli;
 mod models;
 mod util;
 
@@ -23,6 +23,12 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// GRPO training from a run config; arguments go to `musketeers train` (e.g.
+    /// `--config configs/smollm2-team.toml --steps 2`, `--resume`, `--device cuda`).
+    Train {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Benchmarks, each reported as a ratio to a reference measured in the same run.
     #[command(subcommand)]
     Bench(bench::Bench),
@@ -33,7 +39,8 @@ enum Command {
 
 fn main() -> Result<()> {
     match Cli::parse().command {
-        Command::Demo { args } => demo::run(&args),
+        Command::Demo { args } => cli::run("demo", &args),
+        Command::Train { args } => cli::run("train", &args),
         Command::Bench(target) => bench::run(target),
         Command::Models(command) => models::run_models(command),
     }
