@@ -169,6 +169,13 @@ pub struct Sample {
 
 type Adam<M, B> = OptimizerAdaptor<AdamW, M, B>;
 
+/// The team's readings for the interface, and with a router its log-probabilities `[prompts,
+/// experts]` (with gradient) and the expert it chose per prompt.
+type TeamInputs<B> = (
+    Vec<ExpertInput<<B as AutodiffBackend>::InnerBackend>>,
+    Option<(Tensor<B, 2>, Vec<usize>)>,
+);
+
 /// `hard-route`'s router learning rate over the policy's.
 pub const ROUTER_LR_SCALE: f64 = 10.0;
 
@@ -306,33 +313,63 @@ impl<B: AutodiffBackend> Trainer<B> {
         Ok(())
     }
 
+    /// What the team hands the interface for `prompts` (`ids`: the same prompts in the
+    /// policy's tokens), on the inner backend: every expert's reading, or with a router only
+    /// the chosen expert's. The router samples its choice with `sample_seed` (training) and
+    /// takes the most likely expert without one (evaluation); its log-probabilities come back
+    /// with their gradient, with the choices, for the REINFORCE term.
+    fn team_inputs(
+        &self,
+        prompts: &[String],
+        ids: &[Vec<u32>],
+        sample_seed: Option<u64>,
+    ) -> Result<TeamInputs<B>, TrainError> {
+        let device = self.policy.embed_tokens.weight.val().inner().device();
+        match &self.router {
+            Some(router) => {
+                let sentences = sentence_embeddings(&self.policy.valid(), ids, &device);
+                let log_probs = router.log_probs(Tensor::from_inner(sentences));
+                let choice = choose(
+                    &host_f32(log_probs.clone().inner()),
+                    self.team.len(),
+                    sample_seed,
+                );
+                let inputs = routed_inputs(&self.team, prompts, &choice, &device)?;
+                Ok((inputs, Some((log_probs, choice))))
+            }
+            None => {
+                let inputs = self
+                    .team
+                    .iter()
+                    .map(|m| m.read(prompts, &device))
+                    .collect::<Result<Vec<_>, TrainError>>()?;
+                Ok((inputs, None))
+            }
+        }
+    }
+
     /// The team's context tokens for `prompts` on the inner backend (no gradient), for
     /// sampling outside training.
     pub fn context(
         &self,
         prompts: &[String],
     ) -> Result<Option<Tensor<B::InnerBackend, 3>>, TrainError> {
+        let ids = prompts
+            .iter()
+            .map(|t| self.tokenizer.encode(t, true))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.context_for(prompts, &ids)
+    }
+
+    fn context_for(
+        &self,
+        prompts: &[String],
+        ids: &[Vec<u32>],
+    ) -> Result<Option<Tensor<B::InnerBackend, 3>>, TrainError> {
         let Some(interface) = &self.interface else {
             return Ok(None);
         };
-        let device = self.policy.embed_tokens.weight.val().inner().device();
-        let inputs = match &self.router {
-            Some(router) => {
-                let ids = prompts
-                    .iter()
-                    .map(|t| self.tokenizer.encode(t, true))
-                    .collect::<Result<Vec<_>, _>>()?;
-                let sentences = sentence_embeddings(&self.policy.valid(), &ids, &device);
-                let log_probs = host_f32(router.valid().log_probs(sentences));
-                let choice = choose(&log_probs, self.team.len(), None);
-                routed_inputs(&self.team, prompts, &choice, &device)?
-            }
-            None => self
-                .team
-                .iter()
-                .map(|m| m.read(prompts, &device))
-                .collect::<Result<Vec<_>, TrainError>>()?,
-        };
+        let (inputs, _) = self.team_inputs(prompts, ids, None)?;
         Ok(Some(interface.valid().forward(&inputs)?.context))
     }
 
@@ -352,7 +389,7 @@ impl<B: AutodiffBackend> Trainer<B> {
                 .map(|t| self.tokenizer.encode(t, true))
                 .collect::<Result<Vec<_>, _>>()?;
             let context = if with_context {
-                self.context(chunk)?
+                self.context_for(chunk, &ids)?
             } else {
                 None
             };
@@ -397,33 +434,10 @@ impl<B: AutodiffBackend> Trainer<B> {
 
         // The team reads each prompt once (hard-route: only the routed expert reads it); the
         // interface turns that into C (with gradient).
-        let mut routing = None;
-        let fused = match &self.interface {
+        let (fused, routing) = match &self.interface {
             Some(interface) => {
-                let inner_inputs = match &self.router {
-                    Some(router) => {
-                        let sentences = Tensor::from_inner(sentence_embeddings(
-                            &sampler,
-                            &prompt_ids,
-                            &inner_device,
-                        ));
-                        let log_probs = router.log_probs(sentences);
-                        let seed = s.seed.wrapping_mul(7_919).wrapping_add(self.step);
-                        let choice = choose(
-                            &host_f32(log_probs.clone().inner()),
-                            self.team.len(),
-                            Some(seed),
-                        );
-                        let inputs = routed_inputs(&self.team, prompts, &choice, &inner_device)?;
-                        routing = Some((log_probs, choice));
-                        inputs
-                    }
-                    None => self
-                        .team
-                        .iter()
-                        .map(|m| m.read(prompts, &inner_device))
-                        .collect::<Result<Vec<_>, TrainError>>()?,
-                };
+                let seed = s.seed.wrapping_mul(7_919).wrapping_add(self.step);
+                let (inner_inputs, routing) = self.team_inputs(prompts, &prompt_ids, Some(seed))?;
                 let inputs: Vec<ExpertInput<B>> = inner_inputs
                     .into_iter()
                     .map(|read| ExpertInput {
@@ -431,11 +445,10 @@ impl<B: AutodiffBackend> Trainer<B> {
                         mask: read.mask.map(Tensor::from_inner),
                     })
                     .collect();
-                Some(interface.forward(&inputs)?)
+                (Some(interface.forward(&inputs)?), routing)
             }
-            None => None,
+            None => (None, None),
         };
-
         let team_seconds = started.elapsed().as_secs_f64();
         // Rollouts from [C ; prompt] on the inner backend, G per prompt.
         let sample_start = Instant::now();
