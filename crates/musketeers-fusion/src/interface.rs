@@ -1,5 +1,6 @@
 //! Per-expert projections, K latent queries cross-attending over all expert tokens, optional
-//! latent self-attention blocks, and a zero-initialised output projection.
+//! latent self-attention blocks, and a zero-initialised output projection (whose bias can
+//! start `C` off zero: [`LatentInterface::with_context_start`]).
 
 use crate::FusionError;
 use crate::attention::MultiHeadAttention;
@@ -191,6 +192,28 @@ pub struct FusionOutput<B: Backend> {
 impl<B: Backend> LatentInterface<B> {
     pub fn num_experts(&self) -> usize {
         self.projections.len()
+    }
+
+    /// Starts every context token at `start` (`[policy_dim]`, e.g. the policy's mean token
+    /// embedding) instead of zero: the output projection's weight stays zero, its bias (still
+    /// trained) begins at `start`.
+    ///
+    /// Why: an all-zero `C` is a fixed point of a decoder without attention biases and with
+    /// RMSNorm (Llama, SmolLM2, Gemma): the `C` positions' hidden states stay exactly zero
+    /// through every layer, where each RMSNorm's Jacobian is `1/sqrt(eps)`, so the gradient
+    /// reaching `C` grows by ~1e5 per layer and overflows f32 (measured: every gradient NaN on
+    /// the first step with SmolLM2-135M's 30 layers). Qwen2's q/k/v biases move zero inputs
+    /// off that point; an explicit start works for every policy.
+    pub fn with_context_start(mut self, start: Tensor<B, 1>) -> Result<Self, FusionError> {
+        let [width] = start.dims();
+        let [_, policy_dim] = self.output.weight.dims();
+        if width != policy_dim {
+            return Err(FusionError::BadInput(format!(
+                "context start has {width} values, the policy's width is {policy_dim}"
+            )));
+        }
+        self.output.bias = Some(Param::from_tensor(start));
+        Ok(self)
     }
 
     /// # Shapes

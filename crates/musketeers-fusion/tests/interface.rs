@@ -70,6 +70,33 @@ fn zero_initialised_output_gives_exactly_zero_context() {
 }
 
 #[test]
+fn a_context_start_sets_every_context_token_and_checks_its_width() {
+    let device = Default::default();
+    let start: Vec<f32> = (0..12).map(|i| i as f32 / 10.0 - 0.5).collect();
+    let interface = config()
+        .init::<B>(&device)
+        .expect("init")
+        .with_context_start(Tensor::from_data(
+            TensorData::new(start.clone(), [12]),
+            &device,
+        ))
+        .expect("start");
+    let out = interface
+        .forward(&inputs(2, [1, 5, 3], [6, 10, 4]))
+        .expect("forward");
+    let context = values(out.context);
+    for token in context.chunks(12) {
+        assert_eq!(token, start.as_slice());
+    }
+    let err = config()
+        .init::<B>(&device)
+        .expect("init")
+        .with_context_start(Tensor::zeros([7], &device))
+        .expect_err("wrong width");
+    assert!(err.to_string().contains("7 values"), "{err}");
+}
+
+#[test]
 fn utilization_sums_to_one_and_entropy_is_bounded() {
     let interface = live::<B>(&config());
     let out = interface

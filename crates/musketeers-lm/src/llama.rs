@@ -360,6 +360,17 @@ impl<B: Backend> Llama<B> {
         )
     }
 
+    /// The mean of every token's input embedding, `[hidden]` (scaled as [`Self::embed`]
+    /// scales): a neutral, typical-scale input vector.
+    pub fn mean_token_embedding(&self) -> Tensor<B, 1> {
+        let hidden = self.embed_tokens.weight.dims()[1];
+        let mean = self.embed_tokens.weight.val().mean_dim(0).reshape([hidden]);
+        match self.embedding_scale {
+            Some(scale) => mean * scale,
+            None => mean,
+        }
+    }
+
     /// Token embeddings. `[batch, seq]` -> `[batch, seq, hidden]`
     pub fn embed(&self, ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
         let x = self.embed_tokens.forward(ids);

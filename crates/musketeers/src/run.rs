@@ -324,7 +324,11 @@ pub fn run<B: AutodiffBackend>(
             self_attention_blocks: i.self_attention_blocks,
             ffn_multiplier: i.ffn_multiplier,
         }
-        .init::<B>(device)?;
+        .init::<B>(device)?
+        // C starts at the policy's mean token embedding, not at zero: see
+        // `LatentInterface::with_context_start` (an all-zero C gives NaN gradients on
+        // bias-free RMSNorm policies such as SmolLM2).
+        .with_context_start(model.mean_token_embedding().detach())?;
         materialize(&interface);
         let router =
             (config.mode == Mode::HardRoute).then(|| Router::new(policy_width, team.len(), device));

@@ -44,6 +44,14 @@ pub enum TrainError {
     Rl(#[from] musketeers_rl::RlError),
     #[error("{0}")]
     BadInput(String),
+    /// A non-finite loss or gradient: the step is refused before any parameter changes, so
+    /// the model and the last checkpoint stay good.
+    #[error("step {step}: {what} is not finite ({value}); no parameter was updated")]
+    NonFinite {
+        step: u64,
+        what: &'static str,
+        value: f64,
+    },
 }
 
 /// What an expert passes on: one pooled vector, or all of its prompt tokens.
@@ -589,6 +597,13 @@ impl<B: AutodiffBackend> Trainer<B> {
             squared += squared_grad_norm(m, g);
         }
         let grad_norm = squared.sqrt();
+        if !grad_norm.is_finite() {
+            return Err(TrainError::NonFinite {
+                step: self.step + 1,
+                what: "the gradient norm",
+                value: grad_norm,
+            });
+        }
         let factor = clip_factor(grad_norm, f64::from(s.max_grad_norm));
         if factor < 1.0 {
             scale_grads(&self.policy, &mut policy_grads, factor);

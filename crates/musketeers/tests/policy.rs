@@ -217,3 +217,62 @@ fn groups_whose_rows_have_different_prompts_are_refused() {
     let err = policy.score(&rollouts, 1).expect_err("mixed group");
     assert!(err.to_string().contains("group 0"), "{err}");
 }
+
+/// Why the interface's context starts at the policy's mean token embedding: an all-zero `C`
+/// is a fixed point of a bias-free RMSNorm decoder, and the gradient reaching it through many
+/// layers overflows (SmolLM2's 30 layers: NaN on the first step). The mean embedding, a
+/// typical-scale input, gives finite gradients through the same model.
+#[test]
+fn a_zero_context_overflows_the_gradient_of_a_deep_policy_and_the_mean_embedding_does_not() {
+    use burn::backend::Autodiff;
+    use musketeers_lm::LlamaConfig;
+    type A = Autodiff<Flex>;
+    let device = Default::default();
+    <B as burn::tensor::backend::Backend>::seed(&device, 3);
+    let model = LlamaConfig::llama(64, 32, 64, 24, 4, 2, 10_000.0).init::<A>(&device);
+    let rollouts = Rollouts {
+        prompt_ids: vec![vec![3, 4, 5], vec![3, 4, 5]],
+        completion_ids: vec![vec![6, 7], vec![8]],
+        num_generations: 2,
+        rewards: vec![0.0; 2],
+        old_logprobs: None,
+        ref_logprobs: None,
+    };
+    let context_gradient = |start: Tensor<A, 1>| {
+        let context = start
+            .reshape([1, 1, 32])
+            .repeat_dim(1, 2)
+            .detach()
+            .require_grad();
+        let policy = PrefixedPolicy {
+            model: &model,
+            context: Some(context.clone()),
+            temperature: 1.0,
+        };
+        let (scores, _) = policy.score(&rollouts, 2).expect("score");
+        let grads = scores.sum().backward();
+        context
+            .grad(&grads)
+            .expect("context gradient")
+            .into_data()
+            .to_vec::<f32>()
+            .expect("f32")
+    };
+    let zero = context_gradient(Tensor::zeros([32], &device));
+    let largest = |g: &[f32]| g.iter().fold(0f32, |m, v| m.max(v.abs()));
+    assert!(
+        zero.iter().any(|g| !g.is_finite()) || largest(&zero) > 1e30,
+        "a zero context's gradient stayed moderate: {zero:?}"
+    );
+    let mean = model.mean_token_embedding();
+    let rms = mean.clone().square().mean().sqrt().into_scalar();
+    assert!(
+        rms > 1e-2,
+        "the mean embedding is of typical scale: rms {rms}"
+    );
+    let from_mean = context_gradient(mean);
+    assert!(
+        from_mean.iter().all(|g| g.is_finite()) && largest(&from_mean) < 1e6,
+        "the mean embedding's gradient: {from_mean:?}"
+    );
+}
