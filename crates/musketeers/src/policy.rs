@@ -105,15 +105,24 @@ impl<B: Backend> TokenScorer<B> for PrefixedPolicy<'_, B> {
         }
 
         // The prefixes, `[p, soft + prompt_width]`, prompts left-padded after C.
+        // Real tokens are numbered from 0 in each row; left padding shifts nothing (a pad
+        // slot takes the position before it, never attended to).
         let mut ids = Vec::with_capacity(p * prompt_width);
         let mut mask = Vec::with_capacity(p * prefix);
+        let mut positions = Vec::with_capacity(p * prefix);
         for prompt in &groups.prompts {
             let left = prompt_width - prompt.len();
             ids.extend(std::iter::repeat_n(0i64, left));
             ids.extend(prompt.iter().map(|&t| i64::from(t)));
-            mask.extend(std::iter::repeat_n(1i64, soft));
-            mask.extend(std::iter::repeat_n(0i64, left));
-            mask.extend(std::iter::repeat_n(1i64, prompt.len()));
+            let row = std::iter::repeat_n(1i64, soft)
+                .chain(std::iter::repeat_n(0i64, left))
+                .chain(std::iter::repeat_n(1i64, prompt.len()));
+            let mut seen = 0i64;
+            for m in row {
+                mask.push(m);
+                seen += m;
+                positions.push((seen - 1).max(0));
+            }
         }
         let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [p, prompt_width]), &device);
         let embedded = match &self.context {
@@ -123,14 +132,16 @@ impl<B: Backend> TokenScorer<B> for PrefixedPolicy<'_, B> {
         };
         let prefix_mask =
             Tensor::<B, 2, Int>::from_data(TensorData::new(mask.clone(), [p, prefix]), &device);
-        // Real tokens are numbered from 0 in each row; left padding shifts nothing.
-        let positions = (prefix_mask.clone().cumsum(1) - 1).clamp_min(0);
+        let prefix_positions = Tensor::<B, 2, Int>::from_data(
+            TensorData::new(positions.clone(), [p, prefix]),
+            &device,
+        );
         let rope = self.model.rope(&device);
         let mut caches = self.model.new_caches();
         let prefix_hidden = self.model.forward_cached(
             embedded,
-            positions.clone(),
-            positions.clone(),
+            prefix_positions.clone(),
+            prefix_positions,
             &causal_padding_mask(prefix_mask),
             &mut caches,
             &rope,
@@ -145,6 +156,7 @@ impl<B: Backend> TokenScorer<B> for PrefixedPolicy<'_, B> {
             caches: &caches,
             last: &last,
             mask: &mask,
+            positions: &positions,
             prefix,
             soft,
             prompts: &groups.prompts,
@@ -193,6 +205,8 @@ struct Shared<'s, B: Backend> {
     last: &'s Tensor<B, 3>,
     /// Row-major `[prompts, prefix]`, 1 on real tokens.
     mask: &'s [i64],
+    /// Row-major `[prompts, prefix]`, each slot's position.
+    positions: &'s [i64],
     prefix: usize,
     soft: usize,
     prompts: &'s [&'s [u32]],
@@ -231,15 +245,12 @@ impl<B: Backend> Shared<'_, B> {
             let mut key_positions = Vec::with_capacity(n * keys);
             let mut forbidden = Vec::with_capacity(n * steps * keys);
             for &(group, completion) in rows {
-                let row_mask = &self.mask[group * prefix..(group + 1) * prefix];
+                let slots = group * prefix..(group + 1) * prefix;
+                let row_mask = &self.mask[slots.clone()];
                 let real = (self.soft + self.prompts[group].len()) as i64;
                 ids.extend((0..steps).map(|j| completion.get(j).map_or(0, |&t| i64::from(t))));
                 query_positions.extend((0..steps as i64).map(|j| real + j));
-                let mut seen = 0i64;
-                for &m in row_mask {
-                    key_positions.push((seen - 1 + m).max(0));
-                    seen += m;
-                }
+                key_positions.extend_from_slice(&self.positions[slots]);
                 key_positions.extend((0..steps as i64).map(|j| real + j));
                 for j in 0..steps {
                     forbidden.extend(row_mask.iter().map(|&m| m == 0));
