@@ -115,6 +115,7 @@ impl LatentInterfaceConfig {
             output: LinearConfig::new(w, self.policy_dim)
                 .with_initializer(Initializer::Zeros)
                 .init(device),
+            context_gain: None,
         })
     }
 }
@@ -167,7 +168,14 @@ pub struct LatentInterface<B: Backend> {
     pub blocks: Vec<Block<B>>,
     pub output_norm: LayerNorm<B>,
     pub output: Linear<B>,
+    /// With [`LatentInterface::with_context_norm`]: each context token is RMS-normalised and
+    /// scaled by this learned per-channel gain `[policy_dim]`, which starts at the policy's
+    /// token-embedding RMS, so `C` has the norm of a real token whatever the projection does.
+    pub context_gain: Option<Param<Tensor<B, 1>>>,
 }
+
+/// Added to the mean square before the root in the context norm.
+const CONTEXT_NORM_EPS: f64 = 1e-6;
 
 /// One expert's contribution for a batch.
 #[derive(Debug, Clone)]
@@ -213,6 +221,30 @@ impl<B: Backend> LatentInterface<B> {
             )));
         }
         self.output.bias = Some(Param::from_tensor(start));
+        Ok(self)
+    }
+
+    /// Normalise every context token to RMS `target_rms` (e.g. the policy's token-embedding
+    /// RMS) through a learned per-channel gain that starts there.
+    ///
+    /// Why: with the zero-initialised projection, `C` starts at its bias (a mean embedding is
+    /// far shorter than a real token) and grows only as fast as the projection trains, so the
+    /// policy's residual stream at the `C` positions can stay small against the prompt's
+    /// tokens. Normalised, the projection's output sets the direction of `C` and the gain its
+    /// scale, and `C` is still prompt-independent at the start (the weight is zero).
+    pub fn with_context_norm(mut self, target_rms: f32) -> Result<Self, FusionError> {
+        if !(target_rms.is_finite() && target_rms > 0.0) {
+            return Err(FusionError::BadInput(format!(
+                "context norm target RMS {target_rms} is not a positive number"
+            )));
+        }
+        let [_, policy_dim] = self.output.weight.dims();
+        let device = self.output.weight.device();
+        self.context_gain = Some(Param::from_tensor(Tensor::full(
+            [policy_dim],
+            target_rms,
+            &device,
+        )));
         Ok(self)
     }
 
@@ -270,8 +302,22 @@ impl<B: Backend> LatentInterface<B> {
         for block in &self.blocks {
             latents = block.forward(latents, None).0;
         }
+        let context = self.output.forward(self.output_norm.forward(latents));
+        let context = match &self.context_gain {
+            Some(gain) => {
+                let [.., d] = context.dims();
+                let rms = context
+                    .clone()
+                    .powi_scalar(2)
+                    .mean_dim(2)
+                    .add_scalar(CONTEXT_NORM_EPS)
+                    .sqrt();
+                context / rms * gain.val().reshape([1, 1, d])
+            }
+            None => context,
+        };
         Ok(FusionOutput {
-            context: self.output.forward(self.output_norm.forward(latents)),
+            context,
             attention,
             expert_spans: spans,
         })

@@ -11,7 +11,7 @@ use burn::module::{Module, Param};
 use burn::nn::{Embedding, RmsNorm};
 use burn::tensor::activation::softmax;
 use burn::tensor::backend::Backend;
-use burn::tensor::{Bool, Int, Tensor};
+use burn::tensor::{ElementConversion, Bool, Int, Tensor};
 
 /// Query/key/value projections, grouped-query attention, output projection.
 #[derive(Module, Debug)]
@@ -369,6 +369,21 @@ impl<B: Backend> Llama<B> {
             Some(scale) => mean * scale,
             None => mean,
         }
+    }
+
+    /// RMS over every entry of the token-embedding table, as the model scales its inputs:
+    /// the size of a typical input token.
+    pub fn embedding_rms(&self) -> f32 {
+        let rms = self
+            .embed_tokens
+            .weight
+            .val()
+            .powi_scalar(2)
+            .mean()
+            .sqrt()
+            .into_scalar()
+            .elem::<f32>();
+        rms * self.embedding_scale.unwrap_or(1.0) as f32
     }
 
     /// Token embeddings. `[batch, seq]` -> `[batch, seq, hidden]`

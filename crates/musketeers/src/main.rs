@@ -46,6 +46,9 @@ enum Command {
         /// Continue from the run directory's last checkpoint, exactly.
         #[arg(long)]
         resume: bool,
+        /// Override a config key, e.g. `--set grpo.learning_rate=1e-4` (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
         /// Compute backend (cuda and wgpu need the cargo feature of that name).
         #[arg(long, value_enum, default_value_t = backend::DeviceKind::Cpu)]
         device: backend::DeviceKind,
@@ -102,6 +105,10 @@ struct DemoArgs {
     /// Build or reuse the team and policy here instead of OUT/models.
     #[arg(long)]
     models: Option<PathBuf>,
+    /// Override a key of every GRPO run's config, e.g. `--set interface.learning_rate_scale=10`
+    /// or `--set grpo.prompts_per_step=16` (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    overrides: Vec<String>,
     /// Compute backend (cuda and wgpu need the cargo feature of that name).
     #[arg(long, value_enum, default_value_t = backend::DeviceKind::Cpu)]
     device: backend::DeviceKind,
@@ -147,9 +154,10 @@ fn main() -> Result<()> {
             steps,
             out,
             resume,
+            overrides,
             device,
             progress,
-        } => train(&config, steps, out, resume, device, progress),
+        } => train(&config, steps, out, resume, &overrides, device, progress),
         Command::Demo(args) => demo(&args),
         Command::Report { run } => {
             musketeers::report::write_run_report(&run)?;
@@ -164,11 +172,12 @@ fn train(
     steps: Option<u64>,
     out: Option<PathBuf>,
     resume: bool,
+    overrides: &[String],
     device: backend::DeviceKind,
     display: live::ProgressDisplay,
 ) -> Result<()> {
     use musketeers::run_config::RunConfig;
-    let config = RunConfig::from_file(path)?;
+    let config = RunConfig::from_file(path)?.with_overrides(overrides)?;
     let out = out
         .or_else(|| config.out_dir.clone())
         .unwrap_or_else(|| PathBuf::from("runs").join(path.file_stem().unwrap_or_default()));
@@ -272,6 +281,7 @@ fn demo(args: &DemoArgs) -> Result<()> {
         settings.expert_layer = layer;
     }
     settings.models_dir = args.models.clone();
+    settings.overrides = args.overrides.clone();
     if let Some(steps) = args.expert_steps {
         settings.specialist_steps = steps;
     }

@@ -20,6 +20,16 @@ pub struct RunCurves {
     pub kl: Vec<f64>,
     pub step_seconds: Vec<f64>,
     pub tokens_per_second: Vec<f64>,
+    /// The diagnostics of learning (NaN where a step did not log one).
+    pub policy_entropy: Vec<f64>,
+    pub frac_zero_std: Vec<f64>,
+    pub grad_norm_adapters: Vec<f64>,
+    pub grad_norm_interface: Vec<f64>,
+    pub embedding_rms: Vec<f64>,
+    pub context_rms: Vec<f64>,
+    pub context_prompt_rms: Vec<f64>,
+    /// `[step][latent]`
+    pub latent_attention_entropy: Vec<Vec<f64>>,
 }
 
 fn number(v: &Value) -> f64 {
@@ -52,6 +62,22 @@ pub fn read_curves(path: &Path) -> Result<RunCurves, TrainError> {
         c.step_seconds.push(number(&v["step_seconds"]));
         c.tokens_per_second
             .push(number(&v["sampled_tokens"]) / number(&v["sample_seconds"]));
+        let d = &v["diagnostics"];
+        c.policy_entropy.push(number(&v["loss"]["entropy"]));
+        c.frac_zero_std
+            .push(number(&v["rollouts"]["frac_reward_zero_std"]));
+        c.grad_norm_adapters.push(number(&d["grad_norm_adapters"]));
+        c.grad_norm_interface
+            .push(number(&d["grad_norm_interface"]));
+        c.embedding_rms.push(number(&d["embedding_rms"]));
+        c.context_rms.push(number(&d["context_rms"]));
+        c.context_prompt_rms.push(number(&d["context_prompt_rms"]));
+        c.latent_attention_entropy.push(
+            d["latent_attention_entropy"]
+                .as_array()
+                .map(|a| a.iter().map(number).collect())
+                .unwrap_or_default(),
+        );
     }
     Ok(c)
 }
@@ -236,8 +262,109 @@ pub fn write_run_report(dir: &Path) -> Result<(), TrainError> {
             rho.map_or("undefined (constant series)".into(), |r| format!("{r:+.3}"))
         );
     }
+    write_diagnostics(dir, &curves, &mut md)?;
     let path = dir.join("report.md");
     std::fs::write(&path, md).map_err(|e| TrainError::BadInput(format!("{}: {e}", path.display())))
+}
+
+fn any_finite(ys: &[f64]) -> bool {
+    ys.iter().any(|y| y.is_finite())
+}
+
+/// The learning diagnostics: a first-vs-last table and plots of whatever the run logged.
+fn write_diagnostics(dir: &Path, c: &RunCurves, md: &mut String) -> Result<(), TrainError> {
+    let latents = c
+        .latent_attention_entropy
+        .iter()
+        .map(Vec::len)
+        .max()
+        .unwrap_or(0);
+    let latent_series: Vec<(String, Vec<f64>)> = (0..latents)
+        .map(|k| {
+            let ys = c
+                .latent_attention_entropy
+                .iter()
+                .map(|l| l.get(k).copied().unwrap_or(f64::NAN))
+                .collect();
+            (format!("latent {k}"), ys)
+        })
+        .collect();
+    let rows: Vec<(&str, &[f64])> = vec![
+        ("policy entropy (nats per token)", &c.policy_entropy),
+        ("groups with zero reward std (share)", &c.frac_zero_std),
+        ("gradient norm, LoRA adapters", &c.grad_norm_adapters),
+        ("gradient norm, interface", &c.grad_norm_interface),
+        ("token embedding RMS", &c.embedding_rms),
+        ("context C RMS", &c.context_rms),
+        ("prompt-dependent part of C, RMS", &c.context_prompt_rms),
+    ];
+    let rows: Vec<(&str, &[f64])> = rows.into_iter().filter(|(_, y)| any_finite(y)).collect();
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let _ = writeln!(
+        md,
+        "## Diagnostics
+
+| quantity | first 10% of steps | last 10% |
+|---|---|---|"
+    );
+    for (name, ys) in &rows {
+        let (a, b) = first_last(ys, 0.1);
+        let _ = writeln!(md, "| {name} | {a:.4} | {b:.4} |");
+    }
+    for (name, ys) in &latent_series {
+        let (a, b) = first_last(ys, 0.1);
+        let _ = writeln!(
+            md,
+            "| {name}: attention entropy / ln(tokens) | {a:.3} | {b:.3} |"
+        );
+    }
+    md.push('\n');
+    line_chart(
+        &dir.join("learning.svg"),
+        "policy entropy and share of zero-std groups",
+        &c.steps,
+        &[
+            ("policy entropy".into(), c.policy_entropy.clone()),
+            ("zero-std groups".into(), c.frac_zero_std.clone()),
+        ],
+    )?;
+    let _ = writeln!(md, "![learning](learning.svg)\n");
+    let mut grads = vec![("LoRA adapters".to_string(), c.grad_norm_adapters.clone())];
+    if any_finite(&c.grad_norm_interface) {
+        grads.push(("interface".into(), c.grad_norm_interface.clone()));
+    }
+    line_chart(
+        &dir.join("gradients.svg"),
+        "gradient norm before clipping",
+        &c.steps,
+        &grads,
+    )?;
+    let _ = writeln!(md, "![gradients](gradients.svg)\n");
+    if any_finite(&c.context_rms) {
+        line_chart(
+            &dir.join("context.svg"),
+            "RMS of C, its prompt-dependent part, and of token embeddings",
+            &c.steps,
+            &[
+                ("C".into(), c.context_rms.clone()),
+                ("C minus batch mean".into(), c.context_prompt_rms.clone()),
+                ("token embeddings".into(), c.embedding_rms.clone()),
+            ],
+        )?;
+        let _ = writeln!(md, "![context](context.svg)\n");
+    }
+    if !latent_series.is_empty() {
+        line_chart(
+            &dir.join("latent_entropy.svg"),
+            "attention entropy per latent / ln(expert tokens)",
+            &c.steps,
+            &latent_series,
+        )?;
+        let _ = writeln!(md, "![latent attention entropy](latent_entropy.svg)\n");
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -247,8 +374,11 @@ mod tests {
     fn line(step: u64, reward: f64, util: [f64; 2], entropy: f64) -> String {
         serde_json::json!({"step": step, "rollouts": {"reward_mean": reward},
             "utilization": util, "routing_entropy_normalized": entropy,
-            "loss": {"kl": null}, "step_seconds": 0.5, "sampled_tokens": 10,
-            "sample_seconds": 0.1})
+            "loss": {"kl": null, "entropy": 1.0 - reward},
+            "step_seconds": 0.5, "sampled_tokens": 10, "sample_seconds": 0.1,
+            "diagnostics": {"grad_norm_adapters": 0.5, "grad_norm_interface": reward,
+                "embedding_rms": 1.0, "context_rms": 0.1, "context_prompt_rms": reward,
+                "latent_attention_entropy": [entropy, 1.0]}})
         .to_string()
     }
 
@@ -267,7 +397,18 @@ mod tests {
         // Reward rises as entropy falls: rank correlation exactly -1.
         assert!(md.contains("entropy: -1.000"), "{md}");
         assert!(md.contains("| expert 0 | 0.530 | 0.890 |"), "{md}");
-        for svg in ["reward.svg", "utilization.svg", "routing_entropy.svg"] {
+        // The diagnostics: interface gradient 0.05 -> 1.0 (means of the first and last 2 steps).
+        assert!(md.contains("| gradient norm, interface | 0.0750 | 0.9750 |"), "{md}");
+        assert!(md.contains("| latent 1: attention entropy / ln(tokens) | 1.000 | 1.000 |"), "{md}");
+        for svg in [
+            "reward.svg",
+            "utilization.svg",
+            "routing_entropy.svg",
+            "learning.svg",
+            "gradients.svg",
+            "context.svg",
+            "latent_entropy.svg",
+        ] {
             let text = std::fs::read_to_string(dir.path().join(svg)).expect(svg);
             assert!(
                 text.starts_with("<svg") && text.contains("<polyline"),

@@ -5,7 +5,7 @@
 use crate::collab::{TextExpert, with_suggestions};
 use crate::eval::EvalReport;
 use crate::route::Router;
-use crate::run_config::{AnswerExtraction, Mode, RunConfig};
+use crate::run_config::{AnswerExtraction, ContextNorm, Mode, RunConfig};
 use crate::train::{StepReport, StepSettings, TeamMember, TrainError, Trainer};
 use burn::store::{ModuleSnapshot, SafetensorsStore};
 use burn::tensor::backend::AutodiffBackend;
@@ -329,6 +329,10 @@ pub fn run<B: AutodiffBackend>(
         // `LatentInterface::with_context_start` (an all-zero C gives NaN gradients on
         // bias-free RMSNorm policies such as SmolLM2).
         .with_context_start(model.mean_token_embedding().detach())?;
+        let interface = match i.context_norm {
+            ContextNorm::None => interface,
+            ContextNorm::EmbeddingRms => interface.with_context_norm(model.embedding_rms())?,
+        };
         materialize(&interface);
         let router =
             (config.mode == Mode::HardRoute).then(|| Router::new(policy_width, team.len(), device));
@@ -340,6 +344,8 @@ pub fn run<B: AutodiffBackend>(
         temperature: g.temperature,
         learning_rate: g.learning_rate,
         max_grad_norm: g.max_grad_norm,
+        interface_lr_scale: config.interface.learning_rate_scale,
+        interface_warmup_steps: config.interface.warmup_steps,
         grpo: StepConfig {
             loss: GrpoLossConfig {
                 beta: g.beta,

@@ -108,6 +108,25 @@ pub struct InterfaceConfig {
     pub num_heads: usize,
     pub self_attention_blocks: usize,
     pub ffn_multiplier: usize,
+    /// The interface's learning rate as a multiple of `grpo.learning_rate` (the interface
+    /// starts from scratch while LoRA adapts a trained model).
+    pub learning_rate_scale: f64,
+    /// Linear warmup of the interface's learning rate over this many steps (0: none).
+    pub warmup_steps: u64,
+    /// The scale of the context tokens `C`.
+    pub context_norm: ContextNorm,
+}
+
+/// How the size of the context tokens is set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ContextNorm {
+    /// As the output projection makes it (it starts at the policy's mean token embedding).
+    #[default]
+    None,
+    /// RMS-normalised, times a learned per-channel gain that starts at the RMS of the
+    /// policy's token embeddings: `C` is as large as a real token from the first step.
+    EmbeddingRms,
 }
 
 impl Default for InterfaceConfig {
@@ -118,6 +137,9 @@ impl Default for InterfaceConfig {
             num_heads: 8,
             self_attention_blocks: 0,
             ffn_multiplier: 4,
+            learning_rate_scale: 1.0,
+            warmup_steps: 0,
+            context_norm: ContextNorm::None,
         }
     }
 }
@@ -219,6 +241,46 @@ fn one() -> f64 {
 }
 
 impl RunConfig {
+    /// This config with `key=value` overrides applied, as `--set grpo.learning_rate=1e-4`:
+    /// `key` is a dotted path into the TOML layout (tables only), `value` a TOML value (a
+    /// bare word that is not one is taken as a string). The result is validated.
+    pub fn with_overrides(&self, overrides: &[String]) -> Result<Self, TrainError> {
+        if overrides.is_empty() {
+            return Ok(self.clone());
+        }
+        let bad = |m: String| TrainError::BadInput(m);
+        let mut root = toml::Value::try_from(self).map_err(|e| bad(format!("config: {e}")))?;
+        for item in overrides {
+            let (key, text) = item
+                .split_once('=')
+                .ok_or_else(|| bad(format!("--set {item:?}: expected KEY=VALUE")))?;
+            let value = toml::from_str::<toml::Table>(&format!("v = {text}"))
+                .ok()
+                .and_then(|mut t| t.remove("v"))
+                .unwrap_or_else(|| toml::Value::String(text.to_string()));
+            let path: Vec<&str> = key.trim().split('.').collect();
+            let (last, tables) = path
+                .split_last()
+                .ok_or_else(|| bad(format!("--set {item:?}: empty key")))?;
+            let mut table = root
+                .as_table_mut()
+                .ok_or_else(|| bad("config is not a table".into()))?;
+            for name in tables {
+                table = table
+                    .entry(name.to_string())
+                    .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+                    .as_table_mut()
+                    .ok_or_else(|| bad(format!("--set {item:?}: {name} is not a table")))?;
+            }
+            table.insert(last.to_string(), value);
+        }
+        let config: Self = root
+            .try_into()
+            .map_err(|e| bad(format!("--set {}: {e}", overrides.join(" "))))?;
+        config.validate()?;
+        Ok(config)
+    }
+
     pub fn from_file(path: &Path) -> Result<Self, TrainError> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| TrainError::BadInput(format!("{}: {e}", path.display())))?;
@@ -248,6 +310,10 @@ impl RunConfig {
         }
         if !self.policy.prompt_template.contains("{question}") {
             return bad("policy.prompt_template must contain {question}");
+        }
+        let i = &self.interface;
+        if !(i.learning_rate_scale.is_finite() && i.learning_rate_scale > 0.0) {
+            return bad("interface.learning_rate_scale must be a positive number");
         }
         self.policy.lora.validate()?;
         Ok(())

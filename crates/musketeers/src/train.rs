@@ -34,6 +34,28 @@ fn host_f32<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
         .unwrap_or_default()
 }
 
+fn rms<B: Backend, const D: usize>(t: Tensor<B, D>) -> f32 {
+    t.powi_scalar(2).mean().sqrt().into_scalar().elem::<f32>()
+}
+
+/// `attention` `[batch, heads, latents, tokens]` -> per latent, the entropy over tokens (mean
+/// over heads and batch) divided by `ln tokens`.
+fn latent_attention_entropy<B: Backend>(attention: Tensor<B, 4>) -> Vec<f32> {
+    let [b, h, k, t] = attention.dims();
+    if t < 2 {
+        return vec![0.0; k];
+    }
+    let p = attention;
+    let entropy = (p.clone() * p.clamp_min(1e-30).log())
+        .sum_dim(3)
+        .neg()
+        .reshape([b * h, k])
+        .mean_dim(0)
+        .reshape([k])
+        / (t as f64).ln();
+    host_f32(entropy)
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
     #[error(transparent)]
@@ -135,8 +157,48 @@ pub struct StepSettings {
     /// Clip of the global gradient norm over every trained parameter (LoRA, interface,
     /// router), as TRL's `max_grad_norm`.
     pub max_grad_norm: f32,
+    /// The interface's learning rate over `learning_rate` (see `InterfaceConfig`).
+    pub interface_lr_scale: f64,
+    /// Linear warmup of the interface's learning rate over this many steps (0: none).
+    pub interface_warmup_steps: u64,
     pub grpo: StepConfig,
     pub seed: u64,
+}
+
+impl StepSettings {
+    /// The interface's learning rate at (0-based) step `step`.
+    pub fn interface_learning_rate(&self, step: u64) -> f64 {
+        let peak = self.learning_rate * self.interface_lr_scale;
+        if step < self.interface_warmup_steps {
+            peak * (step + 1) as f64 / self.interface_warmup_steps as f64
+        } else {
+            peak
+        }
+    }
+}
+
+/// What shows whether the policy reads its context, per step: where the gradient goes, how
+/// large and how prompt-dependent `C` is against real token embeddings, and how sharply each
+/// latent attends.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct StepDiagnostics {
+    /// Global gradient norm (before clipping) over the LoRA adapters alone.
+    pub grad_norm_adapters: f64,
+    /// Over the interface alone (fused and hard-route).
+    pub grad_norm_interface: Option<f64>,
+    pub grad_norm_router: Option<f64>,
+    pub learning_rate: f64,
+    pub interface_learning_rate: Option<f64>,
+    /// RMS over every entry of the policy's token-embedding table (embedding scale applied).
+    pub embedding_rms: f32,
+    /// RMS over every entry of the batch's context tokens `C`.
+    pub context_rms: Option<f32>,
+    /// RMS of `C` minus its mean over the batch's prompts: the part of `C` that depends on
+    /// the prompt (0 while the output projection is still zero).
+    pub context_prompt_rms: Option<f32>,
+    /// Per latent: the entropy of its cross-attention over the experts' tokens, mean over
+    /// heads and prompts, divided by the log of the number of tokens (1 = uniform).
+    pub latent_attention_entropy: Vec<f32>,
 }
 
 /// What one step did, for `metrics.jsonl` and the live view.
@@ -163,6 +225,7 @@ pub struct StepReport {
     pub loss_seconds: f64,
     pub update_seconds: f64,
     pub step_seconds: f64,
+    pub diagnostics: StepDiagnostics,
     /// The first completion of each prompt, for the run log.
     pub samples: Vec<Sample>,
 }
@@ -212,6 +275,8 @@ pub struct Trainer<B: AutodiffBackend> {
     pub step: u64,
     /// `hard-route` mode: picks one expert per prompt (see [`crate::route`]).
     pub router: Option<Router<B>>,
+    /// RMS of the policy's token embeddings (frozen: computed once).
+    embedding_rms: f32,
     adam: AdamWConfig,
     policy_optim: Adam<Llama<B>, B>,
     interface_optim: Adam<LatentInterface<B>, B>,
@@ -235,7 +300,9 @@ impl<B: AutodiffBackend> Trainer<B> {
         }
         // Clipping is by the global norm, in `train_step`, not Burn's per-tensor clipping.
         let adam = AdamWConfig::new().with_weight_decay(0.0);
+        let embedding_rms = policy.embedding_rms();
         Ok(Self {
+            embedding_rms,
             policy,
             tokenizer,
             interface,
@@ -589,14 +656,19 @@ impl<B: AutodiffBackend> Trainer<B> {
             .router
             .as_ref()
             .map(|m| GradientsParams::from_module(&mut grads, m));
-        let mut squared = squared_grad_norm(&self.policy, &policy_grads);
-        if let (Some(m), Some(g)) = (&self.interface, &interface_grads) {
-            squared += squared_grad_norm(m, g);
-        }
-        if let (Some(m), Some(g)) = (&self.router, &router_grads) {
-            squared += squared_grad_norm(m, g);
-        }
-        let grad_norm = squared.sqrt();
+        let adapters_squared = squared_grad_norm(&self.policy, &policy_grads);
+        let interface_squared = match (&self.interface, &interface_grads) {
+            (Some(m), Some(g)) => Some(squared_grad_norm(m, g)),
+            _ => None,
+        };
+        let router_squared = match (&self.router, &router_grads) {
+            (Some(m), Some(g)) => Some(squared_grad_norm(m, g)),
+            _ => None,
+        };
+        let grad_norm = (adapters_squared
+            + interface_squared.unwrap_or(0.0)
+            + router_squared.unwrap_or(0.0))
+        .sqrt();
         if !grad_norm.is_finite() {
             return Err(TrainError::NonFinite {
                 step: self.step + 1,
@@ -626,11 +698,29 @@ impl<B: AutodiffBackend> Trainer<B> {
                 g,
             ));
         }
+        let interface_lr = s.interface_learning_rate(self.step);
         if let (Some(interface), Some(g)) = (self.interface.take(), interface_grads) {
-            self.interface = Some(self.interface_optim.step(s.learning_rate, interface, g));
+            self.interface = Some(self.interface_optim.step(interface_lr, interface, g));
         }
 
         let update_seconds = update_start.elapsed().as_secs_f64();
+        let diagnostics = StepDiagnostics {
+            grad_norm_adapters: adapters_squared.sqrt(),
+            grad_norm_interface: interface_squared.map(f64::sqrt),
+            grad_norm_router: router_squared.map(f64::sqrt),
+            learning_rate: s.learning_rate,
+            interface_learning_rate: self.interface.as_ref().map(|_| interface_lr),
+            embedding_rms: self.embedding_rms,
+            context_rms: fused.as_ref().map(|f| rms(f.context.clone().inner())),
+            context_prompt_rms: fused.as_ref().map(|f| {
+                let c = f.context.clone().inner();
+                rms(c.clone() - c.mean_dim(0))
+            }),
+            latent_attention_entropy: fused
+                .as_ref()
+                .map(|f| latent_attention_entropy(f.attention.clone().inner()))
+                .unwrap_or_default(),
+        };
         let (utilization, entropy, normalized) = match &fused {
             Some(f) => {
                 let per_example = expert_utilization(&f.attention, &f.expert_spans).inner();
@@ -665,6 +755,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             loss_seconds,
             update_seconds,
             step_seconds: started.elapsed().as_secs_f64(),
+            diagnostics,
             samples: (0..p)
                 .map(|i| {
                     let r = i * s.num_generations;

@@ -108,6 +108,8 @@ pub struct DemoSettings {
     /// Where the team and policy are built or reused (default `out_dir/models`).
     pub models_dir: Option<PathBuf>,
     pub eval_problems: usize,
+    /// Run-config overrides applied to every GRPO run (`--set KEY=VALUE`).
+    pub overrides: Vec<String>,
 }
 
 impl DemoSettings {
@@ -132,6 +134,7 @@ impl DemoSettings {
             expert_layer: -1,
             models_dir: None,
             eval_problems: 256,
+            overrides: Vec::new(),
         }
     }
 
@@ -303,7 +306,7 @@ fn run_config(
     task: &DemoTask,
     mode: Mode,
     seed: u64,
-) -> RunConfig {
+) -> Result<RunConfig, TrainError> {
     let model = |name: &str| models.join(name).to_string_lossy().into_owned();
     RunConfig {
         mode,
@@ -333,6 +336,7 @@ fn run_config(
             num_heads: 4,
             self_attention_blocks: 0,
             ffn_multiplier: 2,
+            ..InterfaceConfig::default()
         },
         grpo: GrpoConfig {
             steps: settings.grpo_steps,
@@ -369,6 +373,7 @@ fn run_config(
         },
         out_dir: None,
     }
+    .with_overrides(&settings.overrides)
 }
 
 /// Train the experts and warm-start the policy into `models`; returns each specialist's
@@ -606,7 +611,7 @@ pub fn run_demo<B: AutodiffBackend>(
         for &mode in &settings.modes {
             for &seed in &settings.seeds {
                 let label = format!("{}-{}-seed{seed}", task.label, mode_name(mode));
-                let config = run_config(settings, &models, task, mode, seed);
+                let config = run_config(settings, &models, task, mode, seed)?;
                 let dir = settings.out_dir.join("runs").join(&label);
                 let started = std::time::Instant::now();
                 let outcome =
