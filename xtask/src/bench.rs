@@ -173,7 +173,7 @@ fn verify(seconds: f64, no_python: bool) -> Result<()> {
 
 fn lm(batches: &str, new_tokens: usize, no_python: bool, model: Option<&str>) -> Result<()> {
     let model = model
-        .map(|m| musketeers_lm::catalog::resolve(m).map_err(anyhow::Error::from))
+        .map(|m| musketeers_catalog::resolve(m).map_err(anyhow::Error::from))
         .transpose()?;
     let model_arg = model
         .as_ref()
@@ -314,7 +314,7 @@ fn mean_after_first(xs: &[f64]) -> f64 {
 }
 
 fn grpo(steps: u64, no_python: bool) -> Result<()> {
-    let model = musketeers_lm::catalog::resolve("smollm2-135m")
+    let model = musketeers_catalog::resolve("smollm2-135m")
         .context("the GRPO bench runs SmolLM2-135M: `cargo xtask models fetch smollm2-135m`")?;
     run_cmd(
         "cargo",

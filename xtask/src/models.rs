@@ -3,7 +3,7 @@
 use crate::util::run;
 use anyhow::{Context, Result, bail};
 use clap::Subcommand;
-use musketeers_lm::catalog::{CatalogModel, LLAMA_VOCAB, MODELS, VocabTests, find, models_dir};
+use musketeers_catalog::{CatalogModel, LLAMA_VOCAB, MODELS, VocabTests, find, models_dir};
 use sha2::{Digest, Sha256};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};

@@ -3,6 +3,8 @@ use std::path::PathBuf;
 /// What went wrong loading or running a model; each variant names the file or tensor.
 #[derive(Debug, thiserror::Error)]
 pub enum LmError {
+    #[error(transparent)]
+    Catalog(#[from] musketeers_catalog::CatalogError),
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,

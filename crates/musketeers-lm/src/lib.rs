@@ -9,7 +9,8 @@
 //! - [`weights`]: safetensors checkpoints (single or sharded; f32, f16, bf16).
 
 pub mod cache;
-pub mod catalog;
+/// The model catalog (its own Burn-free crate, re-exported).
+pub use musketeers_catalog as catalog;
 pub mod config;
 pub mod error;
 pub mod export;

@@ -6,6 +6,7 @@
 //!   completion mask (up to and including the first eos).
 //! - [`loss`]: the clipped surrogate with `epsilon`/`epsilon_high`, the k3 KL to a reference
 //!   policy, the `grpo`/`bnpo`/`dr_grpo`/`dapo` normalisations, and the metrics TRL logs.
+//! - [`schedule`]: learning-rate schedules (`lr_scheduler_type`, `warmup_steps`).
 //! - [`rollout`]: the seam between a batch of rollouts and any policy that scores tokens.
 
 pub mod advantages;
@@ -13,10 +14,12 @@ pub mod clip;
 pub mod logprobs;
 pub mod loss;
 pub mod rollout;
+pub mod schedule;
 
 pub use advantages::{Advantages, ScaleRewards, group_advantages};
 pub use loss::{GrpoLoss, GrpoLossConfig, GrpoMetrics, LossInputs, LossType, grpo_loss};
 pub use rollout::{RolloutStats, Rollouts, StepConfig, TokenScorer, grpo_step};
+pub use schedule::{LrSchedule, LrSchedulerType};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RlError {

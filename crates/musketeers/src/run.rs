@@ -12,7 +12,7 @@ use burn::tensor::backend::AutodiffBackend;
 use musketeers_fusion::LatentInterfaceConfig;
 use musketeers_lm::tokenizer::{ChatMessage, TextTokenizer};
 use musketeers_lm::{Pretrained, catalog};
-use musketeers_rl::GrpoLossConfig;
+use musketeers_rl::{GrpoLossConfig, LrSchedule};
 use musketeers_rl::rollout::StepConfig;
 use musketeers_verify::entry::Entry;
 use musketeers_verify::extract;
@@ -155,7 +155,8 @@ fn load<B: burn::tensor::backend::Backend>(
     spec: &str,
     device: &B::Device,
 ) -> Result<Pretrained<B>, TrainError> {
-    Ok(Pretrained::<B>::load(&catalog::resolve(spec)?, device)?)
+    let path = catalog::resolve(spec).map_err(musketeers_lm::LmError::from)?;
+    Ok(Pretrained::<B>::load(&path, device)?)
 }
 
 fn take_tokenizer(
@@ -345,7 +346,12 @@ pub fn run<B: AutodiffBackend>(
         learning_rate: g.learning_rate,
         max_grad_norm: g.max_grad_norm,
         interface_lr_scale: config.interface.learning_rate_scale,
-        interface_warmup_steps: config.interface.warmup_steps,
+        // The schedule spans the steps this run is asked for.
+        schedule: LrSchedule {
+            kind: g.lr_scheduler_type,
+            warmup_steps: g.warmup_steps,
+            total_steps: steps.unwrap_or(g.steps),
+        },
         grpo: StepConfig {
             loss: GrpoLossConfig {
                 beta: g.beta,

@@ -1,7 +1,7 @@
 //! A training run as a TOML file: serde defaults, unknown keys rejected with their name.
 
 use musketeers_lm::LoraConfig;
-use musketeers_rl::{LossType, ScaleRewards};
+use musketeers_rl::{LossType, LrSchedulerType, ScaleRewards};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -111,8 +111,6 @@ pub struct InterfaceConfig {
     /// The interface's learning rate as a multiple of `grpo.learning_rate` (the interface
     /// starts from scratch while LoRA adapts a trained model).
     pub learning_rate_scale: f64,
-    /// Linear warmup of the interface's learning rate over this many steps (0: none).
-    pub warmup_steps: u64,
     /// The scale of the context tokens `C`.
     pub context_norm: ContextNorm,
 }
@@ -138,7 +136,6 @@ impl Default for InterfaceConfig {
             self_attention_blocks: 0,
             ffn_multiplier: 4,
             learning_rate_scale: 1.0,
-            warmup_steps: 0,
             context_norm: ContextNorm::None,
         }
     }
@@ -154,6 +151,10 @@ pub struct GrpoConfig {
     pub max_completion_length: usize,
     pub temperature: f32,
     pub learning_rate: f64,
+    /// How every learning rate changes over the run (TRL's `lr_scheduler_type`).
+    pub lr_scheduler_type: LrSchedulerType,
+    /// Linear warmup from 0 over this many steps.
+    pub warmup_steps: u64,
     pub beta: f64,
     pub epsilon: f64,
     pub epsilon_high: Option<f64>,
@@ -175,6 +176,8 @@ impl Default for GrpoConfig {
             max_completion_length: 64,
             temperature: 1.0,
             learning_rate: 1e-5,
+            lr_scheduler_type: LrSchedulerType::Linear,
+            warmup_steps: 0,
             beta: 0.04,
             epsilon: 0.2,
             epsilon_high: None,

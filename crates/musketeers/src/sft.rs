@@ -10,6 +10,7 @@ use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
 use musketeers_lm::Llama;
+use musketeers_rl::{LrSchedule, LrSchedulerType};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
@@ -28,6 +29,9 @@ pub struct SftSettings {
     pub steps: usize,
     pub batch_size: usize,
     pub learning_rate: f64,
+    /// How the learning rate changes over the steps (warmup, then decay or not).
+    pub schedule: LrSchedulerType,
+    pub warmup_steps: usize,
     pub weight_decay: f32,
     pub max_grad_norm: f32,
     /// Shuffling order of the examples.
@@ -109,6 +113,11 @@ pub fn train<B: AutodiffBackend>(
             settings.max_grad_norm,
         )))
         .init::<B, Llama<B>>();
+    let schedule = LrSchedule {
+        kind: settings.schedule,
+        warmup_steps: settings.warmup_steps as u64,
+        total_steps: settings.steps as u64,
+    };
     let mut rng = ChaCha8Rng::seed_from_u64(settings.seed);
     let mut order: Vec<usize> = (0..examples.len()).collect();
     let mut cursor = order.len();
@@ -142,7 +151,8 @@ pub fn train<B: AutodiffBackend>(
                 / count.inner().into_scalar().elem::<f32>(),
         };
         let grads = GradientsParams::from_grads(loss.backward(), &model);
-        model = optim.step(settings.learning_rate, model, grads);
+        let lr = settings.learning_rate * schedule.factor(step as u64);
+        model = optim.step(lr, model, grads);
         progress(&report);
     }
     Ok(model)

@@ -19,7 +19,7 @@ use musketeers_lm::sampling::SamplingConfig;
 use musketeers_lm::tokenizer::TextTokenizer;
 use musketeers_rl::clip::{clip_factor, scale_grads, squared_grad_norm};
 use musketeers_rl::rollout::{RolloutStats, StepConfig, grpo_step};
-use musketeers_rl::{GrpoMetrics, Rollouts};
+use musketeers_rl::{GrpoMetrics, LrSchedule, Rollouts};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 use std::time::Instant;
@@ -159,21 +159,16 @@ pub struct StepSettings {
     pub max_grad_norm: f32,
     /// The interface's learning rate over `learning_rate` (see `InterfaceConfig`).
     pub interface_lr_scale: f64,
-    /// Linear warmup of the interface's learning rate over this many steps (0: none).
-    pub interface_warmup_steps: u64,
+    /// The multiplier of every learning rate per step.
+    pub schedule: LrSchedule,
     pub grpo: StepConfig,
     pub seed: u64,
 }
 
 impl StepSettings {
-    /// The interface's learning rate at (0-based) step `step`.
-    pub fn interface_learning_rate(&self, step: u64) -> f64 {
-        let peak = self.learning_rate * self.interface_lr_scale;
-        if step < self.interface_warmup_steps {
-            peak * (step + 1) as f64 / self.interface_warmup_steps as f64
-        } else {
-            peak
-        }
+    /// The adapters' learning rate for the optimizer step with 0-based index `step`.
+    pub fn learning_rate_at(&self, step: u64) -> f64 {
+        self.learning_rate * self.schedule.factor(step)
     }
 }
 
@@ -686,19 +681,20 @@ impl<B: AutodiffBackend> Trainer<B> {
                 scale_grads(m, g, factor);
             }
         }
+        let lr = s.learning_rate_at(self.step);
         self.policy = self
             .policy_optim
-            .step(s.learning_rate, self.policy.clone(), policy_grads);
+            .step(lr, self.policy.clone(), policy_grads);
         if let (Some(router), Some(g)) = (self.router.take(), router_grads) {
             // The router is a bandit over a few experts with a noisy reward; it moves
             // ROUTER_LR_SCALE times faster than the policy so routing settles within a run.
             self.router = Some(self.router_optim.step(
-                s.learning_rate * ROUTER_LR_SCALE,
+                lr * ROUTER_LR_SCALE,
                 router,
                 g,
             ));
         }
-        let interface_lr = s.interface_learning_rate(self.step);
+        let interface_lr = lr * s.interface_lr_scale;
         if let (Some(interface), Some(g)) = (self.interface.take(), interface_grads) {
             self.interface = Some(self.interface_optim.step(interface_lr, interface, g));
         }
@@ -708,7 +704,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             grad_norm_adapters: adapters_squared.sqrt(),
             grad_norm_interface: interface_squared.map(f64::sqrt),
             grad_norm_router: router_squared.map(f64::sqrt),
-            learning_rate: s.learning_rate,
+            learning_rate: lr,
             interface_learning_rate: self.interface.as_ref().map(|_| interface_lr),
             embedding_rms: self.embedding_rms,
             context_rms: fused.as_ref().map(|f| rms(f.context.clone().inner())),

@@ -17,7 +17,7 @@ use musketeers_fusion::LatentInterfaceConfig;
 use musketeers_lm::tokenizer::TextTokenizer;
 use musketeers_lm::{LoraConfig, weights};
 use musketeers_rl::rollout::StepConfig;
-use musketeers_rl::{GrpoLossConfig, LossType};
+use musketeers_rl::{GrpoLossConfig, LossType, LrSchedule, LrSchedulerType};
 use std::path::{Path, PathBuf};
 
 type Ad = Autodiff<Flex>;
@@ -108,7 +108,10 @@ fn final_reward(seed: u64, fused: bool) -> f32 {
         learning_rate: 1e-2,
         max_grad_norm: 1.0,
         interface_lr_scale: 1.0,
-        interface_warmup_steps: 0,
+        schedule: LrSchedule {
+            kind: LrSchedulerType::Constant,
+            ..LrSchedule::default()
+        },
         grpo: StepConfig {
             loss: GrpoLossConfig {
                 beta: 0.0,

@@ -4,6 +4,7 @@
 use burn::backend::Autodiff;
 use burn::tensor::backend::Backend;
 use burn_flex::Flex;
+use musketeers_rl::LrSchedulerType;
 use musketeers::sft::{Example, SftSettings, exact_match, train};
 use musketeers_lm::config::LlamaConfig;
 
@@ -21,6 +22,8 @@ fn settings(steps: usize) -> SftSettings {
         steps,
         batch_size: 16,
         learning_rate: 1e-2,
+        schedule: LrSchedulerType::Constant,
+        warmup_steps: 0,
         weight_decay: 0.0,
         max_grad_norm: 1.0,
         seed: 3,

@@ -10,7 +10,7 @@ use musketeers_fusion::LatentInterfaceConfig;
 use musketeers_lm::tokenizer::TextTokenizer;
 use musketeers_lm::{LoraConfig, weights};
 use musketeers_rl::rollout::StepConfig;
-use musketeers_rl::{GrpoLossConfig, LossType};
+use musketeers_rl::{GrpoLossConfig, LossType, LrSchedule, LrSchedulerType};
 use std::path::{Path, PathBuf};
 
 type Ad = Autodiff<Flex>;
@@ -92,7 +92,10 @@ fn a_fused_step_updates_only_the_adapters_and_the_interface() {
         learning_rate: 1e-2,
         max_grad_norm: 1.0,
         interface_lr_scale: 1.0,
-        interface_warmup_steps: 0,
+        schedule: LrSchedule {
+            kind: LrSchedulerType::Constant,
+            ..LrSchedule::default()
+        },
         grpo: StepConfig {
             loss: GrpoLossConfig {
                 beta: 0.04,
@@ -198,7 +201,10 @@ fn trainer(dir: &Path, adapters: Option<&Path>) -> Trainer<Ad> {
         learning_rate: 5e-2,
         max_grad_norm: 1.0,
         interface_lr_scale: 1.0,
-        interface_warmup_steps: 0,
+        schedule: LrSchedule {
+            kind: LrSchedulerType::Constant,
+            ..LrSchedule::default()
+        },
         grpo: StepConfig {
             loss: GrpoLossConfig {
                 beta: 0.04,

@@ -23,7 +23,7 @@ use burn::tensor::backend::AutodiffBackend;
 use musketeers_lm::config::LlamaConfig;
 use musketeers_lm::tokenizer::TextTokenizer;
 use musketeers_lm::{LoraConfig, Pretrained};
-use musketeers_rl::{LossType, ScaleRewards};
+use musketeers_rl::{LossType, LrSchedulerType, ScaleRewards};
 use musketeers_verify::entry::Entry;
 use musketeers_verify::options::Options;
 use musketeers_verify::task::Task;
@@ -270,6 +270,10 @@ fn make_model<B: AutodiffBackend>(
             steps,
             batch_size: 64,
             learning_rate: 3e-3,
+            // Decayed to 0 by the last step: at a constant 3e-3 the arithmetic expert's final
+            // accuracy swung from 0.64 to 0.90 with the matmul kernels (AVX2 or AVX-512).
+            schedule: LrSchedulerType::Cosine,
+            warmup_steps: steps / 20,
             weight_decay: 0.0,
             max_grad_norm: 1.0,
             seed,
@@ -345,6 +349,8 @@ fn run_config(
             max_completion_length: 8,
             temperature: 1.0,
             learning_rate: settings.learning_rate,
+            lr_scheduler_type: LrSchedulerType::Linear,
+            warmup_steps: 0,
             beta: settings.beta,
             epsilon: 0.2,
             epsilon_high: Some(0.28),
@@ -583,7 +589,7 @@ pub fn run_demo<B: AutodiffBackend>(
         "warm_start_steps": settings.warm_start_steps,
         "hidden_size": settings.hidden_size,
         "num_layers": settings.num_layers,
-        "version": 3,
+        "version": 4,
     });
     let built = models.join("built.json");
     let previous = std::fs::read_to_string(&built)

@@ -1,8 +1,21 @@
 //! The real pretrained models this project can fetch offline (they ship inside PyPI wheels),
 //! where fetched models live, and how a `--model` argument resolves to a file or directory.
+//!
+//! Data and paths only, no Burn: `cargo xtask` reads it without compiling the tensor stack.
 
-use crate::error::LmError;
 use std::path::{Path, PathBuf};
+
+/// A `--model` argument that names nothing usable.
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    #[error(
+        "model {name:?} is not fetched yet (looked for {}); run `cargo xtask models fetch {name}`",
+        looked.display()
+    )]
+    NotFetched { name: String, looked: PathBuf },
+    #[error("--model {spec:?} is neither a path that exists nor a known model name ({known})")]
+    Unknown { spec: String, known: String },
+}
 
 /// One wheel and the file inside it that holds (a piece of) a model.
 #[derive(Debug, Clone, Copy)]
@@ -120,7 +133,7 @@ impl CatalogModel {
 
 /// A `--model` argument: an existing path (directory or file) as is, or the name of a
 /// catalog model that `cargo xtask models fetch` has fetched.
-pub fn resolve(spec: &str) -> Result<PathBuf, LmError> {
+pub fn resolve(spec: &str) -> Result<PathBuf, CatalogError> {
     let path = PathBuf::from(spec);
     if path.exists() {
         return Ok(path);
@@ -131,16 +144,16 @@ pub fn resolve(spec: &str) -> Result<PathBuf, LmError> {
             if file.exists() {
                 Ok(file)
             } else {
-                Err(LmError::BadInput(format!(
-                    "model {spec:?} is not fetched yet (looked for {}); run `cargo xtask models fetch {spec}`",
-                    file.display()
-                )))
+                Err(CatalogError::NotFetched {
+                    name: spec.to_string(),
+                    looked: file,
+                })
             }
         }
-        None => Err(LmError::BadInput(format!(
-            "--model {spec:?} is neither a path that exists nor a known model name ({})",
-            MODELS.iter().map(|m| m.name).collect::<Vec<_>>().join(", ")
-        ))),
+        None => Err(CatalogError::Unknown {
+            spec: spec.to_string(),
+            known: MODELS.iter().map(|m| m.name).collect::<Vec<_>>().join(", "),
+        }),
     }
 }
 
