@@ -11,7 +11,7 @@ use burn::module::{Module, Param};
 use burn::nn::{Embedding, RmsNorm};
 use burn::tensor::activation::softmax;
 use burn::tensor::backend::Backend;
-use burn::tensor::{ElementConversion, Bool, Int, Tensor};
+use burn::tensor::{Bool, ElementConversion, Int, Tensor};
 
 /// Query/key/value projections, grouped-query attention, output projection.
 #[derive(Module, Debug)]

@@ -28,7 +28,11 @@ impl LrSchedule {
     /// The multiplier for the optimizer step with 0-based index `step`, as
     /// `get_{linear,cosine,constant}_schedule_with_warmup`'s `lr_lambda(step)`.
     pub fn factor(&self, step: u64) -> f64 {
-        let (step, warmup, total) = (step as f64, self.warmup_steps as f64, self.total_steps as f64);
+        let (step, warmup, total) = (
+            step as f64,
+            self.warmup_steps as f64,
+            self.total_steps as f64,
+        );
         if step < warmup {
             return step / warmup.max(1.0);
         }
@@ -71,7 +75,9 @@ mod tests {
         let cosine = schedule(LrSchedulerType::Cosine, 0);
         assert_eq!(cosine.factor(0), 1.0);
         assert!((cosine.factor(5) - 0.5).abs() < 1e-12);
-        assert!((cosine.factor(9) - 0.5 * (1.0 + (0.9 * std::f64::consts::PI).cos())).abs() < 1e-12);
+        assert!(
+            (cosine.factor(9) - 0.5 * (1.0 + (0.9 * std::f64::consts::PI).cos())).abs() < 1e-12
+        );
         let constant = schedule(LrSchedulerType::Constant, 2);
         assert_eq!(constant.factor(1), 0.5);
         assert_eq!(constant.factor(9), 1.0);

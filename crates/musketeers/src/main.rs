@@ -251,7 +251,7 @@ fn demo(args: &DemoArgs) -> Result<()> {
         DemoSettings::full(args.out.clone())
     };
     if let Some(steps) = args.steps {
-        settings.grpo_steps = steps;
+        settings.grpo_steps = Some(steps);
     }
     if !args.seeds.is_empty() {
         settings.seeds = args.seeds.clone();

@@ -398,8 +398,14 @@ mod tests {
         assert!(md.contains("entropy: -1.000"), "{md}");
         assert!(md.contains("| expert 0 | 0.530 | 0.890 |"), "{md}");
         // The diagnostics: interface gradient 0.05 -> 1.0 (means of the first and last 2 steps).
-        assert!(md.contains("| gradient norm, interface | 0.0750 | 0.9750 |"), "{md}");
-        assert!(md.contains("| latent 1: attention entropy / ln(tokens) | 1.000 | 1.000 |"), "{md}");
+        assert!(
+            md.contains("| gradient norm, interface | 0.0750 | 0.9750 |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| latent 1: attention entropy / ln(tokens) | 1.000 | 1.000 |"),
+            "{md}"
+        );
         for svg in [
             "reward.svg",
             "utilization.svg",

@@ -660,10 +660,9 @@ impl<B: AutodiffBackend> Trainer<B> {
             (Some(m), Some(g)) => Some(squared_grad_norm(m, g)),
             _ => None,
         };
-        let grad_norm = (adapters_squared
-            + interface_squared.unwrap_or(0.0)
-            + router_squared.unwrap_or(0.0))
-        .sqrt();
+        let grad_norm =
+            (adapters_squared + interface_squared.unwrap_or(0.0) + router_squared.unwrap_or(0.0))
+                .sqrt();
         if !grad_norm.is_finite() {
             return Err(TrainError::NonFinite {
                 step: self.step + 1,
@@ -688,11 +687,7 @@ impl<B: AutodiffBackend> Trainer<B> {
         if let (Some(router), Some(g)) = (self.router.take(), router_grads) {
             // The router is a bandit over a few experts with a noisy reward; it moves
             // ROUTER_LR_SCALE times faster than the policy so routing settles within a run.
-            self.router = Some(self.router_optim.step(
-                lr * ROUTER_LR_SCALE,
-                router,
-                g,
-            ));
+            self.router = Some(self.router_optim.step(lr * ROUTER_LR_SCALE, router, g));
         }
         let interface_lr = lr * s.interface_lr_scale;
         if let (Some(interface), Some(g)) = (self.interface.take(), interface_grads) {

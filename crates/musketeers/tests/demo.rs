@@ -79,7 +79,7 @@ fn the_quick_demo_trains_evaluates_and_reports_every_cell() {
     let mut again = Vec::new();
     let settings = DemoSettings {
         tasks: vec![musketeers::demo::LOGIC],
-        grpo_steps: 1,
+        grpo_steps: Some(1),
         ..settings
     };
     run_demo::<Ad>(&settings, &Default::default(), &mut |l| {

@@ -1,14 +1,16 @@
 //! The mechanism itself, at CI size: a task whose answer only the expert can see.
 //!
-//! Prompts are two words `w{a} w{b}`; the answer is "low" when `a < 48`, else "high", and a
+//! A prompt is one of 16 words `w{a}`; the answer is "low" when `a < 8`, else "high", and a
 //! completion earns 1 when its first word is on the answer's side of the vocabulary (an id
 //! below 48 for "low", from 48 for "high"). The expert reads the prompt with a tokenizer that
 //! knows the words; the policy's tokenizer knows none of them (every prompt is two unknown
 //! tokens to it), so a policy alone cannot beat chance (0.5). Through the context tokens a
 //! fused policy can: its reward must rise far above chance on every seed tried, and a single
 //! policy trained the same way must not. The margins (0.85 against 0.5, and a single policy
-//! held under 0.7) are wide enough that no SIMD kernel's rounding can flip them: measured on
-//! the AVX-512 and AVX2 paths, the fused runs end near 1.
+//! held under 0.7) are wide enough that no SIMD kernel's rounding can flip them: measured with
+//! the AVX-512 kernels over seeds 1-8, the fused runs' last 10 steps averaged 0.983 to 1.000
+//! (150 steps of 8 prompts × 8 samples, lr 3e-3 with linear decay; at a constant 1e-2 they
+//! did not settle, 0.6-0.8).
 
 use burn::backend::Autodiff;
 use burn_flex::Flex;
@@ -23,7 +25,8 @@ use std::path::{Path, PathBuf};
 type Ad = Autodiff<Flex>;
 
 const VOCAB: usize = 96;
-const STEPS: usize = 60;
+const WORDS: u64 = 16;
+const STEPS: usize = 150;
 const PROMPTS: usize = 8;
 
 fn fixture(name: &str) -> PathBuf {
@@ -36,7 +39,8 @@ fn fixture(name: &str) -> PathBuf {
 fn tokenizer(dir: &Path, prefix: &str) -> TextTokenizer {
     let dir = dir.join(prefix);
     std::fs::create_dir_all(&dir).expect("dir");
-    let json = musketeers_lm::tokenizer::numbered_words_json(VOCAB).replace("\"w", &format!("\"{prefix}"));
+    let json =
+        musketeers_lm::tokenizer::numbered_words_json(VOCAB).replace("\"w", &format!("\"{prefix}"));
     std::fs::write(dir.join("tokenizer.json"), json).expect("write");
     TextTokenizer::load(&dir, VOCAB).expect("tokenizer")
 }
@@ -50,10 +54,10 @@ fn problem(seed: u64, step: usize, i: usize) -> (String, bool) {
         x ^= x >> 33;
         x = x.wrapping_mul(0xFF51_AFD7_ED55_8CCD);
         x ^= x >> 29;
-        (x % VOCAB as u64) as usize
+        x % WORDS
     };
-    let (a, b) = (next(), next());
-    (format!("w{a} w{b}"), a < VOCAB / 2)
+    let a = next();
+    (format!("w{a}"), a < WORDS / 2)
 }
 
 fn first_word_is(text: &str, low: bool) -> f32 {
@@ -105,12 +109,13 @@ fn final_reward(seed: u64, fused: bool) -> f32 {
         num_generations: 8,
         max_completion_length: 2,
         temperature: 1.0,
-        learning_rate: 1e-2,
+        learning_rate: 3e-3,
         max_grad_norm: 1.0,
         interface_lr_scale: 1.0,
         schedule: LrSchedule {
-            kind: LrSchedulerType::Constant,
-            ..LrSchedule::default()
+            kind: LrSchedulerType::Linear,
+            warmup_steps: 0,
+            total_steps: STEPS as u64,
         },
         grpo: StepConfig {
             loss: GrpoLossConfig {

@@ -4,9 +4,9 @@
 use burn::backend::Autodiff;
 use burn::tensor::backend::Backend;
 use burn_flex::Flex;
-use musketeers_rl::LrSchedulerType;
 use musketeers::sft::{Example, SftSettings, exact_match, train};
 use musketeers_lm::config::LlamaConfig;
+use musketeers_rl::LrSchedulerType;
 
 type Ad = Autodiff<Flex>;
 

@@ -44,7 +44,8 @@ fn reward(_: usize, text: &str) -> f32 {
         words.iter().filter(|&&w| w < 48).count() as f32 / words.len() as f32
     };
     let hash = words.iter().fold(17u64, |h, &w| {
-        h.wrapping_mul(0x100_0000_01b3).wrapping_add(u64::from(w) + 1)
+        h.wrapping_mul(0x100_0000_01b3)
+            .wrapping_add(u64::from(w) + 1)
     });
     0.5 * low + 0.5 * (hash % 1024) as f32 / 1024.0
 }
@@ -260,11 +261,21 @@ fn saved_state_continues_training_exactly() {
     // The comparison below means something only if the third step trains: its groups have
     // reward signal (see `reward`) and it moves both the adapters and the interface.
     assert!(
-        reports.iter().all(|r| r.rollouts.frac_reward_zero_std < 1.0),
+        reports
+            .iter()
+            .all(|r| r.rollouts.frac_reward_zero_std < 1.0),
         "every step has a group with reward signal"
     );
-    assert_ne!(adapter_b(&whole), b_before, "the third step moved the adapters");
-    assert_ne!(latents(&whole), latents_before, "the third step moved the interface");
+    assert_ne!(
+        adapter_b(&whole),
+        b_before,
+        "the third step moved the adapters"
+    );
+    assert_ne!(
+        latents(&whole),
+        latents_before,
+        "the third step moved the interface"
+    );
 
     // A new process: fresh interface and optimizers (different random initial values), then
     // the checkpoint; only a complete checkpoint makes the third step match.
