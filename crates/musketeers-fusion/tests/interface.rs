@@ -275,3 +275,33 @@ fn bad_inputs_and_configs_are_errors() {
     assert!(bad.init::<B>(&Default::default()).is_err());
     assert!(LatentInterfaceConfig::new(vec![], 8).validate().is_err());
 }
+
+#[test]
+fn context_norm_gives_every_token_the_target_rms_and_trains_its_gain() {
+    let start = random::<Autodiff<B>, 1>([12]);
+    let interface = live::<Autodiff<B>>(&config())
+        .with_context_start(start)
+        .expect("start")
+        .with_context_norm(0.7)
+        .expect("norm");
+    let out = interface
+        .forward(&inputs(3, [1, 5, 3], [6, 10, 4]))
+        .expect("forward");
+    let context = out.context;
+    let rms = values(context.clone().inner().powi_scalar(2).mean_dim(2).sqrt());
+    assert_eq!(rms.len(), 3 * 3, "one RMS per context token");
+    assert!(rms.iter().all(|r| (r - 0.7).abs() < 1e-4), "{rms:?}");
+    // The gain is a parameter: the loss reaches it.
+    let grads = context.sum().backward();
+    let gain = interface.context_gain.as_ref().expect("gain");
+    assert!(gain.grad(&grads).is_some(), "the gain has a gradient");
+    for bad in [0.0, -1.0, f32::NAN] {
+        assert!(
+            config()
+                .init::<B>(&Default::default())
+                .expect("init")
+                .with_context_norm(bad)
+                .is_err()
+        );
+    }
+}

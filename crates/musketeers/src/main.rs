@@ -105,7 +105,7 @@ struct DemoArgs {
     /// Build or reuse the team and policy here instead of OUT/models.
     #[arg(long)]
     models: Option<PathBuf>,
-    /// Override a key of every GRPO run's config, e.g. `--set interface.learning_rate_scale=10`
+    /// Override a key of every GRPO run's config, e.g. `--set interface.learning_rate=1e-3`
     /// or `--set grpo.prompts_per_step=16` (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     overrides: Vec<String>,

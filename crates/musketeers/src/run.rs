@@ -345,7 +345,7 @@ pub fn run<B: AutodiffBackend>(
         temperature: g.temperature,
         learning_rate: g.learning_rate,
         max_grad_norm: g.max_grad_norm,
-        interface_lr_scale: config.interface.learning_rate_scale,
+        interface_learning_rate: config.interface.learning_rate.unwrap_or(g.learning_rate),
         // The schedule spans the steps this run is asked for.
         schedule: LrSchedule {
             kind: g.lr_scheduler_type,

@@ -108,9 +108,11 @@ pub struct InterfaceConfig {
     pub num_heads: usize,
     pub self_attention_blocks: usize,
     pub ffn_multiplier: usize,
-    /// The interface's learning rate as a multiple of `grpo.learning_rate` (the interface
-    /// starts from scratch while LoRA adapts a trained model).
-    pub learning_rate_scale: f64,
+    /// The interface's peak learning rate; unset: `grpo.learning_rate`. It follows the same
+    /// schedule. Measured on the demo: the interface wants a learning rate no higher than the
+    /// adapters' (10x or 2x theirs made its attention saturate on one expert and `C` lose its
+    /// dependence on the prompt; see the README).
+    pub learning_rate: Option<f64>,
     /// The scale of the context tokens `C`.
     pub context_norm: ContextNorm,
 }
@@ -135,7 +137,7 @@ impl Default for InterfaceConfig {
             num_heads: 8,
             self_attention_blocks: 0,
             ffn_multiplier: 4,
-            learning_rate_scale: 1.0,
+            learning_rate: None,
             context_norm: ContextNorm::None,
         }
     }
@@ -315,8 +317,17 @@ impl RunConfig {
             return bad("policy.prompt_template must contain {question}");
         }
         let i = &self.interface;
-        if !(i.learning_rate_scale.is_finite() && i.learning_rate_scale > 0.0) {
-            return bad("interface.learning_rate_scale must be a positive number");
+        for (name, lr) in [
+            ("grpo.learning_rate", Some(self.grpo.learning_rate)),
+            ("interface.learning_rate", i.learning_rate),
+        ] {
+            if let Some(lr) = lr
+                && !(lr.is_finite() && lr >= 0.0)
+            {
+                return Err(TrainError::BadInput(format!(
+                    "{name} = {lr} is not a non-negative number"
+                )));
+            }
         }
         self.policy.lora.validate()?;
         Ok(())

@@ -157,8 +157,9 @@ pub struct StepSettings {
     /// Clip of the global gradient norm over every trained parameter (LoRA, interface,
     /// router), as TRL's `max_grad_norm`.
     pub max_grad_norm: f32,
-    /// The interface's learning rate over `learning_rate` (see `InterfaceConfig`).
-    pub interface_lr_scale: f64,
+    /// The interface's peak learning rate (the router's is `ROUTER_LR_SCALE` times the
+    /// adapters').
+    pub interface_learning_rate: f64,
     /// The multiplier of every learning rate per step.
     pub schedule: LrSchedule,
     pub grpo: StepConfig,
@@ -689,7 +690,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             // ROUTER_LR_SCALE times faster than the policy so routing settles within a run.
             self.router = Some(self.router_optim.step(lr * ROUTER_LR_SCALE, router, g));
         }
-        let interface_lr = lr * s.interface_lr_scale;
+        let interface_lr = s.interface_learning_rate * s.schedule.factor(self.step);
         if let (Some(interface), Some(g)) = (self.interface.take(), interface_grads) {
             self.interface = Some(self.interface_optim.step(interface_lr, interface, g));
         }

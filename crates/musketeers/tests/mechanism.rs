@@ -111,7 +111,7 @@ fn final_reward(seed: u64, fused: bool) -> f32 {
         temperature: 1.0,
         learning_rate: 3e-3,
         max_grad_norm: 1.0,
-        interface_lr_scale: 1.0,
+        interface_learning_rate: 3e-3,
         schedule: LrSchedule {
             kind: LrSchedulerType::Linear,
             warmup_steps: 0,

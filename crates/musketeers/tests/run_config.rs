@@ -105,3 +105,51 @@ fn lenient_extraction_scores_untagged_answers() {
         1.0
     );
 }
+
+#[test]
+fn overrides_set_keys_and_name_what_is_wrong() {
+    use musketeers::run_config::ContextNorm;
+    use musketeers_rl::LrSchedulerType;
+    let base: RunConfig = toml::from_str(
+        "[policy]\nmodel = \"x\"\n[[team]]\nname = \"a\"\nmodel = \"y\"\n[[tasks]]\nname = \"chain_sum\"\n",
+    )
+    .expect("parses");
+    assert_eq!(
+        base.grpo.lr_scheduler_type,
+        LrSchedulerType::Linear,
+        "TRL's default"
+    );
+    assert_eq!(base.interface.learning_rate, None);
+    let set = |items: &[&str]| {
+        base.with_overrides(&items.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+    };
+    let changed = set(&[
+        "grpo.learning_rate=2e-3",
+        "grpo.lr_scheduler_type=cosine",
+        "interface.learning_rate=5e-4",
+        "interface.context_norm=embedding-rms",
+        "policy.lora.rank=32",
+        "eval.problems=7",
+    ])
+    .expect("valid overrides");
+    assert_eq!(changed.grpo.learning_rate, 2e-3);
+    assert_eq!(changed.grpo.lr_scheduler_type, LrSchedulerType::Cosine);
+    assert_eq!(changed.interface.learning_rate, Some(5e-4));
+    assert_eq!(changed.interface.context_norm, ContextNorm::EmbeddingRms);
+    assert_eq!(changed.policy.lora.rank, 32);
+    assert_eq!(changed.eval.problems, 7);
+    assert_eq!(set(&[]).expect("nothing to set"), base);
+
+    for (item, named) in [
+        ("grpo.learning_rat=1", "learning_rat"),
+        ("grpo.num_generations=many", "num_generations"),
+        ("grpo.lr_scheduler_type=sometimes", "sometimes"),
+        ("interface.learning_rate=-1", "interface.learning_rate"),
+        ("grpo.num_generations=1", "num_generations"),
+        ("no-equals-sign", "KEY=VALUE"),
+        ("policy.model.deeper=1", "model"),
+    ] {
+        let err = set(&[item]).expect_err(item).to_string();
+        assert!(err.contains(named), "{item}: {err}");
+    }
+}

@@ -92,7 +92,7 @@ fn a_fused_step_updates_only_the_adapters_and_the_interface() {
         temperature: 1.0,
         learning_rate: 1e-2,
         max_grad_norm: 1.0,
-        interface_lr_scale: 1.0,
+        interface_learning_rate: 1e-2,
         schedule: LrSchedule {
             kind: LrSchedulerType::Constant,
             ..LrSchedule::default()
@@ -201,7 +201,7 @@ fn trainer(dir: &Path, adapters: Option<&Path>) -> Trainer<Ad> {
         temperature: 1.0,
         learning_rate: 5e-2,
         max_grad_norm: 1.0,
-        interface_lr_scale: 1.0,
+        interface_learning_rate: 5e-2,
         schedule: LrSchedule {
             kind: LrSchedulerType::Constant,
             ..LrSchedule::default()
