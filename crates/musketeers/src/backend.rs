@@ -39,12 +39,12 @@ macro_rules! on_backend {
                 type $B = $crate::backend::wrapped!($mode, burn::backend::Flex);
                 $body
             }
-            #[cfg(feature = "cuda")]
+            #[cfg(feature = "cuda-plain")]
             $crate::backend::DeviceKind::Cuda => {
                 type $B = $crate::backend::wrapped!($mode, burn::backend::Cuda);
                 $body
             }
-            #[cfg(feature = "wgpu")]
+            #[cfg(feature = "wgpu-plain")]
             $crate::backend::DeviceKind::Wgpu => {
                 type $B = $crate::backend::wrapped!($mode, burn::backend::Wgpu);
                 $body
@@ -61,10 +61,10 @@ pub(crate) use on_backend;
 
 pub fn compiled_backends() -> Vec<&'static str> {
     let mut names = vec!["cpu (flex)"];
-    if cfg!(feature = "cuda") {
+    if cfg!(feature = "cuda-plain") {
         names.push("cuda");
     }
-    if cfg!(feature = "wgpu") {
+    if cfg!(feature = "wgpu-plain") {
         names.push("wgpu");
     }
     names
