@@ -17,11 +17,23 @@ pub enum LrSchedulerType {
 }
 
 /// A schedule over a run of `total_steps` optimizer steps.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LrSchedule {
     pub kind: LrSchedulerType,
     pub warmup_steps: u64,
     pub total_steps: u64,
+}
+
+/// The constant schedule (factor 1 at every step): a decaying default would need the run's
+/// length, and one with `total_steps = 0` would silently train at a learning rate of 0.
+impl Default for LrSchedule {
+    fn default() -> Self {
+        Self {
+            kind: LrSchedulerType::Constant,
+            warmup_steps: 0,
+            total_steps: 0,
+        }
+    }
 }
 
 impl LrSchedule {
@@ -83,5 +95,10 @@ mod tests {
         assert_eq!(constant.factor(9), 1.0);
         // Past the end (a run extended with --steps) the decaying schedules stay at 0.
         assert_eq!(linear.factor(12), 0.0);
+        assert_eq!(
+            LrSchedule::default().factor(7),
+            1.0,
+            "the default never zeroes the rate"
+        );
     }
 }
