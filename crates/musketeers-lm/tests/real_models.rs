@@ -159,3 +159,71 @@ fn smollm2_converted_to_a_hugging_face_directory_gives_the_same_model() {
         "converted logits differ"
     );
 }
+
+/// `fixtures/real-models/<name>.json` (scripts/fixtures/make-real-models.sh): transformers'
+/// token ids, chat rendering and greedy continuation for the fetched GGUF of `name`.
+fn matches_transformers(name: &str) {
+    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/real-models")
+        .join(format!("{name}.json"));
+    let text = std::fs::read_to_string(&fixture).expect("fixture is committed");
+    let fixture: serde_json::Value = serde_json::from_str(&text).expect("fixture is JSON");
+    let Some(path) = fetched(name) else {
+        return;
+    };
+    let model = Pretrained::<B>::load(&path, &Default::default()).expect("model loads");
+    let tokenizer = model.tokenizer().expect("tokenizer from GGUF metadata");
+    let new_tokens = fixture["new_tokens"].as_u64().expect("new_tokens") as usize;
+    let cases = fixture["cases"].as_array().expect("cases");
+    let mut prompts = Vec::new();
+    for case in cases {
+        let text = case["text"].as_str().expect("text");
+        let chat = case["chat"].as_bool().expect("chat");
+        let rendered = case["rendered"].as_str().expect("rendered");
+        if chat {
+            let ours = tokenizer
+                .apply_chat_template(
+                    &[musketeers_lm::tokenizer::ChatMessage {
+                        role: "user".into(),
+                        content: text.into(),
+                    }],
+                    true,
+                )
+                .expect("chat template");
+            assert_eq!(ours, rendered, "{name}: chat rendering of {text:?}");
+        }
+        let ids = tokenizer.encode(rendered, !chat).expect("encode");
+        let want: Vec<u32> = serde_json::from_value(case["input_ids"].clone()).expect("ids");
+        assert_eq!(ids, want, "{name}: token ids of {rendered:?}");
+        prompts.push(ids);
+    }
+    // Greedy, as transformers ran it: no stop token, every prompt in one batch (left padding
+    // must not change a prompt's continuation).
+    let config = GenerationConfig {
+        max_new_tokens: new_tokens,
+        eos_token_ids: vec![],
+        ..Default::default()
+    };
+    let out = generate(&model.model, &prompts, &config, &Default::default()).expect("generate");
+    for (case, got) in cases.iter().zip(&out.tokens) {
+        let want: Vec<u32> = serde_json::from_value(case["greedy"].clone()).expect("greedy");
+        assert_eq!(
+            got,
+            &want,
+            "{name}: greedy continuation of {:?}: ours {:?}, transformers {:?}",
+            case["text"],
+            tokenizer.decode(got, false).unwrap_or_default(),
+            case["greedy_text"]
+        );
+    }
+}
+
+#[test]
+fn qwen2_5_coder_0_5b_matches_transformers() {
+    matches_transformers("qwen2.5-coder-0.5b");
+}
+
+#[test]
+fn qwen2_5_coder_1_5b_matches_transformers() {
+    matches_transformers("qwen2.5-coder-1.5b");
+}

@@ -4,7 +4,7 @@
 //! - [`extract`]: the final answer from a raw completion (`<answer>` tags, GSM8K conventions).
 //! - [`generators`]: native, seeded generators that emit entries in Reasoning Gym's format.
 //! - [`task`]: the [`Task`] trait, weighted [`task::Mix`]es and JSONL loaders (Reasoning Gym
-//!   exports, GSM8K).
+//!   exports, GSM8K, plain question/answer lines: [`qa`]).
 //!
 //! No deep-learning dependency: a user can score saved completions with this crate alone.
 //! Scorers never panic and stay bounded in time on arbitrary text (property-tested).
@@ -25,6 +25,7 @@ pub mod gsm8k;
 pub mod options;
 pub mod proplogic;
 pub mod pynum;
+pub mod qa;
 pub mod scorers;
 pub mod task;
 
@@ -36,6 +37,9 @@ pub use task::{Task, TaskError};
 pub fn score_answer(dataset: &str, answer: Option<&str>, entry: &Entry) -> Result<f64, TaskError> {
     if dataset == gsm8k::NAME {
         return Ok(gsm8k::score(answer, entry));
+    }
+    if dataset == qa::EXACT || dataset == qa::NUMERIC {
+        return Ok(qa::score(dataset, answer, entry));
     }
     let scorer =
         scorers::scorer(dataset).ok_or_else(|| TaskError::UnknownDataset(dataset.to_string()))?;

@@ -1,7 +1,7 @@
 //! The task abstraction: a stream of entries and a scorer; mixes and file-backed tasks.
 
 use crate::entry::Entry;
-use crate::{extract, gsm8k, score_answer};
+use crate::{extract, gsm8k, qa, score_answer};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::path::{Path, PathBuf};
@@ -51,6 +51,11 @@ pub trait Task: Send + Sync {
 
     fn entry(&self, seed: u64, index: u64) -> Result<Entry, TaskError>;
 
+    /// How many distinct entries there are, when the task is a finite list (a file).
+    fn len_hint(&self) -> Option<u64> {
+        None
+    }
+
     /// Score an extracted answer (`None`: the completion had none).
     fn score(&self, answer: Option<&str>, entry: &Entry) -> f64 {
         let dataset = entry
@@ -81,11 +86,28 @@ pub fn entry_rng(seed: u64, index: u64) -> ChaCha8Rng {
     rng
 }
 
-/// Entries read from a file (a Reasoning Gym export or GSM8K), served in a seeded order.
+/// The layout of a JSONL task file, and so how its entries are scored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FileFormat {
+    /// GSM8K's `{"question", "answer"}` with a worked answer ending `#### N`.
+    Gsm8k,
+    /// Reasoning Gym's export: `{"question", "answer", "metadata": {"source_dataset", ...}}`,
+    /// each line scored by its dataset's scorer.
+    ReasoningGym,
+    /// `{"question", "answer"}`, exact match after [`qa::normalize_text`].
+    QaExact,
+    /// `{"question", "answer"}`, numeric equality.
+    QaNumeric,
+}
+
+/// Entries read from a file, served in a seeded order (without replacement within an epoch)
+/// or in file order.
 #[derive(Debug, Clone)]
 pub struct FileTask {
     name: String,
     entries: Vec<Entry>,
+    shuffled: bool,
 }
 
 impl FileTask {
@@ -93,7 +115,39 @@ impl FileTask {
         Self {
             name: name.into(),
             entries,
+            shuffled: true,
         }
+    }
+
+    /// Read `path` as `format`; a bad line is an error naming the file and line.
+    pub fn open(name: impl Into<String>, path: &Path, format: FileFormat) -> Result<Self, TaskError> {
+        match format {
+            FileFormat::Gsm8k => Ok(Self::new(name, gsm8k::load(path)?)),
+            FileFormat::ReasoningGym => Self::reasoning_gym(name, path),
+            FileFormat::QaExact => Ok(Self::new(
+                name,
+                read_jsonl(path, |l| qa::parse_line(l, qa::EXACT))?,
+            )),
+            FileFormat::QaNumeric => Ok(Self::new(
+                name,
+                read_jsonl(path, |l| qa::parse_line(l, qa::NUMERIC))?,
+            )),
+        }
+    }
+
+    /// Serve entry `index` as line `index` of the file (modulo its length) whatever the seed:
+    /// "the first N problems of the test file".
+    pub fn in_file_order(mut self) -> Self {
+        self.shuffled = false;
+        self
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
     }
 
     /// GSM8K JSONL (`{"question","answer"}` with `#### N`).
@@ -130,9 +184,24 @@ impl Task for FileTask {
         &self.name
     }
 
-    /// Entry `index` of a seeded permutation of the file, one epoch after another.
+    fn len_hint(&self) -> Option<u64> {
+        Some(self.entries.len() as u64)
+    }
+
+    /// Entry `index` of a seeded permutation of the file, one epoch after another: indices
+    /// `k·n .. (k+1)·n` visit every line once (in file order when not shuffled).
     fn entry(&self, seed: u64, index: u64) -> Result<Entry, TaskError> {
         let n = self.entries.len() as u64;
+        if n == 0 {
+            return Err(TaskError::Generation {
+                task: self.name.clone(),
+                index,
+                reason: "the task has no entries".into(),
+            });
+        }
+        if !self.shuffled {
+            return Ok(self.entries[(index % n) as usize].clone());
+        }
         let epoch = index / n;
         let mut order: Vec<usize> = (0..self.entries.len()).collect();
         let mut rng = entry_rng(seed, u64::MAX - epoch);

@@ -47,10 +47,9 @@ pub fn held_out(
     count: usize,
 ) -> Result<(Vec<Entry>, usize), TrainError> {
     let g = &config.grpo;
-    let bad = |e: musketeers_verify::task::TaskError| TrainError::BadInput(e.to_string());
     let mut seen = HashSet::new();
     for i in 0..trained_steps * g.prompts_per_step as u64 {
-        seen.insert(tasks.entry(g.seed, i).map_err(bad)?.question);
+        seen.insert(tasks.entry(g.seed, i).map_err(bad_task)?.question);
     }
     let (mut out, mut skipped) = (Vec::with_capacity(count), 0);
     // Twenty candidates per wanted problem bounds the search on tiny problem spaces.
@@ -58,7 +57,7 @@ pub fn held_out(
         if out.len() == count {
             break;
         }
-        let entry = tasks.entry(config.eval.seed, i).map_err(bad)?;
+        let entry = tasks.entry(config.eval.seed, i).map_err(bad_task)?;
         if seen.insert(entry.question.clone()) {
             out.push(entry);
         } else {
@@ -68,30 +67,63 @@ pub fn held_out(
     Ok((out, skipped))
 }
 
-fn dataset(entry: &Entry, tasks: &Mix) -> String {
+fn bad_task(e: musketeers_verify::TaskError) -> TrainError {
+    TrainError::BadInput(e.to_string())
+}
+
+/// The first `count` entries of each evaluation task (all of a shorter file), with the
+/// index of the task each came from.
+pub fn from_evaluation_tasks(
+    tasks: &[Box<dyn Task>],
+    config: &RunConfig,
+    count: usize,
+) -> Result<Vec<(Entry, usize)>, TrainError> {
+    let mut out = Vec::new();
+    for (t, task) in tasks.iter().enumerate() {
+        let n = task.len_hint().map_or(count as u64, |len| len.min(count as u64));
+        for i in 0..n {
+            out.push((task.entry(config.eval.seed, i).map_err(bad_task)?, t));
+        }
+    }
+    Ok(out)
+}
+
+fn dataset(entry: &Entry, task: &dyn Task) -> String {
     entry
         .metadata
         .get("source_dataset")
         .and_then(|v| v.as_str())
-        .unwrap_or(tasks.name())
+        .unwrap_or(task.name())
         .to_string()
 }
 
-/// Evaluate the trainer's policy greedily on the config's held-out problems, prompted as
-/// the run prompts (`prompts_for`).
+/// Evaluate the trainer's policy greedily on the config's held-out problems (`eval.tasks`, else
+/// the training stream minus what the run trained on), prompted as the run prompts
+/// (`prompts_for`).
 pub fn evaluate<B: AutodiffBackend>(
     trainer: &Trainer<B>,
     config: &RunConfig,
     tasks: &Mix,
     prompts_for: &PromptsFor<'_>,
 ) -> Result<EvalReport, TrainError> {
-    let (entries, skipped_seen) = held_out(tasks, config, trainer.step, config.eval.problems)?;
+    let evaluation_tasks = crate::run::evaluation_tasks(config)?;
+    let (entries, task_of, skipped_seen): (Vec<Entry>, Vec<&dyn Task>, usize) =
+        if evaluation_tasks.is_empty() {
+            let (entries, skipped) = held_out(tasks, config, trainer.step, config.eval.problems)?;
+            let owners = vec![tasks as &dyn Task; entries.len()];
+            (entries, owners, skipped)
+        } else {
+            let drawn = from_evaluation_tasks(&evaluation_tasks, config, config.eval.problems)?;
+            let owners = drawn.iter().map(|&(_, t)| evaluation_tasks[t].as_ref()).collect();
+            (drawn.into_iter().map(|(e, _)| e).collect(), owners, 0)
+        };
     let prompts = prompts_for(&entries)?;
     let rewards_of = |completions: &[String]| -> Vec<f32> {
         completions
             .iter()
             .zip(&entries)
-            .map(|(c, e)| score(tasks, config.answer_extraction, c, e))
+            .zip(&task_of)
+            .map(|((c, e), task)| score(*task, config.answer_extraction, c, e))
             .collect()
     };
     let mean = |r: &[f32]| r.iter().map(|&x| f64::from(x)).sum::<f64>() / r.len().max(1) as f64;
@@ -105,8 +137,8 @@ pub fn evaluate<B: AutodiffBackend>(
         None
     };
     let mut by_task: BTreeMap<String, Vec<f32>> = BTreeMap::new();
-    for (entry, &r) in entries.iter().zip(&rewards) {
-        by_task.entry(dataset(entry, tasks)).or_default().push(r);
+    for ((entry, &r), task) in entries.iter().zip(&rewards).zip(&task_of) {
+        by_task.entry(dataset(entry, *task)).or_default().push(r);
     }
     Ok(EvalReport {
         step: trainer.step,

@@ -5,7 +5,7 @@
 use crate::collab::{TextExpert, with_suggestions};
 use crate::eval::EvalReport;
 use crate::route::Router;
-use crate::run_config::{AnswerExtraction, ContextNorm, Mode, RunConfig};
+use crate::run_config::{AnswerExtraction, ContextNorm, Mode, RunConfig, TaskConfig};
 use crate::train::{StepReport, StepSettings, TeamMember, TrainError, Trainer};
 use burn::store::{ModuleSnapshot, SafetensorsStore};
 use burn::tensor::backend::AutodiffBackend;
@@ -17,7 +17,7 @@ use musketeers_rl::{GrpoLossConfig, LrSchedule};
 use musketeers_verify::entry::Entry;
 use musketeers_verify::extract;
 use musketeers_verify::options::Options;
-use musketeers_verify::task::{Mix, Task};
+use musketeers_verify::task::{FileTask, Mix, Task};
 use std::io::Write;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
@@ -46,35 +46,57 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
     move |e| TrainError::BadInput(format!("{}: {e}", path.display()))
 }
 
-fn mix(config: &RunConfig) -> Result<Mix, TrainError> {
+/// The task (generator or file) a `[[tasks]]` entry names; files read in `order`.
+fn build_task(task: &TaskConfig, in_file_order: bool) -> Result<Box<dyn Task>, TrainError> {
+    let bad = |e: musketeers_verify::TaskError| TrainError::BadInput(format!("task {}: {e}", task.name));
+    if let (Some(file), Some(format)) = (&task.file, task.file_format()?) {
+        let loaded = FileTask::open(&task.name, file, format).map_err(bad)?;
+        return Ok(Box::new(if in_file_order {
+            loaded.in_file_order()
+        } else {
+            loaded
+        }));
+    }
+    let mut options = Options::new(&task.name);
+    for (key, value) in &task.options {
+        let text = match value {
+            toml::Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        options = options.set(key, text);
+    }
+    musketeers_verify::generators::create(&task.name, options).map_err(bad)
+}
+
+/// The training tasks as one weighted mix.
+pub fn training_mix(config: &RunConfig) -> Result<Mix, TrainError> {
     let parts = config
         .tasks
         .iter()
-        .map(|t| {
-            let mut options = Options::new(&t.name);
-            for (key, value) in &t.options {
-                let text = match value {
-                    toml::Value::String(s) => s.clone(),
-                    other => other.to_string(),
-                };
-                options = options.set(key, text);
-            }
-            let task = musketeers_verify::generators::create(&t.name, options)
-                .map_err(|e| TrainError::BadInput(format!("task {}: {e}", t.name)))?;
-            Ok((task, t.weight))
-        })
+        .map(|t| Ok((build_task(t, false)?, t.weight)))
         .collect::<Result<Vec<_>, TrainError>>()?;
     Mix::new("tasks", parts).map_err(|e| TrainError::BadInput(e.to_string()))
 }
 
+/// `eval.tasks`, each on its own (files in file order); empty when the evaluation draws from
+/// the training stream.
+pub fn evaluation_tasks(config: &RunConfig) -> Result<Vec<Box<dyn Task>>, TrainError> {
+    config
+        .eval
+        .tasks
+        .iter()
+        .map(|t| build_task(t, true))
+        .collect()
+}
+
 /// A completion's reward under the run's answer-extraction rule.
-pub fn score(tasks: &Mix, rule: AnswerExtraction, completion: &str, entry: &Entry) -> f32 {
+pub fn score(task: &dyn Task, rule: AnswerExtraction, completion: &str, entry: &Entry) -> f32 {
     let reward = match rule {
-        AnswerExtraction::Tag => tasks.score_completion(completion, entry),
+        AnswerExtraction::Tag => task.score_completion(completion, entry),
         AnswerExtraction::TagOrLastNumber => {
             let answer = extract::extract_answer_tag(completion)
                 .or_else(|| extract::extract_gsm8k_answer(completion));
-            tasks.score(answer.as_deref(), entry)
+            task.score(answer.as_deref(), entry)
         }
     };
     reward as f32
@@ -389,7 +411,7 @@ pub fn run<B: AutodiffBackend>(
             0
         }
     };
-    let tasks = mix(config)?;
+    let tasks = training_mix(config)?;
     let prompts_for = |tokenizer: &TextTokenizer, entries: &[Entry]| {
         policy_prompts(config, tokenizer, &text_experts, entries, &inner_device)
     };

@@ -2,6 +2,7 @@
 
 use musketeers_lm::LoraConfig;
 use musketeers_rl::{LossType, LrSchedulerType, ScaleRewards};
+use musketeers_verify::task::FileFormat;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -217,6 +218,10 @@ pub struct EvalConfig {
     pub seed: u64,
     /// Also evaluate a fused run with its context tokens removed (the "no C" ablation).
     pub without_context: bool,
+    /// Held-out tasks to evaluate on instead of the training stream (e.g. GSM8K's
+    /// `test.jsonl`): each gives its first `problems` entries (a file: its first lines, in file
+    /// order; a generator: its entries under `seed`), reported per task.
+    pub tasks: Vec<TaskConfig>,
 }
 
 impl Default for EvalConfig {
@@ -225,20 +230,63 @@ impl Default for EvalConfig {
             problems: 256,
             seed: 0x5EED_E7A1,
             without_context: true,
+            tasks: Vec::new(),
         }
     }
 }
 
+/// One task: a built-in generator, or a JSONL file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TaskConfig {
-    /// A generator name (`musketeers verify sample --task list`).
+    /// A generator name (`musketeers verify sample --task list`), or a file task's label.
     pub name: String,
     #[serde(default = "one")]
     pub weight: f64,
     /// Generator settings, Reasoning Gym's names (e.g. `min_terms = 2`).
     #[serde(default)]
     pub options: BTreeMap<String, toml::Value>,
+    /// A JSONL file of problems instead of a generator (relative paths from the working
+    /// directory). Training draws its lines without replacement within an epoch, seeded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<PathBuf>,
+    /// The file's layout: `gsm8k`, `reasoning-gym`, `qa-exact` or `qa-numeric`; default
+    /// `gsm8k` when the task is named `gsm8k`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<FileFormat>,
+}
+
+impl TaskConfig {
+    /// A generator task with default settings.
+    pub fn generator(name: &str) -> Self {
+        Self {
+            name: name.into(),
+            weight: 1.0,
+            options: BTreeMap::new(),
+            file: None,
+            format: None,
+        }
+    }
+
+    /// The file's format, when this is a file task.
+    pub fn file_format(&self) -> Result<Option<FileFormat>, TrainError> {
+        let bad = |m: String| Err(TrainError::BadInput(format!("task {}: {m}", self.name)));
+        match (&self.file, self.format) {
+            (None, None) => Ok(None),
+            (None, Some(_)) => bad("`format` needs a `file`".into()),
+            (Some(_), _) if !self.options.is_empty() => {
+                bad("`options` are generator settings; a file task takes none".into())
+            }
+            (Some(_), Some(format)) => Ok(Some(format)),
+            (Some(_), None) if self.name == musketeers_verify::gsm8k::NAME => {
+                Ok(Some(FileFormat::Gsm8k))
+            }
+            (Some(file), None) => bad(format!(
+                "{} needs a `format` (gsm8k, reasoning-gym, qa-exact or qa-numeric)",
+                file.display()
+            )),
+        }
+    }
 }
 
 fn one() -> f64 {
@@ -306,6 +354,9 @@ impl RunConfig {
         }
         if self.tasks.is_empty() {
             return bad("at least one [[tasks]] entry is needed");
+        }
+        for task in self.tasks.iter().chain(&self.eval.tasks) {
+            task.file_format()?;
         }
         if self.grpo.num_generations < 2 {
             return bad("grpo.num_generations must be at least 2 (advantages compare samples)");

@@ -379,13 +379,12 @@ fn run_config(
             save_steps: settings.steps_for(task).max(1),
         },
         tasks: vec![TaskConfig {
-            name: task.generator.into(),
-            weight: 1.0,
             options: task
                 .options
                 .iter()
                 .map(|(k, v)| ((*k).to_string(), toml::Value::String((*v).into())))
                 .collect(),
+            ..TaskConfig::generator(task.generator)
         }],
         eval: EvalConfig {
             problems: settings.eval_problems,
