@@ -29,6 +29,13 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// The paper's experiment grid (configs/paper/grid.toml): tasks x systems x seeds, resumable;
+    /// arguments go to `musketeers reproduce` (e.g. `--scale cpu --tasks arithmetic
+    /// --systems single,fused`, `--list`, `--device cuda`).
+    Reproduce {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Benchmarks, each reported as a ratio to a reference measured in the same run.
     #[command(subcommand)]
     Bench(bench::Bench),
@@ -41,6 +48,7 @@ fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Demo { args } => cli::run("demo", &args),
         Command::Train { args } => cli::run("train", &args),
+        Command::Reproduce { args } => cli::run("reproduce", &args),
         Command::Bench(target) => bench::run(target),
         Command::Models(command) => models::run_models(command),
     }

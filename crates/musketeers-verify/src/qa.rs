@@ -70,8 +70,11 @@ mod tests {
 
     #[test]
     fn lines_parse_and_score() {
-        let e = parse_line(r#"{"question":"Capital of France?","answer":"Paris"}"#, EXACT)
-            .expect("line");
+        let e = parse_line(
+            r#"{"question":"Capital of France?","answer":"Paris"}"#,
+            EXACT,
+        )
+        .expect("line");
         assert_eq!(score(EXACT, Some("  paris. "), &e), 1.0);
         assert_eq!(score(EXACT, Some("Lyon"), &e), 0.0);
         assert_eq!(score(EXACT, None, &e), 0.0);

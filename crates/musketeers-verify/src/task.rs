@@ -120,7 +120,11 @@ impl FileTask {
     }
 
     /// Read `path` as `format`; a bad line is an error naming the file and line.
-    pub fn open(name: impl Into<String>, path: &Path, format: FileFormat) -> Result<Self, TaskError> {
+    pub fn open(
+        name: impl Into<String>,
+        path: &Path,
+        format: FileFormat,
+    ) -> Result<Self, TaskError> {
         match format {
             FileFormat::Gsm8k => Ok(Self::new(name, gsm8k::load(path)?)),
             FileFormat::ReasoningGym => Self::reasoning_gym(name, path),

@@ -187,9 +187,15 @@ fn question_answer_files_name_their_bad_lines() {
     ));
     let exact = FileTask::open("mine", &path, FileFormat::QaExact);
     assert!(exact.is_err());
-    let (_dir3, good) = temp_file("good.jsonl", "{\"question\":\"Capital?\",\"answer\":\"Paris\"}\n");
+    let (_dir3, good) = temp_file(
+        "good.jsonl",
+        "{\"question\":\"Capital?\",\"answer\":\"Paris\"}\n",
+    );
     let task = FileTask::open("mine", &good, FileFormat::QaExact).expect("loads");
     let entry = task.entry(0, 0).expect("entry");
-    assert_eq!(task.score_completion("<answer> paris </answer>", &entry), 1.0);
+    assert_eq!(
+        task.score_completion("<answer> paris </answer>", &entry),
+        1.0
+    );
     assert_eq!(task.score_completion("Paris", &entry), 0.0, "needs the tag");
 }

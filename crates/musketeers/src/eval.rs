@@ -80,7 +80,9 @@ pub fn from_evaluation_tasks(
 ) -> Result<Vec<(Entry, usize)>, TrainError> {
     let mut out = Vec::new();
     for (t, task) in tasks.iter().enumerate() {
-        let n = task.len_hint().map_or(count as u64, |len| len.min(count as u64));
+        let n = task
+            .len_hint()
+            .map_or(count as u64, |len| len.min(count as u64));
         for i in 0..n {
             out.push((task.entry(config.eval.seed, i).map_err(bad_task)?, t));
         }
@@ -114,7 +116,10 @@ pub fn evaluate<B: AutodiffBackend>(
             (entries, owners, skipped)
         } else {
             let drawn = from_evaluation_tasks(&evaluation_tasks, config, config.eval.problems)?;
-            let owners = drawn.iter().map(|&(_, t)| evaluation_tasks[t].as_ref()).collect();
+            let owners = drawn
+                .iter()
+                .map(|&(_, t)| evaluation_tasks[t].as_ref())
+                .collect();
             (drawn.into_iter().map(|(e, _)| e).collect(), owners, 0)
         };
     let prompts = prompts_for(&entries)?;

@@ -7,6 +7,7 @@
 pub mod collab;
 pub mod demo;
 pub mod eval;
+pub mod grid;
 pub mod policy;
 pub mod report;
 pub mod route;

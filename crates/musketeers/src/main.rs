@@ -60,6 +60,10 @@ enum Command {
     /// The offline demo: train a tiny expert team and policy from scratch, then fused vs
     /// single GRPO on arithmetic and logic over several seeds; prints the table.
     Demo(DemoArgs),
+    /// An experiment grid (default: the paper's, configs/paper/grid.toml): every selected cell
+    /// trained and evaluated (finished cells skipped, killed ones resumed from their
+    /// checkpoint), then OUT/table.md (Table 1) and the figures.
+    Reproduce(ReproduceArgs),
     /// Rewrite a run directory's report.md and plots from its metrics.jsonl and eval.json.
     Report {
         #[arg(long)]
@@ -114,6 +118,34 @@ struct DemoArgs {
     device: backend::DeviceKind,
 }
 
+#[derive(clap::Args, Debug)]
+struct ReproduceArgs {
+    /// The grid file.
+    #[arg(long, default_value = "configs/paper/grid.toml")]
+    grid: PathBuf,
+    /// A `[[scale]]` of the grid (e.g. `cpu`); default: the settings as written.
+    #[arg(long)]
+    scale: Option<String>,
+    /// Tasks, comma-separated (default: all of the grid's).
+    #[arg(long, value_delimiter = ',')]
+    tasks: Vec<String>,
+    /// Systems, comma-separated (default: the grid's default systems).
+    #[arg(long, value_delimiter = ',')]
+    systems: Vec<String>,
+    /// Seeds, comma-separated (default: the grid's).
+    #[arg(long, value_delimiter = ',')]
+    seeds: Vec<u64>,
+    /// Where the cells and the table go (default runs/paper/<scale>).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Print the cells and where each stands, run nothing.
+    #[arg(long)]
+    list: bool,
+    /// Compute backend (cuda and wgpu need the cargo feature of that name).
+    #[arg(long, value_enum, default_value_t = backend::DeviceKind::Cpu)]
+    device: backend::DeviceKind,
+}
+
 #[derive(Subcommand, Debug)]
 enum VerifyCommand {
     /// Score a JSONL file: one `{"score": f}` or `{"error": msg}` per input line, in order.
@@ -159,6 +191,7 @@ fn main() -> Result<()> {
             progress,
         } => train(&config, steps, out, resume, &overrides, device, progress),
         Command::Demo(args) => demo(&args),
+        Command::Reproduce(args) => reproduce(&args),
         Command::Report { run } => {
             musketeers::report::write_run_report(&run)?;
             writeln!(std::io::stdout(), "{}", run.join("report.md").display())?;
@@ -181,40 +214,15 @@ fn train(
     let out = out
         .or_else(|| config.out_dir.clone())
         .unwrap_or_else(|| PathBuf::from("runs").join(path.file_stem().unwrap_or_default()));
-    let total = steps.unwrap_or(config.grpo.steps);
-    // Ctrl-C (or the dashboard's `q`, `s`) asks the run to stop after the step in flight; it
-    // is checkpointed, so `--resume` continues it. A second Ctrl-C exits at once.
-    let interrupter = burn::train::Interrupter::new();
-    let on_ctrl_c = interrupter.clone();
-    ctrlc::set_handler(move || {
-        if on_ctrl_c.should_stop() {
-            std::process::exit(130);
-        }
-        on_ctrl_c.stop(Some("Ctrl-C"));
-        let _ = writeln!(
-            std::io::stderr(),
-            "\nstopping after this step (checkpoint saved; --resume continues); Ctrl-C again quits now"
-        );
-    })
-    .context("installing the Ctrl-C handler")?;
-    // Modes without a latent interface or router report no utilization; the names go unused.
-    let experts = config.team.iter().map(|m| m.name.clone()).collect();
-    let on_cpu = device == backend::DeviceKind::Cpu;
-    let mut live = live::LiveProgress::new(display, on_cpu, total, experts, interrupter);
-    let mut progress = |r: &musketeers::train::StepReport| live.step(r);
-    let outcome = backend::on_backend!(
+    let outcome = train_config(
+        &config,
+        &out,
+        steps,
+        resume,
         device,
-        B = autodiff,
-        musketeers::run::run::<B>(
-            &config,
-            &out,
-            steps,
-            resume,
-            &Default::default(),
-            &mut progress,
-        )?
-    );
-    live.finish();
+        display,
+        ctrl_c_interrupter()?,
+    )?;
     let mut stdout = std::io::stdout();
     if outcome.stopped {
         writeln!(
@@ -239,6 +247,123 @@ fn train(
         "run written to {} (report: {})",
         outcome.dir.display(),
         outcome.dir.join("report.md").display()
+    )?;
+    Ok(())
+}
+
+/// Ctrl-C (or the dashboard's `q`, `s`) asks a run to stop after the step in flight; it is
+/// checkpointed, so `--resume` continues it. A second Ctrl-C exits at once. Installed once per
+/// process.
+fn ctrl_c_interrupter() -> Result<burn::train::Interrupter> {
+    let interrupter = burn::train::Interrupter::new();
+    let on_ctrl_c = interrupter.clone();
+    ctrlc::set_handler(move || {
+        if on_ctrl_c.should_stop() {
+            std::process::exit(130);
+        }
+        on_ctrl_c.stop(Some("Ctrl-C"));
+        let _ = writeln!(
+            std::io::stderr(),
+            "\nstopping after this step (checkpoint saved; running again resumes); Ctrl-C again quits now"
+        );
+    })
+    .context("installing the Ctrl-C handler")?;
+    Ok(interrupter)
+}
+
+/// Train one run config with live progress; Ctrl-C stops after the step in flight,
+/// checkpointed.
+fn train_config(
+    config: &musketeers::run_config::RunConfig,
+    out: &std::path::Path,
+    steps: Option<u64>,
+    resume: bool,
+    device: backend::DeviceKind,
+    display: live::ProgressDisplay,
+    interrupter: burn::train::Interrupter,
+) -> Result<musketeers::run::RunOutcome> {
+    let total = steps.unwrap_or(config.grpo.steps);
+    // Modes without a latent interface or router report no utilization; the names go unused.
+    let experts = config.team.iter().map(|m| m.name.clone()).collect();
+    let on_cpu = device == backend::DeviceKind::Cpu;
+    let mut live = live::LiveProgress::new(display, on_cpu, total, experts, interrupter);
+    let mut progress = |r: &musketeers::train::StepReport| live.step(r);
+    let outcome = backend::on_backend!(
+        device,
+        B = autodiff,
+        musketeers::run::run::<B>(
+            config,
+            out,
+            steps,
+            resume,
+            &Default::default(),
+            &mut progress,
+        )?
+    );
+    live.finish();
+    Ok(outcome)
+}
+
+fn reproduce(args: &ReproduceArgs) -> Result<()> {
+    use musketeers::grid::{CellState, Grid, Selection, cell_state, write_summary};
+    let grid = Grid::from_file(&args.grid)?;
+    let selection = Selection {
+        scale: args.scale.clone(),
+        tasks: args.tasks.clone(),
+        systems: args.systems.clone(),
+        seeds: args.seeds.clone(),
+    };
+    let out = args.out.clone().unwrap_or_else(|| {
+        PathBuf::from("runs/paper").join(args.scale.as_deref().unwrap_or("full"))
+    });
+    let cells = grid.cells(&selection, &out)?;
+    let interrupter = ctrl_c_interrupter()?;
+    let mut stdout = std::io::stdout();
+    for (i, cell) in cells.iter().enumerate() {
+        let state = cell_state(cell)?;
+        let what = match &state {
+            CellState::Done(report) => format!("done, accuracy {:.3}", report.accuracy),
+            CellState::Partial(step) => format!("resumes at step {step}"),
+            CellState::New => "new".into(),
+        };
+        writeln!(
+            stdout,
+            "[{}/{}] {}: {what} ({} steps, {})",
+            i + 1,
+            cells.len(),
+            cell.label(),
+            cell.config.grpo.steps,
+            cell.dir.display()
+        )?;
+        if args.list || matches!(state, CellState::Done(_)) {
+            continue;
+        }
+        let outcome = train_config(
+            &cell.config,
+            &cell.dir,
+            None,
+            matches!(state, CellState::Partial(_)),
+            args.device,
+            live::ProgressDisplay::Plain,
+            interrupter.clone(),
+        )?;
+        if outcome.stopped {
+            writeln!(
+                stdout,
+                "stopped in {}; run the same command again to resume",
+                cell.label()
+            )?;
+            return Ok(());
+        }
+        if let Some(eval) = &outcome.eval {
+            writeln!(stdout, "{}: accuracy {:.3}", cell.label(), eval.accuracy)?;
+        }
+    }
+    let table = write_summary(&grid, &cells, &out)?;
+    writeln!(
+        stdout,
+        "\n{table}\nwritten to {}",
+        out.join("table.md").display()
     )?;
     Ok(())
 }

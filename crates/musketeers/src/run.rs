@@ -48,7 +48,8 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
 
 /// The task (generator or file) a `[[tasks]]` entry names; files read in `order`.
 fn build_task(task: &TaskConfig, in_file_order: bool) -> Result<Box<dyn Task>, TrainError> {
-    let bad = |e: musketeers_verify::TaskError| TrainError::BadInput(format!("task {}: {e}", task.name));
+    let bad =
+        |e: musketeers_verify::TaskError| TrainError::BadInput(format!("task {}: {e}", task.name));
     if let (Some(file), Some(format)) = (&task.file, task.file_format()?) {
         let loaded = FileTask::open(&task.name, file, format).map_err(bad)?;
         return Ok(Box::new(if in_file_order {
