@@ -1,8 +1,9 @@
-"""TRL reference for `cargo xtask bench grpo`: GRPOTrainer steps on SmolLM2-135M-Instruct (a
-Hugging Face directory), f32 on the CPU, eager attention, LoRA on the same projections as ours,
-with the step configuration of the musketeers run it is compared with.
+"""TRL reference for `cargo xtask bench grpo`: GRPOTrainer steps on the bench's policy (a GGUF
+file, which transformers dequantizes to f32, or a Hugging Face directory), f32 on the CPU,
+eager attention, LoRA on the same projections as ours, with the step configuration of the
+musketeers run it is compared with.
 
-argv: model_dir prompts.jsonl steps threads
+argv: model (.gguf or directory) prompts.jsonl steps threads
 Prints one JSON object per optimizer step: {"step", "seconds"}."""
 import json
 import re
@@ -15,7 +16,7 @@ from peft import LoraConfig
 from transformers import TrainerCallback
 from trl import GRPOConfig, GRPOTrainer
 
-model_dir, prompts_path, steps, threads = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+model_path, prompts_path, steps, threads = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 torch.set_num_threads(threads)
 torch.manual_seed(0)
 
@@ -69,6 +70,19 @@ config = GRPOConfig(
 )
 lora = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0,
                   target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
-trainer = GRPOTrainer(model=model_dir, reward_funcs=[last_number_or_tag], args=config,
-                      train_dataset=dataset, peft_config=lora, callbacks=[StepTimer()])
+if model_path.endswith(".gguf"):
+    import os
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    where, gguf = os.path.dirname(model_path), os.path.basename(model_path)
+    model = AutoModelForCausalLM.from_pretrained(where, gguf_file=gguf, dtype=torch.float32,
+                                                 attn_implementation="eager")
+    tokenizer = AutoTokenizer.from_pretrained(where, gguf_file=gguf)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    config.model_init_kwargs = None
+    trainer = GRPOTrainer(model=model, processing_class=tokenizer, reward_funcs=[last_number_or_tag], args=config,
+                          train_dataset=dataset, peft_config=lora, callbacks=[StepTimer()])
+else:
+    trainer = GRPOTrainer(model=model_path, reward_funcs=[last_number_or_tag], args=config,
+                          train_dataset=dataset, peft_config=lora, callbacks=[StepTimer()])
 trainer.train()

@@ -45,6 +45,9 @@ pub enum Bench {
         /// Skip the TRL reference (no virtual environment is created).
         #[arg(long)]
         no_python: bool,
+        /// The policy: a fetched catalog model (e.g. qwen2.5-coder-0.5b).
+        #[arg(long, default_value = "smollm2-135m")]
+        model: String,
     },
 }
 
@@ -67,7 +70,11 @@ pub fn run(bench: Bench) -> Result<()> {
             no_python,
             model,
         } => lm(&batches, new_tokens, no_python, model.as_deref()),
-        Bench::Grpo { steps, no_python } => grpo(steps, no_python),
+        Bench::Grpo {
+            steps,
+            no_python,
+            model,
+        } => grpo(steps, no_python, &model),
     }
 }
 
@@ -291,7 +298,7 @@ const GRPO_CONFIG: &str = r#"
 mode = "single"
 answer_extraction = "tag-or-last-number"
 [policy]
-model = "smollm2-135m"
+model = "{model}"
 lora = { rank = 8, alpha = 16.0 }
 [grpo]
 prompts_per_step = 4
@@ -313,9 +320,9 @@ fn mean_after_first(xs: &[f64]) -> f64 {
     rest.iter().sum::<f64>() / rest.len().max(1) as f64
 }
 
-fn grpo(steps: u64, no_python: bool) -> Result<()> {
-    let model = musketeers_catalog::resolve("smollm2-135m")
-        .context("the GRPO bench runs SmolLM2-135M: `cargo xtask models fetch smollm2-135m`")?;
+fn grpo(steps: u64, no_python: bool, name: &str) -> Result<()> {
+    let model = musketeers_catalog::resolve(name)
+        .with_context(|| format!("the GRPO bench's policy: `cargo xtask models fetch {name}`"))?;
     run_cmd(
         "cargo",
         &["build", "--release", "--quiet", "-p", "musketeers"],
@@ -325,7 +332,7 @@ fn grpo(steps: u64, no_python: bool) -> Result<()> {
     let work = root().join("target/bench-grpo");
     std::fs::create_dir_all(&work)?;
     let config = work.join("config.toml");
-    std::fs::write(&config, GRPO_CONFIG)?;
+    std::fs::write(&config, GRPO_CONFIG.replace("{model}", name))?;
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
 
     let ours_dir = work.join("ours");
@@ -360,20 +367,6 @@ fn grpo(steps: u64, no_python: bool) -> Result<()> {
     let trl: Vec<f64> = if no_python {
         Vec::new()
     } else {
-        let hf = work.join("smollm2-hf");
-        if !hf.join("model.safetensors").exists() {
-            run_cmd(
-                &bin,
-                &[
-                    "lm",
-                    "convert",
-                    "--from",
-                    &model.to_string_lossy(),
-                    "--to",
-                    &hf.to_string_lossy(),
-                ],
-            )?;
-        }
         let prompts = work.join("prompts.jsonl");
         let sample = output(
             &bin,
@@ -404,7 +397,7 @@ fn grpo(steps: u64, no_python: bool) -> Result<()> {
             &python,
             &[
                 &script.to_string_lossy(),
-                &hf.to_string_lossy(),
+                &model.to_string_lossy(),
                 &prompts.to_string_lossy(),
                 &steps.to_string(),
                 &threads.to_string(),
@@ -420,7 +413,7 @@ fn grpo(steps: u64, no_python: bool) -> Result<()> {
     let mut out = std::io::stdout().lock();
     writeln!(
         out,
-        "GRPO step, SmolLM2-135M-Instruct f32, CPU ({threads} threads): 4 prompts x 8 generations x <=64 tokens, LoRA r8, beta 0.04"
+        "GRPO step, {name} (f32 from its GGUF on both sides), CPU ({threads} threads): 4 prompts x 8 generations x <=64 tokens, LoRA r8, beta 0.04"
     )?;
     writeln!(
         out,

@@ -6,6 +6,7 @@ use burn::tensor::{Int, Tensor};
 
 /// Log-probability of each target token, and the entropy of each position's distribution,
 /// under `softmax(logits / temperature)`: the distribution the tokens were sampled from.
+/// Only the log-probabilities carry gradients.
 ///
 /// # Shapes
 /// - `logits`: `[n, T, vocab]`; `targets`: `[n, T]`; returns two `[n, T]`
@@ -20,6 +21,10 @@ pub fn token_logprobs<B: Backend>(
         .clone()
         .gather(2, targets.reshape([n, t, 1]))
         .reshape([n, t]);
+    // The entropy is a metric, not part of the loss: computed off the autodiff graph, whose
+    // backward would otherwise keep three more `[n, T, vocab]` tensors alive (gigabytes per
+    // step with Qwen's 151,936-token vocabulary).
+    let logp = logp.detach();
     let entropy = (logp.clone().exp() * logp).sum_dim(2).neg().reshape([n, t]);
     (picked, entropy)
 }

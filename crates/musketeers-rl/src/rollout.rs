@@ -89,6 +89,18 @@ pub fn grpo_step<B: Backend, S: TokenScorer<B> + ?Sized>(
     config: &StepConfig,
     device: &B::Device,
 ) -> Result<(GrpoLoss<B>, Advantages, RolloutStats), RlError> {
+    check_lengths(rollouts)?;
+    let advantages = group_advantages(
+        &rollouts.rewards,
+        rollouts.num_generations,
+        config.scale_rewards,
+    )?;
+    let (loss, _) = grpo_micro_step(scorer, rollouts, &advantages, config, None, device)?;
+    let stats = rollout_stats(rollouts, &advantages, config);
+    Ok((loss, advantages, stats))
+}
+
+fn check_lengths(rollouts: &Rollouts) -> Result<(), RlError> {
     let n = rollouts.completion_ids.len();
     if rollouts.rewards.len() != n || rollouts.prompt_ids.len() != n {
         return Err(RlError::BadInput(format!(
@@ -97,11 +109,34 @@ pub fn grpo_step<B: Backend, S: TokenScorer<B> + ?Sized>(
             rollouts.prompt_ids.len()
         )));
     }
-    let advantages = group_advantages(
-        &rollouts.rewards,
-        rollouts.num_generations,
-        config.scale_rewards,
-    )?;
+    Ok(())
+}
+
+/// The figures of a whole batch of rollouts.
+pub fn rollout_stats(
+    rollouts: &Rollouts,
+    advantages: &Advantages,
+    config: &StepConfig,
+) -> RolloutStats {
+    let n = rollouts.completion_ids.len();
+    let truncated = rollouts
+        .completion_ids
+        .iter()
+        .filter(|c| !c.iter().any(|t| config.eos_token_ids.contains(t)))
+        .count();
+    RolloutStats {
+        reward_mean: advantages.reward_mean,
+        reward_std: advantages.reward_std,
+        frac_reward_zero_std: advantages.frac_reward_zero_std,
+        mean_completion_length: rollouts.completion_ids.iter().map(Vec::len).sum::<usize>() as f64
+            / n.max(1) as f64,
+        truncation_rate: truncated as f64 / n.max(1) as f64,
+    }
+}
+
+/// The tokens of `rollouts` that the loss counts (after masking truncated completions and,
+/// with `drop_zero_std_groups`, groups without signal): the normaliser of `dapo` and `bnpo`.
+pub fn counted_tokens(rollouts: &Rollouts, advantages: &Advantages, config: &StepConfig) -> f64 {
     let width = rollouts
         .completion_ids
         .iter()
@@ -109,7 +144,47 @@ pub fn grpo_step<B: Backend, S: TokenScorer<B> + ?Sized>(
         .max()
         .unwrap_or(0)
         .max(1);
-    let (mut mask, truncated) = completion_mask(
+    let (mask, _) = completion_mask(
+        &rollouts.completion_ids,
+        &config.eos_token_ids,
+        width,
+        config.mask_truncated_completions,
+    );
+    mask.chunks(width)
+        .zip(&advantages.zero_std_group)
+        .filter(|(_, zero)| !(config.drop_zero_std_groups && **zero))
+        .map(|(row, _)| row.iter().map(|&m| f64::from(m)).sum::<f64>())
+        .sum()
+}
+
+/// The GRPO loss of `rollouts` (part of a batch) with `advantages` computed over the whole
+/// batch, and the number of tokens it counts. `num_items_in_batch`: the whole batch's counted
+/// tokens, so that `dapo` losses of the parts sum to the loss of the batch (TRL's gradient
+/// accumulation); `None` = this part's own.
+pub fn grpo_micro_step<B: Backend, S: TokenScorer<B> + ?Sized>(
+    scorer: &S,
+    rollouts: &Rollouts,
+    advantages: &Advantages,
+    config: &StepConfig,
+    num_items_in_batch: Option<f64>,
+    device: &B::Device,
+) -> Result<(GrpoLoss<B>, f64), RlError> {
+    check_lengths(rollouts)?;
+    let n = rollouts.completion_ids.len();
+    if advantages.values.len() != n || advantages.zero_std_group.len() != n {
+        return Err(RlError::BadInput(format!(
+            "{} advantages for {n} completions",
+            advantages.values.len()
+        )));
+    }
+    let width = rollouts
+        .completion_ids
+        .iter()
+        .map(Vec::len)
+        .max()
+        .unwrap_or(0)
+        .max(1);
+    let (mut mask, _) = completion_mask(
         &rollouts.completion_ids,
         &config.eos_token_ids,
         width,
@@ -122,6 +197,7 @@ pub fn grpo_step<B: Backend, S: TokenScorer<B> + ?Sized>(
             }
         }
     }
+    let counted = mask.iter().map(|&m| f64::from(m)).sum::<f64>();
     let (logps, entropies) = scorer.score(rollouts, width)?;
     let inputs = LossInputs {
         per_token_logps: logps,
@@ -138,16 +214,7 @@ pub fn grpo_step<B: Backend, S: TokenScorer<B> + ?Sized>(
         completion_mask: Tensor::from_data(TensorData::new(mask, [n, width]), device),
         advantages: Tensor::from_data(TensorData::new(advantages.values.clone(), [n]), device),
         entropies: Some(entropies.detach()),
-        num_items_in_batch: None,
+        num_items_in_batch,
     };
-    let loss = grpo_loss(inputs, &config.loss)?;
-    let stats = RolloutStats {
-        reward_mean: advantages.reward_mean,
-        reward_std: advantages.reward_std,
-        frac_reward_zero_std: advantages.frac_reward_zero_std,
-        mean_completion_length: rollouts.completion_ids.iter().map(Vec::len).sum::<usize>() as f64
-            / n.max(1) as f64,
-        truncation_rate: truncated.iter().filter(|t| **t).count() as f64 / n.max(1) as f64,
-    };
-    Ok((loss, advantages, stats))
+    Ok((grpo_loss(inputs, &config.loss)?, counted))
 }

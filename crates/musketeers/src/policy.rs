@@ -167,7 +167,11 @@ impl<B: Backend> TokenScorer<B> for PrefixedPolicy<'_, B> {
         // when a few completions hit the length limit and most stop early.
         let mut order: Vec<usize> = (0..n).collect();
         order.sort_by_key(|&r| rollouts.completion_ids[r].len());
-        let bucket_rows = n.div_ceil(LENGTH_BUCKETS).max(1);
+        // A bucket's logits are `[rows, width, vocab]`; with a large vocabulary (Qwen's is
+        // 151,936) and long completions the bucket is cut further to stay within a budget.
+        let vocab = self.model.embed_tokens.weight.dims()[0].max(1);
+        let budget_rows = (LOGITS_BUDGET / (width * vocab).max(1)).max(1);
+        let bucket_rows = n.div_ceil(LENGTH_BUCKETS).clamp(1, budget_rows);
         let mut logps = Vec::new();
         let mut entropies = Vec::new();
         for bucket in order.chunks(bucket_rows) {
@@ -192,8 +196,12 @@ impl<B: Backend> TokenScorer<B> for PrefixedPolicy<'_, B> {
     }
 }
 
-/// How many length buckets a batch of completions is scored in.
+/// How many length buckets a batch of completions is scored in (at least).
 const LENGTH_BUCKETS: usize = 4;
+
+/// The most logits one bucket holds (2^27 floats, 512 MiB): the demo's small vocabularies
+/// never reach it; Qwen2.5 at 256 new tokens takes three completions per bucket.
+const LOGITS_BUDGET: usize = 1 << 27;
 
 /// What every bucket of completions shares: the model and the prefixes' cache.
 struct Shared<'s, B: Backend> {

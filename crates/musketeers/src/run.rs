@@ -389,6 +389,7 @@ pub fn run<B: AutodiffBackend>(
             drop_zero_std_groups: false,
         },
         seed: g.seed,
+        micro_batch_prompts: g.micro_batch_prompts,
     };
     let mut trainer = Trainer::new(model, tokenizer, interface, team, settings)?;
     if let Some(router) = router {

@@ -168,6 +168,10 @@ pub struct GrpoConfig {
     pub seed: u64,
     /// Save a checkpoint every this many steps (and at the end).
     pub save_steps: u64,
+    /// Prompts per backward pass (gradient accumulation over the step's prompts, whole
+    /// groups); unset: all at once. Lower it when long completions or a large vocabulary run
+    /// out of memory: the gradient is the same up to rounding.
+    pub micro_batch_prompts: Option<usize>,
 }
 
 impl Default for GrpoConfig {
@@ -190,6 +194,7 @@ impl Default for GrpoConfig {
             max_grad_norm: 1.0,
             seed: 0,
             save_steps: 25,
+            micro_batch_prompts: None,
         }
     }
 }
@@ -360,6 +365,9 @@ impl RunConfig {
         }
         if self.grpo.num_generations < 2 {
             return bad("grpo.num_generations must be at least 2 (advantages compare samples)");
+        }
+        if self.grpo.micro_batch_prompts == Some(0) {
+            return bad("grpo.micro_batch_prompts must be at least 1 (unset: all prompts at once)");
         }
         if self.grpo.prompts_per_step == 0 || self.grpo.max_completion_length == 0 {
             return bad("grpo.prompts_per_step and grpo.max_completion_length must be positive");

@@ -6,7 +6,7 @@
 
 use burn::module::{AutodiffModule, Module};
 use burn::optim::adaptor::OptimizerAdaptor;
-use burn::optim::{AdamW, AdamWConfig, GradientsParams, Optimizer};
+use burn::optim::{AdamW, AdamWConfig, GradientsAccumulator, GradientsParams, Optimizer};
 use burn::record::{BinFileRecorder, FullPrecisionSettings, Recorder, RecorderError};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
@@ -17,9 +17,12 @@ use musketeers_lm::generate::{GenerationConfig, generate_with_prefix};
 use musketeers_lm::pooling::{Pooling, pool};
 use musketeers_lm::sampling::SamplingConfig;
 use musketeers_lm::tokenizer::TextTokenizer;
+use musketeers_rl::advantages::Advantages;
 use musketeers_rl::clip::{clip_factor, scale_grads, squared_grad_norm};
-use musketeers_rl::rollout::{RolloutStats, StepConfig, grpo_step};
-use musketeers_rl::{GrpoMetrics, LrSchedule, Rollouts};
+use musketeers_rl::rollout::{
+    RolloutStats, StepConfig, counted_tokens, grpo_micro_step, rollout_stats,
+};
+use musketeers_rl::{GrpoMetrics, LossType, LrSchedule, Rollouts};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 use std::time::Instant;
@@ -32,6 +35,62 @@ fn host_f32<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
         .convert::<f32>()
         .to_vec::<f32>()
         .unwrap_or_default()
+}
+
+/// Rows `rows` of a batch of rollouts (whole groups).
+fn rollout_rows(all: &Rollouts, rows: std::ops::Range<usize>) -> Rollouts {
+    let pick = |v: &Option<Vec<Vec<f32>>>| v.as_ref().map(|v| v[rows.clone()].to_vec());
+    Rollouts {
+        prompt_ids: all.prompt_ids[rows.clone()].to_vec(),
+        completion_ids: all.completion_ids[rows.clone()].to_vec(),
+        num_generations: all.num_generations,
+        rewards: all.rewards[rows.clone()].to_vec(),
+        old_logprobs: pick(&all.old_logprobs),
+        ref_logprobs: pick(&all.ref_logprobs),
+    }
+}
+
+/// The advantages of rows `rows`, with the batch's statistics.
+fn advantage_rows(all: &Advantages, rows: std::ops::Range<usize>) -> Advantages {
+    Advantages {
+        values: all.values[rows.clone()].to_vec(),
+        zero_std_group: all.zero_std_group[rows].to_vec(),
+        ..all.clone()
+    }
+}
+
+/// The metrics of a step from those of its micro-batches, each with the tokens it counted:
+/// token-weighted means, the losses (already weighted) summed, extremes kept.
+fn combine_metrics(parts: &[(GrpoMetrics, f64)]) -> GrpoMetrics {
+    if let [(only, _)] = parts {
+        return only.clone();
+    }
+    let total: f64 = parts.iter().map(|(_, n)| n).sum::<f64>().max(1.0);
+    let mean =
+        |f: &dyn Fn(&GrpoMetrics) -> f64| parts.iter().map(|(m, n)| f(m) * n).sum::<f64>() / total;
+    let optional = |f: &dyn Fn(&GrpoMetrics) -> Option<f64>| {
+        parts
+            .iter()
+            .map(|(m, n)| f(m).map(|v| v * n))
+            .sum::<Option<f64>>()
+            .map(|s| s / total)
+    };
+    GrpoMetrics {
+        loss: parts.iter().map(|(m, _)| m.loss).sum(),
+        kl: optional(&|m| m.kl),
+        entropy: optional(&|m| m.entropy),
+        clip_ratio_low_mean: mean(&|m| m.clip_ratio_low_mean),
+        clip_ratio_high_mean: mean(&|m| m.clip_ratio_high_mean),
+        clip_ratio_region_mean: mean(&|m| m.clip_ratio_region_mean),
+        clip_ratio_low_min: parts
+            .iter()
+            .map(|(m, _)| m.clip_ratio_low_min)
+            .fold(f64::NAN, f64::min),
+        clip_ratio_high_max: parts
+            .iter()
+            .map(|(m, _)| m.clip_ratio_high_max)
+            .fold(f64::NAN, f64::max),
+    }
 }
 
 fn rms<B: Backend, const D: usize>(t: Tensor<B, D>) -> f32 {
@@ -164,6 +223,10 @@ pub struct StepSettings {
     pub schedule: LrSchedule,
     pub grpo: StepConfig,
     pub seed: u64,
+    /// Prompts (whole groups) per backward pass; `None`: the whole step in one. Smaller
+    /// micro-batches hold fewer activations at once and give the same gradient (up to
+    /// rounding): TRL's gradient accumulation.
+    pub micro_batch_prompts: Option<usize>,
 }
 
 impl StepSettings {
@@ -505,7 +568,7 @@ impl<B: AutodiffBackend> Trainer<B> {
 
         // The team reads each prompt once (hard-route: only the routed expert reads it); the
         // interface turns that into C (with gradient).
-        let (fused, routing) = match &self.interface {
+        let (fused, routing, team_read) = match &self.interface {
             Some(interface) => {
                 let seed = s.seed.wrapping_mul(7_919).wrapping_add(self.step);
                 let (inner_inputs, routing) = self.team_inputs(prompts, &prompt_ids, Some(seed))?;
@@ -516,9 +579,9 @@ impl<B: AutodiffBackend> Trainer<B> {
                         mask: read.mask.map(Tensor::from_inner),
                     })
                     .collect();
-                (Some(interface.forward(&inputs)?), routing)
+                (Some(interface.forward(&inputs)?), routing, inputs)
             }
-            None => (None, None),
+            None => (None, None, Vec::new()),
         };
         let team_seconds = started.elapsed().as_secs_f64();
         // Rollouts from [C ; prompt] on the inner backend, G per prompt.
@@ -605,17 +668,88 @@ impl<B: AutodiffBackend> Trainer<B> {
             );
         }
         let reference_seconds = reference_start.elapsed().as_secs_f64();
-        let loss_start = Instant::now();
-        let scorer = PrefixedPolicy {
-            model: &self.policy,
-            context,
-            temperature: f64::from(s.temperature),
-        };
-        let (loss, _, stats) = grpo_step(&scorer, &rollouts, &s.grpo, &device)?;
-        // The router's REINFORCE term: a prompt's mean reward against the batch mean.
+        let stats = rollout_stats(&rollouts, &advantages, &s.grpo);
+        // The loss and its gradients, over micro-batches of whole prompt groups (gradient
+        // accumulation): one backward pass holds the activations of one micro-batch only.
+        let chunk = s.micro_batch_prompts.unwrap_or(p).clamp(1, p.max(1));
+        let accumulating = chunk < p;
+        let items = counted_tokens(&rollouts, &advantages, &s.grpo).max(1.0);
+        let g = s.num_generations;
+        let mut policy_acc = GradientsAccumulator::<Llama<B>>::new();
+        let mut interface_acc = GradientsAccumulator::<LatentInterface<B>>::new();
+        let mut router_acc = GradientsAccumulator::<Router<B>>::new();
+        let mut parts: Vec<(GrpoMetrics, f64)> = Vec::new();
         let mut router_entropy = None;
-        let total = match &routing {
-            Some((log_probs, choice)) => {
+        let mut loss_seconds = 0.0;
+        let mut update_seconds = 0.0;
+        for (index, first) in (0..p).step_by(chunk).enumerate() {
+            let part_start = Instant::now();
+            let prompts_here = first..(first + chunk).min(p);
+            let rows = prompts_here.start * g..prompts_here.end * g;
+            let (part, part_advantages) = if accumulating {
+                (
+                    rollout_rows(&rollouts, rows.clone()),
+                    advantage_rows(&advantages, rows.clone()),
+                )
+            } else {
+                (rollouts.clone(), advantages.clone())
+            };
+            // One C per prompt: the scorer shares each prompt's prefix across its group. A
+            // micro-batch recomputes its rows of C, so that each backward pass has its own
+            // graph through the interface.
+            let context = match (&self.interface, &context) {
+                (Some(interface), Some(_)) if accumulating => {
+                    let inputs: Vec<ExpertInput<B>> = team_read
+                        .iter()
+                        .map(|read| ExpertInput {
+                            hidden: read.hidden.clone().narrow(0, first, prompts_here.len()),
+                            mask: read
+                                .mask
+                                .clone()
+                                .map(|m| m.narrow(0, first, prompts_here.len())),
+                        })
+                        .collect();
+                    Some(interface.forward(&inputs)?.context)
+                }
+                _ => context.clone(),
+            };
+            let scorer = PrefixedPolicy {
+                model: &self.policy,
+                context,
+                temperature: f64::from(s.temperature),
+            };
+            let normaliser =
+                (accumulating && s.grpo.loss.loss_type == LossType::Dapo).then_some(items);
+            let (loss, counted) = grpo_micro_step(
+                &scorer,
+                &part,
+                &part_advantages,
+                &s.grpo,
+                normaliser,
+                &device,
+            )?;
+            // Each part's share of the batch loss: dapo is normalised by the batch's tokens
+            // already; per-sequence means weigh by sequences, bnpo by counted tokens.
+            let weight = if !accumulating {
+                1.0
+            } else {
+                match s.grpo.loss.loss_type {
+                    LossType::Dapo => 1.0,
+                    LossType::Grpo | LossType::DrGrpo => prompts_here.len() as f64 / p as f64,
+                    LossType::Bnpo => counted / items,
+                }
+            };
+            let mut term = if weight == 1.0 {
+                loss.loss.clone()
+            } else {
+                loss.loss.clone() * weight
+            };
+            let mut metrics = loss.metrics.clone();
+            metrics.loss *= weight;
+            parts.push((metrics, counted));
+            // The router's REINFORCE term (once per step): a prompt's mean reward against the
+            // batch mean.
+            if let (0, Some((log_probs, choice))) = (index, &routing) {
                 let means: Vec<f32> = rewards
                     .chunks(s.num_generations)
                     .map(|g| g.iter().sum::<f32>() / g.len() as f32)
@@ -636,22 +770,28 @@ impl<B: AutodiffBackend> Trainer<B> {
                     .into_scalar()
                     .elem::<f32>();
                 router_entropy = Some(entropy);
-                loss.loss.clone() - (chosen * advantage).mean()
+                term = term - (chosen * advantage).mean();
             }
-            None => loss.loss.clone(),
-        };
-        let loss_seconds = loss_start.elapsed().as_secs_f64();
+            loss_seconds += part_start.elapsed().as_secs_f64();
+            let backward_start = Instant::now();
+            let mut grads = term.backward();
+            policy_acc.accumulate(
+                &self.policy,
+                GradientsParams::from_module(&mut grads, &self.policy),
+            );
+            if let Some(m) = &self.interface {
+                interface_acc.accumulate(m, GradientsParams::from_module(&mut grads, m));
+            }
+            if let Some(m) = &self.router {
+                router_acc.accumulate(m, GradientsParams::from_module(&mut grads, m));
+            }
+            update_seconds += backward_start.elapsed().as_secs_f64();
+        }
+        let loss_metrics = combine_metrics(&parts);
         let update_start = Instant::now();
-        let mut grads = total.backward();
-        let mut policy_grads = GradientsParams::from_module(&mut grads, &self.policy);
-        let mut interface_grads = self
-            .interface
-            .as_ref()
-            .map(|m| GradientsParams::from_module(&mut grads, m));
-        let mut router_grads = self
-            .router
-            .as_ref()
-            .map(|m| GradientsParams::from_module(&mut grads, m));
+        let mut policy_grads = policy_acc.grads();
+        let mut interface_grads = self.interface.as_ref().map(|_| interface_acc.grads());
+        let mut router_grads = self.router.as_ref().map(|_| router_acc.grads());
         let adapters_squared = squared_grad_norm(&self.policy, &policy_grads);
         let interface_squared = match (&self.interface, &interface_grads) {
             (Some(m), Some(g)) => Some(squared_grad_norm(m, g)),
@@ -695,7 +835,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             self.interface = Some(self.interface_optim.step(interface_lr, interface, g));
         }
 
-        let update_seconds = update_start.elapsed().as_secs_f64();
+        let update_seconds = update_seconds + update_start.elapsed().as_secs_f64();
         let diagnostics = StepDiagnostics {
             grad_norm_adapters: adapters_squared.sqrt(),
             grad_norm_interface: interface_squared.map(f64::sqrt),
@@ -734,7 +874,7 @@ impl<B: AutodiffBackend> Trainer<B> {
         self.step += 1;
         Ok(StepReport {
             step: self.step,
-            loss: loss.metrics,
+            loss: loss_metrics,
             rollouts: stats,
             utilization,
             routing_entropy: entropy,

@@ -87,7 +87,7 @@ fn the_paper_grid_expands_to_the_papers_settings() {
     );
     // The CPU scale cuts steps and prompts but leaves GSM8K its completion length.
     let small = cell("gsm8k", "fused", Some("cpu"));
-    assert_eq!(small.config.grpo.steps, 20);
+    assert_eq!(small.config.grpo.steps, 15);
     assert_eq!(small.config.grpo.prompts_per_step, 4);
     assert_eq!(small.config.grpo.max_completion_length, 256);
     for (selection, named) in [

@@ -128,6 +128,7 @@ fn final_reward(seed: u64, fused: bool) -> f32 {
             ..StepConfig::default()
         },
         seed,
+        micro_batch_prompts: None,
     };
     let mut trainer = Trainer::new(
         policy,

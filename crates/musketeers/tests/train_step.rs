@@ -108,6 +108,7 @@ fn a_fused_step_updates_only_the_adapters_and_the_interface() {
             ..StepConfig::default()
         },
         seed: 5,
+        micro_batch_prompts: None,
     };
     let mut trainer =
         Trainer::new(policy, tok(), Some(interface), team, settings).expect("trainer");
@@ -215,6 +216,7 @@ fn trainer(dir: &Path, adapters: Option<&Path>) -> Trainer<Ad> {
             ..StepConfig::default()
         },
         seed: 9,
+        micro_batch_prompts: None,
     };
     Trainer::new(policy, tokenizer(dir), Some(interface), team, settings).expect("trainer")
 }
@@ -289,4 +291,94 @@ fn saved_state_continues_training_exactly() {
     assert_eq!(third.rollouts, reports[2].rollouts);
     assert_eq!(third.utilization, reports[2].utilization);
     assert_eq!(third.samples, reports[2].samples);
+}
+
+/// Gradient accumulation: one prompt group per backward pass gives the step that the whole
+/// batch in one pass gives, for every way the loss is normalised (up to float rounding:
+/// the parts are summed in another order, and C is recomputed per part).
+#[test]
+fn micro_batches_give_the_whole_batchs_update() {
+    let temp = tempfile::tempdir().expect("temp");
+    let prompts = vec![
+        "w3 w14 w15".to_string(),
+        "w9 w26".to_string(),
+        "w60 w61 w62 w63".to_string(),
+    ];
+    let flat = |t: &Trainer<Ad>| -> Vec<f32> {
+        let host = |x: burn::tensor::Tensor<Ad, 2>| x.into_data().to_vec::<f32>().expect("f32");
+        let mut values = Vec::new();
+        for layer in &t.policy.layers {
+            for projection in [&layer.self_attn.q_proj, &layer.self_attn.v_proj] {
+                if let Some(adapter) = projection.adapter.as_ref() {
+                    values.extend(host(adapter.lora_b.val()));
+                }
+            }
+        }
+        values.extend(host(
+            t.interface.as_ref().expect("interface").output.weight.val(),
+        ));
+        values
+    };
+    // One interface for every trainer: its parameters are initialised from the backend's
+    // random state, so each fresh trainer would have its own.
+    let interface = {
+        use burn::module::Module;
+        let t = trainer(temp.path(), None);
+        let start = t.policy.mean_token_embedding().detach();
+        let interface = t
+            .interface
+            .expect("interface")
+            .with_context_start(start)
+            .expect("context start");
+        // Through a record: every parameter takes a value now, which the clones share.
+        let record = interface.clone().into_record();
+        let interface = interface.load_record(record);
+        move || interface.clone()
+    };
+    for loss_type in [
+        LossType::Dapo,
+        LossType::Grpo,
+        LossType::Bnpo,
+        LossType::DrGrpo,
+    ] {
+        let mut runs = Vec::new();
+        for micro in [None, Some(1), Some(2)] {
+            let mut t = trainer(temp.path(), None);
+            t.interface = Some(interface());
+            t.settings.grpo.loss.loss_type = loss_type;
+            t.settings.micro_batch_prompts = micro;
+            let reports: Vec<_> = (0..2)
+                .map(|_| t.train_step(&prompts, &reward).expect("step"))
+                .collect();
+            runs.push((reports, flat(&t)));
+        }
+        let (whole, whole_weights) = &runs[0];
+        for (parts, weights) in &runs[1..] {
+            for (a, b) in whole.iter().zip(parts) {
+                // Same rollouts (sampling does not depend on the micro-batches)...
+                assert_eq!(a.samples[0].completion, b.samples[0].completion);
+                // ...and the same loss, KL and gradient norm.
+                let close = |x: f64, y: f64| (x - y).abs() <= 1e-4 * (1.0 + x.abs());
+                assert!(
+                    close(a.loss.loss, b.loss.loss),
+                    "{loss_type:?}: {} vs {}",
+                    a.loss.loss,
+                    b.loss.loss
+                );
+                assert!(
+                    close(a.grad_norm, b.grad_norm),
+                    "{loss_type:?}: {} vs {}",
+                    a.grad_norm,
+                    b.grad_norm
+                );
+                assert!(close(a.loss.kl.expect("kl"), b.loss.kl.expect("kl")));
+            }
+            let biggest = whole_weights
+                .iter()
+                .zip(weights)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0.0f32, f32::max);
+            assert!(biggest < 1e-4, "{loss_type:?}: weights differ by {biggest}");
+        }
+    }
 }

@@ -377,6 +377,7 @@ fn run_config(
             max_grad_norm: 1.0,
             seed,
             save_steps: settings.steps_for(task).max(1),
+            micro_batch_prompts: None,
         },
         tasks: vec![TaskConfig {
             options: task
