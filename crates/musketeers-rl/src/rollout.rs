@@ -137,6 +137,17 @@ pub fn rollout_stats(
 /// The tokens of `rollouts` that the loss counts (after masking truncated completions and,
 /// with `drop_zero_std_groups`, groups without signal): the normaliser of `dapo` and `bnpo`.
 pub fn counted_tokens(rollouts: &Rollouts, advantages: &Advantages, config: &StepConfig) -> f64 {
+    let (mask, _) = loss_mask(rollouts, advantages, config);
+    mask.iter().map(|&m| f64::from(m)).sum()
+}
+
+/// Row-major `[n, width]` mask of the tokens the loss counts, and `width` (the longest
+/// completion, at least 1).
+fn loss_mask(
+    rollouts: &Rollouts,
+    advantages: &Advantages,
+    config: &StepConfig,
+) -> (Vec<f32>, usize) {
     let width = rollouts
         .completion_ids
         .iter()
@@ -144,17 +155,20 @@ pub fn counted_tokens(rollouts: &Rollouts, advantages: &Advantages, config: &Ste
         .max()
         .unwrap_or(0)
         .max(1);
-    let (mask, _) = completion_mask(
+    let (mut mask, _) = completion_mask(
         &rollouts.completion_ids,
         &config.eos_token_ids,
         width,
         config.mask_truncated_completions,
     );
-    mask.chunks(width)
-        .zip(&advantages.zero_std_group)
-        .filter(|(_, zero)| !(config.drop_zero_std_groups && **zero))
-        .map(|(row, _)| row.iter().map(|&m| f64::from(m)).sum::<f64>())
-        .sum()
+    if config.drop_zero_std_groups {
+        for (row, zero) in advantages.zero_std_group.iter().enumerate() {
+            if *zero {
+                mask[row * width..(row + 1) * width].fill(0.0);
+            }
+        }
+    }
+    (mask, width)
 }
 
 /// The GRPO loss of `rollouts` (part of a batch) with `advantages` computed over the whole
@@ -177,26 +191,7 @@ pub fn grpo_micro_step<B: Backend, S: TokenScorer<B> + ?Sized>(
             advantages.values.len()
         )));
     }
-    let width = rollouts
-        .completion_ids
-        .iter()
-        .map(Vec::len)
-        .max()
-        .unwrap_or(0)
-        .max(1);
-    let (mut mask, _) = completion_mask(
-        &rollouts.completion_ids,
-        &config.eos_token_ids,
-        width,
-        config.mask_truncated_completions,
-    );
-    if config.drop_zero_std_groups {
-        for (row, zero) in advantages.zero_std_group.iter().enumerate() {
-            if *zero {
-                mask[row * width..(row + 1) * width].fill(0.0);
-            }
-        }
-    }
+    let (mask, width) = loss_mask(rollouts, advantages, config);
     let counted = mask.iter().map(|&m| f64::from(m)).sum::<f64>();
     let (logps, entropies) = scorer.score(rollouts, width)?;
     let inputs = LossInputs {

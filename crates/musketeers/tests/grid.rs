@@ -1,8 +1,11 @@
 //! The experiment grid: the paper's grid file expands into the cells the paper describes, and
 //! a tiny grid runs end to end (file tasks, evaluation on a file, resume, skip, table).
 
+mod common;
+
 use burn::backend::Autodiff;
 use burn_flex::Flex;
+use common::fixture_with_tokenizer;
 use musketeers::grid::{CellState, Grid, Selection, cell_state, write_summary};
 use musketeers::run_config::Mode;
 use musketeers::train::ExpertReadout;
@@ -98,20 +101,6 @@ fn the_paper_grid_expands_to_the_papers_settings() {
         let err = grid.cells(&selection, out).expect_err("unknown name");
         assert!(err.to_string().contains(named), "{err}");
     }
-}
-
-fn fixture_with_tokenizer(name: &str, into: &Path) -> PathBuf {
-    let src = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../musketeers-lm/tests/fixtures")
-        .join(name);
-    let dir = into.join(name);
-    std::fs::create_dir_all(&dir).expect("dir");
-    for file in ["config.json", "model.safetensors"] {
-        std::fs::copy(src.join(file), dir.join(file)).expect("copy");
-    }
-    let tokenizer = musketeers_lm::tokenizer::numbered_words_json(96);
-    std::fs::write(dir.join("tokenizer.json"), tokenizer).expect("tokenizer");
-    dir
 }
 
 fn tiny_grid(temp: &Path, learning_rate: f64) -> Grid {

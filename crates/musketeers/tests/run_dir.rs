@@ -1,27 +1,16 @@
 //! A whole run on tiny random models: the run directory holds the resolved config, one
 //! metrics line per step, samples, and a checkpoint (PEFT adapter, interface, state).
 
+mod common;
+
 use burn::backend::Autodiff;
 use burn_flex::Flex;
+use common::fixture_with_tokenizer;
 use musketeers::run_config::RunConfig;
 use std::ops::ControlFlow;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 type Ad = Autodiff<Flex>;
-
-fn fixture_with_tokenizer(name: &str, into: &Path) -> PathBuf {
-    let src = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../musketeers-lm/tests/fixtures")
-        .join(name);
-    let dir = into.join(name);
-    std::fs::create_dir_all(&dir).expect("dir");
-    for file in ["config.json", "model.safetensors"] {
-        std::fs::copy(src.join(file), dir.join(file)).expect("copy");
-    }
-    let tokenizer = musketeers_lm::tokenizer::numbered_words_json(96);
-    std::fs::write(dir.join("tokenizer.json"), tokenizer).expect("tokenizer");
-    dir
-}
 
 fn fused_config(temp: &Path) -> RunConfig {
     let policy = fixture_with_tokenizer("llama-gqa", temp);
