@@ -47,6 +47,11 @@ class StepTimer(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         print(json.dumps({"step": state.global_step, "seconds": time.perf_counter() - self.start}), flush=True)
 
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        # The work of a step depends on how long its completions were.
+        if logs and "completions/mean_length" in logs:
+            print(json.dumps({"mean_length": logs["completions/mean_length"]}), flush=True)
+
 
 config = GRPOConfig(
     output_dir="/tmp/musketeers-bench-trl",
@@ -76,6 +81,12 @@ if model_path.endswith(".gguf"):
     where, gguf = os.path.dirname(model_path), os.path.basename(model_path)
     model = AutoModelForCausalLM.from_pretrained(where, gguf_file=gguf, dtype=torch.float32,
                                                  attn_implementation="eager")
+    # transformers dequantized it to f32 already; what remains is a marker that makes Trainer
+    # refuse to train "a quantized model".
+    model.hf_quantizer = None
+    model.is_quantized = False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
     tokenizer = AutoTokenizer.from_pretrained(where, gguf_file=gguf)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

@@ -364,7 +364,7 @@ fn grpo(steps: u64, no_python: bool, name: &str) -> Result<()> {
     let phase = |key: &str| -> Vec<f64> { lines.iter().filter_map(|l| l[key].as_f64()).collect() };
     let sampling = phase("sample_seconds");
 
-    let trl: Vec<f64> = if no_python {
+    let trl_lines: Vec<Value> = if no_python {
         Vec::new()
     } else {
         let prompts = work.join("prompts.jsonl");
@@ -406,9 +406,20 @@ fn grpo(steps: u64, no_python: bool, name: &str) -> Result<()> {
         )?
         .lines()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter_map(|v| v["seconds"].as_f64())
         .collect()
     };
+    let trl: Vec<f64> = trl_lines
+        .iter()
+        .filter_map(|v| v["seconds"].as_f64())
+        .collect();
+    let trl_lengths: Vec<f64> = trl_lines
+        .iter()
+        .filter_map(|v| v["mean_length"].as_f64())
+        .collect();
+    let our_lengths: Vec<f64> = lines
+        .iter()
+        .filter_map(|l| l["rollouts"]["mean_completion_length"].as_f64())
+        .collect();
 
     let mut out = std::io::stdout().lock();
     writeln!(
@@ -446,6 +457,17 @@ fn grpo(steps: u64, no_python: bool, name: &str) -> Result<()> {
         out,
         "ours, mean seconds after the first step: {}",
         breakdown.join(", ")
+    )?;
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+    writeln!(
+        out,
+        "mean completion length (tokens): ours {:.1}, TRL {}",
+        mean(&our_lengths),
+        if trl_lengths.is_empty() {
+            "-".to_string()
+        } else {
+            format!("{:.1}", mean(&trl_lengths))
+        }
     )?;
     let (a, b) = (mean_after_first(&ours), mean_after_first(&trl));
     if trl.is_empty() {
