@@ -25,6 +25,14 @@ fn shipped_configs_parse_with_defaults() {
     let single =
         RunConfig::from_file(&configs().join("smollm2-single.toml")).expect("single config");
     assert_eq!(single.mode, Mode::Single);
+    let gsm8k = RunConfig::from_file(&configs().join("qwen-gsm8k.toml")).expect("gsm8k config");
+    assert_eq!(
+        gsm8k.tasks[0].file_format().expect("format"),
+        Some(musketeers_verify::task::FileFormat::Gsm8k),
+        "a task named gsm8k reads GSM8K's layout"
+    );
+    assert_eq!(gsm8k.eval.tasks.len(), 1);
+    assert_eq!(gsm8k.grpo.micro_batch_prompts, Some(1));
 }
 
 #[test]
@@ -152,4 +160,23 @@ fn overrides_set_keys_and_name_what_is_wrong() {
         let err = set(&[item]).expect_err(item).to_string();
         assert!(err.contains(named), "{item}: {err}");
     }
+}
+
+#[test]
+fn file_tasks_name_what_they_lack() {
+    let config = |task: &str| {
+        toml::from_str::<RunConfig>(&format!(
+            "mode = \"single\"\n[policy]\nmodel = \"x\"\n[[tasks]]\n{task}\n"
+        ))
+        .expect("parses")
+        .validate()
+    };
+    let err = config("name = \"mine\"\nfile = \"q.jsonl\"").expect_err("no format");
+    assert!(err.to_string().contains("needs a `format`"), "{err}");
+    let err = config("name = \"mine\"\nformat = \"qa-exact\"").expect_err("no file");
+    assert!(err.to_string().contains("needs a `file`"), "{err}");
+    let err = config("name = \"gsm8k\"\nfile = \"t.jsonl\"\noptions = { min_terms = 2 }")
+        .expect_err("options on a file");
+    assert!(err.to_string().contains("options"), "{err}");
+    assert!(config("name = \"gsm8k\"\nfile = \"t.jsonl\"").is_ok());
 }
