@@ -31,6 +31,17 @@ pub struct Advantages {
     pub reward_std: f32,
 }
 
+impl Advantages {
+    /// The advantages of rows `rows`, keeping the whole batch's statistics.
+    pub fn rows(&self, rows: std::ops::Range<usize>) -> Self {
+        Self {
+            values: self.values[rows.clone()].to_vec(),
+            zero_std_group: self.zero_std_group[rows].to_vec(),
+            ..self.clone()
+        }
+    }
+}
+
 /// Unbiased (Bessel-corrected) mean and standard deviation, accumulated in f64.
 fn mean_std(values: &[f32]) -> (f64, f64) {
     let n = values.len() as f64;

@@ -26,6 +26,21 @@ pub struct Rollouts {
     pub ref_logprobs: Option<Vec<Vec<f32>>>,
 }
 
+impl Rollouts {
+    /// Rows `rows` of the batch (whole groups, for a micro-batch).
+    pub fn rows(&self, rows: std::ops::Range<usize>) -> Self {
+        let pick = |v: &Option<Vec<Vec<f32>>>| v.as_ref().map(|v| v[rows.clone()].to_vec());
+        Self {
+            prompt_ids: self.prompt_ids[rows.clone()].to_vec(),
+            completion_ids: self.completion_ids[rows.clone()].to_vec(),
+            num_generations: self.num_generations,
+            rewards: self.rewards[rows.clone()].to_vec(),
+            old_logprobs: pick(&self.old_logprobs),
+            ref_logprobs: pick(&self.ref_logprobs),
+        }
+    }
+}
+
 /// A policy as GRPO sees it.
 pub trait TokenScorer<B: Backend> {
     /// Log-probabilities (differentiable) and entropies of every completion token given its

@@ -71,20 +71,23 @@ fn bad_task(e: musketeers_verify::TaskError) -> TrainError {
     TrainError::BadInput(e.to_string())
 }
 
-/// The first `count` entries of each evaluation task (all of a shorter file), with the
-/// index of the task each came from.
-pub fn from_evaluation_tasks(
-    tasks: &[Box<dyn Task>],
+/// The first `count` entries of each evaluation task (all of a shorter file), each with the
+/// task it came from.
+pub fn from_evaluation_tasks<'t>(
+    tasks: &'t [Box<dyn Task>],
     config: &RunConfig,
     count: usize,
-) -> Result<Vec<(Entry, usize)>, TrainError> {
+) -> Result<Vec<(Entry, &'t dyn Task)>, TrainError> {
     let mut out = Vec::new();
-    for (t, task) in tasks.iter().enumerate() {
+    for task in tasks {
         let n = task
             .len_hint()
             .map_or(count as u64, |len| len.min(count as u64));
         for i in 0..n {
-            out.push((task.entry(config.eval.seed, i).map_err(bad_task)?, t));
+            out.push((
+                task.entry(config.eval.seed, i).map_err(bad_task)?,
+                task.as_ref(),
+            ));
         }
     }
     Ok(out)
@@ -115,12 +118,11 @@ pub fn evaluate<B: AutodiffBackend>(
             let owners = vec![tasks as &dyn Task; entries.len()];
             (entries, owners, skipped)
         } else {
-            let drawn = from_evaluation_tasks(&evaluation_tasks, config, config.eval.problems)?;
-            let owners = drawn
-                .iter()
-                .map(|&(_, t)| evaluation_tasks[t].as_ref())
-                .collect();
-            (drawn.into_iter().map(|(e, _)| e).collect(), owners, 0)
+            let (entries, owners) =
+                from_evaluation_tasks(&evaluation_tasks, config, config.eval.problems)?
+                    .into_iter()
+                    .unzip();
+            (entries, owners, 0)
         };
     let prompts = prompts_for(&entries)?;
     let rewards_of = |completions: &[String]| -> Vec<f32> {

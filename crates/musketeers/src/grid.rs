@@ -184,8 +184,7 @@ impl Grid {
         seed: u64,
     ) -> Result<RunConfig, TrainError> {
         let mut root = self.base.clone();
-        let to_value = |v: &dyn erased::ToToml| v.to_toml();
-        root.insert("mode".into(), to_value(&system.mode)?);
+        root.insert("mode".into(), to_toml(&system.mode)?);
         if system.mode != Mode::Single {
             let team = match &system.team {
                 Some(name) => self.teams.iter().find(|t| &t.name == name),
@@ -198,9 +197,9 @@ impl Grid {
                     member.readout = readout;
                 }
             }
-            root.insert("team".into(), to_value(&members)?);
+            root.insert("team".into(), to_toml(&members)?);
         }
-        root.insert("tasks".into(), to_value(&task.tasks)?);
+        root.insert("tasks".into(), to_toml(&task.tasks)?);
         if !task.eval_tasks.is_empty() {
             let eval = root
                 .entry("eval")
@@ -208,7 +207,7 @@ impl Grid {
             let eval = eval
                 .as_table_mut()
                 .ok_or_else(|| bad("base.eval is not a table".into()))?;
-            eval.insert("tasks".into(), to_value(&task.eval_tasks)?);
+            eval.insert("tasks".into(), to_toml(&task.eval_tasks)?);
         }
         let config: RunConfig = toml::Value::Table(root)
             .try_into()
@@ -297,19 +296,9 @@ fn names<'a>(items: impl Iterator<Item = &'a String>) -> String {
     }
 }
 
-/// Serialising the grid's pieces back into TOML values.
-mod erased {
-    use crate::train::TrainError;
-
-    pub trait ToToml {
-        fn to_toml(&self) -> Result<toml::Value, TrainError>;
-    }
-
-    impl<T: serde::Serialize> ToToml for T {
-        fn to_toml(&self) -> Result<toml::Value, TrainError> {
-            toml::Value::try_from(self).map_err(|e| TrainError::BadInput(format!("grid: {e}")))
-        }
-    }
+/// A piece of the grid as a TOML value, to place into a cell's config.
+fn to_toml<T: serde::Serialize>(value: &T) -> Result<toml::Value, TrainError> {
+    toml::Value::try_from(value).map_err(|e| bad(format!("grid: {e}")))
 }
 
 /// Where `cell` stands: done (evaluated, with the same settings), partial or new. A directory

@@ -46,7 +46,8 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
     move |e| TrainError::BadInput(format!("{}: {e}", path.display()))
 }
 
-/// The task (generator or file) a `[[tasks]]` entry names; files read in `order`.
+/// The task (generator or file) a `[[tasks]]` entry names; a file served in file order
+/// (`in_file_order`, for evaluation) or in seeded epochs.
 fn build_task(task: &TaskConfig, in_file_order: bool) -> Result<Box<dyn Task>, TrainError> {
     let bad =
         |e: musketeers_verify::TaskError| TrainError::BadInput(format!("task {}: {e}", task.name));

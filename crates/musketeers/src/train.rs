@@ -17,13 +17,13 @@ use musketeers_lm::generate::{GenerationConfig, generate_with_prefix};
 use musketeers_lm::pooling::{Pooling, pool};
 use musketeers_lm::sampling::SamplingConfig;
 use musketeers_lm::tokenizer::TextTokenizer;
-use musketeers_rl::advantages::Advantages;
 use musketeers_rl::clip::{clip_factor, scale_grads, squared_grad_norm};
 use musketeers_rl::rollout::{
     RolloutStats, StepConfig, counted_tokens, grpo_micro_step, rollout_stats,
 };
 use musketeers_rl::{GrpoMetrics, LossType, LrSchedule, Rollouts};
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 use std::path::Path;
 use std::time::Instant;
 
@@ -35,28 +35,6 @@ fn host_f32<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
         .convert::<f32>()
         .to_vec::<f32>()
         .unwrap_or_default()
-}
-
-/// Rows `rows` of a batch of rollouts (whole groups).
-fn rollout_rows(all: &Rollouts, rows: std::ops::Range<usize>) -> Rollouts {
-    let pick = |v: &Option<Vec<Vec<f32>>>| v.as_ref().map(|v| v[rows.clone()].to_vec());
-    Rollouts {
-        prompt_ids: all.prompt_ids[rows.clone()].to_vec(),
-        completion_ids: all.completion_ids[rows.clone()].to_vec(),
-        num_generations: all.num_generations,
-        rewards: all.rewards[rows.clone()].to_vec(),
-        old_logprobs: pick(&all.old_logprobs),
-        ref_logprobs: pick(&all.ref_logprobs),
-    }
-}
-
-/// The advantages of rows `rows`, with the batch's statistics.
-fn advantage_rows(all: &Advantages, rows: std::ops::Range<usize>) -> Advantages {
-    Advantages {
-        values: all.values[rows.clone()].to_vec(),
-        zero_std_group: all.zero_std_group[rows].to_vec(),
-        ..all.clone()
-    }
 }
 
 /// The metrics of a step from those of its micro-batches, each with the tokens it counted:
@@ -686,13 +664,14 @@ impl<B: AutodiffBackend> Trainer<B> {
             let part_start = Instant::now();
             let prompts_here = first..(first + chunk).min(p);
             let rows = prompts_here.start * g..prompts_here.end * g;
+            // The whole batch is borrowed, not copied, when it is one part.
             let (part, part_advantages) = if accumulating {
                 (
-                    rollout_rows(&rollouts, rows.clone()),
-                    advantage_rows(&advantages, rows.clone()),
+                    Cow::Owned(rollouts.rows(rows.clone())),
+                    Cow::Owned(advantages.rows(rows)),
                 )
             } else {
-                (rollouts.clone(), advantages.clone())
+                (Cow::Borrowed(&rollouts), Cow::Borrowed(&advantages))
             };
             // One C per prompt: the scorer shares each prompt's prefix across its group. A
             // micro-batch recomputes its rows of C, so that each backward pass has its own
