@@ -10,7 +10,12 @@ use burn_flex::Flex;
 use musketeers_fusion::stats::{expert_utilization, routing_entropy};
 use musketeers_fusion::{ExpertInput, LatentInterface, LatentInterfaceConfig};
 
-type B = Flex;
+musketeers_testkit::backend_tests!(
+    utilization_sums_to_one_and_entropy_is_bounded,
+    masked_padding_changes_nothing,
+    permuting_the_experts_permutes_utilization_and_keeps_the_context,
+);
+
 
 fn config() -> LatentInterfaceConfig {
     LatentInterfaceConfig {
@@ -23,25 +28,29 @@ fn config() -> LatentInterfaceConfig {
     }
 }
 
-fn random<Bk: Backend, const D: usize>(shape: [usize; D]) -> Tensor<Bk, D> {
-    Tensor::random(shape, Distribution::Normal(0.0, 1.0), &Default::default())
+fn random<Bk: Backend, const D: usize>(shape: [usize; D], device: &Bk::Device) -> Tensor<Bk, D> {
+    Tensor::random(shape, Distribution::Normal(0.0, 1.0), device)
 }
 
 /// The interface with a random (non-zero) output projection, so C depends on everything.
-fn live<Bk: Backend>(config: &LatentInterfaceConfig) -> LatentInterface<Bk> {
-    let mut interface = config
-        .init::<Bk>(&Default::default())
-        .expect("valid config");
-    interface.output.weight = Param::from_tensor(random([config.latent_dim, config.policy_dim]));
+fn live<Bk: Backend>(config: &LatentInterfaceConfig, device: &Bk::Device) -> LatentInterface<Bk> {
+    let mut interface = config.init::<Bk>(device).expect("valid config");
+    interface.output.weight =
+        Param::from_tensor(random([config.latent_dim, config.policy_dim], device));
     interface
 }
 
-fn inputs<Bk: Backend>(batch: usize, tokens: [usize; 3], dims: [usize; 3]) -> Vec<ExpertInput<Bk>> {
+fn inputs<Bk: Backend>(
+    batch: usize,
+    tokens: [usize; 3],
+    dims: [usize; 3],
+    device: &Bk::Device,
+) -> Vec<ExpertInput<Bk>> {
     tokens
         .iter()
         .zip(dims)
         .map(|(&t, d)| ExpertInput {
-            hidden: random([batch, t, d]),
+            hidden: random([batch, t, d], device),
             mask: None,
         })
         .collect()
@@ -61,9 +70,9 @@ fn max_diff(a: &[f32], b: &[f32]) -> f32 {
 
 #[test]
 fn zero_initialised_output_gives_exactly_zero_context() {
-    let interface = config().init::<B>(&Default::default()).expect("init");
+    let interface = config().init::<Flex>(&Default::default()).expect("init");
     let out = interface
-        .forward(&inputs(2, [1, 5, 3], [6, 10, 4]))
+        .forward(&inputs(2, [1, 5, 3], [6, 10, 4], &Default::default()))
         .expect("forward");
     assert_eq!(out.context.dims(), [2, 3, 12]);
     assert!(values(out.context).iter().all(|v| *v == 0.0));
@@ -74,7 +83,7 @@ fn a_context_start_sets_every_context_token_and_checks_its_width() {
     let device = Default::default();
     let start: Vec<f32> = (0..12).map(|i| i as f32 / 10.0 - 0.5).collect();
     let interface = config()
-        .init::<B>(&device)
+        .init::<Flex>(&device)
         .expect("init")
         .with_context_start(Tensor::from_data(
             TensorData::new(start.clone(), [12]),
@@ -82,25 +91,24 @@ fn a_context_start_sets_every_context_token_and_checks_its_width() {
         ))
         .expect("start");
     let out = interface
-        .forward(&inputs(2, [1, 5, 3], [6, 10, 4]))
+        .forward(&inputs(2, [1, 5, 3], [6, 10, 4], &Default::default()))
         .expect("forward");
     let context = values(out.context);
     for token in context.chunks(12) {
         assert_eq!(token, start.as_slice());
     }
     let err = config()
-        .init::<B>(&device)
+        .init::<Flex>(&device)
         .expect("init")
         .with_context_start(Tensor::zeros([7], &device))
         .expect_err("wrong width");
     assert!(err.to_string().contains("7 values"), "{err}");
 }
 
-#[test]
-fn utilization_sums_to_one_and_entropy_is_bounded() {
-    let interface = live::<B>(&config());
+fn utilization_sums_to_one_and_entropy_is_bounded<B: Backend>(device: &B::Device) {
+    let interface = live::<B>(&config(), device);
     let out = interface
-        .forward(&inputs(4, [1, 5, 3], [6, 10, 4]))
+        .forward(&inputs(4, [1, 5, 3], [6, 10, 4], device))
         .expect("forward");
     let util = expert_utilization(&out.attention, &out.expert_spans);
     assert_eq!(util.dims(), [4, 3]);
@@ -120,7 +128,7 @@ fn utilization_sums_to_one_and_entropy_is_bounded() {
             vec![1f32, 0.0, 0.0, 1.0 / 3.0, 1.0 / 3.0, 1.0 / 3.0],
             [2, 3],
         ),
-        &Default::default(),
+        device,
     );
     let (h, n) = routing_entropy(&onehot);
     let (h, n) = (values(h), values(n));
@@ -128,33 +136,31 @@ fn utilization_sums_to_one_and_entropy_is_bounded() {
     assert!((n[1] - 1.0).abs() < 1e-6);
 }
 
-#[test]
-fn masked_padding_changes_nothing() {
-    let interface = live::<B>(&config());
-    let device = Default::default();
-    let plain = inputs::<B>(2, [1, 3, 2], [6, 10, 4]);
+fn masked_padding_changes_nothing<B: Backend>(device: &B::Device) {
+    let interface = live::<B>(&config(), device);
+    let plain = inputs::<B>(2, [1, 3, 2], [6, 10, 4], device);
     let reference = interface.forward(&plain).expect("forward");
     // Expert 1 gets two padding tokens of garbage after its three real ones (right padding)
     // and expert 2 one before its two (left padding).
     let mut padded = plain.clone();
     padded[1] = ExpertInput {
         hidden: Tensor::cat(
-            vec![plain[1].hidden.clone(), random::<B, 3>([2, 2, 10]) * 50.0],
+            vec![plain[1].hidden.clone(), random::<B, 3>([2, 2, 10], device) * 50.0],
             1,
         ),
         mask: Some(Tensor::<B, 2, Int>::from_data(
             TensorData::new(vec![1i64, 1, 1, 0, 0, 1, 1, 1, 0, 0], [2, 5]),
-            &device,
+            device,
         )),
     };
     padded[2] = ExpertInput {
         hidden: Tensor::cat(
-            vec![random::<B, 3>([2, 1, 4]) * 50.0, plain[2].hidden.clone()],
+            vec![random::<B, 3>([2, 1, 4], device) * 50.0, plain[2].hidden.clone()],
             1,
         ),
         mask: Some(Tensor::<B, 2, Int>::from_data(
             TensorData::new(vec![0i64, 1, 1, 0, 1, 1], [2, 3]),
-            &device,
+            device,
         )),
     };
     let out = interface.forward(&padded).expect("forward");
@@ -167,11 +173,10 @@ fn masked_padding_changes_nothing() {
     assert!(max_diff(&u, &r) < 1e-6);
 }
 
-#[test]
-fn permuting_the_experts_permutes_utilization_and_keeps_the_context() {
+fn permuting_the_experts_permutes_utilization_and_keeps_the_context<B: Backend>(device: &B::Device) {
     let config = config();
-    let interface = live::<B>(&config);
-    let plain = inputs::<B>(2, [1, 4, 2], [6, 10, 4]);
+    let interface = live::<B>(&config, device);
+    let plain = inputs::<B>(2, [1, 4, 2], [6, 10, 4], device);
     let reference = interface.forward(&plain).expect("forward");
     let order = [2, 0, 1];
     let mut permuted = interface.clone();
@@ -200,9 +205,9 @@ fn gradients_agree_with_finite_differences() {
     // Deterministic values; the check itself passes for any (15 of 15 unseeded runs).
     <Ad as Backend>::seed(&Default::default(), 7);
     let config = config();
-    let interface = live::<Ad>(&config);
-    let experts = inputs::<Ad>(2, [1, 3, 2], [6, 10, 4]);
-    let target = random::<Ad, 3>([2, 3, 12]);
+    let interface = live::<Ad>(&config, &Default::default());
+    let experts = inputs::<Ad>(2, [1, 3, 2], [6, 10, 4], &Default::default());
+    let target = random::<Ad, 3>([2, 3, 12], &Default::default());
     let loss_of = |m: &LatentInterface<Ad>| {
         let out = m.forward(&experts).expect("forward");
         (out.context * target.clone()).sum()
@@ -256,8 +261,8 @@ fn gradients_agree_with_finite_differences() {
 
 #[test]
 fn bad_inputs_and_configs_are_errors() {
-    let interface = config().init::<B>(&Default::default()).expect("init");
-    let two = inputs::<B>(1, [1, 1, 1], [6, 10, 4])[..2].to_vec();
+    let interface = config().init::<Flex>(&Default::default()).expect("init");
+    let two = inputs::<Flex>(1, [1, 1, 1], [6, 10, 4], &Default::default())[..2].to_vec();
     assert!(
         interface
             .forward(&two)
@@ -265,27 +270,27 @@ fn bad_inputs_and_configs_are_errors() {
             .to_string()
             .contains("2 experts")
     );
-    let wrong = inputs::<B>(1, [1, 1, 1], [6, 11, 4]);
+    let wrong = inputs::<Flex>(1, [1, 1, 1], [6, 11, 4], &Default::default());
     let err = interface.forward(&wrong).expect_err("width").to_string();
     assert!(err.contains("expert 1") && err.contains("11"), "{err}");
     let bad = LatentInterfaceConfig {
         num_heads: 5,
         ..config()
     };
-    assert!(bad.init::<B>(&Default::default()).is_err());
+    assert!(bad.init::<Flex>(&Default::default()).is_err());
     assert!(LatentInterfaceConfig::new(vec![], 8).validate().is_err());
 }
 
 #[test]
 fn context_norm_gives_every_token_the_target_rms_and_trains_its_gain() {
-    let start = random::<Autodiff<B>, 1>([12]);
-    let interface = live::<Autodiff<B>>(&config())
+    let start = random::<Autodiff<Flex>, 1>([12], &Default::default());
+    let interface = live::<Autodiff<Flex>>(&config(), &Default::default())
         .with_context_start(start)
         .expect("start")
         .with_context_norm(0.7)
         .expect("norm");
     let out = interface
-        .forward(&inputs(3, [1, 5, 3], [6, 10, 4]))
+        .forward(&inputs(3, [1, 5, 3], [6, 10, 4], &Default::default()))
         .expect("forward");
     let context = out.context;
     let rms = values(context.clone().inner().powi_scalar(2).mean_dim(2).sqrt());
@@ -298,7 +303,7 @@ fn context_norm_gives_every_token_the_target_rms_and_trains_its_gain() {
     for bad in [0.0, -1.0, f32::NAN] {
         assert!(
             config()
-                .init::<B>(&Default::default())
+                .init::<Flex>(&Default::default())
                 .expect("init")
                 .with_context_norm(bad)
                 .is_err()

@@ -188,7 +188,7 @@ pub fn generate_with_prefix<B: Backend>(
     let mut key_positions: Vec<Vec<i64>> = positions.chunks(total).map(<[i64]>::to_vec).collect();
     let positions = Tensor::<B, 2, Int>::from_data(TensorData::new(positions, [b, total]), device);
     let embedded = match prefix {
-        Some(prefix) => Tensor::cat(vec![prefix, model.embed(ids)], 1),
+        Some(prefix) => Tensor::cat(vec![prefix.cast(model.float_dtype()), model.embed(ids)], 1),
         None => model.embed(ids),
     };
     let mut caches = model.new_caches();
@@ -240,6 +240,7 @@ pub fn generate_with_prefix<B: Backend>(
     for step in 0..config.max_new_tokens {
         let logits = last
             .into_data()
+            .convert::<f32>()
             .to_vec::<f32>()
             .map_err(|e| LmError::BadInput(format!("logits: {e:?}")))?;
         let mut step_ids = Vec::with_capacity(active.len());

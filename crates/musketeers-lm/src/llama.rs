@@ -6,12 +6,13 @@ use crate::cache::KvCache;
 use crate::config::{Activation, LlamaConfig};
 use crate::error::LmError;
 use crate::lora::LoraLinear;
+use crate::precision::{Precision, cast_floats};
 use crate::rope::{self, Rope};
 use burn::module::{Module, Param};
 use burn::nn::{Embedding, RmsNorm};
 use burn::tensor::activation::softmax;
 use burn::tensor::backend::Backend;
-use burn::tensor::{Bool, ElementConversion, Int, Tensor};
+use burn::tensor::{Bool, DType, ElementConversion, Int, Tensor};
 
 /// Query/key/value projections, grouped-query attention, output projection.
 #[derive(Module, Debug)]
@@ -188,17 +189,25 @@ impl<B: Backend> Attention<B> {
         let [b, h, t, d] = q.dims();
         let kv = self.num_kv_heads;
         let n_rep = h / kv;
+        let q_dtype = q.dtype();
         let q = q.reshape([b, kv, n_rep * t, d]); // [b, kv, n_rep * t, d], rows (rep, t)
         let scores = q.matmul(k.swap_dims(2, 3)) * self.scale; // [b, kv, n_rep * t, t_k]
-        let scores = scores.mask_fill(mask.clone(), MASKED);
+        let scores = scores.mask_fill(mask.clone(), masked_score(q_dtype));
         let out = softmax(scores, 3).matmul(v).reshape([b, h, t, d]); // [b, h, t, d]
         self.o_proj
             .forward(out.swap_dims(1, 2).reshape([b, t, h * d]))
     }
 }
 
-/// Large and finite, so a row with every key masked (a pad query) stays finite.
-const MASKED: f32 = -1e30;
+/// The score of a masked key: large and finite in the scores' dtype, so that a row with
+/// every key masked (a pad query) stays finite (-inf there would give NaN, and NaN values
+/// reach every row through the value matmul even at weight 0). f16 overflows at 65,504.
+fn masked_score(dtype: DType) -> f32 {
+    match dtype {
+        DType::F16 => -65_504.0,
+        _ => -1e30,
+    }
+}
 
 /// SwiGLU feed-forward.
 #[derive(Module, Debug)]
@@ -358,6 +367,20 @@ impl<B: Backend> Llama<B> {
             self.rope_local_theta,
             device,
         )
+        .in_dtype(self.float_dtype())
+    }
+
+    /// The dtype the model computes in: that of its parameters (f32 unless cast with
+    /// [`Self::with_precision`]).
+    pub fn float_dtype(&self) -> DType {
+        self.embed_tokens.weight.val().dtype()
+    }
+
+    /// The model with every parameter (adapters included) in `precision`, for forward passes
+    /// that train nothing; f32 is a no-op. Its logits and hidden states come back in that
+    /// dtype ([`crate::precision::to_f32`] converts), and soft inputs given to it are cast.
+    pub fn with_precision(self, precision: Precision) -> Self {
+        cast_floats(self, precision)
     }
 
     /// The mean of every token's input embedding, `[hidden]` (scaled as [`Self::embed`]
@@ -416,6 +439,7 @@ impl<B: Backend> Llama<B> {
         attention_mask: Option<Tensor<B, 2, Int>>,
         hidden_states: bool,
     ) -> ModelOutput<B> {
+        let x = x.cast(self.float_dtype());
         let (x, mut states) = self.run_layers(x, attention_mask, self.layers.len(), hidden_states);
         let x = self.norm.forward(x);
         if hidden_states {
@@ -440,6 +464,7 @@ impl<B: Backend> Llama<B> {
         layer: isize,
     ) -> Result<Tensor<B, 3>, LmError> {
         let index = resolve_layer(layer, self.layers.len())?;
+        let x = x.cast(self.float_dtype());
         let (x, _) = self.run_layers(x, attention_mask, index, false);
         // The last hidden state is the only one after the final norm.
         Ok(if index == self.layers.len() {

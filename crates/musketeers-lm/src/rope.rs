@@ -6,7 +6,7 @@
 
 use crate::config::RopeScaling;
 use burn::tensor::backend::Backend;
-use burn::tensor::{Int, Tensor, TensorData};
+use burn::tensor::{DType, Int, Tensor, TensorData};
 
 /// Inverse frequencies, `[head_dim / 2]`, with Llama 3 scaling when configured.
 pub fn inverse_frequencies(head_dim: usize, theta: f64, scaling: Option<&RopeScaling>) -> Vec<f32> {
@@ -50,6 +50,9 @@ pub struct Rope<B: Backend> {
     inv_freq: Tensor<B, 1>,
     /// Gemma 3's local (sliding-window) layers use their own base.
     local_inv_freq: Option<Tensor<B, 1>>,
+    /// The dtype of the tables handed out; angles are always computed in f32 (a bf16
+    /// position times frequency would lose the position past 256).
+    dtype: DType,
 }
 
 impl<B: Backend> Rope<B> {
@@ -68,7 +71,13 @@ impl<B: Backend> Rope<B> {
             inv_freq: table(inverse_frequencies(head_dim, theta, scaling)),
             local_inv_freq: local_theta
                 .map(|theta| table(inverse_frequencies(head_dim, theta, None))),
+            dtype: DType::F32,
         }
+    }
+
+    /// Tables in `dtype`: the dtype of the model they rotate.
+    pub fn in_dtype(self, dtype: DType) -> Self {
+        Self { dtype, ..self }
     }
 
     pub fn has_local(&self) -> bool {
@@ -76,15 +85,17 @@ impl<B: Backend> Rope<B> {
     }
 
     pub fn tables(&self, positions: Tensor<B, 2, Int>) -> (Tensor<B, 4>, Tensor<B, 4>) {
-        tables(&self.inv_freq, positions)
+        let (cos, sin) = tables(&self.inv_freq, positions);
+        (cos.cast(self.dtype), sin.cast(self.dtype))
     }
 
     /// The local layers' tables (the global ones when there is no local base).
     pub fn local_tables(&self, positions: Tensor<B, 2, Int>) -> (Tensor<B, 4>, Tensor<B, 4>) {
-        tables(
+        let (cos, sin) = tables(
             self.local_inv_freq.as_ref().unwrap_or(&self.inv_freq),
             positions,
-        )
+        );
+        (cos.cast(self.dtype), sin.cast(self.dtype))
     }
 }
 

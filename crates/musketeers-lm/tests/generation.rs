@@ -1,5 +1,6 @@
 //! Generation with the KV cache against recomputation, padding, groups and seeds.
 
+use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 use burn_flex::Flex;
 use musketeers_lm::Pretrained;
@@ -11,29 +12,34 @@ use musketeers_lm::tokenizer::TextTokenizer;
 use musketeers_lm::{Llama, weights};
 use std::path::PathBuf;
 
-type B = Flex;
+musketeers_testkit::backend_tests!(
+    cached_greedy_equals_recomputed_greedy,
+    left_padded_batch_equals_single_rows,
+    a_soft_prefix_of_token_embeddings_generates_as_those_tokens_do,
+);
 
-fn model(name: &str) -> Llama<B> {
+
+fn model<B: Backend>(name: &str, device: &B::Device) -> Llama<B> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures")
         .join(name);
-    weights::load::<B>(&dir, &Default::default())
-        .expect("fixture loads")
-        .1
+    weights::load::<B>(&dir, device).expect("fixture loads").1
 }
 
 /// Greedy decoding by re-running the whole sequence each step, no cache.
-fn greedy_without_cache(model: &Llama<B>, prompt: &[u32], steps: usize) -> Vec<u32> {
+fn greedy_without_cache<B: Backend>(
+    model: &Llama<B>,
+    prompt: &[u32],
+    steps: usize,
+    device: &B::Device,
+) -> Vec<u32> {
     let mut ids: Vec<i64> = prompt.iter().map(|&t| i64::from(t)).collect();
     let mut out = Vec::new();
     for _ in 0..steps {
         let t = ids.len();
         let logits = model
             .forward(
-                Tensor::<B, 2, Int>::from_data(
-                    TensorData::new(ids.clone(), [1, t]),
-                    &Default::default(),
-                ),
+                Tensor::<B, 2, Int>::from_data(TensorData::new(ids.clone(), [1, t]), device),
                 None,
                 false,
             )
@@ -51,8 +57,7 @@ fn greedy_without_cache(model: &Llama<B>, prompt: &[u32], steps: usize) -> Vec<u
     out
 }
 
-#[test]
-fn cached_greedy_equals_recomputed_greedy() {
+fn cached_greedy_equals_recomputed_greedy<B: Backend>(device: &B::Device) {
     for name in [
         "llama-gqa",
         "qwen2-bias",
@@ -61,7 +66,7 @@ fn cached_greedy_equals_recomputed_greedy() {
         // Sliding window 4: the 17-token sequences cross it, in prefill and in decode.
         "gemma3-sliding",
     ] {
-        let model = model(name);
+        let model = model::<B>(name, device);
         let prompt = vec![3, 14, 15, 92, 65];
         let config = GenerationConfig {
             max_new_tokens: 12,
@@ -71,27 +76,26 @@ fn cached_greedy_equals_recomputed_greedy() {
             &model,
             std::slice::from_ref(&prompt),
             &config,
-            &Default::default(),
+            device,
         )
         .expect("generate");
         assert_eq!(
             out.tokens[0],
-            greedy_without_cache(&model, &prompt, 12),
+            greedy_without_cache(&model, &prompt, 12, device),
             "{name}"
         );
         assert!(out.logprobs[0].iter().all(|l| *l <= 0.0 && l.is_finite()));
     }
 }
 
-#[test]
-fn left_padded_batch_equals_single_rows() {
+fn left_padded_batch_equals_single_rows<B: Backend>(device: &B::Device) {
     for name in ["llama-tied", "gemma3-sliding"] {
-        left_padded_batch_equals_single_rows_for(name);
+        left_padded_batch_equals_single_rows_for::<B>(name, device);
     }
 }
 
-fn left_padded_batch_equals_single_rows_for(name: &str) {
-    let model = model(name);
+fn left_padded_batch_equals_single_rows_for<B: Backend>(name: &str, device: &B::Device) {
+    let model = model::<B>(name, device);
     let prompts = vec![
         vec![1, 2, 3, 4, 5, 6, 7, 8],
         vec![9, 10],
@@ -101,13 +105,13 @@ fn left_padded_batch_equals_single_rows_for(name: &str) {
         max_new_tokens: 10,
         ..Default::default()
     };
-    let batch = generate(&model, &prompts, &config, &Default::default()).expect("batch");
+    let batch = generate(&model, &prompts, &config, device).expect("batch");
     for (i, prompt) in prompts.iter().enumerate() {
         let single = generate(
             &model,
             std::slice::from_ref(prompt),
             &config,
-            &Default::default(),
+            device,
         )
         .expect("single");
         assert_eq!(batch.tokens[i], single.tokens[0], "row {i}");
@@ -116,7 +120,7 @@ fn left_padded_batch_equals_single_rows_for(name: &str) {
 
 #[test]
 fn groups_share_a_prefill_and_seeds_reproduce() {
-    let model = model("qwen3-qk-norm");
+    let model = model::<Flex>("qwen3-qk-norm", &Default::default());
     let sampling = SamplingConfig {
         temperature: 1.0,
         top_k: None,
@@ -154,7 +158,7 @@ fn groups_share_a_prefill_and_seeds_reproduce() {
 
 #[test]
 fn eos_stops_a_row_and_bad_input_is_an_error() {
-    let model = model("llama-gqa");
+    let model = model::<Flex>("llama-gqa", &Default::default());
     let prompt = vec![3, 14, 15];
     let free = generate(
         &model,
@@ -202,7 +206,7 @@ fn a_stop_string_ends_a_row_at_the_token_that_completes_it() {
     let dir = tempfile::tempdir().expect("temp dir");
     word_tokenizer(dir.path());
     let tokenizer = TextTokenizer::load(dir.path(), 96).expect("tokenizer");
-    let model = model("llama-gqa");
+    let model = model::<Flex>("llama-gqa", &Default::default());
     let prompts = vec![vec![3, 14, 15], vec![9, 26, 5, 35]];
     let config = GenerationConfig {
         max_new_tokens: 8,
@@ -253,22 +257,21 @@ fn pretrained_collects_eos_from_generation_config_config_and_tokenizer() {
         r#"{"eos_token_id": [7, 2]}"#,
     )
     .expect("generation config");
-    let loaded = Pretrained::<B>::load(dir.path(), &Default::default()).expect("load");
+    let loaded = Pretrained::<Flex>::load(dir.path(), &Default::default()).expect("load");
     // generation_config.json first, then config.json's eos (2, already present), then the
     // tokenizer's eos token "w9".
     assert_eq!(loaded.eos_token_ids, vec![7, 2, 9]);
     std::fs::write(dir.path().join("generation_config.json"), "{ not json").expect("write");
-    let err = Pretrained::<B>::load(dir.path(), &Default::default())
+    let err = Pretrained::<Flex>::load(dir.path(), &Default::default())
         .expect_err("bad generation_config.json fails")
         .to_string();
     assert!(err.contains("generation_config.json"), "{err}");
 }
 
-#[test]
-fn a_soft_prefix_of_token_embeddings_generates_as_those_tokens_do() {
+fn a_soft_prefix_of_token_embeddings_generates_as_those_tokens_do<B: Backend>(device: &B::Device) {
     use musketeers_lm::generate::generate_with_prefix;
     for name in ["llama-gqa", "gemma3-sliding"] {
-        let model = model(name);
+        let model = model::<B>(name, device);
         let prompts: Vec<Vec<u32>> = vec![vec![3, 14, 15, 92, 65], vec![9, 26, 5]];
         let k = 2;
         let config = GenerationConfig {
@@ -276,14 +279,14 @@ fn a_soft_prefix_of_token_embeddings_generates_as_those_tokens_do() {
             num_return_sequences: 2,
             ..Default::default()
         };
-        let plain = generate(&model, &prompts, &config, &Default::default()).expect("plain");
+        let plain = generate(&model, &prompts, &config, device).expect("plain");
         // The first k tokens of each prompt as soft tokens (their input embeddings).
         let heads: Vec<i64> = prompts
             .iter()
             .flat_map(|p| p[..k].iter().map(|&t| i64::from(t)))
             .collect();
         let heads =
-            Tensor::<B, 2, Int>::from_data(TensorData::new(heads, [2, k]), &Default::default());
+            Tensor::<B, 2, Int>::from_data(TensorData::new(heads, [2, k]), device);
         let prefix = model.embed(heads);
         let rests: Vec<Vec<u32>> = prompts.iter().map(|p| p[k..].to_vec()).collect();
         let soft = generate_with_prefix(
@@ -292,7 +295,7 @@ fn a_soft_prefix_of_token_embeddings_generates_as_those_tokens_do() {
             Some(prefix),
             &config,
             None,
-            &Default::default(),
+            device,
         )
         .expect("with prefix");
         assert_eq!(soft.tokens, plain.tokens, "{name}");

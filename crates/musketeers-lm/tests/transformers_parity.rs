@@ -1,6 +1,7 @@
 //! Logits and every hidden state against Hugging Face `transformers` (f32, eager, CPU) on tiny
 //! random-weight models of each architecture. Fixtures: `scripts/fixtures/make-tiny-models.sh`.
 
+use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 use burn_flex::Flex;
 use musketeers_lm::weights;
@@ -8,7 +9,12 @@ use musketeers_lm::weights;
 mod common;
 use common::{expected, fixture, input_ids, relative_error};
 
-type B = Flex;
+musketeers_testkit::backend_tests!(
+    logits_and_hidden_states_match_transformers,
+    left_padded_batch_matches_unpadded_rows,
+    embeddings_input_equals_ids_and_soft_prefix_is_attended,
+);
+
 
 const MODELS: [&str; 6] = [
     "llama-gqa",
@@ -19,16 +25,14 @@ const MODELS: [&str; 6] = [
     "gemma3-sliding",
 ];
 
-#[test]
-fn logits_and_hidden_states_match_transformers() {
-    let device = Default::default();
+fn logits_and_hidden_states_match_transformers<B: Backend>(device: &B::Device) {
     for name in MODELS {
         let dir = fixture(name);
         let (config, model) =
-            weights::load::<B>(&dir, &device).unwrap_or_else(|e| panic!("{name}: {e}"));
+            weights::load::<B>(&dir, device).unwrap_or_else(|e| panic!("{name}: {e}"));
         let ids = input_ids(&dir);
         let t = ids.len();
-        let input = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [1, t]), &device);
+        let input = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [1, t]), device);
         let out = model.forward(input, None, true);
         let (shape, want) = expected(&dir, "logits");
         assert_eq!(shape, vec![t, config.vocab_size]);
@@ -48,11 +52,9 @@ fn logits_and_hidden_states_match_transformers() {
     }
 }
 
-#[test]
-fn left_padded_batch_matches_unpadded_rows() {
-    let device = Default::default();
+fn left_padded_batch_matches_unpadded_rows<B: Backend>(device: &B::Device) {
     let dir = fixture("qwen3-qk-norm");
-    let (_, model) = weights::load::<B>(&dir, &device).expect("load");
+    let (_, model) = weights::load::<B>(&dir, device).expect("load");
     let long: Vec<i64> = (0..9).map(|i| (i * 7 + 3) % 96).collect();
     let short: Vec<i64> = vec![5, 17, 42, 8];
     let pad = long.len() - short.len();
@@ -63,8 +65,8 @@ fn left_padded_batch_matches_unpadded_rows() {
         .chain(std::iter::repeat_n(1, short.len()))
         .collect();
     let t = long.len();
-    let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(batch, [2, t]), &device);
-    let mask = Tensor::<B, 2, Int>::from_data(TensorData::new(mask, [2, t]), &device);
+    let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(batch, [2, t]), device);
+    let mask = Tensor::<B, 2, Int>::from_data(TensorData::new(mask, [2, t]), device);
     let padded = model
         .forward(ids, Some(mask), false)
         .logits
@@ -75,7 +77,7 @@ fn left_padded_batch_matches_unpadded_rows() {
         let n = row.len();
         model
             .forward(
-                Tensor::from_data(TensorData::new(row, [1, n]), &device),
+                Tensor::from_data(TensorData::new(row, [1, n]), device),
                 None,
                 false,
             )
@@ -108,7 +110,7 @@ fn bad_checkpoints_are_named_errors() {
         &bytes[..bytes.len() / 2],
     )
     .expect("write");
-    let err = weights::load::<B>(&truncated, &device)
+    let err = weights::load::<Flex>(&truncated, &device)
         .expect_err("truncated")
         .to_string();
     assert!(
@@ -121,7 +123,7 @@ fn bad_checkpoints_are_named_errors() {
         .expect("read")
         .replace("\"intermediate_size\": 112", "\"intermediate_size\": 100");
     std::fs::write(wrong.join("config.json"), config).expect("write");
-    let err = weights::load::<B>(&wrong, &device)
+    let err = weights::load::<Flex>(&wrong, &device)
         .expect_err("shape")
         .to_string();
     assert!(
@@ -134,7 +136,7 @@ fn bad_checkpoints_are_named_errors() {
         .expect("read")
         .replace("\"llama\"", "\"mamba\"");
     std::fs::write(unsupported.join("config.json"), config).expect("write");
-    let err = weights::load::<B>(&unsupported, &device)
+    let err = weights::load::<Flex>(&unsupported, &device)
         .expect_err("model type")
         .to_string();
     assert!(
@@ -144,20 +146,18 @@ fn bad_checkpoints_are_named_errors() {
 
     let missing = tmp.join("missing");
     std::fs::create_dir_all(&missing).expect("dir");
-    let err = weights::load::<B>(&missing, &device)
+    let err = weights::load::<Flex>(&missing, &device)
         .expect_err("no files")
         .to_string();
     assert!(err.contains("config.json"), "{err}");
     std::fs::remove_dir_all(&tmp).ok();
 }
 
-#[test]
-fn embeddings_input_equals_ids_and_soft_prefix_is_attended() {
-    let device = Default::default();
-    let (config, model) = weights::load::<B>(&fixture("llama-gqa"), &device).expect("load");
+fn embeddings_input_equals_ids_and_soft_prefix_is_attended<B: Backend>(device: &B::Device) {
+    let (config, model) = weights::load::<B>(&fixture("llama-gqa"), device).expect("load");
     let ids = Tensor::<B, 2, Int>::from_data(
         TensorData::new(vec![4i64, 8, 15, 16, 23, 42], [1, 6]),
-        &device,
+        device,
     );
     let by_ids = model
         .forward(ids.clone(), None, false)
@@ -176,7 +176,7 @@ fn embeddings_input_equals_ids_and_soft_prefix_is_attended() {
     let prefix = Tensor::<B, 3>::random(
         [1, 2, config.hidden_size],
         burn::tensor::Distribution::Normal(0.0, 1.0),
-        &device,
+        device,
     );
     let with_prefix = model
         .forward_embeddings(Tensor::cat(vec![prefix, model.embed(ids)], 1), None, false)
@@ -196,13 +196,13 @@ fn embeddings_input_equals_ids_and_soft_prefix_is_attended() {
 fn hidden_state_by_index_runs_only_the_layers_it_needs() {
     let device = Default::default();
     let dir = fixture("llama-gqa");
-    let (config, model) = weights::load::<B>(&dir, &device).expect("load");
+    let (config, model) = weights::load::<Flex>(&dir, &device).expect("load");
     let ids = input_ids(&dir);
     let t = ids.len();
     let (_, want) = expected(&dir, "hidden_states");
     let per_layer = t * config.hidden_size;
     let layers = config.num_layers as isize;
-    let input = || Tensor::<B, 2, Int>::from_data(TensorData::new(ids.clone(), [1, t]), &device);
+    let input = || Tensor::<Flex, 2, Int>::from_data(TensorData::new(ids.clone(), [1, t]), &device);
     let full = model.forward(input(), None, true);
     for layer in -(layers + 1)..=layers {
         let index = if layer < 0 { layers + 1 + layer } else { layer } as usize;
@@ -234,9 +234,9 @@ fn hidden_state_by_index_runs_only_the_layers_it_needs() {
 fn pooling_ignores_padding_on_either_side() {
     use musketeers_lm::pooling::{Pooling, pool};
     let device = Default::default();
-    let (config, model) = weights::load::<B>(&fixture("qwen3-qk-norm"), &device).expect("load");
+    let (config, model) = weights::load::<Flex>(&fixture("qwen3-qk-norm"), &device).expect("load");
     let short: Vec<i64> = vec![5, 17, 42, 8];
-    let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(short.clone(), [1, 4]), &device);
+    let ids = Tensor::<Flex, 2, Int>::from_data(TensorData::new(short.clone(), [1, 4]), &device);
     let alone = model
         .hidden_state(model.embed(ids), None, -1)
         .expect("state");
@@ -251,8 +251,8 @@ fn pooling_ignores_padding_on_either_side() {
     // Row 0 left-padded by 2 (as generation pads); row 1 all padding.
     let padded: Vec<i64> = [0, 0].into_iter().chain(short).chain([0; 6]).collect();
     let mask: Vec<i64> = vec![0, 0, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0];
-    let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(padded, [2, 6]), &device);
-    let mask = Tensor::<B, 2, Int>::from_data(TensorData::new(mask, [2, 6]), &device);
+    let ids = Tensor::<Flex, 2, Int>::from_data(TensorData::new(padded, [2, 6]), &device);
+    let mask = Tensor::<Flex, 2, Int>::from_data(TensorData::new(mask, [2, 6]), &device);
     let states = model
         .hidden_state(model.embed(ids), Some(mask.clone()), -1)
         .expect("state");
@@ -270,14 +270,14 @@ fn pooling_ignores_padding_on_either_side() {
     }
 
     // Right padding: pooling reads the mask, not the layout.
-    let right = Tensor::<B, 3>::cat(
+    let right = Tensor::<Flex, 3>::cat(
         vec![
             alone.clone().reshape([1, 4, d]),
             Tensor::ones([1, 3, d], &device) * 100.0,
         ],
         1,
     );
-    let mask = Tensor::<B, 2, Int>::from_data(
+    let mask = Tensor::<Flex, 2, Int>::from_data(
         TensorData::new(vec![1i64, 1, 1, 1, 0, 0, 0], [1, 7]),
         &device,
     );
@@ -300,16 +300,16 @@ fn saved_directories_load_back_to_the_same_logits() {
     let device = Default::default();
     for name in MODELS {
         let dir = fixture(name);
-        let loaded = Pretrained::<B>::load(&dir, &device).expect("load");
+        let loaded = Pretrained::<Flex>::load(&dir, &device).expect("load");
         let out = tempfile::tempdir().expect("temp dir");
         save_pretrained(&loaded, out.path()).expect("save");
-        let again = Pretrained::<B>::load(out.path(), &device).expect("reload");
+        let again = Pretrained::<Flex>::load(out.path(), &device).expect("reload");
         assert_eq!(again.config, loaded.config, "{name}");
         let ids = input_ids(&dir);
         let t = ids.len();
-        let logits = |m: &musketeers_lm::Llama<B>| {
+        let logits = |m: &musketeers_lm::Llama<Flex>| {
             let input =
-                Tensor::<B, 2, Int>::from_data(TensorData::new(ids.clone(), [1, t]), &device);
+                Tensor::<Flex, 2, Int>::from_data(TensorData::new(ids.clone(), [1, t]), &device);
             m.forward(input, None, false)
                 .logits
                 .into_data()

@@ -52,6 +52,10 @@ enum Command {
         /// Compute backend (cuda and wgpu need the cargo feature of that name).
         #[arg(long, value_enum, default_value_t = backend::DeviceKind::Cpu)]
         device: backend::DeviceKind,
+        /// Float type of the team, rollout and reference passes (f32, bf16, f16): the same
+        /// as `--set dtype=...`. Trained weights stay f32.
+        #[arg(long)]
+        dtype: Option<musketeers_lm::Precision>,
         /// Live progress: burn-train's dashboard, or one line per step (auto: the dashboard on
         /// a terminal for GPU runs; on the CPU its render thread would take a core).
         #[arg(long, value_enum, default_value_t = live::ProgressDisplay::Auto)]
@@ -186,10 +190,14 @@ fn main() -> Result<()> {
             steps,
             out,
             resume,
-            overrides,
+            mut overrides,
             device,
+            dtype,
             progress,
-        } => train(&config, steps, out, resume, &overrides, device, progress),
+        } => {
+            overrides.extend(dtype.map(|d| format!("dtype=\"{d}\"")));
+            train(&config, steps, out, resume, &overrides, device, progress)
+        }
         Command::Demo(args) => demo(&args),
         Command::Reproduce(args) => reproduce(&args),
         Command::Report { run } => {

@@ -8,6 +8,7 @@ use burn::tensor::{Bool, Int, Tensor, TensorData};
 use musketeers_lm::Llama;
 use musketeers_lm::cache::KvCache;
 use musketeers_lm::llama::causal_padding_mask;
+use musketeers_lm::precision::to_f32;
 use musketeers_lm::rope::Rope;
 use musketeers_rl::logprobs::token_logprobs;
 use musketeers_rl::{RlError, Rollouts, TokenScorer};
@@ -126,8 +127,11 @@ impl<B: Backend> TokenScorer<B> for PrefixedPolicy<'_, B> {
         }
         let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [p, prompt_width]), &device);
         let embedded = match &self.context {
-            Some(c) if prompt_width == 0 => c.clone(),
-            Some(c) => Tensor::cat(vec![c.clone(), self.model.embed(ids)], 1),
+            Some(c) if prompt_width == 0 => c.clone().cast(self.model.float_dtype()),
+            Some(c) => Tensor::cat(
+                vec![c.clone().cast(self.model.float_dtype()), self.model.embed(ids)],
+                1,
+            ),
             None => self.model.embed(ids),
         };
         let prefix_mask =
@@ -293,7 +297,7 @@ impl<B: Backend> Shared<'_, B> {
         }
         let targets =
             Tensor::<B, 2, Int>::from_data(TensorData::new(targets, [n, bucket_width]), device);
-        let (logp, entropy) = token_logprobs(self.model.head(hidden), targets, self.temperature);
+        let (logp, entropy) = token_logprobs(to_f32(self.model.head(hidden)), targets, self.temperature);
         if bucket_width == width {
             return (logp, entropy);
         }

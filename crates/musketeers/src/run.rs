@@ -392,7 +392,8 @@ pub fn run<B: AutodiffBackend>(
         seed: g.seed,
         micro_batch_prompts: g.micro_batch_prompts,
     };
-    let mut trainer = Trainer::new(model, tokenizer, interface, team, settings)?;
+    let mut trainer =
+        Trainer::new(model, tokenizer, interface, team, settings)?.with_precision(config.dtype);
     if let Some(router) = router {
         trainer = trainer.with_router(router);
     }

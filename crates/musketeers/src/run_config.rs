@@ -1,6 +1,6 @@
 //! A training run as a TOML file: serde defaults, unknown keys rejected with their name.
 
-use musketeers_lm::LoraConfig;
+use musketeers_lm::{LoraConfig, Precision};
 use musketeers_rl::{LossType, LrSchedulerType, ScaleRewards};
 use musketeers_verify::task::FileFormat;
 use serde::{Deserialize, Serialize};
@@ -56,6 +56,15 @@ pub struct RunConfig {
     /// Where the run writes (default `runs/<config file stem>`).
     #[serde(default)]
     pub out_dir: Option<PathBuf>,
+    /// Float type of the forward passes that train nothing: the team, rollout sampling and
+    /// the reference model. `f32` (the default), `bf16` or `f16` (for GPUs: half the memory
+    /// and bandwidth). LoRA, the interface and the optimizer state stay f32.
+    #[serde(default, skip_serializing_if = "is_f32")]
+    pub dtype: Precision,
+}
+
+fn is_f32(precision: &Precision) -> bool {
+    *precision == Precision::F32
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

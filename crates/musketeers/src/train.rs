@@ -12,7 +12,8 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
 use musketeers_fusion::stats::{batch_utilization, expert_utilization, routing_entropy};
 use musketeers_fusion::{ExpertInput, LatentInterface};
-use musketeers_lm::Llama;
+use musketeers_lm::precision::to_f32;
+use musketeers_lm::{Llama, Precision};
 use musketeers_lm::generate::{GenerationConfig, generate_with_prefix};
 use musketeers_lm::pooling::{Pooling, pool};
 use musketeers_lm::sampling::SamplingConfig;
@@ -156,9 +157,12 @@ impl<B: Backend> TeamMember<B> {
         }
         let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(flat, [n, width]), device);
         let mask = Tensor::<B, 2, Int>::from_data(TensorData::new(mask, [n, width]), device);
-        let hidden =
-            self.model
-                .hidden_state(self.model.embed(ids), Some(mask.clone()), self.layer)?;
+        // The interface is f32 whatever precision the expert runs in.
+        let hidden = to_f32(self.model.hidden_state(
+            self.model.embed(ids),
+            Some(mask.clone()),
+            self.layer,
+        )?);
         let pooled = |how| {
             let d = hidden.dims()[2];
             pool(hidden.clone(), mask.clone(), how).reshape([n, 1, d])
@@ -312,6 +316,8 @@ pub struct Trainer<B: AutodiffBackend> {
     pub step: u64,
     /// `hard-route` mode: picks one expert per prompt (see [`crate::route`]).
     pub router: Option<Router<B>>,
+    /// Precision of the passes that train nothing: the team, rollouts, the reference.
+    precision: Precision,
     /// RMS of the policy's token embeddings (frozen: computed once).
     embedding_rms: f32,
     adam: AdamWConfig,
@@ -346,12 +352,33 @@ impl<B: AutodiffBackend> Trainer<B> {
             team,
             step: 0,
             router: None,
+            precision: Precision::F32,
             policy_optim: adam.init(),
             interface_optim: adam.init(),
             router_optim: adam.init(),
             adam,
             settings,
         })
+    }
+
+    /// Run the team, rollout sampling and the reference model in `precision` (bf16 or f16
+    /// on a GPU; f32, the default, changes nothing). The team is cast here; the policy's
+    /// sampling and reference copies are cast each step, so LoRA, the interface and the
+    /// optimizer state stay f32.
+    pub fn with_precision(mut self, precision: Precision) -> Self {
+        self.team = std::mem::take(&mut self.team)
+            .into_iter()
+            .map(|member| TeamMember {
+                model: member.model.with_precision(precision),
+                ..member
+            })
+            .collect();
+        self.precision = precision;
+        self
+    }
+
+    pub fn precision(&self) -> Precision {
+        self.precision
     }
 
     /// Route each prompt to one expert (`hard-route`) instead of fusing them all.
@@ -493,7 +520,7 @@ impl<B: AutodiffBackend> Trainer<B> {
         with_context: bool,
     ) -> Result<Vec<String>, TrainError> {
         let device = self.policy.embed_tokens.weight.val().inner().device();
-        let sampler = self.policy.valid();
+        let sampler = self.policy.valid().with_precision(self.precision);
         let mut out = Vec::with_capacity(prompts.len());
         for chunk in prompts.chunks(64) {
             let ids = chunk
@@ -542,7 +569,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             .iter()
             .map(|t| self.tokenizer.encode(t, true))
             .collect::<Result<Vec<_>, _>>()?;
-        let sampler = self.policy.valid();
+        let sampler = self.policy.valid().with_precision(self.precision);
 
         // The team reads each prompt once (hard-route: only the routed expert reads it); the
         // interface turns that into C (with gradient).
@@ -621,7 +648,7 @@ impl<B: AutodiffBackend> Trainer<B> {
         if s.grpo.loss.beta > 0.0 {
             // Scored on the same backend as the policy, so that with unchanged adapters the
             // two agree to the bit and the KL and its gradient are exactly zero.
-            let reference = self.policy.without_adapters();
+            let reference = self.policy.without_adapters().with_precision(self.precision);
             let width = rollouts
                 .completion_ids
                 .iter()

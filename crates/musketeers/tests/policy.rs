@@ -2,6 +2,7 @@
 //! sampled with (GRPO's importance ratio is 1 on the first iteration), with context tokens
 //! in front and left-padded prompts of different lengths.
 
+use burn::tensor::backend::Backend;
 use burn::tensor::{Distribution, Tensor};
 use burn_flex::Flex;
 use musketeers::policy::PrefixedPolicy;
@@ -11,16 +12,17 @@ use musketeers_lm::weights;
 use musketeers_rl::{Rollouts, TokenScorer};
 use std::path::PathBuf;
 
-type B = Flex;
+musketeers_testkit::backend_tests!(
+    scores_of_sampled_completions_equal_their_sampling_logprobs,
+    a_shared_prefix_scores_and_differentiates_like_each_row_alone,
+);
 
-#[test]
-fn scores_of_sampled_completions_equal_their_sampling_logprobs() {
-    let device = Default::default();
+fn scores_of_sampled_completions_equal_their_sampling_logprobs<B: Backend>(device: &B::Device) {
     for name in ["llama-gqa", "gemma3-sliding"] {
         let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
             .join("../musketeers-lm/tests/fixtures")
             .join(name);
-        let (config, model) = weights::load::<B>(&dir, &device).expect("fixture loads");
+        let (config, model) = weights::load::<B>(&dir, device).expect("fixture loads");
         let prompts: Vec<Vec<u32>> = vec![vec![3, 14, 15, 92, 65, 35], vec![9, 26]];
         let g = 3;
         for with_context in [true, false] {
@@ -28,7 +30,7 @@ fn scores_of_sampled_completions_equal_their_sampling_logprobs() {
                 Tensor::<B, 3>::random(
                     [2, 4, config.hidden_size],
                     Distribution::Normal(0.0, 0.5),
-                    &device,
+                    device,
                 )
             });
             let temperature = 0.8;
@@ -48,7 +50,7 @@ fn scores_of_sampled_completions_equal_their_sampling_logprobs() {
                     },
                 },
                 None,
-                &device,
+                device,
             )
             .expect("generate");
             let rows: Vec<i64> = (0..2).flat_map(|p| std::iter::repeat_n(p, g)).collect();
@@ -85,16 +87,13 @@ fn scores_of_sampled_completions_equal_their_sampling_logprobs() {
 /// Gradients through the shared prefix (each prompt's keys and values computed once and
 /// gathered for its group) equal those of scoring every row alone with a full forward over
 /// `[C ; prompt ; completion]`: the context's gradient sums over the group either way.
-#[test]
-fn a_shared_prefix_scores_and_differentiates_like_each_row_alone() {
+fn a_shared_prefix_scores_and_differentiates_like_each_row_alone<B: Backend>(device: &B::Device) {
     use burn::backend::Autodiff;
     use burn::tensor::TensorData;
     use musketeers_rl::logprobs::token_logprobs;
-    type A = Autodiff<Flex>;
-    let device = Default::default();
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../musketeers-lm/tests/fixtures/gemma3-sliding");
-    let (config, model) = weights::load::<A>(&dir, &device).expect("fixture loads");
+    let (config, model) = weights::load::<Autodiff<B>>(&dir, device).expect("fixture loads");
     let prompts: Vec<Vec<u32>> = vec![vec![3, 14, 15, 92, 65, 35], vec![9, 26]];
     let completions: Vec<Vec<u32>> = vec![
         vec![7, 8, 9, 10],
@@ -106,10 +105,10 @@ fn a_shared_prefix_scores_and_differentiates_like_each_row_alone() {
     ];
     let g = 3;
     let temperature = 0.7;
-    let context_value = Tensor::<Flex, 3>::random(
+    let context_value = Tensor::<B, 3>::random(
         [2, 3, config.hidden_size],
         Distribution::Normal(0.0, 0.5),
-        &device,
+        device,
     );
     let rollouts = Rollouts {
         prompt_ids: (0..6).map(|r| prompts[r / g].clone()).collect(),
@@ -121,7 +120,7 @@ fn a_shared_prefix_scores_and_differentiates_like_each_row_alone() {
     };
     let width = 4;
 
-    let context = Tensor::<A, 3>::from_inner(context_value.clone()).require_grad();
+    let context = Tensor::<Autodiff<B>, 3>::from_inner(context_value.clone()).require_grad();
     let policy = PrefixedPolicy {
         model: &model,
         context: Some(context.clone()),
@@ -134,7 +133,7 @@ fn a_shared_prefix_scores_and_differentiates_like_each_row_alone() {
             weights[r * width + j] = 1.0 + (r * width + j) as f32 / 10.0;
         }
     }
-    let weights = Tensor::<A, 2>::from_data(TensorData::new(weights.clone(), [6, width]), &device);
+    let weights = Tensor::<Autodiff<B>, 2>::from_data(TensorData::new(weights.clone(), [6, width]), device);
     let shared_scores = scores
         .clone()
         .inner()
@@ -144,8 +143,8 @@ fn a_shared_prefix_scores_and_differentiates_like_each_row_alone() {
     let grads = (scores * weights.clone()).sum().backward();
     let shared_grad = context.grad(&grads).expect("context gradient");
 
-    let alone_context = Tensor::<A, 3>::from_inner(context_value).require_grad();
-    let mut total = Tensor::<A, 1>::zeros([1], &device);
+    let alone_context = Tensor::<Autodiff<B>, 3>::from_inner(context_value).require_grad();
+    let mut total = Tensor::<Autodiff<B>, 1>::zeros([1], device);
     for (r, completion) in completions.iter().enumerate() {
         let prompt = &prompts[r / g];
         let tokens: Vec<i64> = prompt
@@ -154,7 +153,7 @@ fn a_shared_prefix_scores_and_differentiates_like_each_row_alone() {
             .map(|&t| i64::from(t))
             .collect();
         let len = tokens.len();
-        let ids = Tensor::from_data(TensorData::new(tokens, [1, len]), &device);
+        let ids = Tensor::from_data(TensorData::new(tokens, [1, len]), device);
         let c = alone_context.clone().narrow(0, r / g, 1);
         let embedded = Tensor::cat(vec![c, model.embed(ids)], 1);
         let logits = model.forward_embeddings(embedded, None, false).logits;
@@ -163,7 +162,7 @@ fn a_shared_prefix_scores_and_differentiates_like_each_row_alone() {
         let vocab = logits.dims()[2];
         let logits = logits.slice([0..1, start..start + k, 0..vocab]);
         let targets: Vec<i64> = completion.iter().map(|&t| i64::from(t)).collect();
-        let targets = Tensor::from_data(TensorData::new(targets, [1, k]), &device);
+        let targets = Tensor::from_data(TensorData::new(targets, [1, k]), device);
         let (logps, _) = token_logprobs(logits, targets, temperature);
         let row_weights = weights.clone().slice([r..r + 1, 0..k]);
         let values = logps
@@ -200,7 +199,7 @@ fn groups_whose_rows_have_different_prompts_are_refused() {
     let device = Default::default();
     let dir =
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../musketeers-lm/tests/fixtures/llama-gqa");
-    let (_, model) = weights::load::<B>(&dir, &device).expect("fixture loads");
+    let (_, model) = weights::load::<Flex>(&dir, &device).expect("fixture loads");
     let rollouts = Rollouts {
         prompt_ids: vec![vec![1, 2], vec![1, 3]],
         completion_ids: vec![vec![4], vec![5]],
@@ -228,7 +227,7 @@ fn a_zero_context_overflows_the_gradient_of_a_deep_policy_and_the_mean_embedding
     use musketeers_lm::LlamaConfig;
     type A = Autodiff<Flex>;
     let device = Default::default();
-    <B as burn::tensor::backend::Backend>::seed(&device, 3);
+    <Flex as Backend>::seed(&device, 3);
     let model = LlamaConfig::llama(64, 32, 64, 24, 4, 2, 10_000.0).init::<A>(&device);
     let rollouts = Rollouts {
         prompt_ids: vec![vec![3, 4, 5], vec![3, 4, 5]],

@@ -4,16 +4,24 @@
 //! adapters and the interface.
 
 use burn::backend::Autodiff;
+use burn::tensor::ElementConversion;
+use burn::tensor::DType;
+use burn::tensor::backend::Backend;
 use burn_flex::Flex;
 use musketeers::train::{ExpertReadout, StepSettings, TeamMember, Trainer};
 use musketeers_fusion::LatentInterfaceConfig;
 use musketeers_lm::tokenizer::TextTokenizer;
-use musketeers_lm::{LoraConfig, weights};
+use musketeers_lm::{LoraConfig, Precision, weights};
 use musketeers_rl::rollout::StepConfig;
 use musketeers_rl::{GrpoLossConfig, LossType, LrSchedule, LrSchedulerType};
 use std::path::{Path, PathBuf};
 
 type Ad = Autodiff<Flex>;
+
+musketeers_testkit::backend_tests!(
+    a_fused_step_updates_only_the_adapters_and_the_interface,
+    a_reduced_precision_fused_step_trains_f32_weights,
+);
 
 fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -50,12 +58,28 @@ fn reward(_: usize, text: &str) -> f32 {
     0.5 * low + 0.5 * (hash % 1024) as f32 / 1024.0
 }
 
-#[test]
-fn a_fused_step_updates_only_the_adapters_and_the_interface() {
+fn a_fused_step_updates_only_the_adapters_and_the_interface<B: Backend>(device: &B::Device) {
+    fused_steps::<B>(device, Precision::F32);
+}
+
+/// The team, rollouts and reference in bf16 (f16 where the backend has no bf16): the step
+/// trains, and what it trains stays f32.
+fn a_reduced_precision_fused_step_trains_f32_weights<B: Backend>(device: &B::Device) {
+    let supported = [Precision::Bf16, Precision::F16]
+        .into_iter()
+        .find(|p| B::supports_dtype(device, DType::from(p.dtype())));
+    match supported {
+        Some(precision) => fused_steps::<B>(device, precision),
+        None => eprintln!("skipped: this backend computes in neither bf16 nor f16"),
+    }
+}
+
+/// Two fused steps on `precision` passes: finite losses, utilization, reward signal, and
+/// updates that reach the interface and the adapters (kept f32) but not the base.
+fn fused_steps<B: Backend>(device: &B::Device, precision: Precision) {
     let temp = tempfile::tempdir().expect("temp");
-    let device = Default::default();
     let tok = || tokenizer(temp.path());
-    let policy = weights::load::<Ad>(&fixture("llama-gqa"), &device)
+    let policy = weights::load::<Autodiff<B>>(&fixture("llama-gqa"), device)
         .expect("policy")
         .1;
     let lora = LoraConfig {
@@ -70,7 +94,7 @@ fn a_fused_step_updates_only_the_adapters_and_the_interface() {
         .zip([ExpertReadout::Last, ExpertReadout::All])
         .map(|(name, readout)| TeamMember {
             name: name.to_string(),
-            model: weights::load::<Flex>(&fixture(name), &device)
+            model: weights::load::<B>(&fixture(name), device)
                 .expect("expert")
                 .1,
             tokenizer: tok(),
@@ -84,7 +108,7 @@ fn a_fused_step_updates_only_the_adapters_and_the_interface() {
         num_heads: 4,
         ..LatentInterfaceConfig::new(vec![64, 64], 64)
     }
-    .init::<Ad>(&device)
+    .init::<Autodiff<B>>(device)
     .expect("interface");
     let settings = StepSettings {
         num_generations: 4,
@@ -110,8 +134,9 @@ fn a_fused_step_updates_only_the_adapters_and_the_interface() {
         seed: 5,
         micro_batch_prompts: None,
     };
-    let mut trainer =
-        Trainer::new(policy, tok(), Some(interface), team, settings).expect("trainer");
+    let trainer = Trainer::new(policy, tok(), Some(interface), team, settings).expect("trainer");
+    let mut trainer = trainer.with_precision(precision);
+    assert_eq!(trainer.precision(), precision);
     let prompts = vec![
         "w3 w14 w15".to_string(),
         "w9 w26".to_string(),
@@ -135,7 +160,8 @@ fn a_fused_step_updates_only_the_adapters_and_the_interface() {
     assert_eq!(reports[1].step, 2);
     // Updated: the interface's zero-initialised output and the LoRA B matrices.
     let interface = trainer.interface.as_ref().expect("interface");
-    let out = interface.output.weight.val().abs().max().into_scalar();
+    assert_eq!(interface.output.weight.val().dtype(), DType::F32);
+    let out = interface.output.weight.val().abs().max().into_scalar().elem::<f32>();
     assert!(out > 0.0, "the interface output moved");
     let adapter = trainer.policy.layers[0]
         .self_attn
@@ -143,8 +169,9 @@ fn a_fused_step_updates_only_the_adapters_and_the_interface() {
         .adapter
         .as_ref()
         .expect("adapter");
+    assert_eq!(adapter.lora_b.val().dtype(), DType::F32);
     assert!(
-        adapter.lora_b.val().abs().max().into_scalar() > 0.0,
+        adapter.lora_b.val().abs().max().into_scalar().elem::<f32>() > 0.0,
         "LoRA B moved"
     );
     // Frozen: the base weights.

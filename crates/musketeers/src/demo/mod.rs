@@ -395,6 +395,7 @@ fn run_config(
             max_new_tokens: COLLAB_TOKENS,
         },
         out_dir: None,
+        dtype: musketeers_lm::Precision::F32,
     }
     .with_overrides(&settings.overrides)
 }

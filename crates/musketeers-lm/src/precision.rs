@@ -1,0 +1,86 @@
+//! Float precision of forward passes that train nothing (frozen experts, rollout sampling, the
+//! reference model). On a GPU, bf16 or f16 halves their memory and bandwidth; what is trained
+//! (LoRA adapters, the interface) and the optimizer state stay f32.
+//!
+//! A model cast with [`cast_floats`] computes in its parameters' dtype: the rotary tables are
+//! computed in f32 and cast once per forward, and every tensor the model hands back
+//! (logits, hidden states) is in that dtype, so callers cast at the seam where f32 matters.
+
+use burn::module::{Module, ModuleMapper, Param};
+use burn::tensor::backend::Backend;
+use burn::tensor::{FloatDType, Tensor};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::str::FromStr;
+
+/// The float type of a frozen forward pass.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// Full precision: the CPU default, bit-identical to a model that was never cast.
+    #[default]
+    F32,
+    /// bfloat16: f32's range with 8 bits of mantissa (what GPU inference engines use).
+    Bf16,
+    /// IEEE half: more mantissa, less range; activations of some models overflow it.
+    F16,
+}
+
+impl Precision {
+    pub fn dtype(self) -> FloatDType {
+        match self {
+            Precision::F32 => FloatDType::F32,
+            Precision::Bf16 => FloatDType::BF16,
+            Precision::F16 => FloatDType::F16,
+        }
+    }
+
+    pub const NAMES: [&'static str; 3] = ["f32", "bf16", "f16"];
+}
+
+impl fmt::Display for Precision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16",
+            Precision::F16 => "f16",
+        })
+    }
+}
+
+impl FromStr for Precision {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "f32" => Ok(Precision::F32),
+            "bf16" => Ok(Precision::Bf16),
+            "f16" => Ok(Precision::F16),
+            other => Err(format!(
+                "unknown precision {other:?}: expected one of {}",
+                Precision::NAMES.join(", ")
+            )),
+        }
+    }
+}
+
+/// Every float parameter of `module` in `precision`; a no-op (no copy) where a parameter
+/// already has that dtype, so casting an f32 model to f32 changes nothing.
+pub fn cast_floats<B: Backend, M: Module<B>>(module: M, precision: Precision) -> M {
+    module.map(&mut CastFloats(precision.dtype()))
+}
+
+struct CastFloats(FloatDType);
+
+impl<B: Backend> ModuleMapper<B> for CastFloats {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        let dtype = self.0;
+        param.map(|tensor| tensor.cast(dtype))
+    }
+}
+
+/// `tensor` in f32 (a no-op for an f32 tensor): where a reduced-precision model's output
+/// meets f32 code (the interface, sampling, the loss).
+pub fn to_f32<B: Backend, const D: usize>(tensor: Tensor<B, D>) -> Tensor<B, D> {
+    tensor.cast(FloatDType::F32)
+}

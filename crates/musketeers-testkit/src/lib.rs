@@ -1,0 +1,38 @@
+//! Test support shared by the workspace's crates (a dev-dependency only).
+//!
+//! [`backend_tests!`] runs one generic test on every backend the calling crate was built
+//! with: always Flex (the CPU), plus wgpu and CUDA when the calling crate's `wgpu-plain` /
+//! `cuda-plain` features are on (`wgpu` and `cuda` imply them). The `cfg` is evaluated in the
+//! calling crate, so each crate that uses the macro declares those two features and forwards
+//! them to `burn`.
+//!
+//! ```ignore
+//! fn logits_match<B: Backend>(device: &B::Device) { /* ... */ }
+//! musketeers_testkit::backend_tests!(logits_match);
+//! // -> flex::logits_match, and wgpu::logits_match under `--features wgpu`
+//! ```
+//!
+//! Filter by backend with the module name: `cargo test --features wgpu -- wgpu::`.
+
+/// Instantiate `fn name<B: burn::tensor::backend::Backend>(device: &B::Device)` test bodies
+/// once per compiled-in backend, each as `#[test] <backend>::name` on that backend's default
+/// device. Tests that need gradients wrap the backend in `Autodiff<B>` themselves.
+#[macro_export]
+macro_rules! backend_tests {
+    ($($test:ident),+ $(,)?) => {
+        $crate::backend_tests!(@on flex, burn::backend::Flex, cfg(all()); $($test),+);
+        $crate::backend_tests!(@on wgpu, burn::backend::Wgpu, cfg(feature = "wgpu-plain"); $($test),+);
+        $crate::backend_tests!(@on cuda, burn::backend::Cuda, cfg(feature = "cuda-plain"); $($test),+);
+    };
+    (@on $backend:ident, $B:ty, $cfg:meta; $($test:ident),+) => {
+        #[$cfg]
+        mod $backend {
+            $(
+                #[test]
+                fn $test() {
+                    super::$test::<$B>(&Default::default())
+                }
+            )+
+        }
+    };
+}
