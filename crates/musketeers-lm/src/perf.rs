@@ -19,6 +19,23 @@ pub fn matmul_gflops<B: Backend>(n: usize, device: &B::Device) -> f64 {
     2.0 * (n as f64).powi(3) / best / 1e9
 }
 
+/// GB/s at which `device` reads a 256 MiB f32 tensor (a full sum), best of five after a
+/// warm-up: the bandwidth roofline of decoding on that device, where every step streams the
+/// weights once.
+pub fn device_read_gbs<B: Backend>(device: &B::Device) -> f64 {
+    let n = 64usize << 20;
+    let x = Tensor::<B, 1>::ones([n], device);
+    let _ = x.clone().sum().into_data();
+    let best = (0..5)
+        .map(|_| {
+            let start = Instant::now();
+            let _ = x.clone().sum().into_data();
+            start.elapsed().as_secs_f64()
+        })
+        .fold(f64::INFINITY, f64::min);
+    (n * 4) as f64 / best / 1e9
+}
+
 /// GB/s of reading a 256 MiB f32 buffer on all rayon threads, best of five: the rate at which
 /// decoding can stream weights that do not fit in cache.
 pub fn memory_read_gbs() -> f64 {

@@ -2,7 +2,7 @@
 //! `B: Backend`; this binary picks Flex (CPU, always compiled), CUDA or wgpu by feature.
 
 use anyhow::Result;
-use musketeers_lm::perf::matmul_gflops;
+use musketeers_lm::perf::{device_read_gbs, matmul_gflops};
 use std::io::Write;
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -73,16 +73,19 @@ pub fn compiled_backends() -> Vec<&'static str> {
 pub fn run(args: &DeviceArgs) -> Result<()> {
     let mut out = std::io::stdout().lock();
     writeln!(out, "compiled backends: {}", compiled_backends().join(", "))?;
-    let gflops = on_backend!(
-        args.device,
-        B = plain,
-        matmul_gflops::<B>(args.size, &Default::default())
-    );
+    let (gflops, read_gbs) = on_backend!(args.device, B = plain, {
+        let device = Default::default();
+        (
+            matmul_gflops::<B>(args.size, &device),
+            device_read_gbs::<B>(&device),
+        )
+    });
     writeln!(
         out,
         "{:?}: f32 matmul {n}^3 at {gflops:.1} GFLOP/s",
         args.device,
         n = args.size
     )?;
+    writeln!(out, "{:?}: memory read at {read_gbs:.1} GB/s", args.device)?;
     Ok(())
 }

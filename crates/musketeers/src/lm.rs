@@ -43,6 +43,13 @@ pub enum LmCommand {
         #[arg(long)]
         to: PathBuf,
     },
+    /// Give a model directory's config.json random weights (model.safetensors, f32): a
+    /// stand-in of the real model's shape where its weights cannot travel (the GPU check).
+    Randomize {
+        /// A directory with config.json (and tokenizer.json, kept as it is).
+        #[arg(long)]
+        dir: PathBuf,
+    },
     /// Print the token ids of a text as a JSON array.
     Tokenize {
         #[command(flatten)]
@@ -93,7 +100,7 @@ pub fn run(command: LmCommand) -> Result<()> {
         LmCommand::Forward { model, .. }
         | LmCommand::Tokenize { model, .. }
         | LmCommand::Generate { model, .. } => model.device,
-        LmCommand::Convert { .. } => DeviceKind::Cpu,
+        LmCommand::Convert { .. } | LmCommand::Randomize { .. } => DeviceKind::Cpu,
     };
     crate::backend::on_backend!(device, B = plain, run_on::<B>(command, &Default::default()))
 }
@@ -124,6 +131,31 @@ fn tokenizer(path: &Path) -> Result<TextTokenizer> {
 fn run_on<B: Backend>(command: LmCommand, device: &B::Device) -> Result<()> {
     let mut out = std::io::stdout().lock();
     match command {
+        LmCommand::Randomize { dir } => {
+            let start = Instant::now();
+            let config = musketeers_lm::LlamaConfig::from_file(&dir.join("config.json"))?;
+            let tokenizer = dir
+                .join("tokenizer.json")
+                .exists()
+                .then(|| TextTokenizer::load(&dir, config.vocab_size))
+                .transpose()?;
+            let pretrained = Pretrained {
+                dir: dir.clone(),
+                model: config.init::<B>(device),
+                eos_token_ids: musketeers_lm::config::generation_eos_ids(&dir)?,
+                config,
+                tokenizer,
+            };
+            musketeers_lm::export::save_pretrained(&pretrained, &dir)
+                .with_context(|| format!("writing {}", dir.display()))?;
+            writeln!(
+                out,
+                "randomized {} ({} layers) in {:.1}s",
+                dir.display(),
+                pretrained.config.num_layers,
+                start.elapsed().as_secs_f64()
+            )?;
+        }
         LmCommand::Convert { from, to } => {
             let start = Instant::now();
             let pretrained = load::<B>(&from, device)?;
