@@ -9,6 +9,8 @@
 #    shape), against batch x bandwidth / weight bytes;
 # 4. seconds per GRPO step of configs/smollm2-team.toml, Burn's fusion on and off.
 # Results: $OUT/gpu-check.md (and every log beside it). PACK overrides the pack folder.
+# QUICK=1 shrinks everything to a smoke run (batch 1, 4 tokens, one tiny GRPO step, only the
+# tests matching TESTS): for a dry run on lavapipe, where a 135M model decodes at ~0.2 tokens/s.
 set -uo pipefail
 pack=${PACK:-target/gpu-check}
 out=${OUT:-/tmp/gpu-check}
@@ -17,6 +19,16 @@ report="$out/gpu-check.md"
 backend=$(cat "$pack/backend")
 work=$(mktemp -d)
 started=$(date +%s)
+quick=${QUICK:-0}
+tests_filter=${TESTS:-$backend::}
+if [ "$quick" = 1 ]; then
+  batches="1"; new_tokens=4
+  grpo_args=(--steps 1 --set grpo.prompts_per_step=1 --set grpo.num_generations=2
+    --set grpo.max_completion_length=2 --set eval.problems=1)
+else
+  batches="1 8 64"; new_tokens=64
+  grpo_args=()
+fi
 say() { printf '%s\n' "$*" | tee -a "$report"; }
 elapsed() { echo "$(( $(date +%s) - started ))s"; }
 
@@ -60,7 +72,7 @@ failed=0
 for test in "$work"/tests/*; do
   name=$(basename "$test")
   log="$out/test-$name.log"
-  if timeout 600 "$test" "$backend::" > "$log" 2>&1; then verdict=ok; else verdict=FAILED; failed=1; fi
+  if timeout 600 "$test" "$tests_filter" > "$log" 2>&1; then verdict=ok; else verdict=FAILED; failed=1; fi
   say "- $name: $verdict: $(grep -E '^test result' "$log" | tail -1)"
   grep -E '^test .* FAILED$' "$log" | sed 's/^/  - /' | tee -a "$report"
 done
@@ -73,7 +85,7 @@ sed 's/^/    /' "$out/device.log" >> "$report"
 read_gbs=$(grep -oE 'memory read at [0-9.]+' "$out/device.log" | grep -oE '[0-9.]+$')
 
 say ""
-say "## Decode (random weights of the real shape, f32, 64 new tokens, sampled)"
+say "## Decode (random weights of the real shape, f32, $new_tokens new tokens, sampled)"
 say ""
 say "| model | batch | decode tokens/s | roofline tokens/s | of roofline |"
 say "|---|---|---|---|---|"
@@ -82,10 +94,10 @@ for dir in "$work"/models/*/; do
   "$work/musketeers" lm randomize --dir "$dir" > "$out/randomize-$model.log" 2>&1 || {
     say "| $model | - | randomize failed (see randomize-$model.log) | | |"; continue; }
   bytes=$(stat -c %s "$dir/model.safetensors")
-  for batch in 1 8 64; do
+  for batch in $batches; do
     log="$out/decode-$model-$batch.log"
     "$work/musketeers" lm generate --model "$dir" --device "$backend" --prompt "Once upon a time" \
-      --max-new-tokens 64 --temperature 1.0 --num-return-sequences "$batch" > "$log" 2>&1
+      --max-new-tokens "$new_tokens" --temperature 1.0 --num-return-sequences "$batch" > "$log" 2>&1
     rate=$(grep -oE 'decode: [0-9]+ tokens at [0-9.]+' "$log" | grep -oE '[0-9.]+$')
     roof=$(python3 -c "print(f'{$batch * ${read_gbs:-0} * 1e9 / $bytes:.0f}')" 2>/dev/null)
     share=$(python3 -c "print(f'{${rate:-0} / max($roof, 1e-9):.2f}')" 2>/dev/null)
@@ -95,11 +107,11 @@ done
 say "(decode done at $(elapsed))"
 
 say ""
-say "## GRPO steps: configs/smollm2-team.toml (random weights), 3 steps"
+say "## GRPO steps: configs/smollm2-team.toml (random weights), 3 steps ${grpo_args[*]}"
 for cli in musketeers musketeers-plain; do
   run="$work/run-$cli"
   if "$work/$cli" train --config "$pack/grpo.toml" --out "$run" --device "$backend" \
-      --progress plain > "$out/grpo-$cli.log" 2>&1; then
+      --progress plain "${grpo_args[@]}" > "$out/grpo-$cli.log" 2>&1; then
     secs=$(python3 -c '
 import json, sys
 steps = [json.loads(l)["step_seconds"] for l in open(sys.argv[1]) if "step_seconds" in l]
