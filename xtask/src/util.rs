@@ -58,3 +58,10 @@ pub fn output(program: &str, args: &[&str], input: Option<&str>) -> Result<Strin
     }
     String::from_utf8(out.stdout).context("output is not UTF-8")
 }
+
+/// A progress line on stderr (stdout stays for what a command reports).
+pub fn progress(message: &str) -> Result<()> {
+    use std::io::Write;
+    writeln!(std::io::stderr(), "{message}")?;
+    Ok(())
+}

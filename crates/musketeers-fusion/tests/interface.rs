@@ -16,7 +16,6 @@ musketeers_testkit::backend_tests!(
     permuting_the_experts_permutes_utilization_and_keeps_the_context,
 );
 
-
 fn config() -> LatentInterfaceConfig {
     LatentInterfaceConfig {
         latent_dim: 16,
@@ -145,7 +144,10 @@ fn masked_padding_changes_nothing<B: Backend>(device: &B::Device) {
     let mut padded = plain.clone();
     padded[1] = ExpertInput {
         hidden: Tensor::cat(
-            vec![plain[1].hidden.clone(), random::<B, 3>([2, 2, 10], device) * 50.0],
+            vec![
+                plain[1].hidden.clone(),
+                random::<B, 3>([2, 2, 10], device) * 50.0,
+            ],
             1,
         ),
         mask: Some(Tensor::<B, 2, Int>::from_data(
@@ -155,7 +157,10 @@ fn masked_padding_changes_nothing<B: Backend>(device: &B::Device) {
     };
     padded[2] = ExpertInput {
         hidden: Tensor::cat(
-            vec![random::<B, 3>([2, 1, 4], device) * 50.0, plain[2].hidden.clone()],
+            vec![
+                random::<B, 3>([2, 1, 4], device) * 50.0,
+                plain[2].hidden.clone(),
+            ],
             1,
         ),
         mask: Some(Tensor::<B, 2, Int>::from_data(
@@ -173,7 +178,9 @@ fn masked_padding_changes_nothing<B: Backend>(device: &B::Device) {
     assert!(max_diff(&u, &r) < 1e-6);
 }
 
-fn permuting_the_experts_permutes_utilization_and_keeps_the_context<B: Backend>(device: &B::Device) {
+fn permuting_the_experts_permutes_utilization_and_keeps_the_context<B: Backend>(
+    device: &B::Device,
+) {
     let config = config();
     let interface = live::<B>(&config, device);
     let plain = inputs::<B>(2, [1, 4, 2], [6, 10, 4], device);

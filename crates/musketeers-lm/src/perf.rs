@@ -19,21 +19,30 @@ pub fn matmul_gflops<B: Backend>(n: usize, device: &B::Device) -> f64 {
     2.0 * (n as f64).powi(3) / best / 1e9
 }
 
-/// GB/s at which `device` reads a 256 MiB f32 tensor (a full sum), best of five after a
-/// warm-up: the bandwidth roofline of decoding on that device, where every step streams the
-/// weights once.
+/// GB/s at which `device` reads 256 MiB of f32 (four 64 MiB tensors, each summed; wgpu caps
+/// one buffer at 256 MiB, lavapipe lower), best of five after a warm-up: the bandwidth
+/// roofline of decoding on that device, where every step streams the weights once. Four
+/// parts also keep the read well beyond a GPU's L2 cache (50 MB on an H100).
 pub fn device_read_gbs<B: Backend>(device: &B::Device) -> f64 {
-    let n = 64usize << 20;
-    let x = Tensor::<B, 1>::ones([n], device);
-    let _ = x.clone().sum().into_data();
+    let part = 16usize << 20;
+    let parts: Vec<Tensor<B, 1>> = (0..4).map(|_| Tensor::ones([part], device)).collect();
+    let read = || {
+        let total = parts
+            .iter()
+            .map(|p| p.clone().sum())
+            .reduce(|a, b| a + b)
+            .expect("four parts");
+        let _ = total.into_data();
+    };
+    read();
     let best = (0..5)
         .map(|_| {
             let start = Instant::now();
-            let _ = x.clone().sum().into_data();
+            read();
             start.elapsed().as_secs_f64()
         })
         .fold(f64::INFINITY, f64::min);
-    (n * 4) as f64 / best / 1e9
+    (parts.len() * part * 4) as f64 / best / 1e9
 }
 
 /// GB/s of reading a 256 MiB f32 buffer on all rayon threads, best of five: the rate at which

@@ -18,7 +18,6 @@ musketeers_testkit::backend_tests!(
     a_soft_prefix_of_token_embeddings_generates_as_those_tokens_do,
 );
 
-
 fn model<B: Backend>(name: &str, device: &B::Device) -> Llama<B> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures")
@@ -72,13 +71,8 @@ fn cached_greedy_equals_recomputed_greedy<B: Backend>(device: &B::Device) {
             max_new_tokens: 12,
             ..Default::default()
         };
-        let out = generate(
-            &model,
-            std::slice::from_ref(&prompt),
-            &config,
-            device,
-        )
-        .expect("generate");
+        let out =
+            generate(&model, std::slice::from_ref(&prompt), &config, device).expect("generate");
         assert_eq!(
             out.tokens[0],
             greedy_without_cache(&model, &prompt, 12, device),
@@ -107,13 +101,8 @@ fn left_padded_batch_equals_single_rows_for<B: Backend>(name: &str, device: &B::
     };
     let batch = generate(&model, &prompts, &config, device).expect("batch");
     for (i, prompt) in prompts.iter().enumerate() {
-        let single = generate(
-            &model,
-            std::slice::from_ref(prompt),
-            &config,
-            device,
-        )
-        .expect("single");
+        let single =
+            generate(&model, std::slice::from_ref(prompt), &config, device).expect("single");
         assert_eq!(batch.tokens[i], single.tokens[0], "row {i}");
     }
 }
@@ -285,19 +274,11 @@ fn a_soft_prefix_of_token_embeddings_generates_as_those_tokens_do<B: Backend>(de
             .iter()
             .flat_map(|p| p[..k].iter().map(|&t| i64::from(t)))
             .collect();
-        let heads =
-            Tensor::<B, 2, Int>::from_data(TensorData::new(heads, [2, k]), device);
+        let heads = Tensor::<B, 2, Int>::from_data(TensorData::new(heads, [2, k]), device);
         let prefix = model.embed(heads);
         let rests: Vec<Vec<u32>> = prompts.iter().map(|p| p[k..].to_vec()).collect();
-        let soft = generate_with_prefix(
-            &model,
-            &rests,
-            Some(prefix),
-            &config,
-            None,
-            device,
-        )
-        .expect("with prefix");
+        let soft = generate_with_prefix(&model, &rests, Some(prefix), &config, None, device)
+            .expect("with prefix");
         assert_eq!(soft.tokens, plain.tokens, "{name}");
         for (a, b) in soft
             .logprobs

@@ -5,8 +5,8 @@
 use burn::backend::Autodiff;
 use burn::module::AutodiffModule;
 use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
-use burn::tensor::activation::log_softmax;
 use burn::tensor::ElementConversion;
+use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 use burn_flex::Flex;
@@ -22,7 +22,6 @@ musketeers_testkit::backend_tests!(
     gradients_reach_only_the_adapters_and_training_moves_only_them,
     saved_adapters_are_peft_files_and_load_back,
 );
-
 
 fn logits<Bk: Backend>(model: &Llama<Bk>, ids: &[i64]) -> Vec<f32> {
     let device = model.embed_tokens.weight.device();
@@ -79,7 +78,10 @@ fn fresh_adapters_leave_the_output_unchanged<B: Backend>(device: &B::Device) {
     // compiles `x W + x A B` into other kernels than `x W`, which may round differently, so
     // the bound is f32 rounding (a wrong adapter would move the logits by far more).
     let err = relative_error(&logits(&adapted, &ids), &want);
-    assert!(err < 1e-6, "fresh adapters changed the logits: relative error {err}");
+    assert!(
+        err < 1e-6,
+        "fresh adapters changed the logits: relative error {err}"
+    );
 }
 
 fn gradients_reach_only_the_adapters_and_training_moves_only_them<B: Backend>(device: &B::Device) {
@@ -90,12 +92,17 @@ fn gradients_reach_only_the_adapters_and_training_moves_only_them<B: Backend>(de
         targets: vec!["q_proj".into(), "v_proj".into(), "down_proj".into()],
         ..LoraConfig::default()
     };
-    let mut model = base::<Autodiff<B>>(device).with_lora(&config, 11).expect("lora");
+    let mut model = base::<Autodiff<B>>(device)
+        .with_lora(&config, 11)
+        .expect("lora");
     let t = ids.len();
-    let input = || Tensor::<Autodiff<B>, 2, Int>::from_data(TensorData::new(ids.clone(), [1, t]), device);
+    let input =
+        || Tensor::<Autodiff<B>, 2, Int>::from_data(TensorData::new(ids.clone(), [1, t]), device);
     // Next-token loss on the sequence itself.
-    let targets =
-        Tensor::<Autodiff<B>, 2, Int>::from_data(TensorData::new(ids[1..].to_vec(), [1, t - 1]), device);
+    let targets = Tensor::<Autodiff<B>, 2, Int>::from_data(
+        TensorData::new(ids[1..].to_vec(), [1, t - 1]),
+        device,
+    );
     let loss = |model: &Llama<Autodiff<B>>| {
         let logits = model.forward(input(), None, false).logits; // [1, t, vocab]
         let vocab = logits.dims()[2];
@@ -187,7 +194,11 @@ fn bad_adapter_configs_are_clear_errors() {
         rank: 0,
         ..LoraConfig::default()
     };
-    assert!(base::<Flex>(&Default::default()).with_lora(&zero_rank, 0).is_err());
+    assert!(
+        base::<Flex>(&Default::default())
+            .with_lora(&zero_rank, 0)
+            .is_err()
+    );
 
     let dir = tempfile::tempdir().expect("temp dir");
     let source = fixture("lora-qwen2-bias");

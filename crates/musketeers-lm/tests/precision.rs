@@ -3,6 +3,9 @@
 //! generates through the KV cache with a soft (f32) prefix, and casting to f32 is a no-op.
 //! A precision the backend cannot compute in (wgpu has no bf16) is skipped with a note.
 
+// Skips and the measured errors belong in the test output.
+#![allow(clippy::print_stderr)]
+
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Int, Tensor, TensorData};
 use musketeers_lm::generate::{GenerationConfig, generate_with_prefix};
@@ -24,21 +27,25 @@ musketeers_testkit::backend_tests!(
 /// embeddings and four norms per layer are the largest: 16 f16 units on lavapipe). A wrong
 /// rotary table or mask moves logits by their own size.
 fn precisions<B: Backend>(device: &B::Device) -> Vec<(Precision, f32)> {
-    [(Precision::Bf16, 32.0 / 256.0), (Precision::F16, 32.0 / 2048.0)]
-        .into_iter()
-        .filter(|(p, _)| {
-            let dtype = DType::from(p.dtype());
-            let ok = B::supports_dtype(device, dtype);
-            if !ok {
-                eprintln!("skipped {p}: this backend does not compute in {dtype:?}");
-            }
-            ok
-        })
-        .collect()
+    [
+        (Precision::Bf16, 32.0 / 256.0),
+        (Precision::F16, 32.0 / 2048.0),
+    ]
+    .into_iter()
+    .filter(|(p, _)| {
+        let dtype = DType::from(p.dtype());
+        let ok = B::supports_dtype(device, dtype);
+        if !ok {
+            eprintln!("skipped {p}: this backend does not compute in {dtype:?}");
+        }
+        ok
+    })
+    .collect()
 }
 
 fn logits<B: Backend>(model: &Llama<B>, ids: &[i64], device: &B::Device) -> Vec<f32> {
-    let input = Tensor::<B, 2, Int>::from_data(TensorData::new(ids.to_vec(), [1, ids.len()]), device);
+    let input =
+        Tensor::<B, 2, Int>::from_data(TensorData::new(ids.to_vec(), [1, ids.len()]), device);
     to_f32(model.forward(input, None, false).logits)
         .into_data()
         .to_vec::<f32>()
@@ -62,7 +69,10 @@ fn reduced_precision_logits_stay_within_rounding_of_f32<B: Backend>(device: &B::
             assert_eq!(out.logits.dtype(), reduced.float_dtype(), "{name}");
             let err = relative_error(&logits(&reduced, &ids, device), &want);
             eprintln!("{name} {precision}: logits relative error {err:.2e}");
-            assert!(err < bound, "{name} {precision}: relative error {err} >= {bound}");
+            assert!(
+                err < bound,
+                "{name} {precision}: relative error {err} >= {bound}"
+            );
             // Not the f32 model: the rounding is real.
             assert!(err > 0.0, "{name} {precision}: no rounding at all");
         }
@@ -71,7 +81,8 @@ fn reduced_precision_logits_stay_within_rounding_of_f32<B: Backend>(device: &B::
 
 fn a_reduced_precision_model_generates_with_an_f32_prefix<B: Backend>(device: &B::Device) {
     for (precision, _) in precisions::<B>(device) {
-        let (config, model) = weights::load::<B>(&fixture("gemma3-sliding"), device).expect("loads");
+        let (config, model) =
+            weights::load::<B>(&fixture("gemma3-sliding"), device).expect("loads");
         let model = model.with_precision(precision);
         let prefix = Tensor::<B, 3>::ones([2, 3, config.hidden_size], device) * 0.1;
         assert_eq!(prefix.dtype(), DType::F32);
@@ -105,7 +116,10 @@ fn casting_to_f32_changes_nothing<B: Backend>(device: &B::Device) {
     let want = logits(&model, &ids, device);
     let same = model.with_precision(Precision::F32);
     assert_eq!(same.float_dtype(), DType::F32);
-    assert!(logits(&same, &ids, device) == want, "an f32 cast moved the logits");
+    assert!(
+        logits(&same, &ids, device) == want,
+        "an f32 cast moved the logits"
+    );
 }
 
 #[test]

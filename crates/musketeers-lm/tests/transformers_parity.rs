@@ -1,6 +1,10 @@
 //! Logits and every hidden state against Hugging Face `transformers` (f32, eager, CPU) on tiny
 //! random-weight models of each architecture. Fixtures: `scripts/fixtures/make-tiny-models.sh`.
 
+// The measured errors belong in the test output (the generic bodies are not `#[test]`
+// functions, which clippy exempts).
+#![allow(clippy::print_stderr)]
+
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 use burn_flex::Flex;
@@ -14,7 +18,6 @@ musketeers_testkit::backend_tests!(
     left_padded_batch_matches_unpadded_rows,
     embeddings_input_equals_ids_and_soft_prefix_is_attended,
 );
-
 
 const MODELS: [&str; 6] = [
     "llama-gqa",

@@ -129,7 +129,10 @@ impl<B: Backend> TokenScorer<B> for PrefixedPolicy<'_, B> {
         let embedded = match &self.context {
             Some(c) if prompt_width == 0 => c.clone().cast(self.model.float_dtype()),
             Some(c) => Tensor::cat(
-                vec![c.clone().cast(self.model.float_dtype()), self.model.embed(ids)],
+                vec![
+                    c.clone().cast(self.model.float_dtype()),
+                    self.model.embed(ids),
+                ],
                 1,
             ),
             None => self.model.embed(ids),
@@ -297,7 +300,8 @@ impl<B: Backend> Shared<'_, B> {
         }
         let targets =
             Tensor::<B, 2, Int>::from_data(TensorData::new(targets, [n, bucket_width]), device);
-        let (logp, entropy) = token_logprobs(to_f32(self.model.head(hidden)), targets, self.temperature);
+        let (logp, entropy) =
+            token_logprobs(to_f32(self.model.head(hidden)), targets, self.temperature);
         if bucket_width == width {
             return (logp, entropy);
         }

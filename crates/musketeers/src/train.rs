@@ -12,12 +12,12 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
 use musketeers_fusion::stats::{batch_utilization, expert_utilization, routing_entropy};
 use musketeers_fusion::{ExpertInput, LatentInterface};
-use musketeers_lm::precision::to_f32;
-use musketeers_lm::{Llama, Precision};
 use musketeers_lm::generate::{GenerationConfig, generate_with_prefix};
 use musketeers_lm::pooling::{Pooling, pool};
+use musketeers_lm::precision::to_f32;
 use musketeers_lm::sampling::SamplingConfig;
 use musketeers_lm::tokenizer::TextTokenizer;
+use musketeers_lm::{Llama, Precision};
 use musketeers_rl::clip::{clip_factor, scale_grads, squared_grad_norm};
 use musketeers_rl::rollout::{
     RolloutStats, StepConfig, counted_tokens, grpo_micro_step, rollout_stats,
@@ -648,7 +648,10 @@ impl<B: AutodiffBackend> Trainer<B> {
         if s.grpo.loss.beta > 0.0 {
             // Scored on the same backend as the policy, so that with unchanged adapters the
             // two agree to the bit and the KL and its gradient are exactly zero.
-            let reference = self.policy.without_adapters().with_precision(self.precision);
+            let reference = self
+                .policy
+                .without_adapters()
+                .with_precision(self.precision);
             let width = rollouts
                 .completion_ids
                 .iter()

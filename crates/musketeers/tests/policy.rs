@@ -133,7 +133,8 @@ fn a_shared_prefix_scores_and_differentiates_like_each_row_alone<B: Backend>(dev
             weights[r * width + j] = 1.0 + (r * width + j) as f32 / 10.0;
         }
     }
-    let weights = Tensor::<Autodiff<B>, 2>::from_data(TensorData::new(weights.clone(), [6, width]), device);
+    let weights =
+        Tensor::<Autodiff<B>, 2>::from_data(TensorData::new(weights.clone(), [6, width]), device);
     let shared_scores = scores
         .clone()
         .inner()

@@ -141,10 +141,18 @@ fn overrides_set_keys_and_name_what_is_wrong() {
         "dtype=bf16",
     ])
     .expect("valid overrides");
-    assert_eq!(base.dtype, musketeers_lm::Precision::F32, "f32 unless asked");
+    assert_eq!(
+        base.dtype,
+        musketeers_lm::Precision::F32,
+        "f32 unless asked"
+    );
     assert_eq!(changed.dtype, musketeers_lm::Precision::Bf16);
     // The f32 default is not written out: configs and grid cells keep their identity.
-    assert!(!toml::to_string(&base).expect("serializes").contains("dtype"));
+    assert!(
+        !toml::to_string(&base)
+            .expect("serializes")
+            .contains("dtype")
+    );
     assert_eq!(changed.grpo.learning_rate, 2e-3);
     assert_eq!(changed.grpo.lr_scheduler_type, LrSchedulerType::Cosine);
     assert_eq!(changed.interface.learning_rate, Some(5e-4));

@@ -4,8 +4,8 @@
 //! adapters and the interface.
 
 use burn::backend::Autodiff;
-use burn::tensor::ElementConversion;
 use burn::tensor::DType;
+use burn::tensor::ElementConversion;
 use burn::tensor::backend::Backend;
 use burn_flex::Flex;
 use musketeers::train::{ExpertReadout, StepSettings, TeamMember, Trainer};
@@ -64,6 +64,7 @@ fn a_fused_step_updates_only_the_adapters_and_the_interface<B: Backend>(device: 
 
 /// The team, rollouts and reference in bf16 (f16 where the backend has no bf16): the step
 /// trains, and what it trains stays f32.
+#[allow(clippy::print_stderr)] // the skip reason belongs in the test output
 fn a_reduced_precision_fused_step_trains_f32_weights<B: Backend>(device: &B::Device) {
     let supported = [Precision::Bf16, Precision::F16]
         .into_iter()
@@ -161,7 +162,14 @@ fn fused_steps<B: Backend>(device: &B::Device, precision: Precision) {
     // Updated: the interface's zero-initialised output and the LoRA B matrices.
     let interface = trainer.interface.as_ref().expect("interface");
     assert_eq!(interface.output.weight.val().dtype(), DType::F32);
-    let out = interface.output.weight.val().abs().max().into_scalar().elem::<f32>();
+    let out = interface
+        .output
+        .weight
+        .val()
+        .abs()
+        .max()
+        .into_scalar()
+        .elem::<f32>();
     assert!(out > 0.0, "the interface output moved");
     let adapter = trainer.policy.layers[0]
         .self_attn
