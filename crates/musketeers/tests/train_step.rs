@@ -382,7 +382,11 @@ fn micro_batches_give_the_whole_batchs_update() {
             t.interface = Some(interface());
             t.settings.grpo.loss.loss_type = loss_type;
             t.settings.micro_batch_prompts = micro;
-            let reports: Vec<_> = (0..2)
+            // One step: after it the weights differ by rounding (that is the point), and on a
+            // loaded machine rayon's reduction order can then flip a sampled token of the
+            // next step's random policy, so a second step would compare different rollouts
+            // (seen once in CI under load).
+            let reports: Vec<_> = (0..1)
                 .map(|_| t.train_step(&prompts, &reward).expect("step"))
                 .collect();
             runs.push((reports, flat(&t)));
