@@ -127,6 +127,21 @@ pub fn generate_with_prefix<B: Backend>(
     stop: Option<&dyn StopCondition>,
     device: &B::Device,
 ) -> Result<Generation, LmError> {
+    generate_part(model, prompts, prefix, config, stop, 0, device)
+}
+
+/// Like [`generate_with_prefix`] for a part of a larger batch whose first sample is sample
+/// `first_sequence` of the whole: each sample draws from the random stream its place in the
+/// whole batch gives it, so a batch split across processes samples what it would in one.
+pub fn generate_part<B: Backend>(
+    model: &Llama<B>,
+    prompts: &[Vec<u32>],
+    prefix: Option<Tensor<B, 3>>,
+    config: &GenerationConfig,
+    stop: Option<&dyn StopCondition>,
+    first_sequence: u64,
+    device: &B::Device,
+) -> Result<Generation, LmError> {
     let vocab = model.embed_tokens.weight.dims()[0];
     let soft = match &prefix {
         Some(p) => {
@@ -225,7 +240,7 @@ pub fn generate_with_prefix<B: Backend>(
         .map(|&p| (soft + prompts[p].len()) as i64)
         .collect();
     let mut samplers: Vec<Sampler> = (0..rows.len())
-        .map(|s| Sampler::new(&config.sampling, s as u64))
+        .map(|s| Sampler::new(&config.sampling, first_sequence + s as u64))
         .collect();
 
     let n = rows.len();

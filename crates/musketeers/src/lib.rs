@@ -15,6 +15,7 @@ pub mod run;
 pub mod run_config;
 pub mod scoring;
 pub mod sft;
+pub mod system;
 pub mod train;
 
 pub use scoring::{ScoreLine, score_lines};

@@ -6,6 +6,7 @@ use crate::collab::{TextExpert, with_suggestions};
 use crate::eval::EvalReport;
 use crate::route::Router;
 use crate::run_config::{AnswerExtraction, ContextNorm, Mode, RunConfig, TaskConfig};
+use crate::system::text_collab::TextCollab;
 use crate::train::{StepReport, StepSettings, TeamMember, TrainError, Trainer};
 use burn::store::{ModuleSnapshot, SafetensorsStore};
 use burn::tensor::backend::AutodiffBackend;
@@ -126,53 +127,35 @@ pub fn render_prompt(
     )?)
 }
 
-/// The policy's prompts for `entries`; in `text-collab` mode the team's short answers are
-/// pasted under each question first.
-fn policy_prompts<B: burn::tensor::backend::Backend>(
+/// The policy's prompts for `entries`, with the notes the trainer's system pastes under
+/// each question (`text-collab`: the team's short answers).
+fn policy_prompts<B: AutodiffBackend>(
     config: &RunConfig,
-    tokenizer: &TextTokenizer,
-    text_experts: &[TextExpert<B>],
+    trainer: &Trainer<B>,
     entries: &[Entry],
-    device: &B::Device,
 ) -> Result<Vec<String>, TrainError> {
-    if text_experts.is_empty() {
-        return entries
+    let questions: Vec<String> = entries.iter().map(|e| e.question.clone()).collect();
+    match trainer.system().notes(&questions)? {
+        None => entries
             .iter()
-            .map(|e| render_prompt(tokenizer, config, &e.question))
-            .collect();
+            .map(|e| render_prompt(&trainer.tokenizer, config, &e.question))
+            .collect(),
+        Some(notes) => entries
+            .iter()
+            .zip(&notes)
+            .map(|(e, notes)| {
+                let notes: Vec<(&str, &str)> = notes
+                    .iter()
+                    .map(|(name, note)| (name.as_str(), note.as_str()))
+                    .collect();
+                render_prompt(
+                    &trainer.tokenizer,
+                    config,
+                    &with_suggestions(&e.question, &notes),
+                )
+            })
+            .collect(),
     }
-    let templated: Vec<String> = entries
-        .iter()
-        .map(|e| {
-            config
-                .policy
-                .prompt_template
-                .replace("{question}", &e.question)
-        })
-        .collect();
-    let answers = text_experts
-        .iter()
-        .map(|x| {
-            x.suggest(
-                &templated,
-                config.policy.chat,
-                config.collab.max_new_tokens,
-                device,
-            )
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    entries
-        .iter()
-        .enumerate()
-        .map(|(i, e)| {
-            let notes: Vec<(&str, &str)> = text_experts
-                .iter()
-                .zip(&answers)
-                .map(|(x, a)| (x.member.name.as_str(), a[i].as_str()))
-                .collect();
-            render_prompt(tokenizer, config, &with_suggestions(&e.question, &notes))
-        })
-        .collect()
 }
 
 fn load<B: burn::tensor::backend::Backend>(
@@ -397,6 +380,15 @@ pub fn run<B: AutodiffBackend>(
     if let Some(router) = router {
         trainer = trainer.with_router(router);
     }
+    if !text_experts.is_empty() {
+        trainer = trainer.with_system(Box::new(TextCollab {
+            experts: text_experts,
+            prompt_template: config.policy.prompt_template.clone(),
+            chat: config.policy.chat,
+            max_new_tokens: config.collab.max_new_tokens,
+            device: inner_device.clone(),
+        }));
+    }
     let first = match resume_from {
         Some(step) => {
             trainer.load_state(&checkpoint, step)?;
@@ -416,9 +408,6 @@ pub fn run<B: AutodiffBackend>(
         }
     };
     let tasks = training_mix(config)?;
-    let prompts_for = |tokenizer: &TextTokenizer, entries: &[Entry]| {
-        policy_prompts(config, tokenizer, &text_experts, entries, &inner_device)
-    };
     let metrics_path = out_dir.join("metrics.jsonl");
     let samples_path = out_dir.join("samples.jsonl");
     let open = |p: &Path| {
@@ -436,7 +425,7 @@ pub fn run<B: AutodiffBackend>(
             .map(|i| tasks.entry(g.seed, step * g.prompts_per_step as u64 + i))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| TrainError::BadInput(e.to_string()))?;
-        let prompts = prompts_for(&trainer.tokenizer, &entries)?;
+        let prompts = policy_prompts(config, &trainer, &entries)?;
         let reward =
             |i: usize, text: &str| score(&tasks, config.answer_extraction, text, &entries[i]);
         let report = trainer.train_step(&prompts, &reward)?;
@@ -464,7 +453,7 @@ pub fn run<B: AutodiffBackend>(
     }
     let eval = if config.eval.problems > 0 && !stopped {
         let report = crate::eval::evaluate(&trainer, config, &tasks, &|entries| {
-            prompts_for(&trainer.tokenizer, entries)
+            policy_prompts(config, &trainer, entries)
         })?;
         let path = out_dir.join("eval.json");
         let text = serde_json::to_string_pretty(&report)

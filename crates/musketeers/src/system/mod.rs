@@ -1,0 +1,128 @@
+//! The seam between the GRPO step and the systems it trains: how a prompt gets its context,
+//! and any loss term of a system's own. The step's phases (see [`crate::train`]) call only
+//! this trait, so a new system is a new file here and a new [`crate::run_config::Mode`].
+//!
+//! - [`single::Single`]: the policy alone, no context.
+//! - [`fused::Fused`]: every expert reads the prompt; the latent interface turns their
+//!   states into the context tokens `C`.
+//! - [`hard_route::HardRoute`]: a router picks one expert per prompt, which alone reads it;
+//!   REINFORCE trains the router.
+//! - [`text_collab::TextCollab`]: the experts answer in text, pasted into the prompt.
+
+pub mod fused;
+pub mod hard_route;
+pub mod single;
+pub mod text_collab;
+
+use burn::tensor::Tensor;
+use burn::tensor::backend::AutodiffBackend;
+use musketeers_fusion::{ExpertInput, FusionOutput, LatentInterface};
+use musketeers_lm::Llama;
+
+use crate::route::Router;
+use crate::train::{TeamMember, TrainError};
+
+/// What a system reads of the trainer: the trained modules and the frozen team.
+#[derive(Debug, Clone, Copy)]
+pub struct Parts<'a, B: AutodiffBackend> {
+    pub policy: &'a Llama<B>,
+    pub interface: Option<&'a LatentInterface<B>>,
+    pub router: Option<&'a Router<B>>,
+    pub team: &'a [TeamMember<B::InnerBackend>],
+}
+
+/// A batch's context, as a system built it.
+#[derive(Debug, Clone)]
+pub struct Context<B: AutodiffBackend> {
+    /// The interface over the whole batch: `C` `[prompts, latents, d]` with its gradient,
+    /// and the attention that shows which expert it read.
+    pub fused: Option<FusionOutput<B>>,
+    /// What the team read (no gradient), kept so that a micro-batch can rebuild its rows
+    /// of `C` with a graph of its own.
+    pub readings: Vec<ExpertInput<B>>,
+    /// The router's log-probabilities `[prompts, experts]` (with gradient) and its choices.
+    pub routing: Option<(Tensor<B, 2>, Vec<usize>)>,
+}
+
+impl<B: AutodiffBackend> Context<B> {
+    /// No context: the policy reads the prompt alone.
+    pub fn none() -> Self {
+        Self {
+            fused: None,
+            readings: Vec::new(),
+            routing: None,
+        }
+    }
+
+    /// `C` for the whole batch, if there is one.
+    pub fn tokens(&self) -> Option<Tensor<B, 3>> {
+        self.fused.as_ref().map(|f| f.context.clone())
+    }
+
+    /// `C` for prompts `first..first + len` through a fresh pass of the interface, so that
+    /// the micro-batch's backward pass has its own graph.
+    pub fn rows(
+        &self,
+        interface: Option<&LatentInterface<B>>,
+        first: usize,
+        len: usize,
+    ) -> Result<Option<Tensor<B, 3>>, TrainError> {
+        let (Some(interface), Some(_)) = (interface, &self.fused) else {
+            return Ok(None);
+        };
+        let inputs: Vec<ExpertInput<B>> = self
+            .readings
+            .iter()
+            .map(|read| ExpertInput {
+                hidden: read.hidden.clone().narrow(0, first, len),
+                mask: read.mask.clone().map(|m| m.narrow(0, first, len)),
+            })
+            .collect();
+        Ok(Some(interface.forward(&inputs)?.context))
+    }
+}
+
+/// A loss term of a system's own, added once per step.
+#[derive(Debug, Clone)]
+pub struct ExtraLoss<B: AutodiffBackend> {
+    pub term: Tensor<B, 1>,
+    /// The routing entropy to report instead of the interface's (natural log).
+    pub routing_entropy: Option<f32>,
+}
+
+/// How a system gives the policy its context.
+pub trait System<B: AutodiffBackend> {
+    /// The name `--modes` and reports use.
+    fn name(&self) -> &'static str;
+
+    /// The context for `prompts` (`ids`: the same prompts in the policy's tokens).
+    /// `sample_seed` is set while training (a router samples its choice) and `None` at
+    /// evaluation (the most likely choice).
+    fn context(
+        &self,
+        parts: &Parts<'_, B>,
+        prompts: &[String],
+        ids: &[Vec<u32>],
+        sample_seed: Option<u64>,
+    ) -> Result<Context<B>, TrainError>;
+
+    /// A loss term of the system's own on the step's `rewards` (`group` completions per
+    /// prompt, prompt-major).
+    fn extra_loss(
+        &self,
+        _context: &Context<B>,
+        _rewards: &[f32],
+        _group: usize,
+    ) -> Option<ExtraLoss<B>> {
+        None
+    }
+
+    /// Text to paste under each question before the policy's template, as (author, note)
+    /// pairs per question; `None`: the question alone.
+    fn notes(
+        &self,
+        _questions: &[String],
+    ) -> Result<Option<Vec<Vec<(String, String)>>>, TrainError> {
+        Ok(None)
+    }
+}

@@ -1,0 +1,25 @@
+//! `single`: the policy alone.
+
+use burn::tensor::backend::AutodiffBackend;
+
+use super::{Context, Parts, System};
+use crate::train::TrainError;
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Single;
+
+impl<B: AutodiffBackend> System<B> for Single {
+    fn name(&self) -> &'static str {
+        "single"
+    }
+
+    fn context(
+        &self,
+        _: &Parts<'_, B>,
+        _: &[String],
+        _: &[Vec<u32>],
+        _: Option<u64>,
+    ) -> Result<Context<B>, TrainError> {
+        Ok(Context::none())
+    }
+}

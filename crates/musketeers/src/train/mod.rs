@@ -1,0 +1,726 @@
+//! One n-Musketeers GRPO step, following the design's data flow: the frozen team reads each
+//! prompt once; the latent interface turns their states into context tokens `C` (with
+//! autodiff); the policy samples G completions per prompt from `[C ; prompt]` on the inner
+//! backend; rewards score them; GRPO's loss flows back into the LoRA adapters and the
+//! interface, and AdamW (with gradient clipping) updates only those.
+//!
+//! The step is a sequence of named phases ([`phases`]); what differs between systems sits
+//! behind [`crate::system::System`]; everything trained is one parameter set
+//! ([`params`]); and a [`collective::Collective`] joins processes that share a step.
+
+pub mod collective;
+pub mod params;
+pub mod phases;
+mod team;
+
+use burn::module::{AutodiffModule, Module};
+use burn::record::{BinFileRecorder, FullPrecisionSettings, Recorder, RecorderError};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{ElementConversion, Tensor};
+use musketeers_fusion::LatentInterface;
+use musketeers_lm::generate::{GenerationConfig, generate_with_prefix};
+use musketeers_lm::sampling::SamplingConfig;
+use musketeers_lm::tokenizer::TextTokenizer;
+use musketeers_lm::{Llama, Precision};
+use musketeers_rl::rollout::{RolloutStats, StepConfig, counted_tokens, rollout_stats};
+use musketeers_rl::{GrpoMetrics, LrSchedule};
+use serde::Serialize;
+use std::path::Path;
+use std::time::Instant;
+
+use crate::route::Router;
+use crate::system::{Parts, System, fused::Fused, hard_route::HardRoute, single::Single};
+use collective::Collective;
+use params::{AdamSettings, Group, ParamOptimizer, Trained, TrainedRef};
+use phases::BatchShare;
+pub use team::{ExpertReadout, TeamMember};
+
+pub(crate) fn host_f32<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
+    t.into_data()
+        .convert::<f32>()
+        .to_vec::<f32>()
+        .unwrap_or_default()
+}
+
+/// The metrics of a step from those of its micro-batches, each with the tokens it counted:
+/// token-weighted means, the losses (already weighted) summed, extremes kept.
+fn combine_metrics(parts: &[(GrpoMetrics, f64)]) -> GrpoMetrics {
+    if let [(only, _)] = parts {
+        return only.clone();
+    }
+    let total: f64 = parts.iter().map(|(_, n)| n).sum::<f64>().max(1.0);
+    let mean =
+        |f: &dyn Fn(&GrpoMetrics) -> f64| parts.iter().map(|(m, n)| f(m) * n).sum::<f64>() / total;
+    let optional = |f: &dyn Fn(&GrpoMetrics) -> Option<f64>| {
+        parts
+            .iter()
+            .map(|(m, n)| f(m).map(|v| v * n))
+            .sum::<Option<f64>>()
+            .map(|s| s / total)
+    };
+    GrpoMetrics {
+        loss: parts.iter().map(|(m, _)| m.loss).sum(),
+        kl: optional(&|m| m.kl),
+        entropy: optional(&|m| m.entropy),
+        clip_ratio_low_mean: mean(&|m| m.clip_ratio_low_mean),
+        clip_ratio_high_mean: mean(&|m| m.clip_ratio_high_mean),
+        clip_ratio_region_mean: mean(&|m| m.clip_ratio_region_mean),
+        clip_ratio_low_min: parts
+            .iter()
+            .map(|(m, _)| m.clip_ratio_low_min)
+            .fold(f64::NAN, f64::min),
+        clip_ratio_high_max: parts
+            .iter()
+            .map(|(m, _)| m.clip_ratio_high_max)
+            .fold(f64::NAN, f64::max),
+    }
+}
+
+fn rms<B: Backend, const D: usize>(t: Tensor<B, D>) -> f32 {
+    t.powi_scalar(2).mean().sqrt().into_scalar().elem::<f32>()
+}
+
+/// `attention` `[batch, heads, latents, tokens]` -> per latent, the entropy over tokens (mean
+/// over heads and batch) divided by `ln tokens`.
+fn latent_attention_entropy<B: Backend>(attention: Tensor<B, 4>) -> Vec<f32> {
+    let [b, h, k, t] = attention.dims();
+    if t < 2 {
+        return vec![0.0; k];
+    }
+    let p = attention;
+    let entropy = (p.clone() * p.clamp_min(1e-30).log())
+        .sum_dim(3)
+        .neg()
+        .reshape([b * h, k])
+        .mean_dim(0)
+        .reshape([k])
+        / (t as f64).ln();
+    host_f32(entropy)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error(transparent)]
+    Lm(#[from] musketeers_lm::LmError),
+    #[error(transparent)]
+    Fusion(#[from] musketeers_fusion::FusionError),
+    #[error(transparent)]
+    Rl(#[from] musketeers_rl::RlError),
+    #[error("{0}")]
+    BadInput(String),
+    /// A non-finite loss or gradient: the step is refused before any parameter changes, so
+    /// the model and the last checkpoint stay good.
+    #[error("step {step}: {what} is not finite ({value}); no parameter was updated")]
+    NonFinite {
+        step: u64,
+        what: &'static str,
+        value: f64,
+    },
+}
+
+/// The GRPO settings of a run, named as TRL names them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepSettings {
+    pub num_generations: usize,
+    pub max_completion_length: usize,
+    pub temperature: f32,
+    pub learning_rate: f64,
+    /// Clip of the global gradient norm over every trained parameter (LoRA, interface,
+    /// router), as TRL's `max_grad_norm`.
+    pub max_grad_norm: f32,
+    /// The interface's peak learning rate (the router's is `ROUTER_LR_SCALE` times the
+    /// adapters').
+    pub interface_learning_rate: f64,
+    /// The multiplier of every learning rate per step.
+    pub schedule: LrSchedule,
+    pub grpo: StepConfig,
+    pub seed: u64,
+    /// Prompts (whole groups) per backward pass; `None`: the whole step in one. Smaller
+    /// micro-batches hold fewer activations at once and give the same gradient (up to
+    /// rounding): TRL's gradient accumulation.
+    pub micro_batch_prompts: Option<usize>,
+}
+
+impl StepSettings {
+    /// The adapters' learning rate for the optimizer step with 0-based index `step`.
+    pub fn learning_rate_at(&self, step: u64) -> f64 {
+        self.learning_rate * self.schedule.factor(step)
+    }
+}
+
+/// What shows whether the policy reads its context, per step: where the gradient goes, how
+/// large and how prompt-dependent `C` is against real token embeddings, and how sharply each
+/// latent attends.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct StepDiagnostics {
+    /// Global gradient norm (before clipping) over the LoRA adapters alone.
+    pub grad_norm_adapters: f64,
+    /// Over the interface alone (fused and hard-route).
+    pub grad_norm_interface: Option<f64>,
+    pub grad_norm_router: Option<f64>,
+    pub learning_rate: f64,
+    pub interface_learning_rate: Option<f64>,
+    /// RMS over every entry of the policy's token-embedding table (embedding scale applied).
+    pub embedding_rms: f32,
+    /// RMS over every entry of the batch's context tokens `C`.
+    pub context_rms: Option<f32>,
+    /// RMS of `C` minus its mean over the batch's prompts: the part of `C` that depends on
+    /// the prompt (0 while the output projection is still zero).
+    pub context_prompt_rms: Option<f32>,
+    /// Per latent: the entropy of its cross-attention over the experts' tokens, mean over
+    /// heads and prompts, divided by the log of the number of tokens (1 = uniform).
+    pub latent_attention_entropy: Vec<f32>,
+}
+
+/// What one step did, for `metrics.jsonl` and the live view.
+#[derive(Debug, Clone, Serialize)]
+pub struct StepReport {
+    pub step: u64,
+    pub loss: GrpoMetrics,
+    pub rollouts: RolloutStats,
+    /// Batch-mean share of attention per expert (empty without a team).
+    pub utilization: Vec<f32>,
+    /// Batch-mean routing entropy, natural log and normalised by ln n.
+    pub routing_entropy: Option<f32>,
+    pub routing_entropy_normalized: Option<f32>,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f64,
+    pub sampled_tokens: usize,
+    pub sample_seconds: f64,
+    /// Where the rest of the step went: the team's reads and the interface, the reference
+    /// policy's scores, the policy's scores and loss, and backward with clipping and the
+    /// optimizer. Wall-clock per phase: exact on the eager CPU backend; on an asynchronous
+    /// GPU backend work queued in one phase may finish in the next.
+    pub team_seconds: f64,
+    pub reference_seconds: f64,
+    pub loss_seconds: f64,
+    pub update_seconds: f64,
+    /// Time in collective operations (all-reduce) with other processes; 0 alone.
+    pub communication_seconds: f64,
+    pub step_seconds: f64,
+    pub diagnostics: StepDiagnostics,
+    /// The first completion of each prompt, for the run log.
+    pub samples: Vec<Sample>,
+}
+
+/// A logged completion with its reward and group advantage.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Sample {
+    pub completion: String,
+    pub reward: f32,
+    pub advantage: f32,
+}
+
+/// `hard-route`'s router learning rate over the policy's.
+pub const ROUTER_LR_SCALE: f64 = 10.0;
+
+impl<B: AutodiffBackend> std::fmt::Debug for Trainer<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Trainer")
+            .field("step", &self.step)
+            .field(
+                "team",
+                &self.team.iter().map(|m| &m.name).collect::<Vec<_>>(),
+            )
+            .field("system", &self.system.name())
+            .field("settings", &self.settings)
+            .finish()
+    }
+}
+
+/// The trainable state: the policy (LoRA on a frozen base), the interface (absent in
+/// `single` mode), the frozen team, the system that uses them and the optimizer.
+pub struct Trainer<B: AutodiffBackend> {
+    pub policy: Llama<B>,
+    pub tokenizer: TextTokenizer,
+    pub interface: Option<LatentInterface<B>>,
+    pub team: Vec<TeamMember<B::InnerBackend>>,
+    pub settings: StepSettings,
+    pub step: u64,
+    /// `hard-route` mode: picks one expert per prompt (see [`crate::route`]).
+    pub router: Option<Router<B>>,
+    /// Precision of the passes that train nothing: the team, rollouts, the reference.
+    precision: Precision,
+    /// RMS of the policy's token embeddings (frozen: computed once).
+    embedding_rms: f32,
+    optimizer: ParamOptimizer<B>,
+    system: Box<dyn System<B>>,
+    collective: Box<dyn Collective>,
+}
+
+/// The file of the optimizer's state in a checkpoint.
+const OPTIMIZER_FILE: &str = "optimizer";
+
+impl<B: AutodiffBackend> Trainer<B> {
+    /// A trainer for `fused` (with an interface) or `single` (without); see
+    /// [`Self::with_router`] and [`Self::with_system`] for the others.
+    pub fn new(
+        policy: Llama<B>,
+        tokenizer: TextTokenizer,
+        interface: Option<LatentInterface<B>>,
+        team: Vec<TeamMember<B::InnerBackend>>,
+        settings: StepSettings,
+    ) -> Result<Self, TrainError> {
+        if interface.as_ref().map_or(0, |i| i.num_experts()) != team.len() {
+            return Err(TrainError::BadInput(format!(
+                "{} team members for an interface of {} experts",
+                team.len(),
+                interface.as_ref().map_or(0, |i| i.num_experts())
+            )));
+        }
+        let system: Box<dyn System<B>> = match interface {
+            Some(_) => Box::new(Fused),
+            None => Box::new(Single),
+        };
+        let embedding_rms = policy.embedding_rms();
+        Ok(Self {
+            embedding_rms,
+            policy,
+            tokenizer,
+            interface,
+            team,
+            step: 0,
+            router: None,
+            precision: Precision::F32,
+            optimizer: ParamOptimizer::new(AdamSettings::default()),
+            system,
+            collective: Box::new(collective::Alone),
+            settings,
+        })
+    }
+
+    /// Run the team, rollout sampling and the reference model in `precision` (bf16 or f16
+    /// on a GPU; f32, the default, changes nothing). The team is cast here; the policy's
+    /// sampling and reference copies are cast each step, so LoRA, the interface and the
+    /// optimizer state stay f32.
+    pub fn with_precision(mut self, precision: Precision) -> Self {
+        self.team = std::mem::take(&mut self.team)
+            .into_iter()
+            .map(|member| TeamMember {
+                model: member.model.with_precision(precision),
+                ..member
+            })
+            .collect();
+        self.precision = precision;
+        self
+    }
+
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    /// Route each prompt to one expert (`hard-route`) instead of fusing them all.
+    pub fn with_router(mut self, router: Router<B>) -> Self {
+        self.router = Some(router);
+        self.system = Box::new(HardRoute);
+        self
+    }
+
+    /// Another way to give the policy its context (e.g. `text-collab`).
+    pub fn with_system(mut self, system: Box<dyn System<B>>) -> Self {
+        self.system = system;
+        self
+    }
+
+    pub fn system(&self) -> &dyn System<B> {
+        self.system.as_ref()
+    }
+
+    /// AdamW's settings (a fresh optimizer: call before the first step).
+    pub fn with_optimizer(mut self, settings: AdamSettings) -> Self {
+        self.optimizer = ParamOptimizer::new(settings);
+        self
+    }
+
+    /// Share every step with other processes (data parallelism): each takes its share of
+    /// the prompts and all apply the same update.
+    pub fn with_collective(mut self, collective: Box<dyn Collective>) -> Self {
+        self.collective = collective;
+        self
+    }
+
+    pub fn collective(&self) -> &dyn Collective {
+        self.collective.as_ref()
+    }
+
+    /// Everything trained, in the parameter set's order.
+    pub fn trained(&self) -> TrainedRef<'_, B> {
+        TrainedRef {
+            policy: &self.policy,
+            interface: self.interface.as_ref(),
+            router: self.router.as_ref(),
+        }
+    }
+
+    fn parts(&self) -> Parts<'_, B> {
+        Parts {
+            policy: &self.policy,
+            interface: self.interface.as_ref(),
+            router: self.router.as_ref(),
+            team: &self.team,
+        }
+    }
+
+    /// Save what `load_state` needs to continue exactly: the optimizer's state, the
+    /// interface and router as Burn records, and the step. The adapters are saved
+    /// separately, in PEFT's layout.
+    pub fn save_state(&self, dir: &Path) -> Result<(), TrainError> {
+        let recorder = BinFileRecorder::<FullPrecisionSettings>::new();
+        let fail = |e: RecorderError| TrainError::BadInput(format!("{}: {e}", dir.display()));
+        self.optimizer.save(&dir.join(OPTIMIZER_FILE))?;
+        if let Some(interface) = &self.interface {
+            recorder
+                .record(interface.clone().into_record(), dir.join("interface"))
+                .map_err(fail)?;
+        }
+        if let Some(router) = &self.router {
+            recorder
+                .record(router.clone().into_record(), dir.join("router"))
+                .map_err(fail)?;
+        }
+        Ok(())
+    }
+
+    /// Restore what [`Self::save_state`] wrote, and the step count.
+    pub fn load_state(&mut self, dir: &Path, step: u64) -> Result<(), TrainError> {
+        let recorder = BinFileRecorder::<FullPrecisionSettings>::new();
+        let device = self.policy.embed_tokens.weight.device();
+        let fail = |e: RecorderError| TrainError::BadInput(format!("{}: {e}", dir.display()));
+        self.optimizer.load(&dir.join(OPTIMIZER_FILE), &device)?;
+        if let Some(interface) = self.interface.take() {
+            let record = recorder
+                .load(dir.join("interface"), &device)
+                .map_err(fail)?;
+            self.interface = Some(interface.load_record(record));
+        }
+        if let Some(router) = self.router.take() {
+            let record = recorder.load(dir.join("router"), &device).map_err(fail)?;
+            self.router = Some(router.load_record(record));
+        }
+        self.step = step;
+        Ok(())
+    }
+
+    /// The team's context tokens for `prompts` on the inner backend (no gradient), for
+    /// sampling outside training.
+    pub fn context(
+        &self,
+        prompts: &[String],
+    ) -> Result<Option<Tensor<B::InnerBackend, 3>>, TrainError> {
+        let ids = phases::encode_prompts(&self.tokenizer, prompts)?;
+        self.context_for(prompts, &ids)
+    }
+
+    fn context_for(
+        &self,
+        prompts: &[String],
+        ids: &[Vec<u32>],
+    ) -> Result<Option<Tensor<B::InnerBackend, 3>>, TrainError> {
+        let context = self.system.context(&self.parts(), prompts, ids, None)?;
+        Ok(context.tokens().map(|c| c.inner()))
+    }
+
+    /// Greedy completions of `prompts`, from `[C ; prompt]` when `with_context` and the run
+    /// has a team, else from the prompt alone (the "no C at evaluation" ablation).
+    pub fn complete_greedy(
+        &self,
+        prompts: &[String],
+        with_context: bool,
+    ) -> Result<Vec<String>, TrainError> {
+        let device = self.policy.embed_tokens.weight.val().inner().device();
+        let sampler = self.policy.valid().with_precision(self.precision);
+        let mut out = Vec::with_capacity(prompts.len());
+        for chunk in prompts.chunks(64) {
+            let ids = phases::encode_prompts(&self.tokenizer, chunk)?;
+            let context = if with_context {
+                self.context_for(chunk, &ids)?
+            } else {
+                None
+            };
+            let generation = generate_with_prefix(
+                &sampler,
+                &ids,
+                context,
+                &GenerationConfig {
+                    max_new_tokens: self.settings.max_completion_length,
+                    num_return_sequences: 1,
+                    eos_token_ids: self.settings.grpo.eos_token_ids.clone(),
+                    sampling: SamplingConfig::default(),
+                },
+                None,
+                &device,
+            )?;
+            for tokens in &generation.tokens {
+                out.push(self.tokenizer.decode(tokens, true)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// One GRPO step on `prompts` (texts, already in the policy's prompt template);
+    /// `reward(prompt_index, completion_text)` scores a completion. With other processes
+    /// ([`Self::with_collective`]) every process passes the step's whole batch and works on
+    /// its share of it.
+    pub fn train_step(
+        &mut self,
+        prompts: &[String],
+        reward: &(dyn Fn(usize, &str) -> f32 + Sync),
+    ) -> Result<StepReport, TrainError> {
+        let mine = collective::share(
+            prompts.len(),
+            self.collective.rank(),
+            self.collective.size(),
+        );
+        if mine.is_empty() {
+            return Err(TrainError::BadInput(format!(
+                "{} prompts per step for {} processes: each needs at least one",
+                prompts.len(),
+                self.collective.size()
+            )));
+        }
+        let first = mine.start;
+        let share_reward = |i: usize, text: &str| reward(first + i, text);
+        self.train_share(&prompts[mine.clone()], first, prompts.len(), &share_reward)
+    }
+
+    /// The step on this process's share of the batch: `prompts` are prompts
+    /// `first..first + prompts.len()` of `total`.
+    fn train_share(
+        &mut self,
+        prompts: &[String],
+        first: usize,
+        total: usize,
+        reward: &(dyn Fn(usize, &str) -> f32 + Sync),
+    ) -> Result<StepReport, TrainError> {
+        let started = Instant::now();
+        let device = self.policy.embed_tokens.weight.device();
+        let inner_device = self.policy.embed_tokens.weight.val().inner().device();
+        let s = self.settings.clone();
+        let g = s.num_generations;
+        let split = self.collective.size() > 1;
+        let communication_start = self.collective.seconds();
+
+        let prompt_ids = phases::encode_prompts(&self.tokenizer, prompts)?;
+        // Team states and context: the system's (with gradient through the interface).
+        let context = self.system.context(
+            &self.parts(),
+            prompts,
+            &prompt_ids,
+            Some(phases::routing_seed(&s, self.step)),
+        )?;
+        let team_seconds = started.elapsed().as_secs_f64();
+
+        let sample_start = Instant::now();
+        let sampler = self.policy.valid().with_precision(self.precision);
+        let generation = phases::sample_rollouts(
+            &sampler,
+            &prompt_ids,
+            context.tokens().map(|c| c.inner()),
+            &s,
+            self.step,
+            first,
+            &inner_device,
+        )?;
+        let sample_seconds = sample_start.elapsed().as_secs_f64();
+
+        let (texts, rewards) =
+            phases::score_rewards(&self.tokenizer, &generation.tokens, g, reward)?;
+        // Advantages over the whole batch: a process sees every reward (a sum of
+        // zero-padded shares), so scaling by the batch's spread needs nothing more.
+        let batch_rewards = if split {
+            self.gather_rows(&rewards, first * g, total * g)?
+        } else {
+            rewards.clone()
+        };
+        let batch_advantages = phases::advantages(&batch_rewards, &s)?;
+        let advantages = if split {
+            batch_advantages.rows(first * g..(first + prompts.len()) * g)
+        } else {
+            batch_advantages.clone()
+        };
+        let mut rollouts =
+            phases::group_rollouts(&prompt_ids, generation.tokens.clone(), &rewards, g);
+
+        let reference_start = Instant::now();
+        if s.grpo.loss.beta > 0.0 {
+            let reference = self
+                .policy
+                .without_adapters()
+                .with_precision(self.precision);
+            rollouts.ref_logprobs = Some(phases::reference_logprobs(
+                &reference,
+                context.tokens(),
+                &rollouts,
+                s.temperature,
+            )?);
+        }
+        let reference_seconds = reference_start.elapsed().as_secs_f64();
+        let stats = self.rollout_figures(&rollouts, &advantages, &batch_advantages)?;
+
+        let mut tokens = [counted_tokens(&rollouts, &advantages, &s.grpo)];
+        self.collective.sum_f64(&mut tokens)?;
+        let share = BatchShare {
+            total_prompts: total,
+            total_tokens: tokens[0],
+            split,
+        };
+        let outcome = phases::loss_and_gradients(
+            self.system.as_ref(),
+            self.trained(),
+            &context,
+            &rollouts,
+            &advantages,
+            &s,
+            share,
+            &device,
+        )?;
+        let update_start = Instant::now();
+        let mut grads = outcome.grads;
+        let mut metrics = outcome.metrics;
+        if split {
+            let trained = self.trained();
+            let mut flat = trained.flatten(&grads);
+            self.collective.sum_f32(&mut flat)?;
+            grads = trained.unflatten(&flat)?;
+            metrics = self.batch_metrics(&metrics, outcome.counted_tokens)?;
+        }
+        let norms =
+            phases::clip_gradients(self.trained(), &mut grads, s.max_grad_norm, self.step + 1)?;
+        let lr = s.learning_rate_at(self.step);
+        let interface_lr = s.interface_learning_rate * s.schedule.factor(self.step);
+        // The router is a bandit over a few experts with a noisy reward; it moves
+        // ROUTER_LR_SCALE times faster than the policy so routing settles within a run.
+        let mut rates = [0.0; 3];
+        rates[Group::Adapters as usize] = lr;
+        rates[Group::Interface as usize] = interface_lr;
+        rates[Group::Router as usize] = lr * ROUTER_LR_SCALE;
+        let trained = Trained {
+            policy: self.policy.clone(),
+            interface: self.interface.take(),
+            router: self.router.take(),
+        };
+        let trained = self.optimizer.step(trained, grads, rates);
+        self.policy = trained.policy;
+        self.interface = trained.interface;
+        self.router = trained.router;
+        let update_seconds = outcome.backward_seconds + update_start.elapsed().as_secs_f64();
+
+        let fused = context.fused.as_ref();
+        let diagnostics = StepDiagnostics {
+            grad_norm_adapters: norms.groups[Group::Adapters as usize].unwrap_or(0.0),
+            grad_norm_interface: norms.groups[Group::Interface as usize],
+            grad_norm_router: norms.groups[Group::Router as usize],
+            learning_rate: lr,
+            interface_learning_rate: self.interface.as_ref().map(|_| interface_lr),
+            embedding_rms: self.embedding_rms,
+            context_rms: fused.map(|f| rms(f.context.clone().inner())),
+            context_prompt_rms: fused.map(|f| {
+                let c = f.context.clone().inner();
+                rms(c.clone() - c.mean_dim(0))
+            }),
+            latent_attention_entropy: fused
+                .map(|f| latent_attention_entropy(f.attention.clone().inner()))
+                .unwrap_or_default(),
+        };
+        let (utilization, entropy, normalized) =
+            phases::utilization(&context, outcome.routing_entropy, self.team.len());
+        self.step += 1;
+        Ok(StepReport {
+            step: self.step,
+            loss: metrics,
+            rollouts: stats,
+            utilization,
+            routing_entropy: entropy,
+            routing_entropy_normalized: normalized,
+            grad_norm: norms.total,
+            sampled_tokens: generation.decode_tokens,
+            sample_seconds,
+            team_seconds,
+            reference_seconds,
+            loss_seconds: outcome.loss_seconds,
+            update_seconds,
+            communication_seconds: self.collective.seconds() - communication_start,
+            step_seconds: started.elapsed().as_secs_f64(),
+            diagnostics,
+            samples: (0..prompts.len())
+                .map(|i| {
+                    let r = i * g;
+                    Sample {
+                        completion: texts[r].clone(),
+                        reward: rewards[r],
+                        advantage: advantages.values.get(r).copied().unwrap_or(f32::NAN),
+                    }
+                })
+                .collect(),
+        })
+    }
+
+    /// Every process's `values` (rows `first..first + values.len()` of `total`), in order.
+    fn gather_rows(
+        &self,
+        values: &[f32],
+        first: usize,
+        total: usize,
+    ) -> Result<Vec<f32>, TrainError> {
+        let mut all = vec![0.0f64; total];
+        for (slot, v) in all[first..first + values.len()].iter_mut().zip(values) {
+            *slot = f64::from(*v);
+        }
+        self.collective.sum_f64(&mut all)?;
+        Ok(all.into_iter().map(|v| v as f32).collect())
+    }
+
+    /// The batch's rollout figures: this process's alone, or every process's together.
+    fn rollout_figures(
+        &self,
+        rollouts: &musketeers_rl::Rollouts,
+        advantages: &musketeers_rl::advantages::Advantages,
+        batch_advantages: &musketeers_rl::advantages::Advantages,
+    ) -> Result<RolloutStats, TrainError> {
+        let local = rollout_stats(rollouts, advantages, &self.settings.grpo);
+        if self.collective.size() == 1 {
+            return Ok(local);
+        }
+        let n = rollouts.completion_ids.len() as f64;
+        let mut sums = [
+            local.mean_completion_length * n,
+            local.truncation_rate * n,
+            n,
+        ];
+        self.collective.sum_f64(&mut sums)?;
+        Ok(RolloutStats {
+            reward_mean: batch_advantages.reward_mean,
+            reward_std: batch_advantages.reward_std,
+            frac_reward_zero_std: batch_advantages.frac_reward_zero_std,
+            mean_completion_length: sums[0] / sums[2].max(1.0),
+            truncation_rate: sums[1] / sums[2].max(1.0),
+        })
+    }
+
+    /// The step's loss figures over every process: losses (already weighted) summed, the
+    /// rest token-weighted means, extremes kept.
+    fn batch_metrics(&self, local: &GrpoMetrics, counted: f64) -> Result<GrpoMetrics, TrainError> {
+        let mut sums = [
+            local.loss,
+            local.kl.unwrap_or(0.0) * counted,
+            local.entropy.unwrap_or(0.0) * counted,
+            local.clip_ratio_low_mean * counted,
+            local.clip_ratio_high_mean * counted,
+            local.clip_ratio_region_mean * counted,
+            counted,
+        ];
+        self.collective.sum_f64(&mut sums)?;
+        let n = sums[6].max(1.0);
+        Ok(GrpoMetrics {
+            loss: sums[0],
+            kl: local.kl.map(|_| sums[1] / n),
+            entropy: local.entropy.map(|_| sums[2] / n),
+            clip_ratio_low_mean: sums[3] / n,
+            clip_ratio_high_mean: sums[4] / n,
+            clip_ratio_region_mean: sums[5] / n,
+            // Extremes stay this process's: a sum cannot carry a min or a max.
+            clip_ratio_low_min: local.clip_ratio_low_min,
+            clip_ratio_high_max: local.clip_ratio_high_max,
+        })
+    }
+}
