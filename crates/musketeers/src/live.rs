@@ -34,6 +34,8 @@ pub enum ProgressDisplay {
     Tui,
     /// One line per step on stderr.
     Plain,
+    /// Nothing (the other processes of a data-parallel run; process 0 shows progress).
+    Quiet,
 }
 
 /// One numeric metric of a step, as the renderers see it.
@@ -158,9 +160,11 @@ impl LiveProgress {
         let dashboard = match display {
             ProgressDisplay::Auto => !on_cpu && std::io::stdout().is_terminal(),
             ProgressDisplay::Tui => true,
-            ProgressDisplay::Plain => false,
+            ProgressDisplay::Plain | ProgressDisplay::Quiet => false,
         };
-        let renderer: Box<dyn MetricsRenderer> = if dashboard {
+        let renderer: Box<dyn MetricsRenderer> = if display == ProgressDisplay::Quiet {
+            Box::new(PlainRenderer::new(Box::new(std::io::sink())))
+        } else if dashboard {
             Box::new(burn::train::renderer::tui::TuiMetricsRendererWrapper::new(
                 interrupter.clone(),
                 None,

@@ -1,6 +1,8 @@
 //! The `musketeers` command line.
 
 mod backend;
+#[cfg(feature = "mpi")]
+mod dp;
 mod live;
 mod lm;
 
@@ -222,6 +224,30 @@ fn train(
     let out = out
         .or_else(|| config.out_dir.clone())
         .unwrap_or_else(|| PathBuf::from("runs").join(path.file_stem().unwrap_or_default()));
+    #[cfg(feature = "mpi")]
+    if let Some(launch) = dp::Launch::from_env()? {
+        // One of several processes: each trains its share; process 0 writes and reports.
+        let collective = launch.collective()?;
+        let outcome = train_config(
+            &config,
+            &out,
+            steps,
+            resume,
+            device,
+            if launch.rank() == 0 {
+                display
+            } else {
+                live::ProgressDisplay::Quiet
+            },
+            ctrl_c_interrupter()?,
+            Box::new(collective),
+        );
+        return match outcome {
+            Ok(outcome) if launch.rank() == 0 => report_outcome(&outcome),
+            Ok(_) => Ok(()),
+            Err(error) => launch.abort(&error),
+        };
+    }
     let outcome = train_config(
         &config,
         &out,
@@ -230,7 +256,12 @@ fn train(
         device,
         display,
         ctrl_c_interrupter()?,
+        Box::new(musketeers::train::collective::Alone),
     )?;
+    report_outcome(&outcome)
+}
+
+fn report_outcome(outcome: &musketeers::run::RunOutcome) -> Result<()> {
     let mut stdout = std::io::stdout();
     if outcome.stopped {
         writeln!(
@@ -289,6 +320,7 @@ fn train_config(
     device: backend::DeviceKind,
     display: live::ProgressDisplay,
     interrupter: burn::train::Interrupter,
+    collective: Box<dyn musketeers::train::collective::Collective>,
 ) -> Result<musketeers::run::RunOutcome> {
     let total = steps.unwrap_or(config.grpo.steps);
     // Modes without a latent interface or router report no utilization; the names go unused.
@@ -299,13 +331,14 @@ fn train_config(
     let outcome = backend::on_backend!(
         device,
         B = autodiff,
-        musketeers::run::run::<B>(
+        musketeers::run::run_with::<B>(
             config,
             out,
             steps,
             resume,
             &Default::default(),
             &mut progress,
+            collective,
         )?
     );
     live.finish();
@@ -354,6 +387,7 @@ fn reproduce(args: &ReproduceArgs) -> Result<()> {
             args.device,
             live::ProgressDisplay::Plain,
             interrupter.clone(),
+            Box::new(musketeers::train::collective::Alone),
         )?;
         if outcome.stopped {
             writeln!(

@@ -7,6 +7,8 @@ use crate::eval::EvalReport;
 use crate::route::Router;
 use crate::run_config::{AnswerExtraction, ContextNorm, Mode, RunConfig, TaskConfig};
 use crate::system::text_collab::TextCollab;
+use crate::train::collective::{Alone, Collective, share};
+use crate::train::params::AdamSettings;
 use crate::train::{StepReport, StepSettings, TeamMember, TrainError, Trainer};
 use burn::store::{ModuleSnapshot, SafetensorsStore};
 use burn::tensor::backend::AutodiffBackend;
@@ -214,6 +216,31 @@ fn save_checkpoint<B: AutodiffBackend>(
 }
 
 /// The step of the checkpoint in `out_dir`, if there is one.
+/// A stable fingerprint of `value` (the same in every process of one build).
+fn fingerprint<T: std::hash::Hash>(value: &T) -> u64 {
+    use std::hash::Hasher;
+    let mut hasher = std::hash::DefaultHasher::new();
+    value.hash(&mut hasher);
+    hasher.finish()
+}
+
+/// Every process must run the same run: compare each `(what, fingerprint)` with process 0's.
+fn same_run_everywhere(
+    collective: &dyn Collective,
+    checks: &[(&str, u64)],
+) -> Result<(), TrainError> {
+    for (what, value) in checks {
+        let all = collective.gather_u64(*value)?;
+        if let Some(rank) = all.iter().position(|v| v != &all[0]) {
+            return Err(TrainError::BadInput(format!(
+                "process {rank} has another {what} than process 0: every process of a \
+                 data-parallel run must be started with the same config, steps and run directory"
+            )));
+        }
+    }
+    Ok(())
+}
+
 pub fn checkpoint_step(out_dir: &Path) -> Option<u64> {
     let text = std::fs::read_to_string(out_dir.join("checkpoint/state.json")).ok()?;
     serde_json::from_str::<serde_json::Value>(&text).ok()?["step"].as_u64()
@@ -263,12 +290,38 @@ pub fn run<B: AutodiffBackend>(
     device: &B::Device,
     progress: &mut dyn FnMut(&StepReport) -> ControlFlow<()>,
 ) -> Result<RunOutcome, TrainError> {
+    run_with::<B>(
+        config,
+        out_dir,
+        steps,
+        resume,
+        device,
+        progress,
+        Box::new(Alone),
+    )
+}
+
+/// [`run`] as one of the processes of `collective` (data parallelism: `mpirun -np N`): every
+/// process holds the team and the policy and trains on its share of each step's prompts; all
+/// apply the same update. Process 0 alone writes the run directory and evaluates.
+pub fn run_with<B: AutodiffBackend>(
+    config: &RunConfig,
+    out_dir: &Path,
+    steps: Option<u64>,
+    resume: bool,
+    device: &B::Device,
+    progress: &mut dyn FnMut(&StepReport) -> ControlFlow<()>,
+    collective: Box<dyn Collective>,
+) -> Result<RunOutcome, TrainError> {
     config.validate()?;
-    std::fs::create_dir_all(out_dir).map_err(io(out_dir))?;
-    let resolved = out_dir.join("config.toml");
+    let writes = collective.rank() == 0;
     let text =
         toml::to_string_pretty(config).map_err(|e| TrainError::BadInput(format!("config: {e}")))?;
-    std::fs::write(&resolved, text).map_err(io(&resolved))?;
+    if writes {
+        std::fs::create_dir_all(out_dir).map_err(io(out_dir))?;
+        let resolved = out_dir.join("config.toml");
+        std::fs::write(&resolved, &text).map_err(io(&resolved))?;
+    }
 
     let g = &config.grpo;
     let mut policy = load::<B>(&config.policy.model, device)?;
@@ -389,13 +442,42 @@ pub fn run<B: AutodiffBackend>(
             device: inner_device.clone(),
         }));
     }
+    trainer = trainer.with_optimizer(AdamSettings {
+        beta_1: g.adam_beta1,
+        beta_2: g.adam_beta2,
+        epsilon: g.adam_epsilon,
+        weight_decay: g.weight_decay,
+    });
+    let steps = steps.unwrap_or(g.steps);
+    same_run_everywhere(
+        collective.as_ref(),
+        &[
+            ("config", fingerprint(&text)),
+            ("steps and checkpoint", fingerprint(&(steps, resume_from))),
+            (
+                "trained parameters",
+                fingerprint(&trainer.trained().layout()),
+            ),
+        ],
+    )?;
+    let (rank, processes) = (collective.rank(), collective.size());
+    if processes > g.prompts_per_step {
+        return Err(TrainError::BadInput(format!(
+            "{processes} processes for grpo.prompts_per_step = {}: each needs a prompt",
+            g.prompts_per_step
+        )));
+    }
+    trainer = trainer.with_collective(collective);
     let first = match resume_from {
         Some(step) => {
             trainer.load_state(&checkpoint, step)?;
-            truncate_log(&out_dir.join("metrics.jsonl"), step)?;
-            truncate_log(&out_dir.join("samples.jsonl"), step)?;
+            if writes {
+                truncate_log(&out_dir.join("metrics.jsonl"), step)?;
+                truncate_log(&out_dir.join("samples.jsonl"), step)?;
+            }
             step
         }
+        None if !writes => 0,
         None => {
             // A fresh run starts fresh logs.
             for log in ["metrics.jsonl", "samples.jsonl"] {
@@ -417,39 +499,72 @@ pub fn run<B: AutodiffBackend>(
             .open(p)
             .map_err(io(p))
     };
-    let (mut metrics, mut samples) = (open(&metrics_path)?, open(&samples_path)?);
-    let steps = steps.unwrap_or(g.steps);
+    let (mut metrics, mut samples) = if writes {
+        (Some(open(&metrics_path)?), Some(open(&samples_path)?))
+    } else {
+        (None, None)
+    };
+    let mine = share(g.prompts_per_step, rank, processes);
     let mut stopped = false;
     for step in first..steps {
         let entries = (0..g.prompts_per_step as u64)
             .map(|i| tasks.entry(g.seed, step * g.prompts_per_step as u64 + i))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| TrainError::BadInput(e.to_string()))?;
-        let prompts = policy_prompts(config, &trainer, &entries)?;
+        // Only this process's share is rendered (text-collab asks the team): the trainer
+        // reads no other.
+        let mut prompts = vec![String::new(); entries.len()];
+        for (slot, prompt) in prompts[mine.clone()].iter_mut().zip(policy_prompts(
+            config,
+            &trainer,
+            &entries[mine.clone()],
+        )?) {
+            *slot = prompt;
+        }
         let reward =
             |i: usize, text: &str| score(&tasks, config.answer_extraction, text, &entries[i]);
         let report = trainer.train_step(&prompts, &reward)?;
+        let flow = progress(&report);
+        // Every process stops after the same step, whichever was asked to.
+        let mut stop = [f64::from(u8::from(flow.is_break()))];
+        trainer.collective().sum_f64(&mut stop)?;
+        let stop = stop[0] > 0.0;
+        let (Some(metrics), Some(samples)) = (metrics.as_mut(), samples.as_mut()) else {
+            if stop {
+                stopped = true;
+                break;
+            }
+            continue;
+        };
         let mut line = serde_json::to_value(&report)
             .map_err(|e| TrainError::BadInput(format!("metrics: {e}")))?;
         if let Some(object) = line.as_object_mut() {
             object.remove("samples");
         }
         writeln!(metrics, "{line}").map_err(io(&metrics_path))?;
-        for (i, sample) in report.samples.iter().enumerate() {
+        // This process's prompts (all of them when it runs alone).
+        for (sample, i) in report.samples.iter().zip(mine.clone()) {
             let line = serde_json::json!({"step": report.step, "prompt": prompts[i],
                 "question": entries[i].question,
                 "answer": entries[i].answer, "completion": sample.completion,
                 "reward": sample.reward, "advantage": sample.advantage});
             writeln!(samples, "{line}").map_err(io(&samples_path))?;
         }
-        let flow = progress(&report);
-        if (step + 1) % g.save_steps.max(1) == 0 || step + 1 == steps || flow.is_break() {
+        if (step + 1) % g.save_steps.max(1) == 0 || step + 1 == steps || stop {
             save_checkpoint(&trainer, config, &checkpoint)?;
         }
-        if flow.is_break() {
+        if stop {
             stopped = true;
             break;
         }
+    }
+    if !writes {
+        return Ok(RunOutcome {
+            dir: out_dir.to_path_buf(),
+            steps: trainer.step,
+            stopped,
+            eval: None,
+        });
     }
     let eval = if config.eval.problems > 0 && !stopped {
         let report = crate::eval::evaluate(&trainer, config, &tasks, &|entries| {

@@ -181,6 +181,11 @@ pub struct GrpoConfig {
     /// groups); unset: all at once. Lower it when long completions or a large vocabulary run
     /// out of memory: the gradient is the same up to rounding.
     pub micro_batch_prompts: Option<usize>,
+    /// AdamW over everything trained (TRL's names; Burn's defaults, weight decay off).
+    pub adam_beta1: f32,
+    pub adam_beta2: f32,
+    pub adam_epsilon: f32,
+    pub weight_decay: f32,
 }
 
 impl Default for GrpoConfig {
@@ -204,6 +209,10 @@ impl Default for GrpoConfig {
             seed: 0,
             save_steps: 25,
             micro_batch_prompts: None,
+            adam_beta1: 0.9,
+            adam_beta2: 0.999,
+            adam_epsilon: 1e-5,
+            weight_decay: 0.0,
         }
     }
 }
@@ -396,6 +405,29 @@ impl RunConfig {
                     "{name} = {lr} is not a non-negative number"
                 )));
             }
+        }
+        let g = &self.grpo;
+        for (name, beta) in [
+            ("grpo.adam_beta1", g.adam_beta1),
+            ("grpo.adam_beta2", g.adam_beta2),
+        ] {
+            if !(0.0..1.0).contains(&beta) {
+                return Err(TrainError::BadInput(format!(
+                    "{name} = {beta} is not in [0, 1)"
+                )));
+            }
+        }
+        if !(g.adam_epsilon.is_finite() && g.adam_epsilon > 0.0) {
+            return Err(TrainError::BadInput(format!(
+                "grpo.adam_epsilon = {} is not a positive number",
+                g.adam_epsilon
+            )));
+        }
+        if !(g.weight_decay.is_finite() && g.weight_decay >= 0.0) {
+            return Err(TrainError::BadInput(format!(
+                "grpo.weight_decay = {} is not a non-negative number",
+                g.weight_decay
+            )));
         }
         self.policy.lora.validate()?;
         Ok(())

@@ -445,7 +445,10 @@ fn micro_batches_compared() {
                 .zip(&start)
                 .map(|(x, y)| (x - y).abs())
                 .fold(0.0f32, f32::max);
-            assert!(moved > 1e-4, "{loss_type:?}: the step moved nothing ({moved})");
+            assert!(
+                moved > 1e-4,
+                "{loss_type:?}: the step moved nothing ({moved})"
+            );
             assert!(
                 biggest <= 1e-3 * moved,
                 "{loss_type:?}: weights differ by {biggest} for a step of {moved}"

@@ -378,6 +378,7 @@ fn run_config(
             seed,
             save_steps: settings.steps_for(task).max(1),
             micro_batch_prompts: None,
+            ..GrpoConfig::default()
         },
         tasks: vec![TaskConfig {
             options: task

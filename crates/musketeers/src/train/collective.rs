@@ -14,6 +14,23 @@ pub trait Collective {
     /// Element-wise sum over every process, in place; every process gets the same values.
     fn sum_f32(&self, values: &mut [f32]) -> Result<(), TrainError>;
     fn sum_f64(&self, values: &mut [f64]) -> Result<(), TrainError>;
+    /// Every process's `value`, by rank: a sum of zero-padded 16-bit pieces, exact in f64.
+    fn gather_u64(&self, value: u64) -> Result<Vec<u64>, TrainError> {
+        let (rank, size) = (self.rank(), self.size());
+        let mut pieces = vec![0.0f64; size * 4];
+        for k in 0..4 {
+            pieces[rank * 4 + k] = ((value >> (16 * k)) & 0xffff) as f64;
+        }
+        self.sum_f64(&mut pieces)?;
+        Ok(pieces
+            .chunks(4)
+            .map(|p| {
+                p.iter()
+                    .enumerate()
+                    .fold(0u64, |v, (k, x)| v | ((*x as u64) << (16 * k)))
+            })
+            .collect())
+    }
     /// Seconds spent in collective operations so far.
     fn seconds(&self) -> f64 {
         0.0

@@ -1,0 +1,272 @@
+//! Data parallelism over MPI, end to end through the CLI: two ranks on localhost train the
+//! run one process trains, to 1e-5; only rank 0 writes; a killed rank or a mismatched config
+//! ends the job with a clear error. Needs `--features mpi` and Open MPI's `mpirun`.
+#![cfg(feature = "mpi")]
+
+mod common;
+
+use common::fixture_with_tokenizer;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn config(temp: &Path, steps: u64, adam_epsilon: f64) -> PathBuf {
+    let policy = fixture_with_tokenizer("llama-gqa", temp);
+    let expert = fixture_with_tokenizer("qwen3-qk-norm", temp);
+    let path = temp.join(format!("run-{steps}-{adam_epsilon}.toml"));
+    std::fs::write(
+        &path,
+        format!(
+            r#"
+            mode = "fused"
+            [policy]
+            model = "{}"
+            chat = false
+            lora = {{ rank = 2, alpha = 4.0 }}
+            [[team]]
+            name = "qwen3"
+            model = "{}"
+            readout = "all"
+            [interface]
+            latent_dim = 16
+            num_latents = 2
+            num_heads = 2
+            learning_rate = 0.01
+            [grpo]
+            steps = {steps}
+            prompts_per_step = 4
+            num_generations = 2
+            max_completion_length = 4
+            learning_rate = 0.01
+            adam_epsilon = {adam_epsilon}
+            save_steps = 1
+            seed = 5
+            [eval]
+            problems = 0
+            [[tasks]]
+            name = "chain_sum"
+            "#,
+            policy.display(),
+            expert.display()
+        ),
+    )
+    .expect("config");
+    path
+}
+
+fn musketeers() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_musketeers"));
+    command.env("RAYON_NUM_THREADS", "1");
+    command
+}
+
+fn mpirun(ranks: &[(&Path, &Path)]) -> Command {
+    let mut command = Command::new("mpirun");
+    command.args([
+        "--allow-run-as-root",
+        "--oversubscribe",
+        "-x",
+        "RAYON_NUM_THREADS=1",
+    ]);
+    for (i, (config, out)) in ranks.iter().enumerate() {
+        if i > 0 {
+            command.arg(":");
+        }
+        command
+            .args(["-np", "1"])
+            .arg(env!("CARGO_BIN_EXE_musketeers"));
+        command.args(["train", "--progress", "plain", "--config"]);
+        command.arg(config).arg("--out").arg(out);
+    }
+    command
+}
+
+fn checked(output: Output, what: &str) -> Output {
+    assert!(
+        output.status.success(),
+        "{what} failed: {}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+/// Every tensor of a checkpoint's adapters and interface, by name.
+fn trained(run: &Path) -> Vec<(String, Vec<f32>)> {
+    let mut all = Vec::new();
+    for file in ["adapter/adapter_model.safetensors", "interface.safetensors"] {
+        let bytes = std::fs::read(run.join("checkpoint").join(file)).expect("checkpoint");
+        let tensors = safetensors::SafeTensors::deserialize(&bytes).expect("safetensors");
+        let mut names: Vec<String> = tensors.names().into_iter().map(str::to_string).collect();
+        names.sort();
+        for name in names {
+            let view = tensors.tensor(&name).expect("tensor");
+            let values = view
+                .data()
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect();
+            all.push((format!("{file}:{name}"), values));
+        }
+    }
+    all
+}
+
+fn lines(path: &Path) -> usize {
+    std::fs::read_to_string(path).expect("log").lines().count()
+}
+
+#[test]
+fn two_ranks_train_what_one_process_trains() {
+    let temp = tempfile::tempdir().expect("temp");
+    // Adam's epsilon above the gradients' entries makes the update linear in the gradient:
+    // with a tiny one, an entry whose gradient nearly cancels moves by the learning rate on
+    // the sign of its rounding error, and two ranks sum in another order than one process.
+    let config = config(temp.path(), 3, 1.0);
+    let (alone, shared) = (temp.path().join("alone"), temp.path().join("shared"));
+    checked(
+        musketeers()
+            .args(["train", "--progress", "plain", "--config"])
+            .arg(&config)
+            .arg("--out")
+            .arg(&alone)
+            .output()
+            .expect("musketeers"),
+        "one process",
+    );
+    checked(
+        mpirun(&[(&config, &shared), (&config, &shared)])
+            .output()
+            .expect("mpirun"),
+        "two ranks",
+    );
+    let (a, b) = (trained(&alone), trained(&shared));
+    assert_eq!(a.len(), b.len());
+    let mut moved = 0.0f32;
+    for ((name, x), (other, y)) in a.iter().zip(&b) {
+        assert_eq!(name, other);
+        assert_eq!(x.len(), y.len(), "{name}");
+        for (u, v) in x.iter().zip(y) {
+            assert!((u - v).abs() <= 1e-5, "{name}: {u} alone, {v} on two ranks");
+            moved = moved.max(u.abs());
+        }
+    }
+    assert!(moved > 1e-3, "the adapters trained ({moved})");
+    // Rank 0 alone writes: one metrics line per step and one sample per rank-0 prompt (a
+    // second writer would append its own).
+    assert_eq!(lines(&shared.join("metrics.jsonl")), 3);
+    assert_eq!(lines(&shared.join("samples.jsonl")), 3 * 2);
+    assert_eq!(lines(&alone.join("samples.jsonl")), 3 * 4);
+    // The step's figures are the whole batch's: the same as one process's.
+    let metric = |run: &Path, key: &str| -> Vec<f64> {
+        std::fs::read_to_string(run.join("metrics.jsonl"))
+            .expect("metrics")
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).expect("json");
+                v["rollouts"][key].as_f64().expect("number")
+            })
+            .collect()
+    };
+    assert_eq!(
+        metric(&alone, "reward_mean"),
+        metric(&shared, "reward_mean")
+    );
+}
+
+#[test]
+fn a_killed_rank_ends_the_run_with_an_error_naming_it() {
+    let temp = tempfile::tempdir().expect("temp");
+    let config = config(temp.path(), 100_000, 1e-5);
+    let out = temp.path().join("run");
+    let mut job = mpirun(&[(&config, &out), (&config, &out)])
+        .env("MUSKETEERS_COLLECTIVE_TIMEOUT", "60")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("mpirun");
+    // Wait for training to be under way, then kill rank 1.
+    let started = Instant::now();
+    while !out.join("metrics.jsonl").exists() || lines(&out.join("metrics.jsonl")) < 2 {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "no step in 120 s"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let rank_one = rank_pid(1, &out).expect("rank 1 runs");
+    Command::new("kill")
+        .args(["-KILL", &rank_one.to_string()])
+        .status()
+        .expect("kill");
+    let killed = Instant::now();
+    let status = loop {
+        if let Some(status) = job.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(90),
+            "the job still runs 90 s after rank 1 died"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let output = job.wait_with_output().expect("output");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(!status.success(), "the job failed");
+    assert!(
+        format!("{stdout}{stderr}").contains("rank 1"),
+        "the error names rank 1:\n{stdout}\n{stderr}"
+    );
+}
+
+#[test]
+fn ranks_with_different_configs_refuse_to_start() {
+    let temp = tempfile::tempdir().expect("temp");
+    let (a, b) = (config(temp.path(), 2, 1e-5), config(temp.path(), 2, 1e-3));
+    let out = temp.path().join("run");
+    let output = mpirun(&[(&a, &out), (&b, &out)])
+        .env("MUSKETEERS_COLLECTIVE_TIMEOUT", "60")
+        .output()
+        .expect("mpirun");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(!output.status.success());
+    assert!(
+        text.contains("process 1 has another config than process 0"),
+        "{text}"
+    );
+    assert!(!out.join("metrics.jsonl").exists(), "no step ran");
+}
+
+/// The PID of our binary running as MPI rank `rank` (Open MPI sets OMPI_COMM_WORLD_RANK)
+/// of the job writing to `out`.
+fn rank_pid(rank: usize, out: &Path) -> Option<u32> {
+    let out = out.to_string_lossy().into_owned();
+    let binary = PathBuf::from(env!("CARGO_BIN_EXE_musketeers"));
+    let wanted = format!("OMPI_COMM_WORLD_RANK={rank}");
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let exe = std::fs::read_link(entry.path().join("exe")).ok();
+        if exe.as_deref() != Some(binary.as_path()) {
+            continue;
+        }
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        if !String::from_utf8_lossy(&cmdline).contains(&out) {
+            continue;
+        }
+        let environ = std::fs::read(entry.path().join("environ")).unwrap_or_default();
+        if environ
+            .split(|&b| b == 0)
+            .any(|var| var == wanted.as_bytes())
+        {
+            return Some(pid);
+        }
+    }
+    None
+}
