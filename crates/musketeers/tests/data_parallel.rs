@@ -2,6 +2,7 @@
 //! run one process trains, to 1e-5; only rank 0 writes; a killed rank or a mismatched config
 //! ends the job with a clear error. Needs `--features mpi` and Open MPI's `mpirun`.
 #![cfg(feature = "mpi")]
+#![allow(clippy::print_stderr)]
 
 mod common;
 
@@ -10,18 +11,52 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+/// A tokenizer for the policy whose 96 words each end in a digit, 0 or 1 (id i is letters
+/// then `i % 2`), so that a random policy's last number is right half the time: rewards vary
+/// within groups and GRPO has a gradient from the first step.
+fn binary_words_tokenizer() -> String {
+    let word = |i: usize| {
+        let mut letters = String::new();
+        let mut n = i;
+        loop {
+            letters.insert(0, char::from(b'a' + (n % 26) as u8));
+            n /= 26;
+            if n == 0 {
+                break;
+            }
+        }
+        format!("{letters}{}", i % 2)
+    };
+    let vocab: serde_json::Map<String, serde_json::Value> =
+        (0..96).map(|i| (word(i), i.into())).collect();
+    serde_json::json!({
+        "version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
+        "normalizer": null, "pre_tokenizer": {"type": "Whitespace"}, "post_processor": null,
+        "decoder": null, "model": {"type": "WordLevel", "vocab": vocab, "unk_token": word(0)}
+    })
+    .to_string()
+}
+
 fn config(temp: &Path, steps: u64, adam_epsilon: f64) -> PathBuf {
     let policy = fixture_with_tokenizer("llama-gqa", temp);
+    std::fs::write(policy.join("tokenizer.json"), binary_words_tokenizer()).expect("tokenizer");
     let expert = fixture_with_tokenizer("qwen3-qk-norm", temp);
+    let problems = temp.join("problems.jsonl");
+    let lines: Vec<String> = (0..16)
+        .map(|i| format!(r#"{{"question": "b1 c0 d1 e0 f{}", "answer": "1"}}"#, i % 2))
+        .collect();
+    std::fs::write(&problems, lines.join("\n")).expect("problems");
     let path = temp.join(format!("run-{steps}-{adam_epsilon}.toml"));
     std::fs::write(
         &path,
         format!(
             r#"
             mode = "fused"
+            answer_extraction = "tag-or-last-number"
             [policy]
             model = "{}"
             chat = false
+            prompt_template = "{{question}}"
             lora = {{ rank = 2, alpha = 4.0 }}
             [[team]]
             name = "qwen3"
@@ -35,7 +70,7 @@ fn config(temp: &Path, steps: u64, adam_epsilon: f64) -> PathBuf {
             [grpo]
             steps = {steps}
             prompts_per_step = 4
-            num_generations = 2
+            num_generations = 4
             max_completion_length = 4
             learning_rate = 0.01
             adam_epsilon = {adam_epsilon}
@@ -44,10 +79,13 @@ fn config(temp: &Path, steps: u64, adam_epsilon: f64) -> PathBuf {
             [eval]
             problems = 0
             [[tasks]]
-            name = "chain_sum"
+            name = "last-digit"
+            file = "{}"
+            format = "qa-numeric"
             "#,
             policy.display(),
-            expert.display()
+            expert.display(),
+            problems.display()
         ),
     )
     .expect("config");
@@ -119,10 +157,9 @@ fn lines(path: &Path) -> usize {
 #[test]
 fn two_ranks_train_what_one_process_trains() {
     let temp = tempfile::tempdir().expect("temp");
-    // Adam's epsilon above the gradients' entries makes the update linear in the gradient:
-    // with a tiny one, an entry whose gradient nearly cancels moves by the learning rate on
-    // the sign of its rounding error, and two ranks sum in another order than one process.
-    let config = config(temp.path(), 3, 1.0);
+    // Burn's Adam epsilon (1e-5): the two runs differ by rounding alone (measured: 2e-7
+    // for adapters of up to 0.02 after 3 steps).
+    let config = config(temp.path(), 3, 1e-5);
     let (alone, shared) = (temp.path().join("alone"), temp.path().join("shared"));
     checked(
         musketeers()
@@ -142,15 +179,19 @@ fn two_ranks_train_what_one_process_trains() {
     );
     let (a, b) = (trained(&alone), trained(&shared));
     assert_eq!(a.len(), b.len());
-    let mut moved = 0.0f32;
+    let (mut moved, mut worst) = (0.0f32, 0.0f32);
     for ((name, x), (other, y)) in a.iter().zip(&b) {
         assert_eq!(name, other);
         assert_eq!(x.len(), y.len(), "{name}");
         for (u, v) in x.iter().zip(y) {
             assert!((u - v).abs() <= 1e-5, "{name}: {u} alone, {v} on two ranks");
-            moved = moved.max(u.abs());
+            worst = worst.max((u - v).abs());
+            if name.contains("lora_B") {
+                moved = moved.max(u.abs());
+            }
         }
     }
+    eprintln!("two ranks vs one process: largest difference {worst:e} (largest value {moved})");
     assert!(moved > 1e-3, "the adapters trained ({moved})");
     // Rank 0 alone writes: one metrics line per step and one sample per rank-0 prompt (a
     // second writer would append its own).
@@ -213,6 +254,10 @@ fn a_killed_rank_ends_the_run_with_an_error_naming_it() {
     let output = job.wait_with_output().expect("output");
     let stderr = String::from_utf8_lossy(&output.stderr);
     let stdout = String::from_utf8_lossy(&output.stdout);
+    eprintln!(
+        "rank 1 killed; the job ended {:.1} s later:\n{stderr}",
+        killed.elapsed().as_secs_f64()
+    );
     assert!(!status.success(), "the job failed");
     assert!(
         format!("{stdout}{stderr}").contains("rank 1"),
