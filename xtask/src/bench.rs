@@ -49,6 +49,21 @@ pub enum Bench {
         #[arg(long, default_value = "smollm2-135m")]
         model: String,
     },
+    /// Data parallelism: the same run as one process with every core's threads and as
+    /// `mpirun -np N` ranks of one thread each (same global batch), seconds per step and the
+    /// all-reduce time per step. Needs Open MPI (`openmpi-bin libopenmpi-dev libclang-dev`).
+    Dp {
+        /// The run config (its models must be fetched).
+        #[arg(long, default_value = "configs/smollm2-single.toml")]
+        config: String,
+        #[arg(long, default_value_t = 4)]
+        steps: u64,
+        #[arg(long, default_value_t = 2)]
+        ranks: usize,
+        /// Override a config key, as `musketeers train --set`.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
+    },
 }
 
 /// One virtual environment for the PyTorch references (transformers, TRL).
@@ -75,6 +90,12 @@ pub fn run(bench: Bench) -> Result<()> {
             no_python,
             model,
         } => grpo(steps, no_python, &model),
+        Bench::Dp {
+            config,
+            steps,
+            ranks,
+            overrides,
+        } => crate::bench_dp::dp(&config, steps, ranks, &overrides),
     }
 }
 

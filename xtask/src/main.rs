@@ -1,6 +1,7 @@
 //! `cargo xtask`: project automation. This file only dispatches; one module per command.
 
 mod bench;
+mod bench_dp;
 mod cli;
 mod gpu_check;
 mod models;

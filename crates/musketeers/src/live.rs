@@ -427,6 +427,7 @@ mod tests {
             reference_seconds: 0.4,
             loss_seconds: 0.5,
             update_seconds: 1.0,
+            communication_seconds: 0.0,
             diagnostics: Default::default(),
             step_seconds: 4.0,
             samples: vec![Sample {

@@ -312,6 +312,7 @@ fn ctrl_c_interrupter() -> Result<burn::train::Interrupter> {
 
 /// Train one run config with live progress; Ctrl-C stops after the step in flight,
 /// checkpointed.
+#[allow(clippy::too_many_arguments)] // each is one of `musketeers train`'s settings
 fn train_config(
     config: &musketeers::run_config::RunConfig,
     out: &std::path::Path,

@@ -82,6 +82,9 @@ impl<B: AutodiffBackend> Context<B> {
     }
 }
 
+/// What a system pastes under one question: (author, note) pairs.
+pub type Notes = Vec<(String, String)>;
+
 /// A loss term of a system's own, added once per step.
 #[derive(Debug, Clone)]
 pub struct ExtraLoss<B: AutodiffBackend> {
@@ -119,10 +122,7 @@ pub trait System<B: AutodiffBackend> {
 
     /// Text to paste under each question before the policy's template, as (author, note)
     /// pairs per question; `None`: the question alone.
-    fn notes(
-        &self,
-        _questions: &[String],
-    ) -> Result<Option<Vec<Vec<(String, String)>>>, TrainError> {
+    fn notes(&self, _questions: &[String]) -> Result<Option<Vec<Notes>>, TrainError> {
         Ok(None)
     }
 }

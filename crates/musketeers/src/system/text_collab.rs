@@ -4,7 +4,7 @@
 
 use burn::tensor::backend::AutodiffBackend;
 
-use super::{Context, Parts, System};
+use super::{Context, Notes, Parts, System};
 use crate::collab::TextExpert;
 use crate::train::TrainError;
 
@@ -35,10 +35,7 @@ impl<B: AutodiffBackend> System<B> for TextCollab<B> {
         Ok(Context::none())
     }
 
-    fn notes(
-        &self,
-        questions: &[String],
-    ) -> Result<Option<Vec<Vec<(String, String)>>>, TrainError> {
+    fn notes(&self, questions: &[String]) -> Result<Option<Vec<Notes>>, TrainError> {
         let templated: Vec<String> = questions
             .iter()
             .map(|q| self.prompt_template.replace("{question}", q))
