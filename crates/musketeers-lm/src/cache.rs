@@ -62,4 +62,29 @@ impl<B: Backend> KvCache<B> {
         self.keys = self.keys.take().map(pick);
         self.values = self.values.take().map(pick);
     }
+
+    /// Put `n` empty slots before the cached positions (the caller masks them), so that
+    /// rows of another length can join the batch.
+    pub fn pad_front(&mut self, n: usize) {
+        if n == 0 {
+            return;
+        }
+        let pad = |t: Tensor<B, 4>| {
+            let [rows, heads, _, dim] = t.dims();
+            let zeros = Tensor::<B, 4>::zeros([rows, heads, n, dim], &t.device()).cast(t.dtype());
+            Tensor::cat(vec![zeros, t], 2)
+        };
+        self.keys = self.keys.take().map(pad);
+        self.values = self.values.take().map(pad);
+    }
+
+    /// Append `other`'s rows (of the same number of positions) after this cache's.
+    pub fn cat_rows(&mut self, other: KvCache<B>) {
+        let cat = |mine: Option<Tensor<B, 4>>, theirs: Option<Tensor<B, 4>>| match (mine, theirs) {
+            (Some(a), Some(b)) => Some(Tensor::cat(vec![a, b], 0)),
+            (a, b) => a.or(b),
+        };
+        self.keys = cat(self.keys.take(), other.keys);
+        self.values = cat(self.values.take(), other.values);
+    }
 }

@@ -326,7 +326,7 @@ pub fn generate_part<B: Backend>(
 }
 
 /// Prefill mask `[b, 1, t, t]`: forbidden where the key is in the future or padding.
-fn attention_mask<B: Backend>(
+pub(crate) fn attention_mask<B: Backend>(
     real: &[Vec<bool>],
     t: usize,
     device: &B::Device,

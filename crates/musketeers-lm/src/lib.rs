@@ -8,6 +8,7 @@
 //! - [`rope`]: rotary embeddings (rotate-half, per-row positions, Llama 3 scaling).
 //! - [`weights`]: safetensors checkpoints (single or sharded; f32, f16, bf16).
 
+pub mod batch;
 pub mod cache;
 /// The model catalog (its own Burn-free crate, re-exported).
 pub use musketeers_catalog as catalog;

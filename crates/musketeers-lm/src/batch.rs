@@ -1,0 +1,376 @@
+//! Continuous batching: sequences join a running decode batch between steps and leave it when
+//! they finish, so a server decodes every request in flight in one forward pass per token.
+//!
+//! Rows of one batch have caches of different lengths (their prompts and the steps they
+//! joined at differ): the shorter side is left-padded with masked slots when sequences join,
+//! exactly as [`crate::generate::generate_with_prefix`] left-pads a batch of prompts, so a
+//! sequence decodes the tokens it would decode alone (up to float rounding of the batch).
+
+use burn::tensor::backend::Backend;
+use burn::tensor::{Bool, Int, Tensor, TensorData};
+
+use crate::cache::KvCache;
+use crate::generate::{FinishReason, StopCondition, attention_mask};
+use crate::rope::Rope;
+use crate::sampling::{Sampler, SamplingConfig};
+use crate::{Llama, LmError};
+
+/// What a sequence starts from and how it stops.
+pub struct SequenceSpec<B: Backend> {
+    /// Caller's identifier, reported with every event.
+    pub id: u64,
+    pub prompt: Vec<u32>,
+    /// Soft tokens `[K, hidden]` in front of the prompt (n-Musketeers' context).
+    pub prefix: Option<Tensor<B, 2>>,
+    pub max_new_tokens: usize,
+    pub eos_token_ids: Vec<u32>,
+    pub sampling: SamplingConfig,
+    /// The sequence's random stream (e.g. its index among a request's `n` samples).
+    pub stream: u64,
+    pub stop: Option<Box<dyn StopCondition + Send>>,
+}
+
+impl<B: Backend> std::fmt::Debug for SequenceSpec<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SequenceSpec")
+            .field("id", &self.id)
+            .field("prompt", &self.prompt.len())
+            .field("max_new_tokens", &self.max_new_tokens)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One sampled token, or the end of a sequence.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    Token { id: u64, token: u32, logprob: f32 },
+    Finished { id: u64, reason: FinishReason },
+}
+
+struct Row {
+    id: u64,
+    /// Per cached slot: a real key (not padding).
+    real: Vec<bool>,
+    /// Per cached slot: its position (rotary and sliding windows).
+    keys: Vec<i64>,
+    next_position: i64,
+    sampler: Sampler,
+    tokens: Vec<u32>,
+    max_new_tokens: usize,
+    eos_token_ids: Vec<u32>,
+    stop: Option<Box<dyn StopCondition + Send>>,
+}
+
+/// A running decode batch over one model.
+pub struct DecodeBatch<B: Backend> {
+    caches: Vec<KvCache<B>>,
+    rows: Vec<Row>,
+    /// Next-token logits of every row, `[rows, vocab]`.
+    last: Option<Tensor<B, 2>>,
+    rope: Rope<B>,
+    vocab: usize,
+}
+
+impl<B: Backend> std::fmt::Debug for DecodeBatch<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DecodeBatch")
+            .field("rows", &self.rows.len())
+            .finish_non_exhaustive()
+    }
+}
+
+fn int2<B: Backend>(data: Vec<i64>, shape: [usize; 2], device: &B::Device) -> Tensor<B, 2, Int> {
+    Tensor::from_data(TensorData::new(data, shape), device)
+}
+
+impl<B: Backend> DecodeBatch<B> {
+    pub fn new(model: &Llama<B>, device: &B::Device) -> Self {
+        Self {
+            caches: model.new_caches(),
+            rows: Vec::new(),
+            last: None,
+            rope: model.rope(device),
+            vocab: model.embed_tokens.weight.dims()[0],
+        }
+    }
+
+    /// Sequences decoding now.
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    /// Prefill `specs` (one forward pass; all with a prefix of the same length, or none) and
+    /// add them to the batch: they sample their first token at the next [`Self::step`].
+    pub fn join(
+        &mut self,
+        model: &Llama<B>,
+        specs: Vec<SequenceSpec<B>>,
+        device: &B::Device,
+    ) -> Result<(), LmError> {
+        if specs.is_empty() {
+            return Ok(());
+        }
+        let hidden = model.embed_tokens.weight.dims()[1];
+        let soft = match specs[0].prefix.as_ref().map(|p| p.dims()) {
+            Some([k, d]) if d == hidden => k,
+            Some([k, d]) => {
+                return Err(LmError::BadInput(format!(
+                    "prefix is [{k}, {d}], expected [K, {hidden}]"
+                )));
+            }
+            None => 0,
+        };
+        if specs
+            .iter()
+            .any(|s| s.prefix.as_ref().map_or(0, |p| p.dims()[0]) != soft)
+        {
+            return Err(LmError::BadInput(
+                "sequences joining together need prefixes of one length".into(),
+            ));
+        }
+        if let Some(bad) = specs
+            .iter()
+            .find(|s| s.prompt.is_empty() || s.max_new_tokens == 0)
+        {
+            return Err(LmError::BadInput(format!(
+                "sequence {}: an empty prompt or max_new_tokens 0",
+                bad.id
+            )));
+        }
+        if let Some(bad) = specs
+            .iter()
+            .flat_map(|s| &s.prompt)
+            .find(|&&t| t as usize >= self.vocab)
+        {
+            return Err(LmError::BadInput(format!(
+                "token id {bad} is outside the vocabulary of {}",
+                self.vocab
+            )));
+        }
+        let (b, width) = (
+            specs.len(),
+            specs.iter().map(|s| s.prompt.len()).max().unwrap_or(0),
+        );
+        let total = soft + width;
+        let mut ids = Vec::with_capacity(b * width);
+        let mut positions = Vec::with_capacity(b * total);
+        let mut rows = Vec::with_capacity(b);
+        let mut prefixes = Vec::new();
+        for spec in specs {
+            let pad = width - spec.prompt.len();
+            ids.extend(
+                std::iter::repeat_n(0i64, pad).chain(spec.prompt.iter().map(|&t| i64::from(t))),
+            );
+            let keys: Vec<i64> = (0..soft as i64)
+                .chain(std::iter::repeat_n(soft as i64, pad))
+                .chain(soft as i64..(soft + spec.prompt.len()) as i64)
+                .collect();
+            positions.extend(&keys);
+            let real = std::iter::repeat_n(true, soft)
+                .chain(std::iter::repeat_n(false, pad))
+                .chain(std::iter::repeat_n(true, spec.prompt.len()))
+                .collect();
+            if let Some(prefix) = spec.prefix {
+                prefixes.push(prefix.unsqueeze_dim::<3>(0));
+            }
+            rows.push(Row {
+                id: spec.id,
+                real,
+                keys,
+                next_position: (soft + spec.prompt.len()) as i64,
+                sampler: Sampler::new(&spec.sampling, spec.stream),
+                tokens: Vec::new(),
+                max_new_tokens: spec.max_new_tokens,
+                eos_token_ids: spec.eos_token_ids,
+                stop: spec.stop,
+            });
+        }
+        let ids = int2::<B>(ids, [b, width], device);
+        let positions = int2::<B>(positions, [b, total], device);
+        let embedded = if prefixes.is_empty() {
+            model.embed(ids)
+        } else {
+            Tensor::cat(
+                vec![
+                    Tensor::cat(prefixes, 0).cast(model.float_dtype()),
+                    model.embed(ids),
+                ],
+                1,
+            )
+        };
+        let mut caches = model.new_caches();
+        let real: Vec<Vec<bool>> = rows.iter().map(|r| r.real.clone()).collect();
+        let hidden_states = model.forward_cached(
+            embedded,
+            positions.clone(),
+            positions,
+            &attention_mask::<B>(&real, total, device),
+            &mut caches,
+            &self.rope,
+        );
+        let [_, _, h] = hidden_states.dims();
+        let last = model
+            .head(hidden_states.slice([0..b, total - 1..total, 0..h]))
+            .reshape([b, self.vocab]);
+        // Align the caches: the shorter side is left-padded with masked slots.
+        let running = self.caches.first().map_or(0, KvCache::len);
+        if self.rows.is_empty() {
+            self.caches = caches;
+            self.rows = rows;
+            self.last = Some(last);
+            return Ok(());
+        }
+        let (pad_running, pad_new) = (total.saturating_sub(running), running.saturating_sub(total));
+        for row in &mut self.rows {
+            pad_front(row, pad_running);
+        }
+        for row in &mut rows {
+            pad_front(row, pad_new);
+        }
+        for (cache, new) in self.caches.iter_mut().zip(caches) {
+            cache.pad_front(pad_running);
+            let mut new = new;
+            new.pad_front(pad_new);
+            cache.cat_rows(new);
+        }
+        self.rows.extend(rows);
+        self.last = Some(match self.last.take() {
+            Some(previous) => Tensor::cat(vec![previous, last], 0),
+            None => last,
+        });
+        Ok(())
+    }
+
+    /// Sample one token for every row, end the rows that finish, and run the rest one
+    /// position further.
+    pub fn step(&mut self, model: &Llama<B>, device: &B::Device) -> Result<Vec<Event>, LmError> {
+        let Some(last) = self.last.take() else {
+            return Ok(Vec::new());
+        };
+        let logits = last
+            .into_data()
+            .convert::<f32>()
+            .to_vec::<f32>()
+            .map_err(|e| LmError::BadInput(format!("logits: {e:?}")))?;
+        let vocab = self.vocab;
+        let mut events = Vec::with_capacity(self.rows.len());
+        let mut keep = Vec::with_capacity(self.rows.len());
+        let mut step_ids = Vec::with_capacity(self.rows.len());
+        for (slot, row) in self.rows.iter_mut().enumerate() {
+            let (token, logprob) = row
+                .sampler
+                .sample(&logits[slot * vocab..(slot + 1) * vocab]);
+            row.tokens.push(token);
+            events.push(Event::Token {
+                id: row.id,
+                token,
+                logprob,
+            });
+            let reason = if row.eos_token_ids.contains(&token) {
+                Some(FinishReason::Eos)
+            } else if row
+                .stop
+                .as_ref()
+                .is_some_and(|s| s.should_stop(&row.tokens))
+            {
+                Some(FinishReason::Stop)
+            } else if row.tokens.len() >= row.max_new_tokens {
+                Some(FinishReason::Length)
+            } else {
+                None
+            };
+            match reason {
+                Some(reason) => events.push(Event::Finished { id: row.id, reason }),
+                None => {
+                    keep.push(slot);
+                    step_ids.push(i64::from(token));
+                }
+            }
+        }
+        self.keep(&keep);
+        if self.rows.is_empty() {
+            return Ok(events);
+        }
+        let m = self.rows.len();
+        let mut positions = Vec::with_capacity(m);
+        for row in &mut self.rows {
+            row.real.push(true);
+            row.keys.push(row.next_position);
+            positions.push(row.next_position);
+            row.next_position += 1;
+        }
+        let width = self.rows[0].real.len();
+        let keys: Vec<i64> = self.rows.iter().flat_map(|r| r.keys.clone()).collect();
+        let mask: Vec<bool> = self
+            .rows
+            .iter()
+            .flat_map(|r| r.real.iter().map(|x| !x))
+            .collect();
+        let hidden = model.forward_cached(
+            model.embed(int2::<B>(step_ids, [m, 1], device)),
+            int2::<B>(positions, [m, 1], device),
+            int2::<B>(keys, [m, width], device),
+            &Tensor::<B, 4, Bool>::from_data(TensorData::new(mask, [m, 1, 1, width]), device),
+            &mut self.caches,
+            &self.rope,
+        );
+        self.last = Some(model.head(hidden).reshape([m, vocab]));
+        Ok(events)
+    }
+
+    /// Drop sequence `id` (its client went away); `false` when it is not decoding.
+    pub fn cancel(&mut self, id: u64) -> bool {
+        let keep: Vec<usize> = (0..self.rows.len())
+            .filter(|&slot| self.rows[slot].id != id)
+            .collect();
+        if keep.len() == self.rows.len() {
+            return false;
+        }
+        self.keep(&keep);
+        true
+    }
+
+    /// Keep rows `keep` (slots, in order) of the batch.
+    fn keep(&mut self, keep: &[usize]) {
+        if keep.len() == self.rows.len() {
+            return;
+        }
+        if keep.is_empty() {
+            self.rows.clear();
+            self.last = None;
+            for cache in &mut self.caches {
+                *cache = KvCache::default();
+            }
+            return;
+        }
+        for cache in &mut self.caches {
+            cache.select_rows(keep);
+        }
+        if let Some(last) = self.last.take() {
+            let device = last.device();
+            let index: Vec<i64> = keep.iter().map(|&s| s as i64).collect();
+            let n = index.len();
+            self.last = Some(last.select(
+                0,
+                Tensor::<B, 1, Int>::from_data(TensorData::new(index, [n]), &device),
+            ));
+        }
+        let mut rows: Vec<Option<Row>> = std::mem::take(&mut self.rows)
+            .into_iter()
+            .map(Some)
+            .collect();
+        self.rows = keep.iter().filter_map(|&s| rows[s].take()).collect();
+    }
+}
+
+fn pad_front(row: &mut Row, n: usize) {
+    if n == 0 {
+        return;
+    }
+    row.real.splice(0..0, std::iter::repeat_n(false, n));
+    row.keys.splice(0..0, std::iter::repeat_n(0, n));
+}
