@@ -14,6 +14,7 @@ pub mod route;
 pub mod run;
 pub mod run_config;
 pub mod scoring;
+pub mod serve;
 pub mod sft;
 pub mod system;
 pub mod train;

@@ -5,6 +5,7 @@ mod backend;
 mod dp;
 mod live;
 mod lm;
+mod serve_cli;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
@@ -70,6 +71,9 @@ enum Command {
     /// trained and evaluated (finished cells skipped, killed ones resumed from their
     /// checkpoint), then OUT/table.md (Table 1) and the figures.
     Reproduce(ReproduceArgs),
+    /// Serve a trained run (or a model) through an OpenAI-compatible HTTP API, with each
+    /// expert's share of the interface's attention per request.
+    Serve(serve_cli::ServeArgs),
     /// Rewrite a run directory's report.md and plots from its metrics.jsonl and eval.json.
     Report {
         #[arg(long)]
@@ -201,6 +205,7 @@ fn main() -> Result<()> {
             train(&config, steps, out, resume, &overrides, device, progress)
         }
         Command::Demo(args) => demo(&args),
+        Command::Serve(args) => serve_cli::run(&args),
         Command::Reproduce(args) => reproduce(&args),
         Command::Report { run } => {
             musketeers::report::write_run_report(&run)?;

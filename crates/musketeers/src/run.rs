@@ -129,6 +129,28 @@ pub fn render_prompt(
     )?)
 }
 
+/// The policy's prompt for one `question`, as training renders it (template, chat template,
+/// the system's notes).
+pub fn question_prompt<B: AutodiffBackend>(
+    config: &RunConfig,
+    trainer: &Trainer<B>,
+    question: &str,
+) -> Result<String, TrainError> {
+    let questions = [question.to_string()];
+    let question = match trainer.system().notes(&questions)? {
+        Some(mut notes) => {
+            let notes = notes.pop().unwrap_or_default();
+            let notes: Vec<(&str, &str)> = notes
+                .iter()
+                .map(|(name, note)| (name.as_str(), note.as_str()))
+                .collect();
+            with_suggestions(question, &notes)
+        }
+        None => question.to_string(),
+    };
+    render_prompt(&trainer.tokenizer, config, &question)
+}
+
 /// The policy's prompts for `entries`, with the notes the trainer's system pastes under
 /// each question (`text-collab`: the team's short answers).
 fn policy_prompts<B: AutodiffBackend>(
@@ -216,124 +238,23 @@ fn save_checkpoint<B: AutodiffBackend>(
 }
 
 /// The step of the checkpoint in `out_dir`, if there is one.
-/// A stable fingerprint of `value` (the same in every process of one build).
-fn fingerprint<T: std::hash::Hash>(value: &T) -> u64 {
-    use std::hash::Hasher;
-    let mut hasher = std::hash::DefaultHasher::new();
-    value.hash(&mut hasher);
-    hasher.finish()
-}
-
-/// Every process must run the same run: compare each `(what, fingerprint)` with process 0's.
-fn same_run_everywhere(
-    collective: &dyn Collective,
-    checks: &[(&str, u64)],
-) -> Result<(), TrainError> {
-    for (what, value) in checks {
-        let all = collective.gather_u64(*value)?;
-        if let Some(rank) = all.iter().position(|v| v != &all[0]) {
-            return Err(TrainError::BadInput(format!(
-                "process {rank} has another {what} than process 0: every process of a \
-                 data-parallel run must be started with the same config, steps and run directory"
-            )));
-        }
-    }
-    Ok(())
-}
-
-pub fn checkpoint_step(out_dir: &Path) -> Option<u64> {
-    let text = std::fs::read_to_string(out_dir.join("checkpoint/state.json")).ok()?;
-    serde_json::from_str::<serde_json::Value>(&text).ok()?["step"].as_u64()
-}
-
-/// Keep the lines of a JSONL log whose `step` is at most `step` (a killed run may have logged
-/// steps after its last checkpoint; they are taken again).
-fn truncate_log(path: &Path, step: u64) -> Result<(), TrainError> {
-    let Ok(text) = std::fs::read_to_string(path) else {
-        return Ok(());
-    };
-    let kept: String = text
-        .lines()
-        .filter(|l| {
-            serde_json::from_str::<serde_json::Value>(l)
-                .ok()
-                .and_then(|v| v["step"].as_u64())
-                .is_some_and(|s| s <= step)
-        })
-        .map(|l| format!("{l}\n"))
-        .collect();
-    std::fs::write(path, kept).map_err(io(path))
-}
-
-/// What a finished run left behind.
-#[derive(Debug, Clone)]
-pub struct RunOutcome {
-    pub dir: PathBuf,
-    pub steps: u64,
-    /// Stopped early by `progress` (checkpointed, not evaluated).
-    pub stopped: bool,
-    /// The held-out evaluation (also in `eval.json`), when `eval.problems > 0`.
-    pub eval: Option<EvalReport>,
-}
-
-/// Run `config` for `steps` (default: the config's), calling `progress` after every step,
-/// then evaluate on held-out problems (`eval.json`) and write `report.md`. `progress`
-/// returning `Break` stops the run after that step: it is checkpointed (so `resume`
-/// continues it), reported, and not evaluated.
-/// With `resume`, a checkpoint in `out_dir` is loaded and the run continues from it exactly
-/// (same adapters, interface, optimizer state and sampling seeds).
-pub fn run<B: AutodiffBackend>(
+/// The trainer of `config`: the policy with fresh LoRA adapters, or with those of the
+/// checkpoint in `out_dir` when `resume_from` is set (the interface, router and optimizer
+/// state are loaded by [`Trainer::load_state`]), the team, the interface and the system.
+/// `steps`: the run's length, which the learning-rate schedule spans.
+pub fn build_trainer<B: AutodiffBackend>(
     config: &RunConfig,
     out_dir: &Path,
+    resume_from: Option<u64>,
     steps: Option<u64>,
-    resume: bool,
     device: &B::Device,
-    progress: &mut dyn FnMut(&StepReport) -> ControlFlow<()>,
-) -> Result<RunOutcome, TrainError> {
-    run_with::<B>(
-        config,
-        out_dir,
-        steps,
-        resume,
-        device,
-        progress,
-        Box::new(Alone),
-    )
-}
-
-/// [`run`] as one of the processes of `collective` (data parallelism: `mpirun -np N`): every
-/// process holds the team and the policy and trains on its share of each step's prompts; all
-/// apply the same update. Process 0 alone writes the run directory and evaluates.
-pub fn run_with<B: AutodiffBackend>(
-    config: &RunConfig,
-    out_dir: &Path,
-    steps: Option<u64>,
-    resume: bool,
-    device: &B::Device,
-    progress: &mut dyn FnMut(&StepReport) -> ControlFlow<()>,
-    collective: Box<dyn Collective>,
-) -> Result<RunOutcome, TrainError> {
-    config.validate()?;
-    let writes = collective.rank() == 0;
-    let text =
-        toml::to_string_pretty(config).map_err(|e| TrainError::BadInput(format!("config: {e}")))?;
-    if writes {
-        std::fs::create_dir_all(out_dir).map_err(io(out_dir))?;
-        let resolved = out_dir.join("config.toml");
-        std::fs::write(&resolved, &text).map_err(io(&resolved))?;
-    }
-
+) -> Result<Trainer<B>, TrainError> {
     let g = &config.grpo;
     let mut policy = load::<B>(&config.policy.model, device)?;
     let tokenizer = take_tokenizer(&mut policy.tokenizer, &config.policy.model)?;
     let eos = policy.eos_token_ids.clone();
     let policy_width = policy.config.hidden_size;
     let checkpoint = out_dir.join("checkpoint");
-    let resume_from = if resume {
-        checkpoint_step(out_dir)
-    } else {
-        None
-    };
     let model = match resume_from {
         Some(_) => policy.model.load_adapters(&checkpoint.join("adapter"))?.0,
         None => policy.model.with_lora(&config.policy.lora, g.seed)?,
@@ -448,6 +369,124 @@ pub fn run_with<B: AutodiffBackend>(
         epsilon: g.adam_epsilon,
         weight_decay: g.weight_decay,
     });
+    Ok(trainer)
+}
+
+/// A stable fingerprint of `value` (the same in every process of one build).
+fn fingerprint<T: std::hash::Hash>(value: &T) -> u64 {
+    use std::hash::Hasher;
+    let mut hasher = std::hash::DefaultHasher::new();
+    value.hash(&mut hasher);
+    hasher.finish()
+}
+
+/// Every process must run the same run: compare each `(what, fingerprint)` with process 0's.
+fn same_run_everywhere(
+    collective: &dyn Collective,
+    checks: &[(&str, u64)],
+) -> Result<(), TrainError> {
+    for (what, value) in checks {
+        let all = collective.gather_u64(*value)?;
+        if let Some(rank) = all.iter().position(|v| v != &all[0]) {
+            return Err(TrainError::BadInput(format!(
+                "process {rank} has another {what} than process 0: every process of a \
+                 data-parallel run must be started with the same config, steps and run directory"
+            )));
+        }
+    }
+    Ok(())
+}
+
+pub fn checkpoint_step(out_dir: &Path) -> Option<u64> {
+    let text = std::fs::read_to_string(out_dir.join("checkpoint/state.json")).ok()?;
+    serde_json::from_str::<serde_json::Value>(&text).ok()?["step"].as_u64()
+}
+
+/// Keep the lines of a JSONL log whose `step` is at most `step` (a killed run may have logged
+/// steps after its last checkpoint; they are taken again).
+fn truncate_log(path: &Path, step: u64) -> Result<(), TrainError> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Ok(());
+    };
+    let kept: String = text
+        .lines()
+        .filter(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .ok()
+                .and_then(|v| v["step"].as_u64())
+                .is_some_and(|s| s <= step)
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(path, kept).map_err(io(path))
+}
+
+/// What a finished run left behind.
+#[derive(Debug, Clone)]
+pub struct RunOutcome {
+    pub dir: PathBuf,
+    pub steps: u64,
+    /// Stopped early by `progress` (checkpointed, not evaluated).
+    pub stopped: bool,
+    /// The held-out evaluation (also in `eval.json`), when `eval.problems > 0`.
+    pub eval: Option<EvalReport>,
+}
+
+/// Run `config` for `steps` (default: the config's), calling `progress` after every step,
+/// then evaluate on held-out problems (`eval.json`) and write `report.md`. `progress`
+/// returning `Break` stops the run after that step: it is checkpointed (so `resume`
+/// continues it), reported, and not evaluated.
+/// With `resume`, a checkpoint in `out_dir` is loaded and the run continues from it exactly
+/// (same adapters, interface, optimizer state and sampling seeds).
+pub fn run<B: AutodiffBackend>(
+    config: &RunConfig,
+    out_dir: &Path,
+    steps: Option<u64>,
+    resume: bool,
+    device: &B::Device,
+    progress: &mut dyn FnMut(&StepReport) -> ControlFlow<()>,
+) -> Result<RunOutcome, TrainError> {
+    run_with::<B>(
+        config,
+        out_dir,
+        steps,
+        resume,
+        device,
+        progress,
+        Box::new(Alone),
+    )
+}
+
+/// [`run`] as one of the processes of `collective` (data parallelism: `mpirun -np N`): every
+/// process holds the team and the policy and trains on its share of each step's prompts; all
+/// apply the same update. Process 0 alone writes the run directory and evaluates.
+pub fn run_with<B: AutodiffBackend>(
+    config: &RunConfig,
+    out_dir: &Path,
+    steps: Option<u64>,
+    resume: bool,
+    device: &B::Device,
+    progress: &mut dyn FnMut(&StepReport) -> ControlFlow<()>,
+    collective: Box<dyn Collective>,
+) -> Result<RunOutcome, TrainError> {
+    config.validate()?;
+    let writes = collective.rank() == 0;
+    let text =
+        toml::to_string_pretty(config).map_err(|e| TrainError::BadInput(format!("config: {e}")))?;
+    if writes {
+        std::fs::create_dir_all(out_dir).map_err(io(out_dir))?;
+        let resolved = out_dir.join("config.toml");
+        std::fs::write(&resolved, &text).map_err(io(&resolved))?;
+    }
+
+    let g = &config.grpo;
+    let checkpoint = out_dir.join("checkpoint");
+    let resume_from = if resume {
+        checkpoint_step(out_dir)
+    } else {
+        None
+    };
+    let mut trainer = build_trainer::<B>(config, out_dir, resume_from, steps, device)?;
     let steps = steps.unwrap_or(g.steps);
     same_run_everywhere(
         collective.as_ref(),

@@ -211,6 +211,18 @@ pub struct Sample {
     pub advantage: f32,
 }
 
+/// A prompt ready to generate from, with what the team did for it.
+#[derive(Debug, Clone)]
+pub struct PromptContext<B: Backend> {
+    pub ids: Vec<u32>,
+    /// The system's context tokens `[K, d]`, if it has them.
+    pub prefix: Option<Tensor<B, 2>>,
+    /// Share of the interface's attention per expert (empty without an interface).
+    pub utilization: Vec<f32>,
+    pub routing_entropy: Option<f32>,
+    pub routing_entropy_normalized: Option<f32>,
+}
+
 /// `hard-route`'s router learning rate over the policy's.
 pub const ROUTER_LR_SCALE: f64 = 10.0;
 
@@ -418,6 +430,35 @@ impl<B: AutodiffBackend> Trainer<B> {
     ) -> Result<Option<Tensor<B::InnerBackend, 3>>, TrainError> {
         let context = self.system.context(&self.parts(), prompts, ids, None)?;
         Ok(context.tokens().map(|c| c.inner()))
+    }
+
+    /// The policy as it samples: without autodiff, in the run's precision.
+    pub fn sampler(&self) -> Llama<B::InnerBackend> {
+        self.policy.valid().with_precision(self.precision)
+    }
+
+    /// What generating from `prompt` needs (a server's request): its tokens, the system's
+    /// context tokens `[K, d]` and what the team did for it.
+    pub fn prompt_context(
+        &self,
+        prompt: &str,
+    ) -> Result<PromptContext<B::InnerBackend>, TrainError> {
+        let prompts = [prompt.to_string()];
+        let mut ids = phases::encode_prompts(&self.tokenizer, &prompts)?;
+        let context = self.system.context(&self.parts(), &prompts, &ids, None)?;
+        let (utilization, entropy, normalized) =
+            phases::utilization(&context, None, self.team.len());
+        let prefix = context.tokens().map(|c| {
+            let [_, k, d] = c.dims();
+            c.inner().reshape([k, d])
+        });
+        Ok(PromptContext {
+            ids: ids.remove(0),
+            prefix,
+            utilization,
+            routing_entropy: entropy,
+            routing_entropy_normalized: normalized,
+        })
     }
 
     /// Greedy completions of `prompts`, from `[C ; prompt]` when `with_context` and the run

@@ -1,0 +1,350 @@
+//! The engine: one thread owns the trained system and a continuous decode batch. Requests
+//! arrive through a bounded queue, join the batch at the next step (the team reads the
+//! prompt once, the interface makes C, the policy prefills `[C ; prompt]`), stream their text
+//! back as it decodes, and leave when they finish or their client goes away.
+
+use burn::tensor::backend::AutodiffBackend;
+use musketeers_lm::batch::{DecodeBatch, Event, SequenceSpec};
+use musketeers_lm::generate::FinishReason;
+use musketeers_lm::sampling::SamplingConfig;
+use musketeers_lm::tokenizer::TextTokenizer;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::time::Duration;
+use tokio::sync::mpsc::UnboundedSender;
+
+use super::api::{ApiError, Sampling, TeamReport, finish_reason};
+use crate::run::question_prompt;
+use crate::run_config::RunConfig;
+use crate::train::Trainer;
+
+/// What the policy reads.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Input {
+    /// A chat question, wrapped as training wrapped its questions.
+    Question(String),
+    /// A completion prompt, read as it is.
+    Raw(String),
+}
+
+#[derive(Debug)]
+pub struct Job {
+    pub input: Input,
+    pub sampling: Sampling,
+    pub events: UnboundedSender<JobEvent>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum JobEvent {
+    Started {
+        prompt_tokens: usize,
+        team: TeamReport,
+    },
+    Text {
+        index: usize,
+        delta: String,
+    },
+    Finished {
+        index: usize,
+        reason: &'static str,
+        completion_tokens: usize,
+    },
+    Failed(ApiError),
+}
+
+/// The system being served and how the engine runs it.
+#[derive(Debug)]
+pub struct Served<B: AutodiffBackend> {
+    pub trainer: Trainer<B>,
+    pub config: RunConfig,
+    pub expert_names: Vec<String>,
+    /// Rows decoded together at most (the `n` samples of a request count each).
+    pub max_rows: usize,
+}
+
+struct Sequence {
+    job: u64,
+    index: usize,
+    tokens: Vec<u32>,
+    /// Bytes of the decoded text already sent.
+    sent: usize,
+    stop: Vec<String>,
+}
+
+struct JobState {
+    events: UnboundedSender<JobEvent>,
+    open: usize,
+}
+
+/// Text decoded from `tokens`, cut before the first stop string; whether one was found.
+fn decoded(tokenizer: &TextTokenizer, tokens: &[u32], stop: &[String]) -> (String, bool) {
+    let text = tokenizer.decode(tokens, true).unwrap_or_default();
+    match stop.iter().filter_map(|s| text.find(s.as_str())).min() {
+        Some(cut) => (text[..cut].to_string(), true),
+        None => (text, false),
+    }
+}
+
+/// The part of `text` after `sent` bytes that is safe to send: not ending in a partial
+/// character (a replacement character may still become a real one).
+fn fresh(text: &str, sent: usize, finished: bool) -> Option<(String, usize)> {
+    let end = if finished {
+        text.len()
+    } else {
+        text.trim_end_matches('\u{FFFD}').len()
+    };
+    if end <= sent || !text.is_char_boundary(sent) {
+        return None;
+    }
+    Some((text[sent..end].to_string(), end))
+}
+
+/// Run the engine until the queue closes and every sequence has finished.
+pub fn run<B: AutodiffBackend>(served: Served<B>, jobs: Receiver<Job>) {
+    let Served {
+        trainer,
+        config,
+        expert_names,
+        max_rows,
+    } = served;
+    let device = trainer.policy.embed_tokens.weight.val().inner().device();
+    let sampler = trainer.sampler();
+    let mut batch = DecodeBatch::new(&sampler, &device);
+    let mut sequences: HashMap<u64, Sequence> = HashMap::new();
+    let mut states: BTreeMap<u64, JobState> = BTreeMap::new();
+    let mut next_job = 0u64;
+    let mut closed = false;
+    loop {
+        // Admit: wait for work when idle, take what is queued while busy.
+        let mut admitted = Vec::new();
+        if batch.is_empty() {
+            if closed {
+                return;
+            }
+            match jobs.recv_timeout(Duration::from_millis(200)) {
+                Ok(job) => admitted.push(job),
+                Err(RecvTimeoutError::Timeout) => continue,
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+        }
+        while batch.len() + admitted.iter().map(|j| j.sampling.n).sum::<usize>() < max_rows {
+            match jobs.try_recv() {
+                Ok(job) => admitted.push(job),
+                Err(std::sync::mpsc::TryRecvError::Empty) => break,
+                Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                    closed = true;
+                    break;
+                }
+            }
+        }
+        for job in admitted {
+            let id = next_job;
+            next_job += 1;
+            match admit(&trainer, &config, &expert_names, &job, id) {
+                Ok((specs, started)) => {
+                    if job.events.send(started).is_err() {
+                        continue;
+                    }
+                    for spec in &specs {
+                        sequences.insert(
+                            spec.id,
+                            Sequence {
+                                job: id,
+                                index: (spec.id & 0xffff) as usize,
+                                tokens: Vec::new(),
+                                sent: 0,
+                                stop: job.sampling.stop.clone(),
+                            },
+                        );
+                    }
+                    states.insert(
+                        id,
+                        JobState {
+                            events: job.events.clone(),
+                            open: specs.len(),
+                        },
+                    );
+                    if let Err(e) = batch.join(&sampler, specs, &device) {
+                        let _ = job
+                            .events
+                            .send(JobEvent::Failed(ApiError::invalid("prompt", e.to_string())));
+                        states.remove(&id);
+                        sequences.retain(|_, s| s.job != id);
+                    }
+                }
+                Err(error) => {
+                    let _ = job.events.send(JobEvent::Failed(error));
+                }
+            }
+        }
+        if batch.is_empty() {
+            continue;
+        }
+        let events = match batch.step(&sampler, &device) {
+            Ok(events) => events,
+            Err(e) => {
+                // A step that fails fails every request in it; the engine goes on.
+                for state in states.values() {
+                    let _ = state.events.send(JobEvent::Failed(ApiError::with_status(
+                        500,
+                        "server_error",
+                        e.to_string(),
+                    )));
+                }
+                let ids: Vec<u64> = sequences.keys().copied().collect();
+                for id in ids {
+                    batch.cancel(id);
+                }
+                sequences.clear();
+                states.clear();
+                continue;
+            }
+        };
+        let mut gone: Vec<u64> = Vec::new();
+        for event in events {
+            let (id, reason) = match event {
+                Event::Token { id, token, .. } => {
+                    if let Some(seq) = sequences.get_mut(&id) {
+                        seq.tokens.push(token);
+                    }
+                    (id, None)
+                }
+                Event::Finished { id, reason } => (id, Some(reason)),
+            };
+            let Some(seq) = sequences.get_mut(&id) else {
+                continue;
+            };
+            let job = seq.job;
+            let (text, stopped) = decoded(&trainer.tokenizer, &seq.tokens, &seq.stop);
+            let finished = reason.is_some() || stopped;
+            let Some(state) = states.get_mut(&seq.job) else {
+                continue;
+            };
+            let mut alive = true;
+            if let Some((delta, end)) = fresh(&text, seq.sent, finished) {
+                seq.sent = end;
+                alive = state
+                    .events
+                    .send(JobEvent::Text {
+                        index: seq.index,
+                        delta,
+                    })
+                    .is_ok();
+            }
+            if alive && finished {
+                let label = if stopped {
+                    "stop"
+                } else {
+                    finish_reason(reason.unwrap_or(FinishReason::Length))
+                };
+                alive = state
+                    .events
+                    .send(JobEvent::Finished {
+                        index: seq.index,
+                        reason: label,
+                        completion_tokens: seq.tokens.len(),
+                    })
+                    .is_ok();
+                state.open -= 1;
+                if reason.is_none() {
+                    // A stop string ended it; the batch still decodes it.
+                    batch.cancel(id);
+                }
+                sequences.remove(&id);
+                if states.get(&job).is_some_and(|s| s.open == 0) {
+                    states.remove(&job);
+                }
+            }
+            if !alive {
+                // The client went away: free its rows.
+                gone.push(job);
+            }
+        }
+        for job in gone {
+            let ids: Vec<u64> = sequences
+                .iter()
+                .filter(|(_, s)| s.job == job)
+                .map(|(id, _)| *id)
+                .collect();
+            for id in ids {
+                batch.cancel(id);
+                sequences.remove(&id);
+            }
+            states.remove(&job);
+        }
+    }
+}
+
+/// The sequences of `job` (id `id`), and the event that starts its response.
+fn admit<B: AutodiffBackend>(
+    trainer: &Trainer<B>,
+    config: &RunConfig,
+    expert_names: &[String],
+    job: &Job,
+    id: u64,
+) -> Result<(Vec<SequenceSpec<B::InnerBackend>>, JobEvent), ApiError> {
+    let bad = |e: crate::train::TrainError| ApiError::invalid("prompt", e.to_string());
+    let prompt = match &job.input {
+        Input::Question(q) => question_prompt(config, trainer, q).map_err(bad)?,
+        Input::Raw(p) => p.clone(),
+    };
+    let context = trainer.prompt_context(&prompt).map_err(bad)?;
+    if context.ids.is_empty() {
+        return Err(ApiError::invalid("prompt", "no tokens"));
+    }
+    let s = &job.sampling;
+    let seed = s.seed.unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(id, |d| d.as_nanos() as u64 ^ id)
+    });
+    let specs = (0..s.n)
+        .map(|index| SequenceSpec {
+            id: (id << 16) | index as u64,
+            prompt: context.ids.clone(),
+            prefix: context.prefix.clone(),
+            max_new_tokens: s
+                .max_tokens
+                .unwrap_or(trainer.settings.max_completion_length),
+            eos_token_ids: trainer.settings.grpo.eos_token_ids.clone(),
+            sampling: SamplingConfig {
+                temperature: s.temperature,
+                top_k: None,
+                top_p: s.top_p,
+                seed,
+            },
+            stream: index as u64,
+            stop: None,
+        })
+        .collect();
+    let team = TeamReport {
+        system: trainer.system().name().to_string(),
+        utilization: expert_names
+            .iter()
+            .cloned()
+            .zip(context.utilization.iter().copied())
+            .collect(),
+        routing_entropy: context.routing_entropy,
+        routing_entropy_normalized: context.routing_entropy_normalized,
+    };
+    Ok((
+        specs,
+        JobEvent::Started {
+            prompt_tokens: context.ids.len(),
+            team,
+        },
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fresh;
+
+    #[test]
+    fn text_is_sent_in_whole_characters() {
+        assert_eq!(fresh("abc", 1, false), Some(("bc".into(), 3)));
+        assert_eq!(fresh("ab\u{FFFD}", 1, false), Some(("b".into(), 2)));
+        assert_eq!(fresh("ab\u{FFFD}", 2, true), Some(("\u{FFFD}".into(), 5)));
+        assert_eq!(fresh("ab", 2, false), None);
+    }
+}

@@ -1,0 +1,159 @@
+//! `musketeers serve`: load a run directory (or a model, with an optional PEFT adapter) and
+//! serve it through [`musketeers::serve`].
+
+use anyhow::{Context, Result};
+use musketeers::run_config::{Mode, RunConfig};
+use musketeers::serve::api::Limits;
+use musketeers::serve::engine::Served;
+use musketeers::serve::{ServeOptions, serve};
+use std::io::Write;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::backend;
+
+#[derive(clap::Args, Debug)]
+pub struct ServeArgs {
+    /// A run directory of `musketeers train` (its config.toml and last checkpoint).
+    #[arg(long, conflicts_with = "model")]
+    run: Option<PathBuf>,
+    /// A plain model instead (a fetched name or a Hugging Face directory), the policy alone.
+    #[arg(long)]
+    model: Option<String>,
+    /// With `--model`: a PEFT LoRA adapter directory to apply.
+    #[arg(long, requires = "model")]
+    adapter: Option<PathBuf>,
+    /// Address to bind; 127.0.0.1 unless told otherwise.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: IpAddr,
+    #[arg(long, default_value_t = 8000)]
+    port: u16,
+    /// Require `Authorization: Bearer KEY` (default: the MUSKETEERS_API_KEY variable, else none).
+    #[arg(long)]
+    api_key: Option<String>,
+    /// The model name clients send (default: the run directory's or model's name).
+    #[arg(long)]
+    name: Option<String>,
+    /// Requests waiting for the engine at most; more get 503.
+    #[arg(long, default_value_t = 64)]
+    queue: usize,
+    /// Sequences decoded together at most (continuous batching).
+    #[arg(long, default_value_t = 64)]
+    max_batch: usize,
+    /// Largest `max_tokens` a request may ask for.
+    #[arg(long, default_value_t = 1024)]
+    max_tokens: usize,
+    /// Largest `n` a request may ask for.
+    #[arg(long, default_value_t = 16)]
+    max_n: usize,
+    #[arg(long, value_enum, default_value_t = backend::DeviceKind::Cpu)]
+    device: backend::DeviceKind,
+}
+
+pub fn run(args: &ServeArgs) -> Result<()> {
+    let (config, run_dir) = match (&args.run, &args.model) {
+        (Some(run), _) => {
+            let path = run.join("config.toml");
+            let config = RunConfig::from_file(&path)
+                .with_context(|| format!("{} is not a run directory", run.display()))?;
+            (config, Some(run.clone()))
+        }
+        (None, Some(model)) => {
+            // The policy alone, prompts as they come (no template) through its chat template.
+            let text = format!(
+                "mode = \"single\"\n[policy]\nmodel = {}\n[[tasks]]\nname = \"chain_sum\"\n",
+                toml::Value::String(model.clone())
+            );
+            let config: RunConfig = toml::from_str(&text).context("a config for --model")?;
+            debug_assert_eq!(config.mode, Mode::Single);
+            (config, None)
+        }
+        (None, None) => anyhow::bail!("say what to serve: --run DIR or --model NAME"),
+    };
+    let name = args.name.clone().unwrap_or_else(|| {
+        run_dir
+            .as_ref()
+            .and_then(|d| d.file_name())
+            .map(|n| n.to_string_lossy().into_owned())
+            .or_else(|| args.model.clone())
+            .unwrap_or_else(|| "musketeers".into())
+    });
+    let options = ServeOptions {
+        addr: SocketAddr::new(args.host, args.port),
+        api_key: args
+            .api_key
+            .clone()
+            .or_else(|| std::env::var("MUSKETEERS_API_KEY").ok())
+            .filter(|k| !k.is_empty()),
+        model: name,
+        limits: Limits {
+            max_tokens: args.max_tokens,
+            max_n: args.max_n,
+            ..Limits::default()
+        },
+        queue: args.queue,
+        max_rows: args.max_batch.max(1),
+        max_body_bytes: 1 << 20,
+        body_timeout: Duration::from_secs(10),
+    };
+    let adapter = args.adapter.clone();
+    let max_rows = options.max_rows;
+    let shutdown = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let ready = |addr: SocketAddr| {
+        let _ = writeln!(
+            std::io::stderr(),
+            "serving on http://{addr}/v1 (Ctrl-C drains and stops)"
+        );
+    };
+    backend::on_backend!(args.device, B = autodiff, {
+        let build = move || -> Result<Served<B>, String> {
+            let device = Default::default();
+            let fail = |e: musketeers::train::TrainError| e.to_string();
+            let mut trainer = match &run_dir {
+                Some(dir) => {
+                    let step = musketeers::run::checkpoint_step(dir)
+                        .ok_or_else(|| format!("{}: no checkpoint to serve", dir.display()))?;
+                    let mut trainer = musketeers::run::build_trainer::<B>(
+                        &config,
+                        dir,
+                        Some(step),
+                        None,
+                        &device,
+                    )
+                    .map_err(fail)?;
+                    trainer
+                        .load_state(&dir.join("checkpoint"), step)
+                        .map_err(fail)?;
+                    trainer
+                }
+                None => musketeers::run::build_trainer::<B>(
+                    &config,
+                    &PathBuf::from("."),
+                    None,
+                    None,
+                    &device,
+                )
+                .map_err(fail)?,
+            };
+            if let Some(dir) = &adapter {
+                let policy = trainer.policy.clone().without_adapters();
+                trainer.policy = policy
+                    .load_adapters(dir)
+                    .map_err(|e| format!("{}: {e}", dir.display()))?
+                    .0;
+            }
+            let expert_names = config.team.iter().map(|m| m.name.clone()).collect();
+            Ok(Served {
+                trainer,
+                config,
+                expert_names,
+                max_rows,
+            })
+        };
+        serve::<B, _>(options, build, ready, shutdown)?
+    });
+    Ok(())
+}
