@@ -64,6 +64,19 @@ pub enum Bench {
         #[arg(long = "set", value_name = "KEY=VALUE")]
         overrides: Vec<String>,
     },
+    /// A load test of `musketeers serve` on 127.0.0.1: one client against C concurrent
+    /// clients (half streaming), failures, p50/p99 latency, completion tokens/s.
+    Serve {
+        /// What to serve: a fetched model name (the policy alone).
+        #[arg(long, default_value = "smollm2-135m")]
+        model: String,
+        #[arg(long, default_value_t = 32)]
+        clients: usize,
+        #[arg(long, default_value_t = 500)]
+        requests: usize,
+        #[arg(long, default_value_t = 32)]
+        max_tokens: usize,
+    },
 }
 
 /// One virtual environment for the PyTorch references (transformers, TRL).
@@ -96,6 +109,12 @@ pub fn run(bench: Bench) -> Result<()> {
             ranks,
             overrides,
         } => crate::bench_dp::dp(&config, steps, ranks, &overrides),
+        Bench::Serve {
+            model,
+            clients,
+            requests,
+            max_tokens,
+        } => crate::bench_serve::serve(&model, clients, requests, max_tokens),
     }
 }
 

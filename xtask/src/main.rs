@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_dp;
+mod bench_serve;
 mod cli;
 mod gpu_check;
 mod models;

@@ -452,3 +452,64 @@ fn an_api_key_is_required_when_set() {
     );
     assert_eq!(status, 200, "{reply}");
 }
+
+/// The real `openai` Python client against the server (`scripts/openai_client_check.py`):
+/// runs where MUSKETEERS_OPENAI_PYTHON names a Python with `openai` (`.ci/run` makes one).
+#[test]
+#[allow(clippy::print_stderr)] // the skip reason belongs in the test output
+fn the_openai_python_client_is_served() {
+    let Ok(python) = std::env::var("MUSKETEERS_OPENAI_PYTHON") else {
+        eprintln!("skipped: set MUSKETEERS_OPENAI_PYTHON to a Python with `openai` installed");
+        return;
+    };
+    let temp = tempfile::tempdir().expect("temp");
+    let run = train_tiny_run(temp.path());
+    let server = start(&run, &[]);
+    let script =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/openai_client_check.py");
+    let output = Command::new(python)
+        .arg(script)
+        .args(["--base-url", &format!("http://{}/v1", server.addr)])
+        .args(["--model", "tiny", "--eval"])
+        .arg(run.join("eval.json"))
+        .output()
+        .expect("python");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    eprintln!("{stdout}");
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("checks passed"));
+}
+
+/// With one queue slot and one decode row, a burst of requests gets 503s for the ones that
+/// do not fit, never a hang, and the others their answers.
+#[test]
+fn a_full_queue_answers_503() {
+    let temp = tempfile::tempdir().expect("temp");
+    let run = train_tiny_run(temp.path());
+    let server = start(
+        &run,
+        &["--queue", "1", "--max-batch", "1", "--max-tokens", "4096"],
+    );
+    let addr = server.addr;
+    let body = br#"{"model": "tiny", "messages": [{"role": "user", "content": "w1 w2"}], "max_tokens": 2000, "temperature": 1.0}"#;
+    let burst: Vec<_> = (0..12)
+        .map(|_| std::thread::spawn(move || post(addr, "/v1/chat/completions", body, "").0))
+        .collect();
+    let statuses: Vec<u16> = burst
+        .into_iter()
+        .map(|t| t.join().expect("client"))
+        .collect();
+    assert!(
+        statuses.iter().all(|s| *s == 200 || *s == 503),
+        "{statuses:?}"
+    );
+    assert!(
+        statuses.contains(&503),
+        "some were turned away: {statuses:?}"
+    );
+    assert!(statuses.contains(&200), "some were served: {statuses:?}");
+}

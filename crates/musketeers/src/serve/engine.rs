@@ -275,6 +275,12 @@ pub fn run<B: AutodiffBackend>(served: Served<B>, jobs: Receiver<Job>) {
     }
 }
 
+/// A job's sequences, and the event that starts its response.
+type Admitted<B> = (
+    Vec<SequenceSpec<<B as AutodiffBackend>::InnerBackend>>,
+    JobEvent,
+);
+
 /// The sequences of `job` (id `id`), and the event that starts its response.
 fn admit<B: AutodiffBackend>(
     trainer: &Trainer<B>,
@@ -282,7 +288,7 @@ fn admit<B: AutodiffBackend>(
     expert_names: &[String],
     job: &Job,
     id: u64,
-) -> Result<(Vec<SequenceSpec<B::InnerBackend>>, JobEvent), ApiError> {
+) -> Result<Admitted<B>, ApiError> {
     let bad = |e: crate::train::TrainError| ApiError::invalid("prompt", e.to_string());
     let prompt = match &job.input {
         Input::Question(q) => question_prompt(config, trainer, q).map_err(bad)?,

@@ -402,10 +402,10 @@ fn streamed(
     let chunk = move |choices: serde_json::Value, extra: Option<serde_json::Value>| {
         let mut value = serde_json::json!({"id": id, "object": object, "created": created,
             "model": model, "choices": choices});
-        if let (Some(extra), Some(map)) = (extra, value.as_object_mut()) {
-            if let Some(fields) = extra.as_object() {
-                map.extend(fields.clone());
-            }
+        if let (Some(extra), Some(map)) = (extra, value.as_object_mut())
+            && let Some(fields) = extra.as_object()
+        {
+            map.extend(fields.clone());
         }
         SseEvent::default().data(value.to_string())
     };
