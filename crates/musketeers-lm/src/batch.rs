@@ -103,6 +103,11 @@ impl<B: Backend> DecodeBatch<B> {
         self.rows.is_empty()
     }
 
+    /// Cached positions per row (real and padding).
+    pub fn width(&self) -> usize {
+        self.caches.first().map_or(0, KvCache::len)
+    }
+
     /// Prefill `specs` (one forward pass; all with a prefix of the same length, or none) and
     /// add them to the batch: they sample their first token at the next [`Self::step`].
     pub fn join(
@@ -364,6 +369,23 @@ impl<B: Backend> DecodeBatch<B> {
             .map(Some)
             .collect();
         self.rows = keep.iter().filter_map(|&s| rows[s].take()).collect();
+        // Slots that are padding in every remaining row go: without this a batch that is
+        // never empty (a busy server) would keep every departed row's length forever.
+        let unused = self
+            .rows
+            .iter()
+            .map(|r| r.real.iter().take_while(|real| !**real).count())
+            .min()
+            .unwrap_or(0);
+        if unused > 0 {
+            for cache in &mut self.caches {
+                cache.drop_front(unused);
+            }
+            for row in &mut self.rows {
+                row.real.drain(..unused);
+                row.keys.drain(..unused);
+            }
+        }
     }
 }
 

@@ -87,4 +87,17 @@ impl<B: Backend> KvCache<B> {
         self.keys = cat(self.keys.take(), other.keys);
         self.values = cat(self.values.take(), other.values);
     }
+
+    /// Drop the first `n` cached positions (slots every row masks).
+    pub fn drop_front(&mut self, n: usize) {
+        if n == 0 {
+            return;
+        }
+        let cut = |t: Tensor<B, 4>| {
+            let len = t.dims()[2];
+            t.narrow(2, n.min(len), len - n.min(len))
+        };
+        self.keys = self.keys.take().map(cut);
+        self.values = self.values.take().map(cut);
+    }
 }

@@ -151,12 +151,18 @@ fn a_cancelled_sequence_leaves_and_the_rest_decode_unchanged() {
     batch
         .join(
             &model,
-            vec![spec(0, &[3, 14, 15], None), spec(1, &[9, 26], None)],
+            vec![
+                spec(0, &[3, 14, 15, 16, 17, 18], None),
+                spec(1, &[9, 26], None),
+            ],
             &device,
         )
         .expect("join");
     batch.step(&model, &device).expect("step");
+    assert_eq!(batch.width(), 7, "6 prompt tokens and one decoded");
     assert!(batch.cancel(0));
+    // The padding only the cancelled row needed is gone: 2 prompt tokens and one decoded.
+    assert_eq!(batch.width(), 3);
     assert!(!batch.cancel(0), "already gone");
     assert_eq!(batch.len(), 1);
     let mut rest = vec![];

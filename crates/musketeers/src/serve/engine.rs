@@ -137,6 +137,9 @@ pub fn run<B: AutodiffBackend>(served: Served<B>, jobs: Receiver<Job>) {
                 }
             }
         }
+        // Every admitted request is prefilled in one forward pass.
+        let mut joining = Vec::new();
+        let mut joined_jobs = Vec::new();
         for job in admitted {
             let id = next_job;
             next_job += 1;
@@ -164,17 +167,22 @@ pub fn run<B: AutodiffBackend>(served: Served<B>, jobs: Receiver<Job>) {
                             open: specs.len(),
                         },
                     );
-                    if let Err(e) = batch.join(&sampler, specs, &device) {
-                        let _ = job
-                            .events
-                            .send(JobEvent::Failed(ApiError::invalid("prompt", e.to_string())));
-                        states.remove(&id);
-                        sequences.retain(|_, s| s.job != id);
-                    }
+                    joining.extend(specs);
+                    joined_jobs.push(id);
                 }
                 Err(error) => {
                     let _ = job.events.send(JobEvent::Failed(error));
                 }
+            }
+        }
+        if let Err(e) = batch.join(&sampler, joining, &device) {
+            for id in joined_jobs {
+                if let Some(state) = states.remove(&id) {
+                    let _ = state
+                        .events
+                        .send(JobEvent::Failed(ApiError::invalid("prompt", e.to_string())));
+                }
+                sequences.retain(|_, s| s.job != id);
             }
         }
         if batch.is_empty() {
