@@ -449,8 +449,10 @@ fn micro_batches_compared() {
                 moved > 1e-4,
                 "{loss_type:?}: the step moved nothing ({moved})"
             );
+            // Up to 2e-3 of the step measured (the parts round differently); a wrong weight
+            // of a part would be of the order of the step itself.
             assert!(
-                biggest <= 1e-3 * moved,
+                biggest <= 1e-2 * moved,
                 "{loss_type:?}: weights differ by {biggest} for a step of {moved}"
             );
         }

@@ -12,9 +12,10 @@ use burn::optim::record::AdaptorRecord;
 use burn::optim::{AdamW, AdamWConfig, GradientsParams, SimpleOptimizer};
 use burn::record::{BinFileRecorder, FullPrecisionSettings, Record, Recorder, RecorderError};
 use burn::tensor::backend::AutodiffBackend;
-use burn::tensor::{ElementConversion, Tensor, TensorData};
+use burn::tensor::{Tensor, TensorData};
 use musketeers_fusion::LatentInterface;
 use musketeers_lm::Llama;
+use musketeers_rl::clip::{scale_grads, squared_grad_norm};
 use std::path::Path;
 
 use super::TrainError;
@@ -99,19 +100,22 @@ impl<'a, B: AutodiffBackend> TrainedRef<'a, B> {
 
     /// The sum of squared gradient entries per group (`None` for a group the run lacks).
     pub fn squared_norms(&self, grads: &GradientsParams) -> PerGroup<Option<f64>> {
-        let mut visitor = SquaredNorms {
-            grads,
-            group: Group::Adapters,
-            totals: [0.0; 3],
-        };
-        self.visit(&mut visitor);
-        let present = self.groups();
-        std::array::from_fn(|i| present[i].then_some(visitor.totals[i]))
+        [
+            Some(squared_grad_norm(self.policy, grads)),
+            self.interface.map(|m| squared_grad_norm(m, grads)),
+            self.router.map(|m| squared_grad_norm(m, grads)),
+        ]
     }
 
     /// Multiply every gradient by `factor` (clipping).
     pub fn scale(&self, grads: &mut GradientsParams, factor: f64) {
-        self.visit(&mut Scale { grads, factor });
+        scale_grads(self.policy, grads, factor);
+        if let Some(m) = self.interface {
+            scale_grads(m, grads, factor);
+        }
+        if let Some(m) = self.router {
+            scale_grads(m, grads, factor);
+        }
     }
 
     /// The parameters that train, in order: their shapes. Ranks compare this at start.
@@ -196,43 +200,6 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for Accumulate<'_> {
 }
 
 impl<B: AutodiffBackend> GroupVisitor<B> for Accumulate<'_> {
-    fn enter(&mut self, _: Group) {}
-}
-
-struct SquaredNorms<'a> {
-    grads: &'a GradientsParams,
-    group: Group,
-    totals: [f64; 3],
-}
-
-impl<B: AutodiffBackend> ModuleVisitor<B> for SquaredNorms<'_> {
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-        if let Some(g) = self.grads.get::<B::InnerBackend, D>(param.id) {
-            self.totals[self.group.index()] += g.square().sum().into_scalar().elem::<f64>();
-        }
-    }
-}
-
-impl<B: AutodiffBackend> GroupVisitor<B> for SquaredNorms<'_> {
-    fn enter(&mut self, group: Group) {
-        self.group = group;
-    }
-}
-
-struct Scale<'a> {
-    grads: &'a mut GradientsParams,
-    factor: f64,
-}
-
-impl<B: AutodiffBackend> ModuleVisitor<B> for Scale<'_> {
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-        if let Some(g) = self.grads.remove::<B::InnerBackend, D>(param.id) {
-            self.grads.register(param.id, g.mul_scalar(self.factor));
-        }
-    }
-}
-
-impl<B: AutodiffBackend> GroupVisitor<B> for Scale<'_> {
     fn enter(&mut self, _: Group) {}
 }
 
