@@ -465,7 +465,7 @@ mod tests {
             ),
             (
                 r#"{"model": "m", "messages": [{"role": "user", "content": "x"}], "frobnicate": 1}"#,
-                "body",
+                "frobnicate",
             ),
             (
                 r#"{"messages": [{"role": "user", "content": "x"}]}"#,
