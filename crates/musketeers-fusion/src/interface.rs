@@ -116,6 +116,7 @@ impl LatentInterfaceConfig {
                 .with_initializer(Initializer::Zeros)
                 .init(device),
             context_gain: None,
+            context_gate: None,
         })
     }
 }
@@ -172,6 +173,21 @@ pub struct LatentInterface<B: Backend> {
     /// scaled by this learned per-channel gain `[policy_dim]`, which starts at the policy's
     /// token-embedding RMS, so `C` has the norm of a real token whatever the projection does.
     pub context_gain: Option<Param<Tensor<B, 1>>>,
+    /// With [`LatentInterface::with_context_gate`]: the policy reads `C` through gated
+    /// attention, `tanh(scale * gate)` per policy layer and head, `[layers, heads]`, starting
+    /// at 0 (the policy exactly as it is without `C`).
+    pub context_gate: Option<ContextGate<B>>,
+}
+
+/// The gates through which the policy reads `C` (see `musketeers_lm::context`).
+#[derive(Module, Debug)]
+pub struct ContextGate<B: Backend> {
+    /// `[policy layers, policy heads]`, zero at the start.
+    pub gate: Param<Tensor<B, 2>>,
+    /// The gate's rate of change: Adam moves `gate` by about the learning rate per step
+    /// whatever the gradient's size, so a gate that should open within a few hundred steps
+    /// at an interface learning rate of ~1e-4 needs its argument scaled.
+    pub scale: f64,
 }
 
 /// Added to the mean square before the root in the context norm.
@@ -195,6 +211,9 @@ pub struct FusionOutput<B: Backend> {
     pub attention: Tensor<B, 4>,
     /// Where each expert's tokens sit along the last axis of `attention`: `(start, len)`.
     pub expert_spans: Vec<(usize, usize)>,
+    /// `[policy layers, policy heads]`: the factors of the policy's gated context attention,
+    /// `None` when the policy reads `C` as a plain prefix.
+    pub gates: Option<Tensor<B, 2>>,
 }
 
 impl<B: Backend> LatentInterface<B> {
@@ -246,6 +265,40 @@ impl<B: Backend> LatentInterface<B> {
             &device,
         )));
         Ok(self)
+    }
+
+    /// Let the policy read `C` through gated attention (`layers` x `heads` gates starting at
+    /// 0) instead of as a plain prefix: at the start the policy is exactly the policy
+    /// without `C`, so fusion cannot make it worse before it has learned anything.
+    pub fn with_context_gate(
+        mut self,
+        layers: usize,
+        heads: usize,
+        scale: f64,
+    ) -> Result<Self, FusionError> {
+        if layers == 0 || heads == 0 {
+            return Err(FusionError::BadInput(format!(
+                "context gates for {layers} layers of {heads} heads"
+            )));
+        }
+        if !(scale.is_finite() && scale > 0.0) {
+            return Err(FusionError::BadInput(format!(
+                "context gate scale {scale} is not a positive number"
+            )));
+        }
+        let device = self.output.weight.device();
+        self.context_gate = Some(ContextGate {
+            gate: Param::from_tensor(Tensor::zeros([layers, heads], &device)),
+            scale,
+        });
+        Ok(self)
+    }
+
+    /// The gates' factors `tanh(scale * gate)`, `[layers, heads]`; `None` without gates.
+    pub fn gates(&self) -> Option<Tensor<B, 2>> {
+        self.context_gate
+            .as_ref()
+            .map(|g| (g.gate.val() * g.scale).tanh())
     }
 
     /// # Shapes
@@ -320,6 +373,7 @@ impl<B: Backend> LatentInterface<B> {
             context,
             attention,
             expert_spans: spans,
+            gates: self.gates(),
         })
     }
 }

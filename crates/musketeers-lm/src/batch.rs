@@ -10,6 +10,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, Int, Tensor, TensorData};
 
 use crate::cache::KvCache;
+use crate::context::row_positions;
 use crate::generate::{FinishReason, StopCondition, attention_mask};
 use crate::rope::Rope;
 use crate::sampling::{Sampler, SamplingConfig};
@@ -69,6 +70,8 @@ pub struct DecodeBatch<B: Backend> {
     last: Option<Tensor<B, 2>>,
     rope: Rope<B>,
     vocab: usize,
+    /// `[layers, heads]`: prefixes are read as gated context (see [`crate::context`]).
+    gates: Option<Tensor<B, 2>>,
 }
 
 impl<B: Backend> std::fmt::Debug for DecodeBatch<B> {
@@ -91,7 +94,15 @@ impl<B: Backend> DecodeBatch<B> {
             last: None,
             rope: model.rope(device),
             vocab: model.embed_tokens.weight.dims()[0],
+            gates: None,
         }
+    }
+
+    /// Read every sequence's prefix as gated context through `gates` `[layers, heads]`
+    /// (checked against the model when sequences join).
+    pub fn with_context_gates(mut self, gates: Tensor<B, 2>) -> Self {
+        self.gates = Some(gates);
+        self
     }
 
     /// Sequences decoding now.
@@ -120,6 +131,16 @@ impl<B: Backend> DecodeBatch<B> {
             return Ok(());
         }
         let hidden = model.embed_tokens.weight.dims()[1];
+        if let Some(gates) = &self.gates {
+            let (layers, heads, _) = model.context_shape();
+            if gates.dims() != [layers, heads] {
+                return Err(LmError::BadInput(format!(
+                    "context gates are {:?}, the model has {layers} layers of {heads} heads",
+                    gates.dims()
+                )));
+            }
+        }
+        let gates = self.gates.clone().map(|g| g.cast(model.float_dtype()));
         let soft = match specs[0].prefix.as_ref().map(|p| p.dims()) {
             Some([k, d]) if d == hidden => k,
             Some([k, d]) => {
@@ -170,10 +191,8 @@ impl<B: Backend> DecodeBatch<B> {
             ids.extend(
                 std::iter::repeat_n(0i64, pad).chain(spec.prompt.iter().map(|&t| i64::from(t))),
             );
-            let keys: Vec<i64> = (0..soft as i64)
-                .chain(std::iter::repeat_n(soft as i64, pad))
-                .chain(soft as i64..(soft + spec.prompt.len()) as i64)
-                .collect();
+            let (keys, next_position) =
+                row_positions(soft, pad, spec.prompt.len(), self.gates.is_some());
             positions.extend(&keys);
             let real = std::iter::repeat_n(true, soft)
                 .chain(std::iter::repeat_n(false, pad))
@@ -186,7 +205,7 @@ impl<B: Backend> DecodeBatch<B> {
                 id: spec.id,
                 real,
                 keys,
-                next_position: (soft + spec.prompt.len()) as i64,
+                next_position,
                 sampler: Sampler::new(&spec.sampling, spec.stream),
                 tokens: Vec::new(),
                 max_new_tokens: spec.max_new_tokens,
@@ -209,13 +228,14 @@ impl<B: Backend> DecodeBatch<B> {
         };
         let mut caches = model.new_caches();
         let real: Vec<Vec<bool>> = rows.iter().map(|r| r.real.clone()).collect();
-        let hidden_states = model.forward_cached(
+        let hidden_states = model.forward_cached_gated(
             embedded,
             positions.clone(),
             positions,
             &attention_mask::<B>(&real, total, device),
             &mut caches,
             &self.rope,
+            gates.as_ref(),
         );
         let [_, _, h] = hidden_states.dims();
         let last = model
@@ -315,13 +335,17 @@ impl<B: Backend> DecodeBatch<B> {
             .iter()
             .flat_map(|r| r.real.iter().map(|x| !x))
             .collect();
-        let hidden = model.forward_cached(
+        let hidden = model.forward_cached_gated(
             model.embed(int2::<B>(step_ids, [m, 1], device)),
             int2::<B>(positions, [m, 1], device),
             int2::<B>(keys, [m, width], device),
             &Tensor::<B, 4, Bool>::from_data(TensorData::new(mask, [m, 1, 1, width]), device),
             &mut self.caches,
             &self.rope,
+            self.gates
+                .clone()
+                .map(|g| g.cast(model.float_dtype()))
+                .as_ref(),
         );
         self.last = Some(model.head(hidden).reshape([m, vocab]));
         Ok(events)

@@ -40,6 +40,7 @@ pub struct HfConfig {
     pub hidden_act: Option<String>,
     pub bos_token_id: Option<serde_json::Value>,
     pub eos_token_id: Option<serde_json::Value>,
+    pub max_position_embeddings: Option<usize>,
 }
 
 fn default_eps() -> f64 {
@@ -132,6 +133,9 @@ pub struct LlamaConfig {
     /// Attention scores are `q·k * attention_scale` (default `1/sqrt(head_dim)`).
     pub attention_scale: f64,
     pub gemma: GemmaOptions,
+    /// The longest sequence the model was trained on (`max_position_embeddings`, GGUF's
+    /// `context_length`), when the file says.
+    pub max_position_embeddings: Option<usize>,
 }
 
 impl LlamaConfig {
@@ -167,6 +171,7 @@ impl LlamaConfig {
             activation: Activation::Silu,
             attention_scale: 1.0 / (head_dim as f64).sqrt(),
             gemma: GemmaOptions::default(),
+            max_position_embeddings: None,
         }
     }
 
@@ -363,6 +368,7 @@ impl LlamaConfig {
                 None => (head_dim as f64).powf(-0.5),
             },
             gemma: gemma_options,
+            max_position_embeddings: hf.max_position_embeddings,
         })
     }
 }

@@ -1,6 +1,7 @@
 //! Batched generation with a KV cache: left padding, a group of samples per prompt from one
 //! prefill, per-sequence stop on eos or a stop string, sampling log-probabilities.
 
+use crate::context::{SoftContext, row_positions};
 use crate::error::LmError;
 use crate::llama::Llama;
 use crate::sampling::{Sampler, SamplingConfig};
@@ -127,35 +128,51 @@ pub fn generate_with_prefix<B: Backend>(
     stop: Option<&dyn StopCondition>,
     device: &B::Device,
 ) -> Result<Generation, LmError> {
-    generate_part(model, prompts, prefix, config, stop, 0, device)
+    generate_part(
+        model,
+        prompts,
+        prefix.map(SoftContext::prefix),
+        config,
+        stop,
+        0,
+        device,
+    )
 }
 
-/// Like [`generate_with_prefix`] for a part of a larger batch whose first sample is sample
+/// Like [`generate_with_prefix`], with context read as `context` says (a plain prefix or
+/// gated, see [`crate::context`]).
+pub fn generate_with_context<B: Backend>(
+    model: &Llama<B>,
+    prompts: &[Vec<u32>],
+    context: Option<SoftContext<B>>,
+    config: &GenerationConfig,
+    stop: Option<&dyn StopCondition>,
+    device: &B::Device,
+) -> Result<Generation, LmError> {
+    generate_part(model, prompts, context, config, stop, 0, device)
+}
+
+/// Like [`generate_with_context`] for a part of a larger batch whose first sample is sample
 /// `first_sequence` of the whole: each sample draws from the random stream its place in the
 /// whole batch gives it, so a batch split across processes samples what it would in one.
 pub fn generate_part<B: Backend>(
     model: &Llama<B>,
     prompts: &[Vec<u32>],
-    prefix: Option<Tensor<B, 3>>,
+    context: Option<SoftContext<B>>,
     config: &GenerationConfig,
     stop: Option<&dyn StopCondition>,
     first_sequence: u64,
     device: &B::Device,
 ) -> Result<Generation, LmError> {
     let vocab = model.embed_tokens.weight.dims()[0];
-    let soft = match &prefix {
-        Some(p) => {
-            let [pb, k, d] = p.dims();
-            let hidden = model.embed_tokens.weight.dims()[1];
-            if pb != prompts.len() || d != hidden {
-                return Err(LmError::BadInput(format!(
-                    "prefix is [{pb}, {k}, {d}], expected [{}, K, {hidden}]",
-                    prompts.len()
-                )));
-            }
-            k
-        }
-        None => 0,
+    if let Some(context) = &context {
+        context.check(prompts.len(), model.context_shape())?;
+    }
+    let soft = context.as_ref().map_or(0, SoftContext::len);
+    let gated = context.as_ref().is_some_and(SoftContext::is_gated);
+    let (prefix, gates) = match context {
+        Some(c) => (Some(c.tokens), c.gates.map(|g| g.cast(model.float_dtype()))),
+        None => (None, None),
     };
     if prompts.is_empty() || prompts.iter().any(Vec::is_empty) {
         return Err(LmError::BadInput(
@@ -183,14 +200,13 @@ pub fn generate_part<B: Backend>(
     let mut ids = Vec::with_capacity(b * width);
     let mut positions = Vec::with_capacity(b * (soft + width));
     let mut real: Vec<Vec<bool>> = Vec::with_capacity(b);
+    let mut prompt_ends = Vec::with_capacity(b);
     for prompt in prompts {
         let pad = width - prompt.len();
         ids.extend(std::iter::repeat_n(0i64, pad).chain(prompt.iter().map(|&t| i64::from(t))));
-        positions.extend(
-            (0..soft as i64)
-                .chain(std::iter::repeat_n(soft as i64, pad))
-                .chain(soft as i64..(soft + prompt.len()) as i64),
-        );
+        let (row, end) = row_positions(soft, pad, prompt.len(), gated);
+        positions.extend(row);
+        prompt_ends.push(end);
         real.push(
             std::iter::repeat_n(true, soft)
                 .chain(std::iter::repeat_n(false, pad))
@@ -207,13 +223,14 @@ pub fn generate_part<B: Backend>(
         None => model.embed(ids),
     };
     let mut caches = model.new_caches();
-    let hidden = model.forward_cached(
+    let hidden = model.forward_cached_gated(
         embedded,
         positions.clone(),
         positions,
         &attention_mask(&real, total, device),
         &mut caches,
         &rope,
+        gates.as_ref(),
     );
     let [_, _, h] = hidden.dims();
     let mut last = model.head(hidden.slice([0..b, total - 1..total, 0..h])); // [b, 1, vocab]
@@ -235,10 +252,7 @@ pub fn generate_part<B: Backend>(
     last = last.select(0, index);
     let mut real: Vec<Vec<bool>> = rows.iter().map(|&p| real[p].clone()).collect();
     key_positions = rows.iter().map(|&p| key_positions[p].clone()).collect();
-    let mut next_position: Vec<i64> = rows
-        .iter()
-        .map(|&p| (soft + prompts[p].len()) as i64)
-        .collect();
+    let mut next_position: Vec<i64> = rows.iter().map(|&p| prompt_ends[p]).collect();
     let mut samplers: Vec<Sampler> = (0..rows.len())
         .map(|s| Sampler::new(&config.sampling, first_sequence + s as u64))
         .collect();
@@ -304,13 +318,14 @@ pub fn generate_part<B: Backend>(
         next_position.iter_mut().for_each(|p| *p += 1);
         let width = real[0].len();
         let keys: Vec<i64> = key_positions.iter().flatten().copied().collect();
-        let hidden = model.forward_cached(
+        let hidden = model.forward_cached_gated(
             model.embed(ids),
             positions,
             Tensor::<B, 2, Int>::from_data(TensorData::new(keys, [m, width]), device),
             &decode_mask(&real, width, device),
             &mut caches,
             &rope,
+            gates.as_ref(),
         );
         last = model.head(hidden);
     }
@@ -326,7 +341,7 @@ pub fn generate_part<B: Backend>(
 }
 
 /// Prefill mask `[b, 1, t, t]`: forbidden where the key is in the future or padding.
-pub(crate) fn attention_mask<B: Backend>(
+pub fn attention_mask<B: Backend>(
     real: &[Vec<bool>],
     t: usize,
     device: &B::Device,

@@ -127,6 +127,10 @@ pub fn config(file: &GgufFile) -> Result<LlamaConfig, LmError> {
         },
         attention_scale: (head_dim as f64).powf(-0.5),
         gemma,
+        max_position_embeddings: file
+            .get(&key("context_length"))
+            .and_then(|v| v.as_u64())
+            .map(|n| n as usize),
     })
 }
 

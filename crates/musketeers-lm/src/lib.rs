@@ -13,6 +13,7 @@ pub mod cache;
 /// The model catalog (its own Burn-free crate, re-exported).
 pub use musketeers_catalog as catalog;
 pub mod config;
+pub mod context;
 pub mod error;
 pub mod export;
 pub mod generate;
@@ -32,6 +33,7 @@ pub mod tokenizer_gguf;
 pub mod weights;
 
 pub use config::LlamaConfig;
+pub use context::SoftContext;
 pub use error::LmError;
 pub use llama::{Llama, ModelOutput};
 pub use lora::LoraConfig;

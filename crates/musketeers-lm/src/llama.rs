@@ -53,23 +53,60 @@ struct KindInputs<B: Backend> {
     sin_k: Tensor<B, 4>,
     /// `[batch, kv_heads, n_rep * seq, keys]`, true where attention is forbidden; rows are
     /// ordered (query head within the group, query position) as [`Attention::attend`] stacks them.
+    /// With gated context, the ordinary attention's mask: context keys are forbidden to
+    /// the prompt's queries (they read them through [`GatedInputs`]).
     mask: Tensor<B, 4, Bool>,
+    gated: Option<GatedInputs<B>>,
+}
+
+/// The second softmax of gated context (see [`crate::context`]).
+#[derive(Debug, Clone)]
+struct GatedInputs<B: Backend> {
+    /// Like [`KindInputs::mask`]: forbidden unless the key is context and the query is not.
+    mask: Tensor<B, 4, Bool>,
+    /// `[batch, heads, seq, head_dim]`: 1 where the query has a context key to read, else 0
+    /// (a softmax over no allowed key is uniform, not zero).
+    reads_context: Tensor<B, 4>,
 }
 
 impl<B: Backend> KindInputs<B> {
+    /// `context_pairs` `[batch, 1, seq, keys]`: true where a prompt query meets a context key
+    /// (gated context only).
     fn new(
         (cos, sin): (Tensor<B, 4>, Tensor<B, 4>),
         mask: Tensor<B, 4, Bool>,
-        num_heads: usize,
-        num_kv_heads: usize,
+        (num_heads, num_kv_heads): (usize, usize),
+        context_pairs: Option<Tensor<B, 4, Bool>>,
     ) -> Self {
         let n_rep = num_heads / num_kv_heads;
+        let grouped = |m: Tensor<B, 4, Bool>| m.repeat_dim(2, n_rep).repeat_dim(1, num_kv_heads);
+        let cos_q = cos.clone().repeat_dim(1, num_heads);
+        let (mask, gated) = match context_pairs {
+            Some(pairs) => {
+                let gated_mask = mask.clone().bool_or(pairs.clone().bool_not());
+                let [b, h, t, d] = cos_q.dims();
+                let reads_context = gated_mask
+                    .clone()
+                    .bool_not()
+                    .any_dim(3)
+                    .float()
+                    .cast(cos_q.dtype())
+                    .expand([b, h, t, d]);
+                let gated = GatedInputs {
+                    mask: grouped(gated_mask),
+                    reads_context,
+                };
+                (mask.bool_or(pairs), Some(gated))
+            }
+            None => (mask, None),
+        };
         Self {
-            cos_q: cos.clone().repeat_dim(1, num_heads),
+            cos_q,
             sin_q: sin.clone().repeat_dim(1, num_heads),
             cos_k: cos.repeat_dim(1, num_kv_heads),
             sin_k: sin.repeat_dim(1, num_kv_heads),
-            mask: mask.repeat_dim(2, n_rep).repeat_dim(1, num_kv_heads),
+            mask: grouped(mask),
+            gated,
         }
     }
 }
@@ -78,14 +115,19 @@ impl<B: Backend> AttentionInputs<B> {
     /// # Shapes
     /// - `positions`: `[batch, seq]` of the queries; `key_positions`: `[batch, keys]`
     /// - `mask`: `[batch, 1, seq, keys]`, true where attention is forbidden
+    ///
+    /// With `gated`, keys at negative positions are context, read by queries at
+    /// non-negative positions through the gated softmax (see [`crate::context`]).
     pub fn new(
         rope: &Rope<B>,
         positions: Tensor<B, 2, Int>,
         key_positions: Tensor<B, 2, Int>,
         mask: Tensor<B, 4, Bool>,
-        (num_heads, num_kv_heads): (usize, usize),
+        heads: (usize, usize),
         sliding_window: Option<usize>,
+        gated: bool,
     ) -> Self {
+        let pairs = gated.then(|| context_pairs(positions.clone(), key_positions.clone()));
         let local = rope.has_local().then(|| {
             let mask = match sliding_window {
                 Some(window) => {
@@ -97,12 +139,12 @@ impl<B: Backend> AttentionInputs<B> {
             KindInputs::new(
                 rope.local_tables(positions.clone()),
                 mask,
-                num_heads,
-                num_kv_heads,
+                heads,
+                pairs.clone(),
             )
         });
         Self {
-            global: KindInputs::new(rope.tables(positions), mask, num_heads, num_kv_heads),
+            global: KindInputs::new(rope.tables(positions), mask, heads, pairs),
             local,
         }
     }
@@ -113,6 +155,25 @@ impl<B: Backend> AttentionInputs<B> {
             _ => &self.global,
         }
     }
+}
+
+/// `[batch, 1, seq, keys]`, true where a query at a non-negative position (prompt or
+/// completion) meets a key at a negative one (gated context).
+fn context_pairs<B: Backend>(
+    positions: Tensor<B, 2, Int>,
+    key_positions: Tensor<B, 2, Int>,
+) -> Tensor<B, 4, Bool> {
+    let [b, t] = positions.dims();
+    let keys = key_positions.dims()[1];
+    let queries = positions
+        .greater_equal_elem(0)
+        .reshape([b, 1, t, 1])
+        .expand([b, 1, t, keys]);
+    let context = key_positions
+        .lower_elem(0)
+        .reshape([b, 1, 1, keys])
+        .expand([b, 1, t, keys]);
+    queries.bool_and(context)
 }
 
 /// `[batch, 1, seq, keys]`, true where the key's position is `window` or more before the
@@ -137,20 +198,22 @@ impl<B: Backend> Attention<B> {
     pub fn forward(&self, x: Tensor<B, 3>, inputs: &AttentionInputs<B>) -> Tensor<B, 3> {
         let inputs = inputs.for_layer(self.sliding);
         let (q, k, v) = self.project(x, inputs);
-        self.attend(q, k, v, &inputs.mask)
+        self.attend(q, k, v, inputs, None)
     }
 
     /// Like [`Self::forward`] for new tokens after those in `cache`, which grows by them.
+    /// `gate` `[heads]`: this layer's context gates, when the inputs are gated.
     pub fn forward_cached(
         &self,
         x: Tensor<B, 3>,
         inputs: &AttentionInputs<B>,
         cache: &mut KvCache<B>,
+        gate: Option<Tensor<B, 1>>,
     ) -> Tensor<B, 3> {
         let inputs = inputs.for_layer(self.sliding);
         let (q, k, v) = self.project(x, inputs);
         let (k, v) = cache.append(k, v);
-        self.attend(q, k, v, &inputs.mask)
+        self.attend(q, k, v, inputs, gate)
     }
 
     /// Queries `[b, h, t, d]`, keys and values `[b, kv, t, d]`, rotated.
@@ -184,16 +247,33 @@ impl<B: Backend> Attention<B> {
         q: Tensor<B, 4>,
         k: Tensor<B, 4>,
         v: Tensor<B, 4>,
-        mask: &Tensor<B, 4, Bool>,
+        inputs: &KindInputs<B>,
+        gate: Option<Tensor<B, 1>>,
     ) -> Tensor<B, 3> {
         let [b, h, t, d] = q.dims();
         let kv = self.num_kv_heads;
         let n_rep = h / kv;
-        let q_dtype = q.dtype();
+        let fill = masked_score(q.dtype());
         let q = q.reshape([b, kv, n_rep * t, d]); // [b, kv, n_rep * t, d], rows (rep, t)
         let scores = q.matmul(k.swap_dims(2, 3)) * self.scale; // [b, kv, n_rep * t, t_k]
-        let scores = scores.mask_fill(mask.clone(), masked_score(q_dtype));
-        let out = softmax(scores, 3).matmul(v).reshape([b, h, t, d]); // [b, h, t, d]
+        let attend_under = |scores: Tensor<B, 4>, mask: &Tensor<B, 4, Bool>, v: Tensor<B, 4>| {
+            softmax(scores.mask_fill(mask.clone(), fill), 3)
+                .matmul(v)
+                .reshape([b, h, t, d]) // [b, h, t, d]
+        };
+        let out = match (gate, &inputs.gated) {
+            (Some(gate), Some(gated)) => {
+                let own = attend_under(scores.clone(), &inputs.mask, v.clone());
+                let context = attend_under(scores, &gated.mask, v);
+                let factor = gate
+                    .cast(own.dtype())
+                    .reshape([1, h, 1, 1])
+                    .expand([b, h, t, d])
+                    * gated.reads_context.clone();
+                own + context * factor
+            }
+            _ => attend_under(scores, &inputs.mask, v),
+        };
         self.o_proj
             .forward(out.swap_dims(1, 2).reshape([b, t, h * d]))
     }
@@ -286,9 +366,10 @@ impl<B: Backend> DecoderLayer<B> {
         x: Tensor<B, 3>,
         inputs: &AttentionInputs<B>,
         cache: &mut KvCache<B>,
+        gate: Option<Tensor<B, 1>>,
     ) -> Tensor<B, 3> {
         let normed = self.input_layernorm.forward(x.clone());
-        let attended = self.self_attn.forward_cached(normed, inputs, cache);
+        let attended = self.self_attn.forward_cached(normed, inputs, cache, gate);
         self.feed_forward(x, attended)
     }
 }
@@ -309,6 +390,8 @@ pub struct Llama<B: Backend> {
     pub sliding_window: Option<usize>,
     /// Gemma: embeddings are multiplied by `sqrt(hidden_size)` (rounded to f32 first).
     pub embedding_scale: Option<f64>,
+    /// The longest sequence the model was trained on, when its file says.
+    pub max_position_embeddings: Option<usize>,
 }
 
 /// Logits and, when asked for, every hidden state as `transformers` defines them.
@@ -492,6 +575,7 @@ impl<B: Backend> Llama<B> {
             positions.clone(),
             positions,
             causal_padding_mask(mask),
+            false,
         );
         let mut states = Vec::new();
         let mut x = x;
@@ -521,12 +605,45 @@ impl<B: Backend> Llama<B> {
         caches: &mut [KvCache<B>],
         rope: &Rope<B>,
     ) -> Tensor<B, 3> {
-        let inputs = self.attention_inputs(rope, positions, key_positions, mask.clone());
+        self.forward_cached_gated(x, positions, key_positions, mask, caches, rope, None)
+    }
+
+    /// Like [`Self::forward_cached`], reading context through `gates` `[layers, heads]`:
+    /// slots at negative positions are context, read by the others through the gated
+    /// softmax (see [`crate::context`]). `None`: exactly [`Self::forward_cached`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_cached_gated(
+        &self,
+        x: Tensor<B, 3>,
+        positions: Tensor<B, 2, Int>,
+        key_positions: Tensor<B, 2, Int>,
+        mask: &Tensor<B, 4, Bool>,
+        caches: &mut [KvCache<B>],
+        rope: &Rope<B>,
+        gates: Option<&Tensor<B, 2>>,
+    ) -> Tensor<B, 3> {
+        let inputs = self.attention_inputs(
+            rope,
+            positions,
+            key_positions,
+            mask.clone(),
+            gates.is_some(),
+        );
         let mut x = x;
-        for (layer, cache) in self.layers.iter().zip(caches.iter_mut()) {
-            x = layer.forward_cached(x, &inputs, cache);
+        for (l, (layer, cache)) in self.layers.iter().zip(caches.iter_mut()).enumerate() {
+            let gate = gates.map(|g| {
+                let heads = g.dims()[1];
+                g.clone().slice([l..l + 1, 0..heads]).reshape([heads])
+            });
+            x = layer.forward_cached(x, &inputs, cache, gate);
         }
         self.norm.forward(x)
+    }
+
+    /// `(layers, query heads, hidden)`: the shape gated context must match.
+    pub fn context_shape(&self) -> (usize, usize, usize) {
+        let heads = self.layers.first().map_or(0, |l| l.self_attn.num_heads);
+        (self.layers.len(), heads, self.embed_tokens.weight.dims()[1])
     }
 
     fn attention_inputs(
@@ -535,6 +652,7 @@ impl<B: Backend> Llama<B> {
         positions: Tensor<B, 2, Int>,
         key_positions: Tensor<B, 2, Int>,
         mask: Tensor<B, 4, Bool>,
+        gated: bool,
     ) -> AttentionInputs<B> {
         // Layers are uniform; a model without layers never reads these.
         let heads = self.layers.first().map_or((1, 1), |l| {
@@ -547,6 +665,7 @@ impl<B: Backend> Llama<B> {
             mask,
             heads,
             self.sliding_window,
+            gated,
         )
     }
 
@@ -637,6 +756,7 @@ impl LlamaConfig {
             rope_theta: self.rope_theta,
             rope_local_theta: gemma.rope_local_theta,
             sliding_window: gemma.sliding_window,
+            max_position_embeddings: self.max_position_embeddings,
             embedding_scale: gemma
                 .embedding_scale
                 .then(|| f64::from((self.hidden_size as f32).sqrt())),

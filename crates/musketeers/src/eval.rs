@@ -48,8 +48,11 @@ pub fn held_out(
 ) -> Result<(Vec<Entry>, usize), TrainError> {
     let g = &config.grpo;
     let mut seen = HashSet::new();
-    for i in 0..trained_steps * g.prompts_per_step as u64 {
-        seen.insert(tasks.entry(g.seed, i).map_err(bad_task)?.question);
+    for step in 0..trained_steps {
+        for i in 0..g.candidates_per_step() {
+            let index = g.candidate_index(step, i);
+            seen.insert(tasks.entry(g.seed, index).map_err(bad_task)?.question);
+        }
     }
     let (mut out, mut skipped) = (Vec::with_capacity(count), 0);
     // Twenty candidates per wanted problem bounds the search on tiny problem spaces.

@@ -318,7 +318,8 @@ pub fn cell_state(cell: &Cell) -> Result<CellState, TrainError> {
         c
     };
     let same = toml::from_str::<RunConfig>(&text).is_ok_and(|c| what(&c) == what(&cell.config));
-    let checkpoint = crate::run::checkpoint_step(&cell.dir);
+    // A checkpoint that exists but does not verify is an error, never a fresh start.
+    let checkpoint = crate::rundir::find(&cell.dir)?.map(|(_, step)| step);
     if !same {
         if checkpoint.is_none() && !cell.dir.join("eval.json").exists() {
             return Ok(CellState::New);

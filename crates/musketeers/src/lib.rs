@@ -13,6 +13,7 @@ pub mod report;
 pub mod route;
 pub mod run;
 pub mod run_config;
+pub mod rundir;
 pub mod scoring;
 pub mod serve;
 pub mod sft;

@@ -435,6 +435,8 @@ mod tests {
                 reward,
                 advantage: 0.0,
             }],
+            dynamic_sampling: None,
+            prompt_indices: vec![0],
         }
     }
 

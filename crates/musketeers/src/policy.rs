@@ -5,20 +5,21 @@
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, Int, Tensor, TensorData};
-use musketeers_lm::Llama;
 use musketeers_lm::cache::KvCache;
+use musketeers_lm::context::row_positions;
 use musketeers_lm::llama::causal_padding_mask;
 use musketeers_lm::precision::to_f32;
 use musketeers_lm::rope::Rope;
+use musketeers_lm::{Llama, SoftContext};
 use musketeers_rl::logprobs::token_logprobs;
 use musketeers_rl::{RlError, Rollouts, TokenScorer};
 
 #[derive(Debug)]
 pub struct PrefixedPolicy<'a, B: Backend> {
     pub model: &'a Llama<B>,
-    /// `[prompts, K, hidden]`: each prompt's context tokens `C`, shared by its group's
-    /// completions; `None` for a policy without context (`single` mode).
-    pub context: Option<Tensor<B, 3>>,
+    /// Each prompt's context tokens `C` `[prompts, K, hidden]` (read as a prefix or gated),
+    /// shared by its group's completions; `None` for a policy without context (`single`).
+    pub context: Option<SoftContext<B>>,
     /// The sampling temperature: scores are under `softmax(logits / temperature)`.
     pub temperature: f64,
 }
@@ -71,18 +72,17 @@ impl<B: Backend> TokenScorer<B> for PrefixedPolicy<'_, B> {
         let p = groups.prompts.len();
         let n = p * groups.size;
         let device = self.model.embed_tokens.weight.device();
-        let soft = match &self.context {
-            Some(c) => {
-                let [rows, k, _] = c.dims();
-                if rows != p {
-                    return Err(RlError::BadInput(format!(
-                        "context for {rows} prompts, rollouts have {p}"
-                    )));
-                }
-                k
-            }
-            None => 0,
-        };
+        if let Some(c) = &self.context {
+            c.check(p, self.model.context_shape())
+                .map_err(|e| RlError::BadInput(format!("context: {e}")))?;
+        }
+        let soft = self.context.as_ref().map_or(0, SoftContext::len);
+        let gated = self.context.as_ref().is_some_and(SoftContext::is_gated);
+        let gates = self
+            .context
+            .as_ref()
+            .and_then(|c| c.gates.clone())
+            .map(|g| g.cast(self.model.float_dtype()));
         let prompt_width = groups.prompts.iter().map(|t| t.len()).max().unwrap_or(0);
         let prefix = soft + prompt_width;
         if prefix == 0 {
@@ -111,26 +111,26 @@ impl<B: Backend> TokenScorer<B> for PrefixedPolicy<'_, B> {
         let mut ids = Vec::with_capacity(p * prompt_width);
         let mut mask = Vec::with_capacity(p * prefix);
         let mut positions = Vec::with_capacity(p * prefix);
+        let mut prompt_ends = Vec::with_capacity(p);
         for prompt in &groups.prompts {
             let left = prompt_width - prompt.len();
             ids.extend(std::iter::repeat_n(0i64, left));
             ids.extend(prompt.iter().map(|&t| i64::from(t)));
-            let row = std::iter::repeat_n(1i64, soft)
-                .chain(std::iter::repeat_n(0i64, left))
-                .chain(std::iter::repeat_n(1i64, prompt.len()));
-            let mut seen = 0i64;
-            for m in row {
-                mask.push(m);
-                seen += m;
-                positions.push((seen - 1).max(0));
-            }
+            mask.extend(
+                std::iter::repeat_n(1i64, soft)
+                    .chain(std::iter::repeat_n(0i64, left))
+                    .chain(std::iter::repeat_n(1i64, prompt.len())),
+            );
+            let (row, end) = row_positions(soft, left, prompt.len(), gated);
+            positions.extend(row);
+            prompt_ends.push(end);
         }
         let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [p, prompt_width]), &device);
         let embedded = match &self.context {
-            Some(c) if prompt_width == 0 => c.clone().cast(self.model.float_dtype()),
+            Some(c) if prompt_width == 0 => c.tokens.clone().cast(self.model.float_dtype()),
             Some(c) => Tensor::cat(
                 vec![
-                    c.clone().cast(self.model.float_dtype()),
+                    c.tokens.clone().cast(self.model.float_dtype()),
                     self.model.embed(ids),
                 ],
                 1,
@@ -145,13 +145,14 @@ impl<B: Backend> TokenScorer<B> for PrefixedPolicy<'_, B> {
         );
         let rope = self.model.rope(&device);
         let mut caches = self.model.new_caches();
-        let prefix_hidden = self.model.forward_cached(
+        let prefix_hidden = self.model.forward_cached_gated(
             embedded,
             prefix_positions.clone(),
             prefix_positions,
             &causal_padding_mask(prefix_mask),
             &mut caches,
             &rope,
+            gates.as_ref(),
         );
         let d = prefix_hidden.dims()[2];
         // Position p predicts token p + 1: the prefix's last position predicts each
@@ -164,9 +165,9 @@ impl<B: Backend> TokenScorer<B> for PrefixedPolicy<'_, B> {
             last: &last,
             mask: &mask,
             positions: &positions,
+            prompt_ends: &prompt_ends,
+            gates: gates.as_ref(),
             prefix,
-            soft,
-            prompts: &groups.prompts,
             temperature: self.temperature,
         };
         // Completions run in buckets of similar length, each only as wide as its longest:
@@ -222,9 +223,11 @@ struct Shared<'s, B: Backend> {
     mask: &'s [i64],
     /// Row-major `[prompts, prefix]`, each slot's position.
     positions: &'s [i64],
+    /// Per prompt, the position of the first completion token.
+    prompt_ends: &'s [i64],
+    /// Gated context's `[layers, heads]` factors.
+    gates: Option<&'s Tensor<B, 2>>,
     prefix: usize,
-    soft: usize,
-    prompts: &'s [&'s [u32]],
     temperature: f64,
 }
 
@@ -262,7 +265,7 @@ impl<B: Backend> Shared<'_, B> {
             for &(group, completion) in rows {
                 let slots = group * prefix..(group + 1) * prefix;
                 let row_mask = &self.mask[slots.clone()];
-                let real = (self.soft + self.prompts[group].len()) as i64;
+                let real = self.prompt_ends[group];
                 ids.extend((0..steps).map(|j| completion.get(j).map_or(0, |&t| i64::from(t))));
                 query_positions.extend((0..steps as i64).map(|j| real + j));
                 key_positions.extend_from_slice(&self.positions[slots]);
@@ -283,13 +286,14 @@ impl<B: Backend> Shared<'_, B> {
                 TensorData::new(forbidden, [n, 1, steps, keys]),
                 device,
             );
-            let rest = self.model.forward_cached(
+            let rest = self.model.forward_cached_gated(
                 self.model.embed(ids),
                 query_positions,
                 key_positions,
                 &forbidden,
                 &mut caches,
                 self.rope,
+                self.gates,
             );
             Tensor::cat(vec![first, rest], 1)
         };

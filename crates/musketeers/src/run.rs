@@ -5,7 +5,8 @@
 use crate::collab::{TextExpert, with_suggestions};
 use crate::eval::EvalReport;
 use crate::route::Router;
-use crate::run_config::{AnswerExtraction, ContextNorm, Mode, RunConfig, TaskConfig};
+use crate::run_config::{AnswerExtraction, ContextNorm, Injection, Mode, RunConfig, TaskConfig};
+use crate::rundir;
 use crate::system::text_collab::TextCollab;
 use crate::train::collective::{Alone, Collective, share};
 use crate::train::params::AdamSettings;
@@ -198,18 +199,14 @@ fn take_tokenizer(
         .ok_or_else(|| TrainError::BadInput(format!("model {model} has no tokenizer")))
 }
 
-/// Write `dir` by writing `dir.tmp` and renaming it over: a kill at any moment leaves the
-/// previous checkpoint or the new one, never half of one.
+/// Save the run's checkpoint (`out_dir/checkpoint`) through [`rundir`]: written aside,
+/// hashed, verified, then put in place; a kill at any moment leaves a complete checkpoint.
 fn save_checkpoint<B: AutodiffBackend>(
     trainer: &Trainer<B>,
     config: &RunConfig,
-    dir: &Path,
+    out_dir: &Path,
 ) -> Result<(), TrainError> {
-    let staging = dir.with_extension("tmp");
-    if staging.exists() {
-        std::fs::remove_dir_all(&staging).map_err(io(&staging))?;
-    }
-    std::fs::create_dir_all(&staging).map_err(io(&staging))?;
+    let staging = rundir::staging(out_dir)?;
     trainer.policy.save_adapters(
         &staging.join("adapter"),
         &config.policy.lora,
@@ -223,18 +220,12 @@ fn save_checkpoint<B: AutodiffBackend>(
             .map_err(|e| TrainError::BadInput(format!("{}: {e}", path.display())))?;
     }
     trainer.save_state(&staging)?;
-    let state = serde_json::json!({"step": trainer.step});
-    let path = staging.join("state.json");
-    std::fs::write(&path, state.to_string()).map_err(io(&path))?;
-    let old = dir.with_extension("old");
-    if dir.exists() {
-        std::fs::rename(dir, &old).map_err(io(dir))?;
-    }
-    std::fs::rename(&staging, dir).map_err(io(dir))?;
-    if old.exists() {
-        std::fs::remove_dir_all(&old).map_err(io(&old))?;
-    }
-    Ok(())
+    let text =
+        toml::to_string_pretty(config).map_err(|e| TrainError::BadInput(format!("config: {e}")))?;
+    let path = staging.join(rundir::CONFIG_FILE);
+    std::fs::write(&path, text).map_err(io(&path))?;
+    rundir::seal(&staging, trainer.step)?;
+    rundir::install(out_dir)
 }
 
 /// The step of the checkpoint in `out_dir`, if there is one.
@@ -314,6 +305,13 @@ pub fn build_trainer<B: AutodiffBackend>(
         let interface = match i.context_norm {
             ContextNorm::None => interface,
             ContextNorm::EmbeddingRms => interface.with_context_norm(model.embedding_rms())?,
+        };
+        let interface = match i.injection {
+            Injection::Prefix => interface,
+            Injection::Gated => {
+                let (layers, heads, _) = model.context_shape();
+                interface.with_context_gate(layers, heads, i.gate_scale)?
+            }
         };
         materialize(&interface);
         let router =
@@ -397,28 +395,42 @@ fn same_run_everywhere(
     Ok(())
 }
 
+/// The step of the run's newest complete checkpoint; `None` when it has none, or none that
+/// verifies ([`rundir::find`] says what is wrong).
 pub fn checkpoint_step(out_dir: &Path) -> Option<u64> {
-    let text = std::fs::read_to_string(out_dir.join("checkpoint/state.json")).ok()?;
-    serde_json::from_str::<serde_json::Value>(&text).ok()?["step"].as_u64()
+    rundir::find(out_dir).ok().flatten().map(|(_, step)| step)
 }
 
-/// Keep the lines of a JSONL log whose `step` is at most `step` (a killed run may have logged
-/// steps after its last checkpoint; they are taken again).
-fn truncate_log(path: &Path, step: u64) -> Result<(), TrainError> {
-    let Ok(text) = std::fs::read_to_string(path) else {
-        return Ok(());
+/// The step to resume `out_dir` from, after checking its checkpoint and that `config` keeps
+/// what it holds (settings that may change are recorded in `config-changes.jsonl`). Only
+/// the writing process (`recover`) repairs a checkpoint left between a save's renames.
+fn resume_step(out_dir: &Path, config: &RunConfig, recover: bool) -> Result<u64, TrainError> {
+    let step = if recover {
+        rundir::recover(out_dir)?
+    } else {
+        rundir::find(out_dir)?.map(|(_, step)| step)
     };
-    let kept: String = text
-        .lines()
-        .filter(|l| {
-            serde_json::from_str::<serde_json::Value>(l)
-                .ok()
-                .and_then(|v| v["step"].as_u64())
-                .is_some_and(|s| s <= step)
-        })
-        .map(|l| format!("{l}\n"))
-        .collect();
-    std::fs::write(path, kept).map_err(io(path))
+    let Some(step) = step else {
+        return Err(TrainError::BadInput(format!(
+            "nothing to resume: {} holds no checkpoint (a run that never saved one starts \
+             again without --resume)",
+            out_dir.display()
+        )));
+    };
+    let previous = std::fs::read_to_string(out_dir.join("config.toml")).ok();
+    let saved = rundir::saved_config(&out_dir.join("checkpoint"), previous.as_deref())?;
+    let changes = rundir::check_resume(&saved, config)?;
+    if recover && !changes.is_empty() {
+        let path = out_dir.join("config-changes.jsonl");
+        let line = serde_json::json!({"resumed_at_step": step, "changes": changes});
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(io(&path))?;
+        writeln!(file, "{line}").map_err(io(&path))?;
+    }
+    Ok(step)
 }
 
 /// What a finished run left behind.
@@ -473,19 +485,31 @@ pub fn run_with<B: AutodiffBackend>(
     let writes = collective.rank() == 0;
     let text =
         toml::to_string_pretty(config).map_err(|e| TrainError::BadInput(format!("config: {e}")))?;
-    if writes {
+    if resume && !out_dir.is_dir() {
+        return Err(TrainError::BadInput(format!(
+            "nothing to resume: {} does not exist",
+            out_dir.display()
+        )));
+    }
+    // One process per run directory, held until this function returns.
+    let _lock = if writes {
         std::fs::create_dir_all(out_dir).map_err(io(out_dir))?;
+        Some(rundir::lock(out_dir)?)
+    } else {
+        None
+    };
+    let resume_from = if resume {
+        Some(resume_step(out_dir, config, writes)?)
+    } else {
+        None
+    };
+    if writes {
         let resolved = out_dir.join("config.toml");
         std::fs::write(&resolved, &text).map_err(io(&resolved))?;
     }
 
     let g = &config.grpo;
     let checkpoint = out_dir.join("checkpoint");
-    let resume_from = if resume {
-        checkpoint_step(out_dir)
-    } else {
-        None
-    };
     let mut trainer = build_trainer::<B>(config, out_dir, resume_from, steps, device)?;
     let steps = steps.unwrap_or(g.steps);
     same_run_everywhere(
@@ -511,8 +535,8 @@ pub fn run_with<B: AutodiffBackend>(
         Some(step) => {
             trainer.load_state(&checkpoint, step)?;
             if writes {
-                truncate_log(&out_dir.join("metrics.jsonl"), step)?;
-                truncate_log(&out_dir.join("samples.jsonl"), step)?;
+                rundir::truncate_log(&out_dir.join("metrics.jsonl"), step)?;
+                rundir::truncate_log(&out_dir.join("samples.jsonl"), step)?;
             }
             step
         }
@@ -546,10 +570,15 @@ pub fn run_with<B: AutodiffBackend>(
     let mine = share(g.prompts_per_step, rank, processes);
     let mut stopped = false;
     for step in first..steps {
-        let entries = (0..g.prompts_per_step as u64)
-            .map(|i| tasks.entry(g.seed, step * g.prompts_per_step as u64 + i))
+        let entries = (0..g.candidates_per_step())
+            .map(|i| tasks.entry(g.seed, g.candidate_index(step, i)))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| TrainError::BadInput(e.to_string()))?;
+        let mine = if g.dynamic_sampling {
+            0..entries.len()
+        } else {
+            mine.clone()
+        };
         // Only this process's share is rendered (text-collab asks the team): the trainer
         // reads no other.
         let mut prompts = vec![String::new(); entries.len()];
@@ -562,7 +591,11 @@ pub fn run_with<B: AutodiffBackend>(
         }
         let reward =
             |i: usize, text: &str| score(&tasks, config.answer_extraction, text, &entries[i]);
-        let report = trainer.train_step(&prompts, &reward)?;
+        let report = if g.dynamic_sampling {
+            trainer.train_step_dynamic(&prompts, g.prompts_per_step, &reward)?
+        } else {
+            trainer.train_step(&prompts, &reward)?
+        };
         let flow = progress(&report);
         // Every process stops after the same step, whichever was asked to.
         let mut stop = [f64::from(u8::from(flow.is_break()))];
@@ -581,8 +614,8 @@ pub fn run_with<B: AutodiffBackend>(
             object.remove("samples");
         }
         writeln!(metrics, "{line}").map_err(io(&metrics_path))?;
-        // This process's prompts (all of them when it runs alone).
-        for (sample, i) in report.samples.iter().zip(mine.clone()) {
+        // The prompts this process trained on (all of them when it runs alone).
+        for (sample, &i) in report.samples.iter().zip(&report.prompt_indices) {
             let line = serde_json::json!({"step": report.step, "prompt": prompts[i],
                 "question": entries[i].question,
                 "answer": entries[i].answer, "completion": sample.completion,
@@ -590,7 +623,7 @@ pub fn run_with<B: AutodiffBackend>(
             writeln!(samples, "{line}").map_err(io(&samples_path))?;
         }
         if (step + 1) % g.save_steps.max(1) == 0 || step + 1 == steps || stop {
-            save_checkpoint(&trainer, config, &checkpoint)?;
+            save_checkpoint(&trainer, config, out_dir)?;
         }
         if stop {
             stopped = true;

@@ -125,6 +125,39 @@ pub struct InterfaceConfig {
     pub learning_rate: Option<f64>,
     /// The scale of the context tokens `C`.
     pub context_norm: ContextNorm,
+    /// How the policy reads `C`: as a plain prefix (the paper) or through zero-initialised
+    /// gated attention (the policy starts exactly as it is without `C`).
+    #[serde(skip_serializing_if = "Injection::is_prefix")]
+    pub injection: Injection,
+    /// Gated only: the gates are `tanh(gate_scale * g)`, `g` trained from 0 at the
+    /// interface's learning rate (see `musketeers_fusion::ContextGate`).
+    #[serde(skip_serializing_if = "is_default_gate_scale")]
+    pub gate_scale: f64,
+}
+
+/// How the policy reads the context tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Injection {
+    /// `[C ; prompt]` as ordinary input: the paper's form, kept as the ablation.
+    #[default]
+    Prefix,
+    /// A second softmax over `C`'s keys per layer and head, added through a gate that
+    /// starts at 0; `C` takes positions before the prompt's, which keeps its own.
+    Gated,
+}
+
+impl Injection {
+    fn is_prefix(&self) -> bool {
+        *self == Injection::Prefix
+    }
+}
+
+/// The default `interface.gate_scale`.
+pub const DEFAULT_GATE_SCALE: f64 = 10.0;
+
+fn is_default_gate_scale(scale: &f64) -> bool {
+    *scale == DEFAULT_GATE_SCALE
 }
 
 /// How the size of the context tokens is set.
@@ -149,6 +182,8 @@ impl Default for InterfaceConfig {
             ffn_multiplier: 4,
             learning_rate: None,
             context_norm: ContextNorm::None,
+            injection: Injection::Prefix,
+            gate_scale: DEFAULT_GATE_SCALE,
         }
     }
 }
@@ -186,7 +221,55 @@ pub struct GrpoConfig {
     pub adam_beta2: f32,
     pub adam_epsilon: f32,
     pub weight_decay: f32,
+    /// DAPO's dynamic sampling: groups whose completions all earn the same reward are
+    /// dropped and the batch refilled with new prompts, up to `max_sampling_rounds` rounds
+    /// of `prompts_per_step` prompts (single and fused; one process).
+    #[serde(skip_serializing_if = "is_false")]
+    pub dynamic_sampling: bool,
+    #[serde(skip_serializing_if = "is_default_rounds")]
+    pub max_sampling_rounds: usize,
 }
+
+fn is_false(value: &bool) -> bool {
+    !*value
+}
+
+/// The default `grpo.max_sampling_rounds`.
+pub const DEFAULT_SAMPLING_ROUNDS: usize = 3;
+
+fn is_default_rounds(rounds: &usize) -> bool {
+    *rounds == DEFAULT_SAMPLING_ROUNDS
+}
+
+impl GrpoConfig {
+    /// Candidate prompts drawn per step: one batch, or with dynamic sampling one batch per
+    /// round (the rounds a step does not need are drawn, never sampled).
+    pub fn candidates_per_step(&self) -> usize {
+        let rounds = if self.dynamic_sampling {
+            self.max_sampling_rounds.max(1)
+        } else {
+            1
+        };
+        self.prompts_per_step * rounds
+    }
+
+    /// The training stream's index of candidate `i` of `step`. The first batch of a step is
+    /// indices `step * prompts_per_step..`, as without dynamic sampling; refills come from
+    /// a stream of their own far beyond (so turning dynamic sampling on changes no step's
+    /// first batch).
+    pub fn candidate_index(&self, step: u64, i: usize) -> u64 {
+        let p = self.prompts_per_step as u64;
+        let i = i as u64;
+        if i < p {
+            return step * p + i;
+        }
+        let refills = (self.candidates_per_step() as u64).saturating_sub(p);
+        REFILL_STREAM + step * refills + (i - p)
+    }
+}
+
+/// Where refill candidates start in a task's index space.
+const REFILL_STREAM: u64 = 1 << 40;
 
 impl Default for GrpoConfig {
     fn default() -> Self {
@@ -213,6 +296,8 @@ impl Default for GrpoConfig {
             adam_beta2: 0.999,
             adam_epsilon: 1e-5,
             weight_decay: 0.0,
+            dynamic_sampling: false,
+            max_sampling_rounds: DEFAULT_SAMPLING_ROUNDS,
         }
     }
 }
@@ -384,6 +469,15 @@ impl RunConfig {
         if self.grpo.num_generations < 2 {
             return bad("grpo.num_generations must be at least 2 (advantages compare samples)");
         }
+        if self.grpo.dynamic_sampling && self.grpo.max_sampling_rounds == 0 {
+            return bad("grpo.max_sampling_rounds must be at least 1");
+        }
+        if self.grpo.dynamic_sampling && self.mode == Mode::HardRoute {
+            return bad(
+                "grpo.dynamic_sampling cannot be used with hard-route: its router samples \
+                 each prompt's expert, and the kept groups' context is recomputed",
+            );
+        }
         if self.grpo.micro_batch_prompts == Some(0) {
             return bad("grpo.micro_batch_prompts must be at least 1 (unset: all prompts at once)");
         }
@@ -405,6 +499,9 @@ impl RunConfig {
                     "{name} = {lr} is not a non-negative number"
                 )));
             }
+        }
+        if !(i.gate_scale.is_finite() && i.gate_scale > 0.0) {
+            return bad("interface.gate_scale must be a positive number");
         }
         let g = &self.grpo;
         for (name, beta) in [

@@ -480,15 +480,16 @@ fn each_system_gives_its_own_context_through_one_seam() {
     let fused = Fused
         .context(&parts, &prompts, &ids, Some(1))
         .expect("fused");
-    assert_eq!(fused.tokens().expect("C").dims(), [4, 2, 64]);
+    assert_eq!(fused.tokens().expect("C").tokens.dims(), [4, 2, 64]);
     assert_eq!(fused.readings.len(), 2, "every expert read");
     assert!(System::<Ad>::extra_loss(&Fused, &fused, &rewards, 2).is_none());
     // A micro-batch's rows of C are the batch's rows.
     let rows = fused
         .rows(Some(&interface), 1, 2)
         .expect("rows")
-        .expect("C");
-    let whole = fused.tokens().expect("C").narrow(0, 1, 2);
+        .expect("C")
+        .tokens;
+    let whole = fused.tokens().expect("C").tokens.narrow(0, 1, 2);
     let gap = (rows - whole).abs().max().into_scalar();
     assert!(gap < 1e-5, "{gap}");
 

@@ -6,7 +6,8 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Distribution, Tensor};
 use burn_flex::Flex;
 use musketeers::policy::PrefixedPolicy;
-use musketeers_lm::generate::{GenerationConfig, generate_with_prefix};
+use musketeers_lm::SoftContext;
+use musketeers_lm::generate::{GenerationConfig, generate_with_context};
 use musketeers_lm::sampling::SamplingConfig;
 use musketeers_lm::weights;
 use musketeers_rl::{Rollouts, TokenScorer};
@@ -14,6 +15,7 @@ use std::path::PathBuf;
 
 musketeers_testkit::backend_tests!(
     scores_of_sampled_completions_equal_their_sampling_logprobs,
+    scores_under_a_zero_gate_equal_scores_without_context,
     a_shared_prefix_scores_and_differentiates_like_each_row_alone,
 );
 
@@ -25,16 +27,26 @@ fn scores_of_sampled_completions_equal_their_sampling_logprobs<B: Backend>(devic
         let (config, model) = weights::load::<B>(&dir, device).expect("fixture loads");
         let prompts: Vec<Vec<u32>> = vec![vec![3, 14, 15, 92, 65, 35], vec![9, 26]];
         let g = 3;
-        for with_context in [true, false] {
+        // No context, a plain prefix, and gated context with half-open gates (the gated
+        // layout's positions must agree between sampling and scoring).
+        for kind in ["none", "prefix", "gated"] {
+            let with_context = kind != "none";
             let context = with_context.then(|| {
-                Tensor::<B, 3>::random(
+                let tokens = Tensor::<B, 3>::random(
                     [2, 4, config.hidden_size],
                     Distribution::Normal(0.0, 0.5),
                     device,
-                )
+                );
+                match kind {
+                    "gated" => {
+                        let (layers, heads, _) = model.context_shape();
+                        SoftContext::gated(tokens, Tensor::full([layers, heads], 0.5, device))
+                    }
+                    _ => SoftContext::prefix(tokens),
+                }
             });
             let temperature = 0.8;
-            let generation = generate_with_prefix(
+            let generation = generate_with_context(
                 &model,
                 &prompts,
                 context.clone(),
@@ -76,7 +88,7 @@ fn scores_of_sampled_completions_equal_their_sampling_logprobs<B: Backend>(devic
                     let got = scores[row * width + j];
                     assert!(
                         (got - want).abs() < 1e-4,
-                        "{name} context={with_context} row {row} token {j}: scored {got}, sampled {want}"
+                        "{name} context={kind} row {row} token {j}: scored {got}, sampled {want}"
                     );
                 }
             }
@@ -123,7 +135,7 @@ fn a_shared_prefix_scores_and_differentiates_like_each_row_alone<B: Backend>(dev
     let context = Tensor::<Autodiff<B>, 3>::from_inner(context_value.clone()).require_grad();
     let policy = PrefixedPolicy {
         model: &model,
-        context: Some(context.clone()),
+        context: Some(SoftContext::prefix(context.clone())),
         temperature,
     };
     let (scores, _) = policy.score(&rollouts, width).expect("score");
@@ -246,7 +258,7 @@ fn a_zero_context_overflows_the_gradient_of_a_deep_policy_and_the_mean_embedding
             .require_grad();
         let policy = PrefixedPolicy {
             model: &model,
-            context: Some(context.clone()),
+            context: Some(SoftContext::prefix(context.clone())),
             temperature: 1.0,
         };
         let (scores, _) = policy.score(&rollouts, 2).expect("score");
@@ -275,4 +287,57 @@ fn a_zero_context_overflows_the_gradient_of_a_deep_policy_and_the_mean_embedding
         from_mean.iter().all(|g| g.is_finite()) && largest(&from_mean) < 1e6,
         "the mean embedding's gradient: {from_mean:?}"
     );
+}
+
+/// GRPO's scores (the loss and the KL reference read these) under zero-gated context equal
+/// the policy's scores without context, on every architecture, with left padding.
+fn scores_under_a_zero_gate_equal_scores_without_context<B: Backend>(device: &B::Device) {
+    for name in [
+        "llama-gqa",
+        "llama-tied",
+        "qwen2-bias",
+        "qwen3-qk-norm",
+        "gemma3-sliding",
+    ] {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../musketeers-lm/tests/fixtures")
+            .join(name);
+        let (config, model) = weights::load::<B>(&dir, device).expect("fixture loads");
+        let prompts: Vec<Vec<u32>> = vec![vec![3, 14, 15, 92, 65, 35], vec![9, 26]];
+        let completions: Vec<Vec<u32>> =
+            vec![vec![7, 8, 9, 10], vec![11], vec![12, 13, 5], vec![4]];
+        let rollouts = Rollouts {
+            prompt_ids: (0..4).map(|r| prompts[r / 2].clone()).collect(),
+            completion_ids: completions,
+            num_generations: 2,
+            rewards: vec![0.0; 4],
+            old_logprobs: None,
+            ref_logprobs: None,
+        };
+        let (layers, heads, _) = model.context_shape();
+        let gated = SoftContext::gated(
+            Tensor::<B, 3>::random(
+                [2, 3, config.hidden_size],
+                Distribution::Normal(0.0, 1.0),
+                device,
+            ),
+            Tensor::zeros([layers, heads], device),
+        );
+        let score = |context: Option<SoftContext<B>>| {
+            let policy = PrefixedPolicy {
+                model: &model,
+                context,
+                temperature: 1.0,
+            };
+            let (scores, _) = policy.score(&rollouts, 4).expect("score");
+            scores.into_data().to_vec::<f32>().expect("f32")
+        };
+        let (with, without) = (score(Some(gated)), score(None));
+        let worst = with
+            .iter()
+            .zip(&without)
+            .map(|(a, b)| (a - b).abs() / b.abs().max(1.0))
+            .fold(0.0f32, f32::max);
+        assert!(worst <= 1e-6, "{name}: scores differ by {worst:e}");
+    }
 }

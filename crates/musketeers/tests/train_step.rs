@@ -458,3 +458,127 @@ fn micro_batches_compared() {
         }
     }
 }
+
+/// [`trainer`] whose policy reads C through zero-initialised gates.
+fn gated_trainer(dir: &Path) -> Trainer<Ad> {
+    let mut t = trainer(dir, None);
+    let (layers, heads, _) = t.policy.context_shape();
+    let start = t.policy.mean_token_embedding().detach();
+    let interface = t
+        .interface
+        .take()
+        .expect("interface")
+        .with_context_start(start)
+        .expect("context start")
+        .with_context_gate(layers, heads, 10.0)
+        .expect("gates");
+    t.interface = Some(interface);
+    t
+}
+
+fn gate_values(t: &Trainer<Ad>) -> Vec<f32> {
+    let gate = t
+        .interface
+        .as_ref()
+        .and_then(|i| i.context_gate.as_ref())
+        .expect("gated interface");
+    gate.gate.val().into_data().to_vec::<f32>().expect("f32")
+}
+
+/// With gated context the fused policy starts as the policy alone (the same greedy answers
+/// with and without C), its reference is that policy (no KL at the first step), and one
+/// GRPO step opens the gates, through which the interface then trains.
+#[test]
+fn a_gated_policy_starts_as_the_policy_alone_and_a_step_moves_the_gates() {
+    let temp = tempfile::tempdir().expect("temp");
+    let mut t = gated_trainer(temp.path());
+    let prompts = vec![
+        "w3 w14 w15".to_string(),
+        "w9 w26".to_string(),
+        "w60 w61 w62 w63".to_string(),
+    ];
+    assert_eq!(
+        t.complete_greedy(&prompts, true).expect("with C"),
+        t.complete_greedy(&prompts, false).expect("without C"),
+        "a zero gate reads nothing"
+    );
+    assert!(gate_values(&t).iter().all(|&g| g == 0.0));
+    let first = t.train_step(&prompts, &reward).expect("step");
+    assert!(
+        first.rollouts.frac_reward_zero_std < 1.0,
+        "the step has signal"
+    );
+    let kl = first.loss.kl.expect("kl");
+    assert!(
+        kl.abs() < 1e-6,
+        "the reference is the policy at step 0: KL {kl}"
+    );
+    assert!(
+        gate_values(&t).iter().any(|&g| g != 0.0),
+        "the first step moved the gates"
+    );
+    let output_before = t
+        .interface
+        .as_ref()
+        .expect("interface")
+        .output
+        .weight
+        .val()
+        .into_data();
+    t.train_step(&prompts, &reward).expect("step");
+    assert_ne!(
+        t.interface
+            .as_ref()
+            .expect("interface")
+            .output
+            .weight
+            .val()
+            .into_data(),
+        output_before,
+        "with the gates open the interface trains"
+    );
+}
+
+/// Dynamic sampling drops groups without reward variance and refills the batch from the
+/// next candidates; the bound on rounds stops a batch with no signal at all.
+#[test]
+fn dynamic_sampling_refills_groups_without_signal_up_to_its_bound() {
+    let temp = tempfile::tempdir().expect("temp");
+    let candidates: Vec<String> = [
+        "w3 w14 w15",
+        "w9 w26",
+        "w60 w61",
+        "w7 w8 w9",
+        "w40 w41",
+        "w1 w2",
+    ]
+    .map(String::from)
+    .to_vec();
+    // Candidates 0 and 1 earn the same reward whatever is written: no signal.
+    let flat_first_two = |i: usize, text: &str| if i < 2 { 1.0 } else { reward(i, text) };
+    let mut t = trainer(temp.path(), None);
+    let report = t
+        .train_step_dynamic(&candidates, 2, &flat_first_two)
+        .expect("step");
+    let d = report.dynamic_sampling.expect("dynamic sampling figures");
+    assert_eq!(
+        (d.rounds, d.drawn, d.dropped, d.refilled, d.kept),
+        (2, 4, 2, 2, 2)
+    );
+    assert!(!d.bounded && !d.fell_back);
+    assert_eq!(report.prompt_indices, vec![2, 3]);
+    assert_eq!(report.samples.len(), 2);
+    assert_eq!(
+        report.rollouts.frac_reward_zero_std, 0.0,
+        "only groups with signal"
+    );
+
+    // Nothing has signal: three rounds, then the first round's groups.
+    let flat = |_: usize, _: &str| 0.5;
+    let report = t.train_step_dynamic(&candidates, 2, &flat).expect("step");
+    let d = report.dynamic_sampling.expect("figures");
+    assert_eq!((d.rounds, d.drawn, d.dropped, d.refilled), (3, 6, 6, 4));
+    assert!(d.bounded && d.fell_back);
+    assert_eq!(report.prompt_indices, vec![0, 1]);
+    assert_eq!(report.step, 2);
+}

@@ -110,6 +110,9 @@ pub fn run<B: AutodiffBackend>(served: Served<B>, jobs: Receiver<Job>) {
     let device = trainer.policy.embed_tokens.weight.val().inner().device();
     let sampler = trainer.sampler();
     let mut batch = DecodeBatch::new(&sampler, &device);
+    if let Some(gates) = trainer.context_gates() {
+        batch = batch.with_context_gates(gates);
+    }
     let mut sequences: HashMap<u64, Sequence> = HashMap::new();
     let mut states: BTreeMap<u64, JobState> = BTreeMap::new();
     let mut next_job = 0u64;

@@ -19,6 +19,11 @@ impl<B: AutodiffBackend> System<B> for HardRoute {
         "hard-route"
     }
 
+    /// The router samples each prompt's expert while training.
+    fn deterministic_context(&self) -> bool {
+        false
+    }
+
     fn context(
         &self,
         parts: &Parts<'_, B>,

@@ -17,7 +17,7 @@ pub mod text_collab;
 use burn::tensor::Tensor;
 use burn::tensor::backend::AutodiffBackend;
 use musketeers_fusion::{ExpertInput, FusionOutput, LatentInterface};
-use musketeers_lm::Llama;
+use musketeers_lm::{Llama, SoftContext};
 
 use crate::route::Router;
 use crate::train::{TeamMember, TrainError};
@@ -54,9 +54,17 @@ impl<B: AutodiffBackend> Context<B> {
         }
     }
 
-    /// `C` for the whole batch, if there is one.
-    pub fn tokens(&self) -> Option<Tensor<B, 3>> {
-        self.fused.as_ref().map(|f| f.context.clone())
+    /// `C` for the whole batch (with the gates the policy reads it through), if there is one.
+    pub fn tokens(&self) -> Option<SoftContext<B>> {
+        self.fused.as_ref().map(|f| SoftContext {
+            tokens: f.context.clone(),
+            gates: f.gates.clone(),
+        })
+    }
+
+    /// [`Self::tokens`] off the autodiff graph, for sampling and serving.
+    pub fn inner_tokens(&self) -> Option<SoftContext<B::InnerBackend>> {
+        self.tokens().map(|c| c.map(|t| t.inner(), |g| g.inner()))
     }
 
     /// `C` for prompts `first..first + len` through a fresh pass of the interface, so that
@@ -66,7 +74,7 @@ impl<B: AutodiffBackend> Context<B> {
         interface: Option<&LatentInterface<B>>,
         first: usize,
         len: usize,
-    ) -> Result<Option<Tensor<B, 3>>, TrainError> {
+    ) -> Result<Option<SoftContext<B>>, TrainError> {
         let (Some(interface), Some(_)) = (interface, &self.fused) else {
             return Ok(None);
         };
@@ -78,7 +86,11 @@ impl<B: AutodiffBackend> Context<B> {
                 mask: read.mask.clone().map(|m| m.narrow(0, first, len)),
             })
             .collect();
-        Ok(Some(interface.forward(&inputs)?.context))
+        let out = interface.forward(&inputs)?;
+        Ok(Some(SoftContext {
+            tokens: out.context,
+            gates: out.gates,
+        }))
     }
 }
 
@@ -108,6 +120,12 @@ pub trait System<B: AutodiffBackend> {
         ids: &[Vec<u32>],
         sample_seed: Option<u64>,
     ) -> Result<Context<B>, TrainError>;
+
+    /// Whether a prompt's context is the same each time it is asked for in a step (dynamic
+    /// sampling recomputes the context of the groups it keeps).
+    fn deterministic_context(&self) -> bool {
+        true
+    }
 
     /// A loss term of the system's own on the step's `rewards` (`group` completions per
     /// prompt, prompt-major).

@@ -9,6 +9,7 @@
 //! ([`params`]); and a [`collective::Collective`] joins processes that share a step.
 
 pub mod collective;
+pub mod dynamic;
 pub mod params;
 pub mod phases;
 mod team;
@@ -18,10 +19,10 @@ use burn::record::{BinFileRecorder, FullPrecisionSettings, Recorder, RecorderErr
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{ElementConversion, Tensor};
 use musketeers_fusion::LatentInterface;
-use musketeers_lm::generate::{GenerationConfig, generate_with_prefix};
+use musketeers_lm::generate::{GenerationConfig, generate_with_context};
 use musketeers_lm::sampling::SamplingConfig;
 use musketeers_lm::tokenizer::TextTokenizer;
-use musketeers_lm::{Llama, Precision};
+use musketeers_lm::{Llama, Precision, SoftContext};
 use musketeers_rl::rollout::{RolloutStats, StepConfig, counted_tokens, rollout_stats};
 use musketeers_rl::{GrpoMetrics, LrSchedule};
 use serde::Serialize;
@@ -201,6 +202,24 @@ pub struct StepReport {
     pub diagnostics: StepDiagnostics,
     /// The first completion of each prompt, for the run log.
     pub samples: Vec<Sample>,
+    /// With dynamic sampling: what was drawn, dropped and refilled.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dynamic_sampling: Option<dynamic::DynamicSampling>,
+    /// Which of the step's candidate prompts were trained on, in order (all of them without
+    /// dynamic sampling): `samples[i]` answers candidate `prompt_indices[i]`.
+    #[serde(skip)]
+    pub prompt_indices: Vec<usize>,
+}
+
+/// A share of a step's batch after sampling and scoring: what the update learns from.
+struct Sampled<B: AutodiffBackend> {
+    prompt_ids: Vec<Vec<u32>>,
+    context: crate::system::Context<B>,
+    generation: musketeers_lm::generate::Generation,
+    texts: Vec<String>,
+    rewards: Vec<f32>,
+    team_seconds: f64,
+    sample_seconds: f64,
 }
 
 /// A logged completion with its reward and group advantage.
@@ -217,6 +236,8 @@ pub struct PromptContext<B: Backend> {
     pub ids: Vec<u32>,
     /// The system's context tokens `[K, d]`, if it has them.
     pub prefix: Option<Tensor<B, 2>>,
+    /// The policy's context gates `[layers, heads]` when it reads the prefix gated.
+    pub gates: Option<Tensor<B, 2>>,
     /// Share of the interface's attention per expert (empty without an interface).
     pub utilization: Vec<f32>,
     pub routing_entropy: Option<f32>,
@@ -418,7 +439,7 @@ impl<B: AutodiffBackend> Trainer<B> {
     pub fn context(
         &self,
         prompts: &[String],
-    ) -> Result<Option<Tensor<B::InnerBackend, 3>>, TrainError> {
+    ) -> Result<Option<SoftContext<B::InnerBackend>>, TrainError> {
         let ids = phases::encode_prompts(&self.tokenizer, prompts)?;
         self.context_for(prompts, &ids)
     }
@@ -427,14 +448,77 @@ impl<B: AutodiffBackend> Trainer<B> {
         &self,
         prompts: &[String],
         ids: &[Vec<u32>],
-    ) -> Result<Option<Tensor<B::InnerBackend, 3>>, TrainError> {
+    ) -> Result<Option<SoftContext<B::InnerBackend>>, TrainError> {
         let context = self.system.context(&self.parts(), prompts, ids, None)?;
-        Ok(context.tokens().map(|c| c.inner()))
+        Ok(context.inner_tokens())
+    }
+
+    /// The gates through which the policy reads its context `[layers, heads]` (off the
+    /// autodiff graph), when the interface has them.
+    pub fn context_gates(&self) -> Option<Tensor<B::InnerBackend, 2>> {
+        self.interface
+            .as_ref()
+            .and_then(LatentInterface::gates)
+            .map(|g| g.inner())
     }
 
     /// The policy as it samples: without autodiff, in the run's precision.
     pub fn sampler(&self) -> Llama<B::InnerBackend> {
         self.policy.valid().with_precision(self.precision)
+    }
+
+    /// Check that `prompt` and `max_new_tokens` new tokens fit every model that reads them:
+    /// at most `max_prompt_tokens` prompt tokens in the policy's and in each expert's
+    /// tokenizer, and within each model's context length (the policy's counting its context
+    /// tokens). Cheap (tokenizing only), so a server checks before any model runs; the error
+    /// names the model and the limit.
+    pub fn check_prompt_fits(
+        &self,
+        prompt: &str,
+        max_new_tokens: usize,
+        max_prompt_tokens: usize,
+    ) -> Result<usize, TrainError> {
+        let ids = self.tokenizer.encode(prompt, true)?;
+        let context = self.interface.as_ref().map_or(0, |i| i.latents.dims()[0]);
+        let too_long = |who: &str, n: usize, limit: usize, what: &str| {
+            TrainError::BadInput(format!(
+                "the prompt is {n} tokens for {who}, over the limit of {limit} ({what})"
+            ))
+        };
+        if ids.len() > max_prompt_tokens {
+            return Err(too_long(
+                "the policy",
+                ids.len(),
+                max_prompt_tokens,
+                "the server's prompt limit",
+            ));
+        }
+        if let Some(length) = self.policy.max_position_embeddings {
+            let needed = ids.len() + context + max_new_tokens;
+            if needed > length {
+                return Err(TrainError::BadInput(format!(
+                    "the prompt ({} tokens), its {context} context tokens and {max_new_tokens} \
+                     new tokens need {needed} positions; the policy's context length is {length}",
+                    ids.len()
+                )));
+            }
+        }
+        for member in &self.team {
+            let n = member.tokenizer.encode(prompt, true)?.len();
+            let limit = member
+                .model
+                .max_position_embeddings
+                .map_or(max_prompt_tokens, |l| l.min(max_prompt_tokens));
+            if n > limit {
+                return Err(too_long(
+                    &format!("expert {}", member.name),
+                    n,
+                    limit,
+                    "its context length or the server's prompt limit",
+                ));
+            }
+        }
+        Ok(ids.len())
     }
 
     /// What generating from `prompt` needs (a server's request): its tokens, the system's
@@ -448,13 +532,16 @@ impl<B: AutodiffBackend> Trainer<B> {
         let context = self.system.context(&self.parts(), &prompts, &ids, None)?;
         let (utilization, entropy, normalized) =
             phases::utilization(&context, None, self.team.len());
-        let prefix = context.tokens().map(|c| {
-            let [_, k, d] = c.dims();
-            c.inner().reshape([k, d])
+        let soft = context.inner_tokens();
+        let gates = soft.as_ref().and_then(|c| c.gates.clone());
+        let prefix = soft.map(|c| {
+            let [_, k, d] = c.tokens.dims();
+            c.tokens.reshape([k, d])
         });
         Ok(PromptContext {
             ids: ids.remove(0),
             prefix,
+            gates,
             utilization,
             routing_entropy: entropy,
             routing_entropy_normalized: normalized,
@@ -478,7 +565,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             } else {
                 None
             };
-            let generation = generate_with_prefix(
+            let generation = generate_with_context(
                 &sampler,
                 &ids,
                 context,
@@ -521,33 +608,146 @@ impl<B: AutodiffBackend> Trainer<B> {
         }
         let first = mine.start;
         let share_reward = |i: usize, text: &str| reward(first + i, text);
-        self.train_share(&prompts[mine.clone()], first, prompts.len(), &share_reward)
+        let started = Instant::now();
+        let sampled = self.sample_share(&prompts[mine.clone()], first, &share_reward)?;
+        let mut report = self.learn(sampled, first, prompts.len(), started)?;
+        report.prompt_indices = mine.collect();
+        Ok(report)
     }
 
-    /// The step on this process's share of the batch: `prompts` are prompts
-    /// `first..first + prompts.len()` of `total`.
-    fn train_share(
+    /// One GRPO step with DAPO's dynamic sampling: `candidates` are drawn `batch` at a time
+    /// (round `r` takes `candidates[r * batch..(r + 1) * batch]`); groups whose rewards are
+    /// all equal (no advantage, nothing to learn) are dropped, and rounds continue until
+    /// `batch` groups have signal or the candidates run out. The step trains on the first
+    /// `batch` kept groups; if none has signal, on the first round's. `reward(i, text)`
+    /// scores a completion of candidate `i`.
+    pub fn train_step_dynamic(
         &mut self,
-        prompts: &[String],
-        first: usize,
-        total: usize,
+        candidates: &[String],
+        batch: usize,
         reward: &(dyn Fn(usize, &str) -> f32 + Sync),
     ) -> Result<StepReport, TrainError> {
+        if self.collective.size() > 1 {
+            return Err(TrainError::BadInput(
+                "dynamic sampling runs in one process (data parallelism would need the \
+                 processes to agree on every refill)"
+                    .into(),
+            ));
+        }
+        if !self.system.deterministic_context() {
+            return Err(TrainError::BadInput(format!(
+                "dynamic sampling recomputes the context of the groups it keeps; the {} \
+                 system samples its context, so it cannot",
+                self.system.name()
+            )));
+        }
+        if batch == 0 || candidates.len() < batch {
+            return Err(TrainError::BadInput(format!(
+                "dynamic sampling of {batch} prompts from {} candidates",
+                candidates.len()
+            )));
+        }
         let started = Instant::now();
-        let device = self.policy.embed_tokens.weight.device();
-        let inner_device = self.policy.embed_tokens.weight.val().inner().device();
-        let s = self.settings.clone();
-        let g = s.num_generations;
-        let split = self.collective.size() > 1;
-        let communication_start = self.collective.seconds();
+        let g = self.settings.num_generations;
+        let mut rounds = Vec::new();
+        let mut plan = dynamic::Plan::new(batch);
+        for (round, chunk) in candidates.chunks(batch).enumerate() {
+            let first = round * batch;
+            let round_reward = |i: usize, text: &str| reward(first + i, text);
+            let sampled = self.sample_share(chunk, first, &round_reward)?;
+            let full = plan.add_round(first, &sampled.rewards, g);
+            rounds.push(sampled);
+            if full {
+                break;
+            }
+        }
+        let (kept, summary) = plan.finish();
+        let sampled = self.select_groups(candidates, rounds, &kept, batch)?;
+        let mut report = self.learn(sampled, 0, kept.len(), started)?;
+        report.dynamic_sampling = Some(summary);
+        report.prompt_indices = kept;
+        Ok(report)
+    }
 
+    /// The groups of candidates `kept` (indices into the candidates, rounds of `batch`) out
+    /// of the rounds that sampled them, with their context recomputed as one batch.
+    fn select_groups(
+        &self,
+        candidates: &[String],
+        rounds: Vec<Sampled<B>>,
+        kept: &[usize],
+        batch: usize,
+    ) -> Result<Sampled<B>, TrainError> {
+        let g = self.settings.num_generations;
+        let started = Instant::now();
+        let prompts: Vec<String> = kept.iter().map(|&i| candidates[i].clone()).collect();
+        let mut prompt_ids = Vec::with_capacity(kept.len());
+        let mut texts = Vec::with_capacity(kept.len() * g);
+        let mut rewards = Vec::with_capacity(kept.len() * g);
+        let mut generation = musketeers_lm::generate::Generation {
+            tokens: Vec::with_capacity(kept.len() * g),
+            logprobs: Vec::with_capacity(kept.len() * g),
+            finish_reasons: Vec::with_capacity(kept.len() * g),
+            prefill_tokens: rounds.iter().map(|r| r.generation.prefill_tokens).sum(),
+            prefill_seconds: rounds.iter().map(|r| r.generation.prefill_seconds).sum(),
+            decode_tokens: rounds.iter().map(|r| r.generation.decode_tokens).sum(),
+            decode_seconds: rounds.iter().map(|r| r.generation.decode_seconds).sum(),
+        };
+        for &candidate in kept {
+            let round = &rounds[candidate / batch];
+            let local = candidate % batch;
+            prompt_ids.push(round.prompt_ids[local].clone());
+            let rows = local * g..(local + 1) * g;
+            texts.extend_from_slice(&round.texts[rows.clone()]);
+            rewards.extend_from_slice(&round.rewards[rows.clone()]);
+            generation
+                .tokens
+                .extend_from_slice(&round.generation.tokens[rows.clone()]);
+            generation
+                .logprobs
+                .extend_from_slice(&round.generation.logprobs[rows.clone()]);
+            generation
+                .finish_reasons
+                .extend_from_slice(&round.generation.finish_reasons[rows]);
+        }
+        // The kept prompts' context as one batch, with the graph the update needs (the
+        // system's context is a function of the prompt alone: checked by the caller).
+        let context = self.system.context(
+            &self.parts(),
+            &prompts,
+            &prompt_ids,
+            Some(phases::routing_seed(&self.settings, self.step)),
+        )?;
+        Ok(Sampled {
+            prompt_ids,
+            context,
+            generation,
+            texts,
+            rewards,
+            team_seconds: rounds.iter().map(|r| r.team_seconds).sum::<f64>()
+                + started.elapsed().as_secs_f64(),
+            sample_seconds: rounds.iter().map(|r| r.sample_seconds).sum(),
+        })
+    }
+
+    /// Context, rollouts and rewards of `prompts`, prompts `first..` of the step's batch
+    /// (which fixes their random streams).
+    fn sample_share(
+        &self,
+        prompts: &[String],
+        first: usize,
+        reward: &(dyn Fn(usize, &str) -> f32 + Sync),
+    ) -> Result<Sampled<B>, TrainError> {
+        let started = Instant::now();
+        let inner_device = self.policy.embed_tokens.weight.val().inner().device();
+        let s = &self.settings;
         let prompt_ids = phases::encode_prompts(&self.tokenizer, prompts)?;
         // Team states and context: the system's (with gradient through the interface).
         let context = self.system.context(
             &self.parts(),
             prompts,
             &prompt_ids,
-            Some(phases::routing_seed(&s, self.step)),
+            Some(phases::routing_seed(s, self.step)),
         )?;
         let team_seconds = started.elapsed().as_secs_f64();
 
@@ -556,16 +756,54 @@ impl<B: AutodiffBackend> Trainer<B> {
         let generation = phases::sample_rollouts(
             &sampler,
             &prompt_ids,
-            context.tokens().map(|c| c.inner()),
-            &s,
+            context.inner_tokens(),
+            s,
             self.step,
             first,
             &inner_device,
         )?;
         let sample_seconds = sample_start.elapsed().as_secs_f64();
+        let (texts, rewards) = phases::score_rewards(
+            &self.tokenizer,
+            &generation.tokens,
+            s.num_generations,
+            reward,
+        )?;
+        Ok(Sampled {
+            prompt_ids,
+            context,
+            generation,
+            texts,
+            rewards,
+            team_seconds,
+            sample_seconds,
+        })
+    }
 
-        let (texts, rewards) =
-            phases::score_rewards(&self.tokenizer, &generation.tokens, g, reward)?;
+    /// The update from this process's share of the batch (prompts `first..` of `total`):
+    /// advantages, reference, loss and gradients, (all-reduce), clipping, AdamW, report.
+    fn learn(
+        &mut self,
+        sampled: Sampled<B>,
+        first: usize,
+        total: usize,
+        started: Instant,
+    ) -> Result<StepReport, TrainError> {
+        let Sampled {
+            prompt_ids,
+            context,
+            generation,
+            texts,
+            rewards,
+            team_seconds,
+            sample_seconds,
+        } = sampled;
+        let prompts_here = prompt_ids.len();
+        let device = self.policy.embed_tokens.weight.device();
+        let s = self.settings.clone();
+        let g = s.num_generations;
+        let split = self.collective.size() > 1;
+        let communication_start = self.collective.seconds();
         // Advantages over the whole batch: a process sees every reward (a sum of
         // zero-padded shares), so scaling by the batch's spread needs nothing more.
         let batch_rewards = if split {
@@ -575,7 +813,7 @@ impl<B: AutodiffBackend> Trainer<B> {
         };
         let batch_advantages = phases::advantages(&batch_rewards, &s)?;
         let advantages = if split {
-            batch_advantages.rows(first * g..(first + prompts.len()) * g)
+            batch_advantages.rows(first * g..(first + prompts_here) * g)
         } else {
             batch_advantages.clone()
         };
@@ -590,7 +828,7 @@ impl<B: AutodiffBackend> Trainer<B> {
                 .with_precision(self.precision);
             rollouts.ref_logprobs = Some(phases::reference_logprobs(
                 &reference,
-                context.tokens(),
+                phases::reference_context(context.tokens()),
                 &rollouts,
                 s.temperature,
             )?);
@@ -683,7 +921,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             communication_seconds: self.collective.seconds() - communication_start,
             step_seconds: started.elapsed().as_secs_f64(),
             diagnostics,
-            samples: (0..prompts.len())
+            samples: (0..prompts_here)
                 .map(|i| {
                     let r = i * g;
                     Sample {
@@ -693,6 +931,8 @@ impl<B: AutodiffBackend> Trainer<B> {
                     }
                 })
                 .collect(),
+            dynamic_sampling: None,
+            prompt_indices: Vec::new(),
         })
     }
 

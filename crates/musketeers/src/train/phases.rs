@@ -8,10 +8,10 @@ use burn::optim::GradientsParams;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{ElementConversion, Tensor};
 use musketeers_fusion::stats::{batch_utilization, expert_utilization, routing_entropy};
-use musketeers_lm::Llama;
 use musketeers_lm::generate::{Generation, GenerationConfig, generate_part};
 use musketeers_lm::sampling::SamplingConfig;
 use musketeers_lm::tokenizer::TextTokenizer;
+use musketeers_lm::{Llama, SoftContext};
 use musketeers_rl::advantages::{Advantages, group_advantages};
 use musketeers_rl::clip::clip_factor;
 use musketeers_rl::rollout::grpo_micro_step;
@@ -51,7 +51,7 @@ pub fn routing_seed(settings: &StepSettings, step: u64) -> u64 {
 pub fn sample_rollouts<B: Backend>(
     sampler: &Llama<B>,
     prompt_ids: &[Vec<u32>],
-    context: Option<Tensor<B, 3>>,
+    context: Option<SoftContext<B>>,
     settings: &StepSettings,
     step: u64,
     first_prompt: usize,
@@ -132,9 +132,11 @@ pub fn group_rollouts(
 /// Reference: the frozen base policy's log-probabilities of every completion token, scored
 /// on the policy's backend (so that with unchanged adapters the two agree to the bit and the
 /// KL and its gradient are exactly zero).
+///
+/// Which context the reference reads is the caller's choice ([`reference_context`]).
 pub fn reference_logprobs<B: AutodiffBackend>(
     reference: &Llama<B>,
-    context: Option<Tensor<B, 3>>,
+    context: Option<SoftContext<B>>,
     rollouts: &Rollouts,
     temperature: f32,
 ) -> Result<Vec<Vec<f32>>, TrainError> {
@@ -147,7 +149,7 @@ pub fn reference_logprobs<B: AutodiffBackend>(
         .max(1);
     let scorer = PrefixedPolicy {
         model: reference,
-        context: context.map(|c| c.detach()),
+        context: context.map(|c| c.map(|t| t.detach(), |g| g.detach())),
         temperature: f64::from(temperature),
     };
     let (logps, _) = musketeers_rl::TokenScorer::score(&scorer, rollouts, width)?;
@@ -158,6 +160,15 @@ pub fn reference_logprobs<B: AutodiffBackend>(
         .enumerate()
         .map(|(r, c)| values[r * width..r * width + c.len()].to_vec())
         .collect())
+}
+
+/// The context the KL reference reads: the policy's step-0 self. A plain prefix changes the
+/// policy from its first step, so its reference reads the same `C` (detached) and the KL
+/// measures the adapters alone. Gated context starts as no context at all, so its
+/// reference reads none: the base model the run started from, and the KL anchors the
+/// whole fused policy (adapters, gates and `C`) to it.
+pub fn reference_context<B: Backend>(context: Option<SoftContext<B>>) -> Option<SoftContext<B>> {
+    context.filter(|c| !c.is_gated())
 }
 
 /// How this process's prompts sit in the step's whole batch, which the loss is normalised
