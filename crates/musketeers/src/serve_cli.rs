@@ -44,6 +44,13 @@ pub struct ServeArgs {
     /// Largest `max_tokens` a request may ask for.
     #[arg(long, default_value_t = 1024)]
     max_tokens: usize,
+    /// Prompt tokens a request may bring, in the policy's and each expert's tokenizer (each
+    /// model's own context length also bounds it); longer prompts get a 400.
+    #[arg(long, default_value_t = 4096)]
+    max_prompt_tokens: usize,
+    /// Seconds a client may take to send a request's headers.
+    #[arg(long, default_value_t = 10)]
+    header_timeout: u64,
     /// Largest `n` a request may ask for.
     #[arg(long, default_value_t = 16)]
     max_n: usize,
@@ -96,9 +103,11 @@ pub fn run(args: &ServeArgs) -> Result<()> {
         max_rows: args.max_batch.max(1),
         max_body_bytes: 1 << 20,
         body_timeout: Duration::from_secs(10),
+        header_timeout: Duration::from_secs(args.header_timeout.max(1)),
     };
     let adapter = args.adapter.clone();
     let max_rows = options.max_rows;
+    let max_prompt_tokens = args.max_prompt_tokens.max(1);
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
     };
@@ -151,6 +160,7 @@ pub fn run(args: &ServeArgs) -> Result<()> {
                 config,
                 expert_names,
                 max_rows,
+                max_prompt_tokens,
             })
         };
         serve::<B, _>(options, build, ready, shutdown)?

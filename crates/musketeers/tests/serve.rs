@@ -495,7 +495,8 @@ fn a_full_queue_answers_503() {
         &["--queue", "1", "--max-batch", "1", "--max-tokens", "4096"],
     );
     let addr = server.addr;
-    let body = br#"{"model": "tiny", "messages": [{"role": "user", "content": "w1 w2"}], "max_tokens": 2000, "temperature": 1.0}"#;
+    // As many new tokens as the tiny policy's 512 positions leave room for.
+    let body = br#"{"model": "tiny", "messages": [{"role": "user", "content": "w1 w2"}], "max_tokens": 480, "temperature": 1.0}"#;
     let burst: Vec<_> = (0..12)
         .map(|_| std::thread::spawn(move || post(addr, "/v1/chat/completions", body, "").0))
         .collect();
@@ -512,4 +513,123 @@ fn a_full_queue_answers_503() {
         "some were turned away: {statuses:?}"
     );
     assert!(statuses.contains(&200), "some were served: {statuses:?}");
+}
+
+/// Resident memory of process `pid` in KiB (Linux).
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// A prompt too long for a model (the policy's or an expert's context, or the server's
+/// token limit) is a 400 naming the limit, answered at once, never a crash; meanwhile other
+/// clients' short requests are answered, also while a maximal legal prompt is processed.
+#[test]
+fn prompts_beyond_a_models_context_are_refused_and_others_are_served() {
+    let temp = tempfile::tempdir().expect("temp");
+    let run = train_tiny_run(temp.path());
+    let server = start(&run, &["--max-prompt-tokens", "300"]);
+    let addr = server.addr;
+    let question = |words: usize| vec!["w7"; words].join(" ");
+    let ask = move |words: usize, max_tokens: usize| {
+        let body = format!(
+            r#"{{"model": "tiny", "messages": [{{"role": "user", "content": "{}"}}], "max_tokens": {max_tokens}}}"#,
+            question(words)
+        );
+        let started = std::time::Instant::now();
+        let (status, body) = post(addr, "/v1/chat/completions", body.as_bytes(), "");
+        (status, body, started.elapsed())
+    };
+    // Over the server's limit; over the policy's 512 positions with max_tokens; and as long
+    // as the character limit allows.
+    for (words, max_tokens, says) in [
+        (400, 4, "limit of 300"),
+        (200, 400, "context length"),
+        (10_000, 4, ""),
+    ] {
+        let (status, body, took) = ask(words, max_tokens);
+        assert_eq!(status, 400, "{words} words: {body}");
+        assert!(body.contains(says), "{words} words: {body}");
+        assert!(took < Duration::from_secs(5), "{words} words took {took:?}");
+    }
+    // A maximal legal prompt in flight while one-token requests come and go.
+    let long = std::thread::spawn(move || ask(280, 100));
+    for _ in 0..5 {
+        let (status, body, took) = ask(2, 1);
+        assert_eq!(status, 200, "{body}");
+        assert!(
+            took < Duration::from_secs(2),
+            "a short request waited {took:?}"
+        );
+    }
+    let (status, body, _) = long.join().expect("long");
+    assert_eq!(status, 200, "{body}");
+    assert!(chat(addr, "w1 w2", "")["choices"][0]["message"]["content"].is_string());
+}
+
+/// Serving a fused run records no autodiff graph: 1,000 identical requests leave resident
+/// memory within 10% of where it stood after the first 100.
+#[test]
+fn repeated_requests_leave_memory_flat() {
+    let temp = tempfile::tempdir().expect("temp");
+    let run = train_tiny_run(temp.path());
+    let server = start(&run, &[]);
+    let body = br#"{"model": "tiny", "messages": [{"role": "user", "content": "w3 w14 w15"}], "max_tokens": 4}"#;
+    let mut after_100 = 0;
+    for i in 1..=1000 {
+        let (status, text) = post(server.addr, "/v1/chat/completions", body, "");
+        assert_eq!(status, 200, "{text}");
+        if i == 100 {
+            after_100 = rss_kib(server.child.id());
+        }
+    }
+    let after_1000 = rss_kib(server.child.id());
+    assert!(after_100 > 0, "RSS readable");
+    assert!(
+        (after_1000 as f64) <= after_100 as f64 * 1.10,
+        "RSS grew from {after_100} KiB after 100 requests to {after_1000} KiB after 1000"
+    );
+}
+
+/// A client sending its headers a byte at a time is cut off once the header timeout passes.
+#[test]
+fn slow_headers_are_cut_off() {
+    let temp = tempfile::tempdir().expect("temp");
+    let run = train_tiny_run(temp.path());
+    let server = start(&run, &["--header-timeout", "2"]);
+    let mut stream = TcpStream::connect(server.addr).expect("connect");
+    let started = std::time::Instant::now();
+    let mut closed = false;
+    for byte in
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaa"
+    {
+        std::thread::sleep(Duration::from_millis(500));
+        if stream.write_all(&[*byte]).is_err() {
+            closed = true;
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(8) {
+            break;
+        }
+    }
+    if !closed {
+        // Closed by the server: a read returns end of stream (or a timeout response).
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        let mut rest = Vec::new();
+        closed = stream.read_to_end(&mut rest).is_ok();
+    }
+    assert!(closed, "the connection stayed open");
+    assert!(
+        started.elapsed() < Duration::from_secs(9),
+        "cut off after {:?}",
+        started.elapsed()
+    );
 }

@@ -60,6 +60,9 @@ pub struct Served<B: AutodiffBackend> {
     pub expert_names: Vec<String>,
     /// Rows decoded together at most (the `n` samples of a request count each).
     pub max_rows: usize,
+    /// Prompt tokens per request at most, in the policy's and every expert's tokenizer
+    /// (each model's context length bounds it too).
+    pub max_prompt_tokens: usize,
 }
 
 struct Sequence {
@@ -106,6 +109,7 @@ pub fn run<B: AutodiffBackend>(served: Served<B>, jobs: Receiver<Job>) {
         config,
         expert_names,
         max_rows,
+        max_prompt_tokens,
     } = served;
     let device = trainer.policy.embed_tokens.weight.val().inner().device();
     let sampler = trainer.sampler();
@@ -146,7 +150,14 @@ pub fn run<B: AutodiffBackend>(served: Served<B>, jobs: Receiver<Job>) {
         for job in admitted {
             let id = next_job;
             next_job += 1;
-            match admit(&trainer, &config, &expert_names, &job, id) {
+            match admit(
+                &trainer,
+                &config,
+                &expert_names,
+                &job,
+                id,
+                max_prompt_tokens,
+            ) {
                 Ok((specs, started)) => {
                     if job.events.send(started).is_err() {
                         continue;
@@ -299,12 +310,25 @@ fn admit<B: AutodiffBackend>(
     expert_names: &[String],
     job: &Job,
     id: u64,
+    max_prompt_tokens: usize,
 ) -> Result<Admitted<B>, ApiError> {
-    let bad = |e: crate::train::TrainError| ApiError::invalid("prompt", e.to_string());
+    let param = match &job.input {
+        Input::Question(_) => "messages",
+        Input::Raw(_) => "prompt",
+    };
+    let bad = |e: crate::train::TrainError| ApiError::invalid(param, e.to_string());
     let prompt = match &job.input {
         Input::Question(q) => question_prompt(config, trainer, q).map_err(bad)?,
         Input::Raw(p) => p.clone(),
     };
+    let max_new_tokens = job
+        .sampling
+        .max_tokens
+        .unwrap_or(trainer.settings.max_completion_length);
+    // Before any model runs: a prompt too long for a model would take minutes and gigabytes.
+    trainer
+        .check_prompt_fits(&prompt, max_new_tokens, max_prompt_tokens)
+        .map_err(bad)?;
     let context = trainer.prompt_context(&prompt).map_err(bad)?;
     if context.ids.is_empty() {
         return Err(ApiError::invalid("prompt", "no tokens"));

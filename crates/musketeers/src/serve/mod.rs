@@ -45,6 +45,9 @@ pub struct ServeOptions {
     pub max_body_bytes: usize,
     /// A request body must arrive within this.
     pub body_timeout: Duration,
+    /// How long a client may take to send a request's headers (slow-header clients would
+    /// otherwise hold connections open for as long as they like).
+    pub header_timeout: Duration,
 }
 
 impl Default for ServeOptions {
@@ -58,6 +61,7 @@ impl Default for ServeOptions {
             max_rows: 64,
             max_body_bytes: 1 << 20,
             body_timeout: Duration::from_secs(10),
+            header_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -122,6 +126,7 @@ where
         .enable_all()
         .build()?;
     let addr = options.addr;
+    let header_timeout = options.header_timeout;
     let shared = Arc::new(Shared {
         options,
         jobs,
@@ -139,14 +144,48 @@ where
             .route("/v1/completions", post(completions))
             .fallback(not_found)
             .with_state(shared);
-        axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await?;
+        serve_http(listener, app, header_timeout, shutdown).await;
         Ok::<(), ServeError>(())
     })?;
     // The queue's sender is gone with the app: the engine finishes what it has and ends.
     let _ = engine.join();
     Ok(())
+}
+
+/// Accept HTTP/1 connections for `app` until `shutdown`, then let in-flight ones finish.
+/// Each connection has `header_timeout` to send its headers.
+async fn serve_http(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    header_timeout: Duration,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use hyper_util::server::graceful::GracefulShutdown;
+    use hyper_util::service::TowerToHyperService;
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(header_timeout);
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else {
+                    // Out of file descriptors and the like: wait, do not spin.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                };
+                let service = TowerToHyperService::new(app.clone());
+                let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+                tokio::spawn(async move {
+                    let _ = connection.await;
+                });
+            }
+            () = &mut shutdown => break,
+        }
+    }
+    graceful.shutdown().await;
 }
 
 async fn health() -> impl IntoResponse {

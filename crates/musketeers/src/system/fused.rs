@@ -5,7 +5,7 @@ use burn::tensor::Tensor;
 use burn::tensor::backend::AutodiffBackend;
 use musketeers_fusion::ExpertInput;
 
-use super::{Context, Parts, System};
+use super::{Context, InferenceParts, Inferred, Parts, System};
 use crate::train::TrainError;
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -31,6 +31,38 @@ impl<B: AutodiffBackend> System<B> for Fused {
             .collect::<Result<Vec<_>, TrainError>>()?;
         interface_context(parts, readings, None)
     }
+
+    fn infer(
+        &self,
+        parts: &InferenceParts<'_, B::InnerBackend>,
+        prompts: &[String],
+        _: &[Vec<u32>],
+    ) -> Result<Inferred<B::InnerBackend>, TrainError> {
+        let device = parts.policy.embed_tokens.weight.device();
+        let readings = parts
+            .team
+            .iter()
+            .map(|m| m.read(prompts, &device))
+            .collect::<Result<Vec<_>, TrainError>>()?;
+        infer_interface(parts, &readings, None)
+    }
+}
+
+/// The interface over the team's readings at inference.
+pub(crate) fn infer_interface<B: burn::tensor::backend::Backend>(
+    parts: &InferenceParts<'_, B>,
+    readings: &[ExpertInput<B>],
+    router_entropy: Option<f32>,
+) -> Result<Inferred<B>, TrainError> {
+    let Some(interface) = parts.interface else {
+        return Err(TrainError::BadInput(
+            "this system needs a latent interface and the run has none".into(),
+        ));
+    };
+    Ok(Inferred {
+        fused: Some(interface.forward(readings)?),
+        router_entropy,
+    })
 }
 
 /// The interface over the team's readings (taken onto the autodiff backend as constants).

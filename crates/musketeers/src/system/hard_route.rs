@@ -6,8 +6,8 @@ use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
 
-use super::fused::interface_context;
-use super::{Context, ExtraLoss, Parts, System};
+use super::fused::{infer_interface, interface_context};
+use super::{Context, ExtraLoss, InferenceParts, Inferred, Parts, System};
 use crate::route::{choose, routed_inputs, sentence_embeddings};
 use crate::train::{TrainError, host_f32};
 
@@ -46,6 +46,32 @@ impl<B: AutodiffBackend> System<B> for HardRoute {
         );
         let readings = routed_inputs(parts.team, prompts, &choice, &device)?;
         interface_context(parts, readings, Some((log_probs, choice)))
+    }
+
+    /// The most likely expert per prompt (as evaluation chooses), its states through the
+    /// interface.
+    fn infer(
+        &self,
+        parts: &InferenceParts<'_, B::InnerBackend>,
+        prompts: &[String],
+        ids: &[Vec<u32>],
+    ) -> Result<Inferred<B::InnerBackend>, TrainError> {
+        let Some(router) = parts.router else {
+            return Err(TrainError::BadInput(
+                "hard-route needs a router and the run has none".into(),
+            ));
+        };
+        let device = parts.policy.embed_tokens.weight.device();
+        let log_probs = router.log_probs(sentence_embeddings(parts.policy, ids, &device));
+        let entropy = (log_probs.clone().exp() * log_probs.clone())
+            .sum_dim(1)
+            .neg()
+            .mean()
+            .into_scalar()
+            .elem::<f32>();
+        let choice = choose(&host_f32(log_probs), parts.team.len(), None);
+        let readings = routed_inputs(parts.team, prompts, &choice, &device)?;
+        infer_interface(parts, &readings, Some(entropy))
     }
 
     /// REINFORCE: minus the mean over prompts of log p(chosen expert) times the prompt's

@@ -14,8 +14,9 @@ pub mod hard_route;
 pub mod single;
 pub mod text_collab;
 
-use burn::tensor::Tensor;
-use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{ElementConversion, Tensor};
+use musketeers_fusion::stats::{batch_utilization, expert_utilization, routing_entropy};
 use musketeers_fusion::{ExpertInput, FusionOutput, LatentInterface};
 use musketeers_lm::{Llama, SoftContext};
 
@@ -29,6 +30,62 @@ pub struct Parts<'a, B: AutodiffBackend> {
     pub interface: Option<&'a LatentInterface<B>>,
     pub router: Option<&'a Router<B>>,
     pub team: &'a [TeamMember<B::InnerBackend>],
+}
+
+/// What a system reads at inference (evaluation, serving): the trained modules off the
+/// autodiff backend, so that no graph is recorded (a forward with tracked parameters keeps
+/// its graph until a backward pass that never comes: a server grew by ~120 KiB a request).
+#[derive(Debug, Clone, Copy)]
+pub struct InferenceParts<'a, B: Backend> {
+    pub policy: &'a Llama<B>,
+    pub interface: Option<&'a LatentInterface<B>>,
+    pub router: Option<&'a Router<B>>,
+    pub team: &'a [TeamMember<B>],
+}
+
+/// A context built for inference.
+#[derive(Debug, Clone)]
+pub struct Inferred<B: Backend> {
+    pub fused: Option<FusionOutput<B>>,
+    /// Hard routing: the router's entropy over experts (natural log), mean over prompts.
+    pub router_entropy: Option<f32>,
+}
+
+impl<B: Backend> Inferred<B> {
+    pub fn none() -> Self {
+        Self {
+            fused: None,
+            router_entropy: None,
+        }
+    }
+
+    /// `C` (with its gates) for the batch, if there is one.
+    pub fn tokens(&self) -> Option<SoftContext<B>> {
+        self.fused.as_ref().map(|f| SoftContext {
+            tokens: f.context.clone(),
+            gates: f.gates.clone(),
+        })
+    }
+
+    /// Batch-mean attention share per expert, routing entropy and its normalised value.
+    pub fn utilization(&self, experts: usize) -> (Vec<f32>, Option<f32>, Option<f32>) {
+        let Some(f) = &self.fused else {
+            return (Vec::new(), None, None);
+        };
+        let per_example = expert_utilization(&f.attention, &f.expert_spans);
+        let util = batch_utilization(&per_example)
+            .into_data()
+            .convert::<f32>()
+            .to_vec::<f32>()
+            .unwrap_or_default();
+        if let Some(h) = self.router_entropy {
+            let n = experts.max(2) as f32;
+            return (util, Some(h), Some(h / n.ln()));
+        }
+        let (h, hn) = routing_entropy(&per_example);
+        let mean = |t: Tensor<B, 1>| t.mean().into_scalar().elem::<f32>();
+        (util, Some(mean(h)), Some(mean(hn)))
+    }
 }
 
 /// A batch's context, as a system built it.
@@ -120,6 +177,15 @@ pub trait System<B: AutodiffBackend> {
         ids: &[Vec<u32>],
         sample_seed: Option<u64>,
     ) -> Result<Context<B>, TrainError>;
+
+    /// The context for `prompts` at inference: what [`Self::context`] gives without a
+    /// sampling seed, computed on the inner backend (no gradient, no graph).
+    fn infer(
+        &self,
+        parts: &InferenceParts<'_, B::InnerBackend>,
+        prompts: &[String],
+        ids: &[Vec<u32>],
+    ) -> Result<Inferred<B::InnerBackend>, TrainError>;
 
     /// Whether a prompt's context is the same each time it is asked for in a step (dynamic
     /// sampling recomputes the context of the groups it keeps).

@@ -2,7 +2,7 @@
 
 use burn::tensor::backend::AutodiffBackend;
 
-use super::{Context, Parts, System};
+use super::{Context, InferenceParts, Inferred, Parts, System};
 use crate::train::TrainError;
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -21,5 +21,14 @@ impl<B: AutodiffBackend> System<B> for Single {
         _: Option<u64>,
     ) -> Result<Context<B>, TrainError> {
         Ok(Context::none())
+    }
+
+    fn infer(
+        &self,
+        _: &InferenceParts<'_, B::InnerBackend>,
+        _: &[String],
+        _: &[Vec<u32>],
+    ) -> Result<Inferred<B::InnerBackend>, TrainError> {
+        Ok(Inferred::none())
     }
 }

@@ -4,7 +4,7 @@
 
 use burn::tensor::backend::AutodiffBackend;
 
-use super::{Context, Notes, Parts, System};
+use super::{Context, InferenceParts, Inferred, Notes, Parts, System};
 use crate::collab::TextExpert;
 use crate::train::TrainError;
 
@@ -33,6 +33,15 @@ impl<B: AutodiffBackend> System<B> for TextCollab<B> {
         _: Option<u64>,
     ) -> Result<Context<B>, TrainError> {
         Ok(Context::none())
+    }
+
+    fn infer(
+        &self,
+        _: &InferenceParts<'_, B::InnerBackend>,
+        _: &[String],
+        _: &[Vec<u32>],
+    ) -> Result<Inferred<B::InnerBackend>, TrainError> {
+        Ok(Inferred::none())
     }
 
     fn notes(&self, questions: &[String]) -> Result<Option<Vec<Notes>>, TrainError> {

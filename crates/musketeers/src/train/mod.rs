@@ -449,8 +449,26 @@ impl<B: AutodiffBackend> Trainer<B> {
         prompts: &[String],
         ids: &[Vec<u32>],
     ) -> Result<Option<SoftContext<B::InnerBackend>>, TrainError> {
-        let context = self.system.context(&self.parts(), prompts, ids, None)?;
-        Ok(context.inner_tokens())
+        Ok(self.infer(prompts, ids)?.tokens())
+    }
+
+    /// The system's context for `prompts` at inference, off the autodiff backend: the
+    /// trained modules' values (`valid()`) and the frozen team, so no graph is recorded.
+    fn infer(
+        &self,
+        prompts: &[String],
+        ids: &[Vec<u32>],
+    ) -> Result<crate::system::Inferred<B::InnerBackend>, TrainError> {
+        let policy = self.policy.valid();
+        let interface = self.interface.as_ref().map(AutodiffModule::valid);
+        let router = self.router.as_ref().map(AutodiffModule::valid);
+        let parts = crate::system::InferenceParts {
+            policy: &policy,
+            interface: interface.as_ref(),
+            router: router.as_ref(),
+            team: &self.team,
+        };
+        self.system.infer(&parts, prompts, ids)
     }
 
     /// The gates through which the policy reads its context `[layers, heads]` (off the
@@ -529,10 +547,9 @@ impl<B: AutodiffBackend> Trainer<B> {
     ) -> Result<PromptContext<B::InnerBackend>, TrainError> {
         let prompts = [prompt.to_string()];
         let mut ids = phases::encode_prompts(&self.tokenizer, &prompts)?;
-        let context = self.system.context(&self.parts(), &prompts, &ids, None)?;
-        let (utilization, entropy, normalized) =
-            phases::utilization(&context, None, self.team.len());
-        let soft = context.inner_tokens();
+        let context = self.infer(&prompts, &ids)?;
+        let (utilization, entropy, normalized) = context.utilization(self.team.len());
+        let soft = context.tokens();
         let gates = soft.as_ref().and_then(|c| c.gates.clone());
         let prefix = soft.map(|c| {
             let [_, k, d] = c.tokens.dims();
