@@ -10,6 +10,7 @@ pub mod eval;
 pub mod grid;
 pub mod policy;
 pub mod report;
+pub mod reward_program;
 pub mod route;
 pub mod run;
 pub mod run_config;

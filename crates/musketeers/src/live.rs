@@ -437,6 +437,7 @@ mod tests {
             }],
             dynamic_sampling: None,
             prompt_indices: vec![0],
+            reward_functions: Default::default(),
         }
     }
 

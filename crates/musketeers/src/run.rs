@@ -4,12 +4,14 @@
 
 use crate::collab::{TextExpert, with_suggestions};
 use crate::eval::EvalReport;
+use crate::reward_program::{RewardItem, RewardProgram};
 use crate::route::Router;
 use crate::run_config::{AnswerExtraction, ContextNorm, Injection, Mode, RunConfig, TaskConfig};
 use crate::rundir;
 use crate::system::text_collab::TextCollab;
 use crate::train::collective::{Alone, Collective, share};
 use crate::train::params::AdamSettings;
+use crate::train::reward::{Reward, Scored};
 use crate::train::{StepReport, StepSettings, TeamMember, TrainError, Trainer};
 use burn::store::{ModuleSnapshot, SafetensorsStore};
 use burn::tensor::backend::AutodiffBackend;
@@ -106,6 +108,93 @@ pub fn score(task: &dyn Task, rule: AnswerExtraction, completion: &str, entry: &
         }
     };
     reward as f32
+}
+
+/// The run's reward programs, by name (started on first use).
+fn reward_programs(config: &RunConfig) -> std::collections::BTreeMap<String, RewardProgram> {
+    config
+        .rewards
+        .iter()
+        .filter_map(|r| {
+            let command = r.command.clone()?;
+            let timeout = std::time::Duration::from_secs_f64(r.timeout_seconds);
+            Some((
+                r.name.clone(),
+                RewardProgram::new(&r.name, command, timeout),
+            ))
+        })
+        .collect()
+}
+
+/// A step's reward: the task's verifier alone, or the config's weighted reward functions
+/// (verifiers and programs), each kept for the log.
+struct StepReward<'a> {
+    config: &'a RunConfig,
+    tasks: &'a Mix,
+    entries: &'a [Entry],
+    prompts: &'a [String],
+    programs: &'a std::collections::BTreeMap<String, RewardProgram>,
+}
+
+impl StepReward<'_> {
+    fn verifier(&self, items: &[(usize, &str)]) -> Vec<f32> {
+        use rayon::prelude::*;
+        items
+            .par_iter()
+            .map(|&(i, text)| {
+                score(
+                    self.tasks,
+                    self.config.answer_extraction,
+                    text,
+                    &self.entries[i],
+                )
+            })
+            .collect()
+    }
+}
+
+impl Reward for StepReward<'_> {
+    fn score_batch(&self, items: &[(usize, &str)]) -> Result<Scored, TrainError> {
+        if self.config.rewards.is_empty() {
+            return Ok(Scored {
+                total: self.verifier(items),
+                parts: Vec::new(),
+            });
+        }
+        let mut total = vec![0.0f32; items.len()];
+        let mut parts = Vec::with_capacity(self.config.rewards.len());
+        for r in &self.config.rewards {
+            let values = match self.programs.get(&r.name) {
+                Some(program) => {
+                    let batch: Vec<RewardItem<'_>> = items
+                        .iter()
+                        .map(|&(i, text)| {
+                            let entry = &self.entries[i];
+                            RewardItem {
+                                prompt: &self.prompts[i],
+                                completion: text,
+                                question: &entry.question,
+                                answer: entry.answer.as_deref(),
+                                task: entry
+                                    .metadata
+                                    .get("source_dataset")
+                                    .and_then(|v| v.as_str())
+                                    .unwrap_or(&self.config.tasks[0].name),
+                                metadata: &entry.metadata,
+                            }
+                        })
+                        .collect();
+                    program.score(&batch)?
+                }
+                None => self.verifier(items),
+            };
+            for (t, v) in total.iter_mut().zip(&values) {
+                *t += r.weight as f32 * v;
+            }
+            parts.push((r.name.clone(), values));
+        }
+        Ok(Scored { total, parts })
+    }
 }
 
 /// The policy's prompt for a question: the template, through the chat template when asked.
@@ -553,6 +642,7 @@ pub fn run_with<B: AutodiffBackend>(
         }
     };
     let tasks = training_mix(config)?;
+    let programs = reward_programs(config);
     let metrics_path = out_dir.join("metrics.jsonl");
     let samples_path = out_dir.join("samples.jsonl");
     let open = |p: &Path| {
@@ -589,8 +679,13 @@ pub fn run_with<B: AutodiffBackend>(
         )?) {
             *slot = prompt;
         }
-        let reward =
-            |i: usize, text: &str| score(&tasks, config.answer_extraction, text, &entries[i]);
+        let reward = StepReward {
+            config,
+            tasks: &tasks,
+            entries: &entries,
+            prompts: &prompts,
+            programs: &programs,
+        };
         let report = if g.dynamic_sampling {
             trainer.train_step_dynamic(&prompts, g.prompts_per_step, &reward)?
         } else {

@@ -61,6 +61,10 @@ pub struct RunConfig {
     /// and bandwidth). LoRA, the interface and the optimizer state stay f32.
     #[serde(default, skip_serializing_if = "is_f32")]
     pub dtype: Precision,
+    /// The reward functions, summed with their weights (TRL's `reward_funcs` and
+    /// `reward_weights`); empty: the task's own verifier alone.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rewards: Vec<RewardConfig>,
 }
 
 fn is_f32(precision: &Precision) -> bool {
@@ -133,6 +137,31 @@ pub struct InterfaceConfig {
     /// interface's learning rate (see `musketeers_fusion::ContextGate`).
     #[serde(skip_serializing_if = "is_default_gate_scale")]
     pub gate_scale: f64,
+}
+
+/// One reward function: the task's verifier, or a program speaking the JSON-lines reward
+/// protocol on stdin/stdout (see `crate::reward_program`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RewardConfig {
+    /// Its name in `metrics.jsonl` (`reward_functions`) and the report.
+    pub name: String,
+    #[serde(default = "one_weight")]
+    pub weight: f64,
+    /// The program and its arguments, started once per run; unset: the task's verifier.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<Vec<String>>,
+    /// Seconds the program may take to answer one batch.
+    #[serde(default = "reward_timeout")]
+    pub timeout_seconds: f64,
+}
+
+fn one_weight() -> f64 {
+    1.0
+}
+
+fn reward_timeout() -> f64 {
+    60.0
 }
 
 /// How the policy reads the context tokens.
@@ -477,6 +506,20 @@ impl RunConfig {
                 "grpo.dynamic_sampling cannot be used with hard-route: its router samples \
                  each prompt's expert, and the kept groups' context is recomputed",
             );
+        }
+        for r in &self.rewards {
+            if !(r.weight.is_finite() && r.timeout_seconds.is_finite() && r.timeout_seconds > 0.0) {
+                return Err(TrainError::BadInput(format!(
+                    "rewards `{}`: weight and timeout_seconds must be finite (timeout positive)",
+                    r.name
+                )));
+            }
+            if r.command.as_ref().is_some_and(Vec::is_empty) {
+                return Err(TrainError::BadInput(format!(
+                    "rewards `{}`: command is empty (give the program and its arguments)",
+                    r.name
+                )));
+            }
         }
         if self.grpo.micro_batch_prompts == Some(0) {
             return bad("grpo.micro_batch_prompts must be at least 1 (unset: all prompts at once)");

@@ -397,6 +397,7 @@ fn run_config(
         },
         out_dir: None,
         dtype: musketeers_lm::Precision::F32,
+        rewards: Vec::new(),
     }
     .with_overrides(&settings.overrides)
 }

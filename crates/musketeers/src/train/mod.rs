@@ -12,6 +12,7 @@ pub mod collective;
 pub mod dynamic;
 pub mod params;
 pub mod phases;
+pub mod reward;
 mod team;
 
 use burn::module::{AutodiffModule, Module};
@@ -202,6 +203,10 @@ pub struct StepReport {
     pub diagnostics: StepDiagnostics,
     /// The first completion of each prompt, for the run log.
     pub samples: Vec<Sample>,
+    /// With several reward functions: each one's mean over the step's completions
+    /// (unweighted; `rollouts.reward_mean` is their weighted sum's).
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub reward_functions: std::collections::BTreeMap<String, f64>,
     /// With dynamic sampling: what was drawn, dropped and refilled.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dynamic_sampling: Option<dynamic::DynamicSampling>,
@@ -218,6 +223,8 @@ struct Sampled<B: AutodiffBackend> {
     generation: musketeers_lm::generate::Generation,
     texts: Vec<String>,
     rewards: Vec<f32>,
+    /// Each named reward function's values, per completion (empty for a single reward).
+    reward_parts: Vec<(String, Vec<f32>)>,
     team_seconds: f64,
     sample_seconds: f64,
 }
@@ -609,7 +616,7 @@ impl<B: AutodiffBackend> Trainer<B> {
     pub fn train_step(
         &mut self,
         prompts: &[String],
-        reward: &(dyn Fn(usize, &str) -> f32 + Sync),
+        reward: &dyn reward::Reward,
     ) -> Result<StepReport, TrainError> {
         let mine = collective::share(
             prompts.len(),
@@ -624,7 +631,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             )));
         }
         let first = mine.start;
-        let share_reward = |i: usize, text: &str| reward(first + i, text);
+        let share_reward = reward::Shifted { reward, by: first };
         let started = Instant::now();
         let sampled = self.sample_share(&prompts[mine.clone()], first, &share_reward)?;
         let mut report = self.learn(sampled, first, prompts.len(), started)?;
@@ -642,7 +649,7 @@ impl<B: AutodiffBackend> Trainer<B> {
         &mut self,
         candidates: &[String],
         batch: usize,
-        reward: &(dyn Fn(usize, &str) -> f32 + Sync),
+        reward: &dyn reward::Reward,
     ) -> Result<StepReport, TrainError> {
         if self.collective.size() > 1 {
             return Err(TrainError::BadInput(
@@ -670,7 +677,7 @@ impl<B: AutodiffBackend> Trainer<B> {
         let mut plan = dynamic::Plan::new(batch);
         for (round, chunk) in candidates.chunks(batch).enumerate() {
             let first = round * batch;
-            let round_reward = |i: usize, text: &str| reward(first + i, text);
+            let round_reward = reward::Shifted { reward, by: first };
             let sampled = self.sample_share(chunk, first, &round_reward)?;
             let full = plan.add_round(first, &sampled.rewards, g);
             rounds.push(sampled);
@@ -701,6 +708,15 @@ impl<B: AutodiffBackend> Trainer<B> {
         let mut prompt_ids = Vec::with_capacity(kept.len());
         let mut texts = Vec::with_capacity(kept.len() * g);
         let mut rewards = Vec::with_capacity(kept.len() * g);
+        let mut reward_parts: Vec<(String, Vec<f32>)> = rounds
+            .first()
+            .map(|r| {
+                r.reward_parts
+                    .iter()
+                    .map(|(name, _)| (name.clone(), Vec::new()))
+                    .collect()
+            })
+            .unwrap_or_default();
         let mut generation = musketeers_lm::generate::Generation {
             tokens: Vec::with_capacity(kept.len() * g),
             logprobs: Vec::with_capacity(kept.len() * g),
@@ -717,6 +733,9 @@ impl<B: AutodiffBackend> Trainer<B> {
             let rows = local * g..(local + 1) * g;
             texts.extend_from_slice(&round.texts[rows.clone()]);
             rewards.extend_from_slice(&round.rewards[rows.clone()]);
+            for ((_, kept), (_, values)) in reward_parts.iter_mut().zip(&round.reward_parts) {
+                kept.extend_from_slice(&values[rows.clone()]);
+            }
             generation
                 .tokens
                 .extend_from_slice(&round.generation.tokens[rows.clone()]);
@@ -741,6 +760,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             generation,
             texts,
             rewards,
+            reward_parts,
             team_seconds: rounds.iter().map(|r| r.team_seconds).sum::<f64>()
                 + started.elapsed().as_secs_f64(),
             sample_seconds: rounds.iter().map(|r| r.sample_seconds).sum(),
@@ -753,7 +773,7 @@ impl<B: AutodiffBackend> Trainer<B> {
         &self,
         prompts: &[String],
         first: usize,
-        reward: &(dyn Fn(usize, &str) -> f32 + Sync),
+        reward: &dyn reward::Reward,
     ) -> Result<Sampled<B>, TrainError> {
         let started = Instant::now();
         let inner_device = self.policy.embed_tokens.weight.val().inner().device();
@@ -780,7 +800,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             &inner_device,
         )?;
         let sample_seconds = sample_start.elapsed().as_secs_f64();
-        let (texts, rewards) = phases::score_rewards(
+        let (texts, scored) = phases::score_rewards(
             &self.tokenizer,
             &generation.tokens,
             s.num_generations,
@@ -791,7 +811,8 @@ impl<B: AutodiffBackend> Trainer<B> {
             context,
             generation,
             texts,
-            rewards,
+            rewards: scored.total,
+            reward_parts: scored.parts,
             team_seconds,
             sample_seconds,
         })
@@ -812,6 +833,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             generation,
             texts,
             rewards,
+            reward_parts,
             team_seconds,
             sample_seconds,
         } = sampled;
@@ -950,6 +972,14 @@ impl<B: AutodiffBackend> Trainer<B> {
                 .collect(),
             dynamic_sampling: None,
             prompt_indices: Vec::new(),
+            reward_functions: reward_parts
+                .iter()
+                .map(|(name, values)| {
+                    let mean = values.iter().map(|&v| f64::from(v)).sum::<f64>()
+                        / values.len().max(1) as f64;
+                    (name.clone(), mean)
+                })
+                .collect(),
         })
     }
 

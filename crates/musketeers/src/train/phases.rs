@@ -20,6 +20,7 @@ use std::borrow::Cow;
 use std::time::Instant;
 
 use super::params::{Group, PerGroup, TrainedRef};
+use super::reward::{Reward, Scored};
 use super::{StepSettings, TrainError, combine_metrics, host_f32};
 use crate::policy::PrefixedPolicy;
 use crate::system::{Context, System};
@@ -84,19 +85,27 @@ pub fn score_rewards(
     tokenizer: &TextTokenizer,
     completions: &[Vec<u32>],
     group: usize,
-    reward: &(dyn Fn(usize, &str) -> f32 + Sync),
-) -> Result<(Vec<String>, Vec<f32>), TrainError> {
-    use rayon::prelude::*;
+    reward: &dyn Reward,
+) -> Result<(Vec<String>, Scored), TrainError> {
     let texts = completions
         .iter()
         .map(|t| tokenizer.decode(t, true))
         .collect::<Result<Vec<_>, _>>()?;
-    let rewards = texts
-        .par_iter()
+    let items: Vec<(usize, &str)> = texts
+        .iter()
         .enumerate()
-        .map(|(i, text)| reward(i / group.max(1), text))
+        .map(|(i, text)| (i / group.max(1), text.as_str()))
         .collect();
-    Ok((texts, rewards))
+    let scored = reward.score_batch(&items)?;
+    if scored.total.len() != texts.len() || scored.parts.iter().any(|(_, v)| v.len() != texts.len())
+    {
+        return Err(TrainError::BadInput(format!(
+            "the reward scored {} of {} completions",
+            scored.total.len(),
+            texts.len()
+        )));
+    }
+    Ok((texts, scored))
 }
 
 /// Advantages: each completion's reward against its group's (and, with
