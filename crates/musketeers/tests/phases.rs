@@ -120,13 +120,13 @@ fn a_share_of_the_batch_samples_what_the_whole_batch_samples() {
 fn rewards_score_each_completion_against_its_own_prompt() {
     let temp = tempfile::tempdir().expect("temp");
     let completions = vec![vec![5, 6], vec![7], vec![], vec![8, 9, 10]];
+    let reward =
+        |prompt: usize, text: &str| prompt as f32 * 10.0 + text.split_whitespace().count() as f32;
     let (texts, rewards) =
-        phases::score_rewards(&tokenizer(temp.path()), &completions, 2, &|prompt, text| {
-            prompt as f32 * 10.0 + text.split_whitespace().count() as f32
-        })
-        .expect("rewards");
+        phases::score_rewards(&tokenizer(temp.path()), &completions, 2, &reward).expect("rewards");
     assert_eq!(texts, vec!["w5 w6", "w7", "", "w8 w9 w10"]);
-    assert_eq!(rewards, vec![2.0, 1.0, 10.0, 13.0]);
+    assert_eq!(rewards.total, vec![2.0, 1.0, 10.0, 13.0]);
+    assert!(rewards.parts.is_empty());
 }
 
 /// Rollouts of `prompts` sampled by `policy`, with advantages and reference log-probs.
