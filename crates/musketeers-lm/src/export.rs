@@ -53,7 +53,8 @@ fn config_json(config: &LlamaConfig) -> serde_json::Value {
         "attention_bias": config.qkv_bias && model_type != "qwen2",
         "mlp_bias": config.mlp_bias,
         "torch_dtype": "float32",
-        "max_position_embeddings": 32768,
+        // Unknown (a model built in code): a length no demo prompt approaches.
+        "max_position_embeddings": config.max_position_embeddings.unwrap_or(32_768),
     });
     if config.eos_token_ids.len() == 1 {
         out["eos_token_id"] = config.eos_token_ids[0].into();

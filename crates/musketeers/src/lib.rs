@@ -19,6 +19,7 @@ pub mod scoring;
 pub mod serve;
 pub mod sft;
 pub mod system;
+pub mod tensorboard;
 pub mod train;
 
 pub use scoring::{ScoreLine, score_lines};

@@ -9,6 +9,7 @@ use crate::route::Router;
 use crate::run_config::{AnswerExtraction, ContextNorm, Injection, Mode, RunConfig, TaskConfig};
 use crate::rundir;
 use crate::system::text_collab::TextCollab;
+use crate::tensorboard::EventWriter;
 use crate::train::collective::{Alone, Collective, share};
 use crate::train::params::AdamSettings;
 use crate::train::reward::{Reward, Scored};
@@ -657,6 +658,12 @@ pub fn run_with<B: AutodiffBackend>(
     } else {
         (None, None)
     };
+    let mut events = if writes && config.tensorboard {
+        let experts = config.team.iter().map(|m| m.name.clone()).collect();
+        Some(EventWriter::create(out_dir, experts, &metrics_path)?)
+    } else {
+        None
+    };
     let mine = share(g.prompts_per_step, rank, processes);
     let mut stopped = false;
     for step in first..steps {
@@ -709,6 +716,9 @@ pub fn run_with<B: AutodiffBackend>(
             object.remove("samples");
         }
         writeln!(metrics, "{line}").map_err(io(&metrics_path))?;
+        if let Some(events) = events.as_mut() {
+            events.write(&line)?;
+        }
         // The prompts this process trained on (all of them when it runs alone).
         for (sample, &i) in report.samples.iter().zip(&report.prompt_indices) {
             let line = serde_json::json!({"step": report.step, "prompt": prompts[i],

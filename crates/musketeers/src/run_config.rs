@@ -65,6 +65,10 @@ pub struct RunConfig {
     /// `reward_weights`); empty: the task's own verifier alone.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rewards: Vec<RewardConfig>,
+    /// Write TensorBoard event files beside `metrics.jsonl` (on by default: a few hundred
+    /// bytes a step, and every run is comparable in the dashboards users already have).
+    #[serde(default = "yes_tensorboard", skip_serializing_if = "is_true")]
+    pub tensorboard: bool,
 }
 
 fn is_f32(precision: &Precision) -> bool {
@@ -154,6 +158,14 @@ pub struct RewardConfig {
     /// Seconds the program may take to answer one batch.
     #[serde(default = "reward_timeout")]
     pub timeout_seconds: f64,
+}
+
+fn yes_tensorboard() -> bool {
+    true
+}
+
+fn is_true(value: &bool) -> bool {
+    *value
 }
 
 fn one_weight() -> f64 {

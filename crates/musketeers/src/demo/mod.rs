@@ -398,6 +398,7 @@ fn run_config(
         out_dir: None,
         dtype: musketeers_lm::Precision::F32,
         rewards: Vec::new(),
+        tensorboard: true,
     }
     .with_overrides(&settings.overrides)
 }
