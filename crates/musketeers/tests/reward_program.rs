@@ -7,7 +7,6 @@ mod common;
 
 use burn::backend::Autodiff;
 use burn_flex::Flex;
-use common::fixture_with_tokenizer;
 use musketeers::run_config::{RewardConfig, RunConfig};
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
@@ -23,28 +22,7 @@ fn example() -> PathBuf {
 }
 
 fn config(temp: &Path, rewards: Vec<RewardConfig>) -> RunConfig {
-    let policy = fixture_with_tokenizer("llama-gqa", temp);
-    let mut config: RunConfig = toml::from_str(&format!(
-        r#"
-        mode = "single"
-        [policy]
-        model = "{}"
-        chat = false
-        lora = {{ rank = 2, alpha = 4.0 }}
-        [grpo]
-        steps = 3
-        prompts_per_step = 2
-        num_generations = 2
-        max_completion_length = 4
-        save_steps = 1
-        [eval]
-        problems = 0
-        [[tasks]]
-        name = "chain_sum"
-        "#,
-        policy.display()
-    ))
-    .expect("config parses");
+    let mut config = common::tiny_run_config(temp, "single");
     config.rewards = rewards;
     config
 }

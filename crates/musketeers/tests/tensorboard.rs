@@ -7,7 +7,6 @@ mod common;
 
 use burn::backend::Autodiff;
 use burn_flex::Flex;
-use common::fixture_with_tokenizer;
 use musketeers::run_config::RunConfig;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
@@ -15,37 +14,7 @@ use std::path::{Path, PathBuf};
 type Ad = Autodiff<Flex>;
 
 fn config(temp: &Path) -> RunConfig {
-    let policy = fixture_with_tokenizer("llama-gqa", temp);
-    let expert = fixture_with_tokenizer("qwen3-qk-norm", temp);
-    toml::from_str(&format!(
-        r#"
-        mode = "fused"
-        [policy]
-        model = "{}"
-        chat = false
-        lora = {{ rank = 2, alpha = 4.0 }}
-        [[team]]
-        name = "qwen3"
-        model = "{}"
-        [interface]
-        latent_dim = 16
-        num_latents = 2
-        num_heads = 2
-        [grpo]
-        steps = 3
-        prompts_per_step = 2
-        num_generations = 2
-        max_completion_length = 4
-        save_steps = 1
-        [eval]
-        problems = 0
-        [[tasks]]
-        name = "chain_sum"
-        "#,
-        policy.display(),
-        expert.display()
-    ))
-    .expect("config parses")
+    common::tiny_run_config(temp, "fused")
 }
 
 fn event_files(dir: &Path) -> Vec<PathBuf> {

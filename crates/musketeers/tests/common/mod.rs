@@ -17,3 +17,41 @@ pub fn fixture_with_tokenizer(name: &str, into: &Path) -> PathBuf {
     std::fs::write(dir.join("tokenizer.json"), tokenizer).expect("tokenizer");
     dir
 }
+
+/// A tiny run of a few steps on the fixtures: `fused` (llama-gqa policy, one Qwen3 expert) or
+/// `single`; a checkpoint every step, no held-out evaluation.
+#[allow(dead_code)] // not every test binary that includes this module runs a training
+pub fn tiny_run_config(temp: &Path, mode: &str) -> musketeers::run_config::RunConfig {
+    let policy = fixture_with_tokenizer("llama-gqa", temp);
+    let expert = fixture_with_tokenizer("qwen3-qk-norm", temp);
+    let team = if mode == "single" {
+        String::new()
+    } else {
+        format!(
+            "[[team]]\nname = \"qwen3\"\nmodel = \"{}\"\n[interface]\nlatent_dim = 16\nnum_latents = 2\nnum_heads = 2\n",
+            expert.display()
+        )
+    };
+    toml::from_str(&format!(
+        r#"
+        mode = "{mode}"
+        [policy]
+        model = "{}"
+        chat = false
+        lora = {{ rank = 2, alpha = 4.0 }}
+        {team}
+        [grpo]
+        steps = 3
+        prompts_per_step = 2
+        num_generations = 2
+        max_completion_length = 4
+        save_steps = 1
+        [eval]
+        problems = 0
+        [[tasks]]
+        name = "chain_sum"
+        "#,
+        policy.display()
+    ))
+    .expect("config parses")
+}
