@@ -633,3 +633,45 @@ fn slow_headers_are_cut_off() {
         started.elapsed()
     );
 }
+
+/// Ctrl-C (SIGINT) while a streamed request is in flight: the stream still ends properly
+/// (`[DONE]`) and the server then exits successfully.
+#[cfg(unix)]
+#[test]
+fn ctrl_c_drains_in_flight_requests_then_exits() {
+    let temp = tempfile::tempdir().expect("temp");
+    let run = train_tiny_run(temp.path());
+    let mut server = start(&run, &[]);
+    let body = br#"{"model": "tiny", "messages": [{"role": "user", "content": "w1 w2"}], "max_tokens": 400, "stream": true}"#;
+    let mut stream = TcpStream::connect(server.addr).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .expect("timeout");
+    let request = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).expect("write");
+    stream.write_all(body).expect("write");
+    // The response has started: the request is in the engine.
+    let mut first = [0u8; 64];
+    let n = stream.read(&mut first).expect("first bytes");
+    assert!(String::from_utf8_lossy(&first[..n]).starts_with("HTTP/1.1 200"));
+    let status = Command::new("kill")
+        .args(["-INT", &server.child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let mut rest = Vec::new();
+    stream.read_to_end(&mut rest).expect("the stream ends");
+    let text = String::from_utf8_lossy(&rest);
+    assert!(
+        text.contains("[DONE]"),
+        "the in-flight stream was finished: {text}"
+    );
+    let exit = server.child.wait().expect("exit");
+    assert!(
+        exit.success(),
+        "the server exits cleanly after draining: {exit:?}"
+    );
+}
