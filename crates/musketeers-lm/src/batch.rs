@@ -140,7 +140,9 @@ impl<B: Backend> DecodeBatch<B> {
                 )));
             }
         }
-        let gates = self.gates.clone().map(|g| g.cast(model.float_dtype()));
+        // Cast once here; every later step reuses them.
+        self.gates = self.gates.take().map(|g| g.cast(model.float_dtype()));
+        let gates = self.gates.clone();
         let soft = match specs[0].prefix.as_ref().map(|p| p.dims()) {
             Some([k, d]) if d == hidden => k,
             Some([k, d]) => {
@@ -342,10 +344,7 @@ impl<B: Backend> DecodeBatch<B> {
             &Tensor::<B, 4, Bool>::from_data(TensorData::new(mask, [m, 1, 1, width]), device),
             &mut self.caches,
             &self.rope,
-            self.gates
-                .clone()
-                .map(|g| g.cast(model.float_dtype()))
-                .as_ref(),
+            self.gates.as_ref(),
         );
         self.last = Some(model.head(hidden).reshape([m, vocab]));
         Ok(events)

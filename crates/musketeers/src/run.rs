@@ -7,7 +7,7 @@ use crate::eval::EvalReport;
 use crate::reward_program::{RewardItem, RewardProgram};
 use crate::route::Router;
 use crate::run_config::{AnswerExtraction, ContextNorm, Injection, Mode, RunConfig, TaskConfig};
-use crate::rundir;
+use crate::rundir::{self, io};
 use crate::system::text_collab::TextCollab;
 use crate::tensorboard::EventWriter;
 use crate::train::collective::{Alone, Collective, share};
@@ -47,10 +47,6 @@ pub(crate) fn materialize<B: burn::tensor::backend::Backend, M: burn::module::Mo
         }
     }
     module.visit(&mut Touch);
-}
-
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
-    move |e| TrainError::BadInput(format!("{}: {e}", path.display()))
 }
 
 /// The task (generator or file) a `[[tasks]]` entry names; a file served in file order

@@ -21,7 +21,8 @@ pub const STATE_FILE: &str = "state.json";
 /// The run's config as the checkpoint was trained under (what a resume is checked against).
 pub const CONFIG_FILE: &str = "config.toml";
 
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
+/// An I/O error as a [`TrainError`] naming the path.
+pub(crate) fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
     move |e| TrainError::BadInput(format!("{}: {e}", path.display()))
 }
 

@@ -10,6 +10,7 @@
 //! would each bring more than these sixty lines. `metrics.jsonl` stays the source of truth:
 //! a resumed run writes its event file again from it, so the two always hold the same steps.
 
+use crate::rundir::io;
 use crate::train::TrainError;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -134,10 +135,6 @@ pub struct EventWriter {
     file: std::fs::File,
     path: PathBuf,
     experts: Vec<String>,
-}
-
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
-    move |e| TrainError::BadInput(format!("{}: {e}", path.display()))
 }
 
 fn now() -> f64 {

@@ -5,13 +5,12 @@
 
 mod common;
 
-use burn::backend::Autodiff;
-use burn_flex::Flex;
-use musketeers::run_config::{RewardConfig, RunConfig};
-use std::ops::ControlFlow;
-use std::path::{Path, PathBuf};
+fn run(config: &RunConfig, out: &Path, steps: u64, resume: bool) -> Result<u64, String> {
+    common::run_steps(config, out, steps, resume).map(|seen| seen.last().copied().unwrap_or(0))
+}
 
-type Ad = Autodiff<Flex>;
+use musketeers::run_config::{RewardConfig, RunConfig};
+use std::path::{Path, PathBuf};
 
 fn python() -> String {
     std::env::var("MUSKETEERS_PYTHON").unwrap_or_else(|_| "python3".into())
@@ -34,19 +33,6 @@ fn program(name: &str, command: Vec<String>, timeout_seconds: f64) -> RewardConf
         command: Some(command),
         timeout_seconds,
     }
-}
-
-fn run(config: &RunConfig, out: &Path, steps: u64, resume: bool) -> Result<u64, String> {
-    musketeers::run::run::<Ad>(
-        config,
-        out,
-        Some(steps),
-        resume,
-        &Default::default(),
-        &mut |_| ControlFlow::Continue(()),
-    )
-    .map(|o| o.steps)
-    .map_err(|e| e.to_string())
 }
 
 #[test]

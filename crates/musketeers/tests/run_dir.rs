@@ -5,7 +5,7 @@ mod common;
 
 use burn::backend::Autodiff;
 use burn_flex::Flex;
-use common::fixture_with_tokenizer;
+use common::{fixture_with_tokenizer, run_steps};
 use musketeers::run_config::RunConfig;
 use std::ops::ControlFlow;
 use std::path::Path;
@@ -258,23 +258,6 @@ fn resumes_exactly(mode: &str) {
         assert_eq!(a, b, "first differing step");
     }
     assert_eq!(k.len(), w.len());
-}
-
-fn run_steps(config: &RunConfig, out: &Path, steps: u64, resume: bool) -> Result<Vec<u64>, String> {
-    let mut seen = Vec::new();
-    musketeers::run::run::<Ad>(
-        config,
-        out,
-        Some(steps),
-        resume,
-        &Default::default(),
-        &mut |r| {
-            seen.push(r.step);
-            ControlFlow::Continue(())
-        },
-    )
-    .map(|_| seen)
-    .map_err(|e| e.to_string())
 }
 
 fn read(path: &Path) -> Vec<u8> {

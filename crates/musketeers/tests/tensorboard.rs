@@ -5,13 +5,12 @@
 
 mod common;
 
-use burn::backend::Autodiff;
-use burn_flex::Flex;
-use musketeers::run_config::RunConfig;
-use std::ops::ControlFlow;
-use std::path::{Path, PathBuf};
+fn run(config: &RunConfig, out: &Path, steps: u64, resume: bool) {
+    common::run_steps(config, out, steps, resume).expect("run");
+}
 
-type Ad = Autodiff<Flex>;
+use musketeers::run_config::RunConfig;
+use std::path::{Path, PathBuf};
 
 fn config(temp: &Path) -> RunConfig {
     common::tiny_run_config(temp, "fused")
@@ -39,18 +38,6 @@ fn records(path: &Path) -> Vec<Vec<u8>> {
     }
     assert_eq!(at, bytes.len(), "records fill the file exactly");
     out
-}
-
-fn run(config: &RunConfig, out: &Path, steps: u64, resume: bool) {
-    musketeers::run::run::<Ad>(
-        config,
-        out,
-        Some(steps),
-        resume,
-        &Default::default(),
-        &mut |_| ControlFlow::Continue(()),
-    )
-    .expect("run");
 }
 
 #[test]

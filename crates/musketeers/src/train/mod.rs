@@ -748,12 +748,7 @@ impl<B: AutodiffBackend> Trainer<B> {
         }
         // The kept prompts' context as one batch, with the graph the update needs (the
         // system's context is a function of the prompt alone: checked by the caller).
-        let context = self.system.context(
-            &self.parts(),
-            &prompts,
-            &prompt_ids,
-            Some(phases::routing_seed(&self.settings, self.step)),
-        )?;
+        let context = self.step_context(&prompts, &prompt_ids)?;
         Ok(Sampled {
             prompt_ids,
             context,
@@ -765,6 +760,21 @@ impl<B: AutodiffBackend> Trainer<B> {
                 + started.elapsed().as_secs_f64(),
             sample_seconds: rounds.iter().map(|r| r.sample_seconds).sum(),
         })
+    }
+
+    /// Team states and context for a training step: the system's, with gradient through
+    /// the interface and this step's routing seed.
+    fn step_context(
+        &self,
+        prompts: &[String],
+        ids: &[Vec<u32>],
+    ) -> Result<crate::system::Context<B>, TrainError> {
+        self.system.context(
+            &self.parts(),
+            prompts,
+            ids,
+            Some(phases::routing_seed(&self.settings, self.step)),
+        )
     }
 
     /// Context, rollouts and rewards of `prompts`, prompts `first..` of the step's batch
@@ -779,13 +789,7 @@ impl<B: AutodiffBackend> Trainer<B> {
         let inner_device = self.policy.embed_tokens.weight.val().inner().device();
         let s = &self.settings;
         let prompt_ids = phases::encode_prompts(&self.tokenizer, prompts)?;
-        // Team states and context: the system's (with gradient through the interface).
-        let context = self.system.context(
-            &self.parts(),
-            prompts,
-            &prompt_ids,
-            Some(phases::routing_seed(s, self.step)),
-        )?;
+        let context = self.step_context(prompts, &prompt_ids)?;
         let team_seconds = started.elapsed().as_secs_f64();
 
         let sample_start = Instant::now();

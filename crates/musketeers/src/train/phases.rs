@@ -6,8 +6,6 @@
 
 use burn::optim::GradientsParams;
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{ElementConversion, Tensor};
-use musketeers_fusion::stats::{batch_utilization, expert_utilization, routing_entropy};
 use musketeers_lm::generate::{Generation, GenerationConfig, generate_part};
 use musketeers_lm::sampling::SamplingConfig;
 use musketeers_lm::tokenizer::TextTokenizer;
@@ -23,7 +21,8 @@ use super::params::{Group, PerGroup, TrainedRef};
 use super::reward::{Reward, Scored};
 use super::{StepSettings, TrainError, combine_metrics, host_f32};
 use crate::policy::PrefixedPolicy;
-use crate::system::{Context, System};
+use crate::system::{Context, Inferred, System};
+use musketeers_fusion::FusionOutput;
 
 /// Prompts: each prompt in the policy's tokens.
 pub fn encode_prompts(
@@ -361,22 +360,17 @@ pub fn utilization<B: AutodiffBackend>(
     router_entropy: Option<f32>,
     experts: usize,
 ) -> (Vec<f32>, Option<f32>, Option<f32>) {
-    let Some(f) = &context.fused else {
-        return (Vec::new(), None, None);
-    };
-    let per_example = expert_utilization(&f.attention, &f.expert_spans).inner();
-    let (h, hn) = routing_entropy(&per_example);
-    let mean = |t: Tensor<B::InnerBackend, 1>| t.mean().into_scalar().elem::<f32>();
-    let util = host_f32(batch_utilization(&per_example));
-    match router_entropy {
-        // Hard routing: each prompt attends to one expert; the entropy worth reporting is
-        // the router's.
-        Some(h) => {
-            let n = experts.max(2) as f32;
-            (util, Some(h), Some(h / n.ln()))
-        }
-        None => (util, Some(mean(h)), Some(mean(hn))),
+    let fused = context.fused.as_ref().map(|f| FusionOutput {
+        context: f.context.clone().inner(),
+        attention: f.attention.clone().inner(),
+        expert_spans: f.expert_spans.clone(),
+        gates: f.gates.clone().map(|g| g.inner()),
+    });
+    Inferred {
+        fused,
+        router_entropy,
     }
+    .utilization(experts)
 }
 
 #[cfg(test)]

@@ -55,3 +55,28 @@ pub fn tiny_run_config(temp: &Path, mode: &str) -> musketeers::run_config::RunCo
     ))
     .expect("config parses")
 }
+
+/// Run `config` in `out` for `steps` (on Flex), resuming when asked: the steps taken, or the
+/// run's error as text.
+#[allow(dead_code)] // not every test binary that includes this module runs a training
+pub fn run_steps(
+    config: &musketeers::run_config::RunConfig,
+    out: &Path,
+    steps: u64,
+    resume: bool,
+) -> Result<Vec<u64>, String> {
+    let mut seen = Vec::new();
+    musketeers::run::run::<burn::backend::Autodiff<burn_flex::Flex>>(
+        config,
+        out,
+        Some(steps),
+        resume,
+        &Default::default(),
+        &mut |r| {
+            seen.push(r.step);
+            std::ops::ControlFlow::Continue(())
+        },
+    )
+    .map(|_| seen)
+    .map_err(|e| e.to_string())
+}
