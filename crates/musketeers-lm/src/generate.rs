@@ -44,6 +44,11 @@ pub enum FinishReason {
 /// Decides after each new token whether a sequence is finished, from its new tokens.
 pub trait StopCondition {
     fn should_stop(&self, new_tokens: &[u32]) -> bool;
+
+    /// Called once per decode step (counted from 0), with the rows still sampling after it. A
+    /// stop condition sees every step, so it is also where a caller follows a long generation
+    /// (evaluation's progress display does).
+    fn after_step(&self, _step: usize, _rows_left: usize) {}
 }
 
 /// Stop once the decoded new text contains one of `strings` (the stop string is kept, as
@@ -288,6 +293,9 @@ pub fn generate_part<B: Backend>(
                 keep.push(slot);
                 step_ids.push(i64::from(token));
             }
+        }
+        if let Some(stop) = stop {
+            stop.after_step(step, keep.len());
         }
         if keep.is_empty() || step + 1 == config.max_new_tokens {
             break;

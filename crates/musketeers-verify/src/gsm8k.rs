@@ -37,6 +37,12 @@ pub fn parse_line(line: &str) -> Result<Entry, String> {
     entry_from_row(row)
 }
 
+/// Parse one GSM8K record (a JSONL line or a Parquet row, as JSON).
+pub fn parse_record(record: serde_json::Value) -> Result<Entry, String> {
+    let row: Row = serde_json::from_value(record).map_err(|e| format!("not a GSM8K row: {e}"))?;
+    entry_from_row(row)
+}
+
 /// 1 when the candidate equals the final answer as a number, else 0.
 pub fn score(answer: Option<&str>, entry: &Entry) -> f64 {
     match (answer, entry.answer.as_deref()) {
@@ -45,7 +51,8 @@ pub fn score(answer: Option<&str>, entry: &Entry) -> f64 {
     }
 }
 
-/// Read a GSM8K JSONL file; a bad line is an error naming the file and line.
+/// Read a GSM8K file (JSONL, or Parquet as Hugging Face publishes it); a bad record is an
+/// error naming the file and its line or row.
 pub fn load(path: &std::path::Path) -> Result<Vec<Entry>, TaskError> {
-    crate::task::read_jsonl(path, parse_line)
+    crate::records::read_records(path, &Default::default(), parse_record)
 }

@@ -3,8 +3,9 @@
 //! - [`scorers`]: `score_answer` of 21 Reasoning Gym datasets, float for float.
 //! - [`extract`]: the final answer from a raw completion (`<answer>` tags, GSM8K conventions).
 //! - [`generators`]: native, seeded generators that emit entries in Reasoning Gym's format.
-//! - [`task`]: the [`Task`] trait, weighted [`task::Mix`]es and JSONL loaders (Reasoning Gym
-//!   exports, GSM8K, plain question/answer lines: [`qa`]).
+//! - [`task`]: the [`Task`] trait, weighted [`task::Mix`]es and file tasks (Reasoning Gym
+//!   exports, GSM8K, plain question/answer records: [`qa`]) read from JSON lines or Parquet
+//!   ([`records`]).
 //!
 //! No deep-learning dependency: a user can score saved completions with this crate alone.
 //! Scorers never panic and stay bounded in time on arbitrary text (property-tested).
@@ -26,6 +27,7 @@ pub mod options;
 pub mod proplogic;
 pub mod pynum;
 pub mod qa;
+pub mod records;
 pub mod scorers;
 pub mod task;
 

@@ -19,7 +19,15 @@ struct Row {
 
 /// Parse one line; `dataset` is [`EXACT`] or [`NUMERIC`].
 pub fn parse_line(line: &str, dataset: &'static str) -> Result<Entry, String> {
-    let row: Row = serde_json::from_str(line)
+    let record: serde_json::Value =
+        serde_json::from_str(line).map_err(|e| format!("not JSON: {e}"))?;
+    parse_record(record, dataset)
+}
+
+/// Parse one record (a JSONL line or a Parquet row, as JSON); `dataset` is [`EXACT`] or
+/// [`NUMERIC`].
+pub fn parse_record(record: serde_json::Value, dataset: &'static str) -> Result<Entry, String> {
+    let row: Row = serde_json::from_value(record)
         .map_err(|e| format!("not a {{\"question\", \"answer\"}} object: {e}"))?;
     let answer = match row.answer {
         serde_json::Value::String(s) => s,

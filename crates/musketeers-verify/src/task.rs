@@ -1,6 +1,7 @@
 //! The task abstraction: a stream of entries and a scorer; mixes and file-backed tasks.
 
 use crate::entry::Entry;
+use crate::records::{Columns, read_records};
 use crate::{extract, gsm8k, qa, score_answer};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -35,6 +36,16 @@ pub enum TaskError {
         line: usize,
         reason: String,
     },
+    /// A Parquet row (counted from 0, as pandas and the Hugging Face viewer count).
+    #[error("{path}: row {row}: {reason}")]
+    BadRow {
+        path: PathBuf,
+        row: usize,
+        reason: String,
+    },
+    /// A file that cannot be read as a task file at all: not Parquet, or a missing column.
+    #[error("{path}: {reason}")]
+    BadFile { path: PathBuf, reason: String },
     #[error("{path}: no entries")]
     Empty { path: PathBuf },
     #[error("mix: {0}")]
@@ -125,18 +136,27 @@ impl FileTask {
         path: &Path,
         format: FileFormat,
     ) -> Result<Self, TaskError> {
-        match format {
-            FileFormat::Gsm8k => Ok(Self::new(name, gsm8k::load(path)?)),
-            FileFormat::ReasoningGym => Self::reasoning_gym(name, path),
-            FileFormat::QaExact => Ok(Self::new(
-                name,
-                read_jsonl(path, |l| qa::parse_line(l, qa::EXACT))?,
-            )),
-            FileFormat::QaNumeric => Ok(Self::new(
-                name,
-                read_jsonl(path, |l| qa::parse_line(l, qa::NUMERIC))?,
-            )),
-        }
+        Self::open_columns(name, path, format, &Columns::default())
+    }
+
+    /// Read `path` (JSON lines, or Parquet by its `.parquet` extension) as `format`, the
+    /// question and answer taken from `columns`; a bad record is an error naming the file and
+    /// its line or row.
+    pub fn open_columns(
+        name: impl Into<String>,
+        path: &Path,
+        format: FileFormat,
+        columns: &Columns,
+    ) -> Result<Self, TaskError> {
+        let entries = match format {
+            FileFormat::Gsm8k => read_records(path, columns, gsm8k::parse_record)?,
+            FileFormat::ReasoningGym => read_records(path, columns, reasoning_gym_entry)?,
+            FileFormat::QaExact => read_records(path, columns, |r| qa::parse_record(r, qa::EXACT))?,
+            FileFormat::QaNumeric => {
+                read_records(path, columns, |r| qa::parse_record(r, qa::NUMERIC))?
+            }
+        };
+        Ok(Self::new(name, entries))
     }
 
     /// Serve entry `index` as line `index` of the file (modulo its length) whatever the seed:
@@ -162,20 +182,7 @@ impl FileTask {
     /// JSONL as Reasoning Gym exports it: one `{"question","answer","metadata"}` per line,
     /// scored by `metadata.source_dataset`.
     pub fn reasoning_gym(name: impl Into<String>, path: &Path) -> Result<Self, TaskError> {
-        let entries = read_jsonl(path, |line| {
-            let entry: Entry = serde_json::from_str(line)
-                .map_err(|e| format!("not a Reasoning Gym entry: {e}"))?;
-            match entry
-                .metadata
-                .get("source_dataset")
-                .and_then(|v| v.as_str())
-            {
-                Some(d) if crate::scorers::scorer(d).is_some() => Ok(entry),
-                Some(d) => Err(format!("metadata.source_dataset {d:?} has no scorer here")),
-                None => Err("metadata.source_dataset is missing".into()),
-            }
-        })?;
-        Ok(Self::new(name, entries))
+        Self::open(name, path, FileFormat::ReasoningGym)
     }
 
     pub fn entries(&self) -> &[Entry] {
@@ -213,6 +220,21 @@ impl Task for FileTask {
             order.swap(i, rng.random_range(0..=i as u64) as usize);
         }
         Ok(self.entries[order[(index % n) as usize]].clone())
+    }
+}
+
+/// A Reasoning Gym entry whose `metadata.source_dataset` names a dataset we score.
+fn reasoning_gym_entry(record: serde_json::Value) -> Result<Entry, String> {
+    let entry: Entry =
+        serde_json::from_value(record).map_err(|e| format!("not a Reasoning Gym entry: {e}"))?;
+    match entry
+        .metadata
+        .get("source_dataset")
+        .and_then(|v| v.as_str())
+    {
+        Some(d) if crate::scorers::scorer(d).is_some() => Ok(entry),
+        Some(d) => Err(format!("metadata.source_dataset {d:?} has no scorer here")),
+        None => Err("metadata.source_dataset is missing".into()),
     }
 }
 
@@ -283,30 +305,4 @@ impl Task for Mix {
     fn entry(&self, seed: u64, index: u64) -> Result<Entry, TaskError> {
         self.part_of(seed, index).entry(seed, index)
     }
-}
-
-/// Read JSONL, skipping blank lines; the first bad line is an error naming file and line.
-pub fn read_jsonl<T>(
-    path: &Path,
-    parse: impl Fn(&str) -> Result<T, String>,
-) -> Result<Vec<T>, TaskError> {
-    let text = std::fs::read_to_string(path).map_err(|source| TaskError::Io {
-        path: path.into(),
-        source,
-    })?;
-    let mut out = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        out.push(parse(line).map_err(|reason| TaskError::BadLine {
-            path: path.into(),
-            line: i + 1,
-            reason,
-        })?);
-    }
-    if out.is_empty() {
-        return Err(TaskError::Empty { path: path.into() });
-    }
-    Ok(out)
 }

@@ -1,5 +1,6 @@
 //! Greedy evaluation on held-out problems: the accuracy column of the paper's Table 1.
 
+use crate::progress::Progress;
 use crate::run::score;
 use crate::run_config::RunConfig;
 use crate::train::{TrainError, Trainer};
@@ -107,12 +108,13 @@ fn dataset(entry: &Entry, task: &dyn Task) -> String {
 
 /// Evaluate the trainer's policy greedily on the config's held-out problems (`eval.tasks`, else
 /// the training stream minus what the run trained on), prompted as the run prompts
-/// (`prompts_for`).
+/// (`prompts_for`); `on_progress` follows the decoding.
 pub fn evaluate<B: AutodiffBackend>(
     trainer: &Trainer<B>,
     config: &RunConfig,
     tasks: &Mix,
     prompts_for: &PromptsFor<'_>,
+    on_progress: &mut dyn FnMut(Progress<'_>),
 ) -> Result<EvalReport, TrainError> {
     let evaluation_tasks = crate::run::evaluation_tasks(config)?;
     let (entries, task_of, skipped_seen): (Vec<Entry>, Vec<&dyn Task>, usize) =
@@ -137,12 +139,22 @@ pub fn evaluate<B: AutodiffBackend>(
             .collect()
     };
     let mean = |r: &[f32]| r.iter().map(|&x| f64::from(x)).sum::<f64>() / r.len().max(1) as f64;
-    let completions = trainer.complete_greedy(&prompts, true)?;
+    let without_context = trainer.interface.is_some() && config.eval.without_context;
+    let total = prompts.len() as f64;
+    let mut decode = |task: &str, with_context: bool| {
+        trainer.complete_greedy_observed(&prompts, with_context, &mut |done| {
+            on_progress(Progress {
+                task,
+                done,
+                total,
+                unit: "problems",
+            })
+        })
+    };
+    let completions = decode("evaluation", true)?;
     let rewards = rewards_of(&completions);
-    let accuracy_without_context = if trainer.interface.is_some() && config.eval.without_context {
-        Some(mean(&rewards_of(
-            &trainer.complete_greedy(&prompts, false)?,
-        )))
+    let accuracy_without_context = if without_context {
+        Some(mean(&rewards_of(&decode("evaluation without C", false)?)))
     } else {
         None
     };

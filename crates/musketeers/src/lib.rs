@@ -9,6 +9,7 @@ pub mod demo;
 pub mod eval;
 pub mod grid;
 pub mod policy;
+pub mod progress;
 pub mod report;
 pub mod reward_program;
 pub mod route;

@@ -15,6 +15,7 @@ use burn::train::renderer::{
     EvaluationName, EvaluationProgress, MetricState, MetricsRenderer, MetricsRendererEvaluation,
     MetricsRendererTraining, ProgressType, TrainingProgress,
 };
+use musketeers::progress::Progress as WaitProgress;
 use musketeers::train::StepReport;
 use std::io::{IsTerminal, Write};
 use std::ops::ControlFlow;
@@ -137,6 +138,7 @@ pub struct LiveProgress {
     interrupter: Interrupter,
     /// Step and instant of the first report seen, for the ETA (a resumed run starts late).
     first: Option<(u64, Instant)>,
+    waits: WaitDisplay,
 }
 
 impl std::fmt::Debug for LiveProgress {
@@ -172,7 +174,15 @@ impl LiveProgress {
         } else {
             Box::new(PlainRenderer::new(Box::new(std::io::stderr())))
         };
-        Self::with_renderer(renderer, total_steps, experts, interrupter)
+        let mut live = Self::with_renderer(renderer, total_steps, experts, interrupter);
+        live.waits = match display {
+            ProgressDisplay::Quiet => WaitDisplay::Quiet,
+            _ if std::io::stderr().is_terminal() && display != ProgressDisplay::Plain => {
+                WaitDisplay::Bar(None)
+            }
+            _ => WaitDisplay::lines(Box::new(std::io::stderr())),
+        };
+        live
     }
 
     pub fn with_renderer(
@@ -188,6 +198,7 @@ impl LiveProgress {
             total_steps,
             interrupter,
             first: None,
+            waits: WaitDisplay::Quiet,
         }
     }
 
@@ -269,6 +280,95 @@ impl LiveProgress {
         if let Some(mut renderer) = self.renderer.take() {
             // The summary is burn-train's Learner's; a custom loop has none.
             let _ = renderer.on_train_end(None);
+        }
+    }
+}
+
+impl musketeers::progress::RunObserver for LiveProgress {
+    fn step(&mut self, report: &StepReport) -> ControlFlow<()> {
+        LiveProgress::step(self, report)
+    }
+
+    fn waiting(&mut self, progress: WaitProgress<'_>) {
+        self.waits.show(progress);
+    }
+}
+
+/// Progress of the waits after training (evaluation): indicatif's bar with its ETA on a
+/// terminal, otherwise a plain line when a task starts, at every tenth of it (at most one
+/// line per 10 s in between) and when it ends.
+pub enum WaitDisplay {
+    Quiet,
+    Bar(Option<(String, indicatif::ProgressBar)>),
+    Lines {
+        out: Box<dyn Write + Send + Sync>,
+        /// The task shown, when it started, the tenth last printed and when.
+        current: Option<(String, Instant, u64, Instant)>,
+    },
+}
+
+impl WaitDisplay {
+    pub fn lines(out: Box<dyn Write + Send + Sync>) -> Self {
+        Self::Lines { out, current: None }
+    }
+
+    pub fn show(&mut self, p: WaitProgress<'_>) {
+        match self {
+            Self::Quiet => {}
+            Self::Bar(bar) => {
+                if bar.as_ref().is_none_or(|(task, _)| task != p.task) {
+                    let style = indicatif::ProgressStyle::with_template(&format!(
+                        "{{msg}} [{{bar:30}}] {{pos}}/{{len}} {}, {{elapsed}} elapsed, eta {{eta}}",
+                        p.unit
+                    ))
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+                    let new = indicatif::ProgressBar::new(p.total.ceil() as u64)
+                        .with_style(style)
+                        .with_message(p.task.to_string());
+                    if let Some((_, old)) = bar.replace((p.task.to_string(), new)) {
+                        old.finish();
+                    }
+                }
+                if let Some((_, bar)) = bar {
+                    bar.set_position(p.done.floor() as u64);
+                    if p.done >= p.total {
+                        bar.finish();
+                    }
+                }
+            }
+            Self::Lines { out, current } => {
+                let now = Instant::now();
+                let tenth = ((p.done / p.total.max(1e-9)) * 10.0).floor() as u64;
+                let starting = current.as_ref().is_none_or(|(task, ..)| task != p.task);
+                if starting {
+                    *current = Some((p.task.to_string(), now, 0, now));
+                }
+                let Some((_, started, last_tenth, last_line)) = current.as_mut() else {
+                    return;
+                };
+                let due = starting
+                    || p.done >= p.total
+                    || (tenth > *last_tenth && now.duration_since(*last_line).as_secs() >= 10);
+                if !due {
+                    return;
+                }
+                let elapsed = now.duration_since(*started).as_secs_f64();
+                let eta = if p.done > 0.0 && p.done < p.total {
+                    format!(", eta {:.0}s", elapsed / p.done * (p.total - p.done))
+                } else {
+                    String::new()
+                };
+                let _ = writeln!(
+                    out,
+                    "{}: {:.0}/{:.0} {} ({:.0}%), {elapsed:.0}s elapsed{eta}",
+                    p.task,
+                    p.done.floor(),
+                    p.total,
+                    p.unit,
+                    100.0 * p.done / p.total.max(1e-9)
+                );
+                (*last_tenth, *last_line) = (tenth, now);
+            }
         }
     }
 }
@@ -450,6 +550,39 @@ mod tests {
             interrupter,
         );
         (live, captured)
+    }
+
+    #[test]
+    fn waits_print_a_line_at_start_at_each_tenth_due_and_at_the_end() {
+        let captured = Captured::default();
+        let mut waits = WaitDisplay::lines(Box::new(captured.clone()));
+        let show = |waits: &mut WaitDisplay, task: &str, done: f64| {
+            waits.show(WaitProgress {
+                task,
+                done,
+                total: 50.0,
+                unit: "problems",
+            });
+        };
+        for i in 0..=50 {
+            show(&mut waits, "evaluation", f64::from(i));
+        }
+        show(&mut waits, "evaluation without C", 0.0);
+        show(&mut waits, "evaluation without C", 25.5);
+        let text = String::from_utf8(captured.0.lock().expect("lock").clone()).expect("utf-8");
+        let lines: Vec<&str> = text.lines().collect();
+        // Start and end; the tenths in between come at most every 10 s, so not in this test.
+        assert_eq!(lines.len(), 3, "{text}");
+        assert!(
+            lines[0].starts_with("evaluation: 0/50 problems (0%)"),
+            "{text}"
+        );
+        assert!(
+            lines[1].starts_with("evaluation: 50/50 problems (100%)"),
+            "{text}"
+        );
+        assert!(lines[2].starts_with("evaluation without C: 0/50"), "{text}");
+        assert!(!lines[1].contains("eta"), "{text}");
     }
 
     #[test]

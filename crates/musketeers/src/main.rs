@@ -333,7 +333,6 @@ fn train_config(
     let experts = config.team.iter().map(|m| m.name.clone()).collect();
     let on_cpu = device == backend::DeviceKind::Cpu;
     let mut live = live::LiveProgress::new(display, on_cpu, total, experts, interrupter);
-    let mut progress = |r: &musketeers::train::StepReport| live.step(r);
     let outcome = backend::on_backend!(
         device,
         B = autodiff,
@@ -343,7 +342,7 @@ fn train_config(
             steps,
             resume,
             &Default::default(),
-            &mut progress,
+            &mut live,
             collective,
         )?
     );

@@ -4,6 +4,7 @@
 
 use crate::collab::{TextExpert, with_suggestions};
 use crate::eval::EvalReport;
+use crate::progress::RunObserver;
 use crate::reward_program::{RewardItem, RewardProgram};
 use crate::route::Router;
 use crate::run_config::{AnswerExtraction, ContextNorm, Injection, Mode, RunConfig, TaskConfig};
@@ -13,7 +14,7 @@ use crate::tensorboard::EventWriter;
 use crate::train::collective::{Alone, Collective, share};
 use crate::train::params::AdamSettings;
 use crate::train::reward::{Reward, Scored};
-use crate::train::{StepReport, StepSettings, TeamMember, TrainError, Trainer};
+use crate::train::{StepSettings, TeamMember, TrainError, Trainer};
 use burn::store::{ModuleSnapshot, SafetensorsStore};
 use burn::tensor::backend::AutodiffBackend;
 use musketeers_fusion::LatentInterfaceConfig;
@@ -26,7 +27,6 @@ use musketeers_verify::extract;
 use musketeers_verify::options::Options;
 use musketeers_verify::task::{FileTask, Mix, Task};
 use std::io::Write;
-use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
 /// Held while a run seeds Burn's process-wide generator and draws its initial weights.
@@ -55,7 +55,8 @@ fn build_task(task: &TaskConfig, in_file_order: bool) -> Result<Box<dyn Task>, T
     let bad =
         |e: musketeers_verify::TaskError| TrainError::BadInput(format!("task {}: {e}", task.name));
     if let (Some(file), Some(format)) = (&task.file, task.file_format()?) {
-        let loaded = FileTask::open(&task.name, file, format).map_err(bad)?;
+        let loaded =
+            FileTask::open_columns(&task.name, file, format, &task.columns()).map_err(bad)?;
         return Ok(Box::new(if in_file_order {
             loaded.in_file_order()
         } else {
@@ -542,7 +543,7 @@ pub fn run<B: AutodiffBackend>(
     steps: Option<u64>,
     resume: bool,
     device: &B::Device,
-    progress: &mut dyn FnMut(&StepReport) -> ControlFlow<()>,
+    progress: &mut dyn RunObserver,
 ) -> Result<RunOutcome, TrainError> {
     run_with::<B>(
         config,
@@ -564,7 +565,7 @@ pub fn run_with<B: AutodiffBackend>(
     steps: Option<u64>,
     resume: bool,
     device: &B::Device,
-    progress: &mut dyn FnMut(&StepReport) -> ControlFlow<()>,
+    progress: &mut dyn RunObserver,
     collective: Box<dyn Collective>,
 ) -> Result<RunOutcome, TrainError> {
     config.validate()?;
@@ -694,7 +695,7 @@ pub fn run_with<B: AutodiffBackend>(
         } else {
             trainer.train_step(&prompts, &reward)?
         };
-        let flow = progress(&report);
+        let flow = progress.step(&report);
         // Every process stops after the same step, whichever was asked to.
         let mut stop = [f64::from(u8::from(flow.is_break()))];
         trainer.collective().sum_f64(&mut stop)?;
@@ -740,9 +741,13 @@ pub fn run_with<B: AutodiffBackend>(
         });
     }
     let eval = if config.eval.problems > 0 && !stopped {
-        let report = crate::eval::evaluate(&trainer, config, &tasks, &|entries| {
-            policy_prompts(config, &trainer, entries)
-        })?;
+        let report = crate::eval::evaluate(
+            &trainer,
+            config,
+            &tasks,
+            &|entries| policy_prompts(config, &trainer, entries),
+            &mut |p| progress.waiting(p),
+        )?;
         let path = out_dir.join("eval.json");
         let text = serde_json::to_string_pretty(&report)
             .map_err(|e| TrainError::BadInput(format!("eval: {e}")))?;

@@ -2,6 +2,7 @@
 
 use musketeers_lm::{LoraConfig, Precision};
 use musketeers_rl::{LossType, LrSchedulerType, ScaleRewards};
+use musketeers_verify::records::Columns;
 use musketeers_verify::task::FileFormat;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -384,7 +385,7 @@ impl Default for EvalConfig {
     }
 }
 
-/// One task: a built-in generator, or a JSONL file.
+/// One task: a built-in generator, or a file (JSON lines, or Parquet).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TaskConfig {
@@ -395,14 +396,21 @@ pub struct TaskConfig {
     /// Generator settings, Reasoning Gym's names (e.g. `min_terms = 2`).
     #[serde(default)]
     pub options: BTreeMap<String, toml::Value>,
-    /// A JSONL file of problems instead of a generator (relative paths from the working
-    /// directory). Training draws its lines without replacement within an epoch, seeded.
+    /// A file of problems instead of a generator (relative paths from the working
+    /// directory): JSON lines, or Parquet when it ends in `.parquet` (a Hugging Face dataset's
+    /// own files). Training draws its records without replacement within an epoch, seeded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub file: Option<PathBuf>,
     /// The file's layout: `gsm8k`, `reasoning-gym`, `qa-exact` or `qa-numeric`; default
     /// `gsm8k` when the task is named `gsm8k`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub format: Option<FileFormat>,
+    /// The file's column (JSONL key) that holds the question, when it is not `question`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub question_column: Option<String>,
+    /// The file's column (JSONL key) that holds the answer, when it is not `answer`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answer_column: Option<String>,
 }
 
 impl TaskConfig {
@@ -414,6 +422,16 @@ impl TaskConfig {
             options: BTreeMap::new(),
             file: None,
             format: None,
+            question_column: None,
+            answer_column: None,
+        }
+    }
+
+    /// Where the question and answer are in the file.
+    pub fn columns(&self) -> Columns {
+        Columns {
+            question: self.question_column.clone(),
+            answer: self.answer_column.clone(),
         }
     }
 
@@ -421,6 +439,9 @@ impl TaskConfig {
     pub fn file_format(&self) -> Result<Option<FileFormat>, TrainError> {
         let bad = |m: String| Err(TrainError::BadInput(format!("task {}: {m}", self.name)));
         match (&self.file, self.format) {
+            (None, None) if self.question_column.is_some() || self.answer_column.is_some() => {
+                bad("`question_column` and `answer_column` need a `file`".into())
+            }
             (None, None) => Ok(None),
             (None, Some(_)) => bad("`format` needs a `file`".into()),
             (Some(_), _) if !self.options.is_empty() => {

@@ -175,7 +175,7 @@ fn a_grid_runs_resumes_skips_and_tabulates() {
         None,
         false,
         &Default::default(),
-        &mut |_| ControlFlow::Break(()),
+        &mut |_: &musketeers::train::StepReport| ControlFlow::Break(()),
     )
     .expect("first step");
     assert!(outcome.stopped);
@@ -192,7 +192,7 @@ fn a_grid_runs_resumes_skips_and_tabulates() {
             None,
             resume,
             &Default::default(),
-            &mut |_| ControlFlow::Continue(()),
+            &mut |_: &musketeers::train::StepReport| ControlFlow::Continue(()),
         )
         .expect("cell runs");
         let eval = outcome.eval.expect("evaluated");

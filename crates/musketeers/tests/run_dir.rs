@@ -53,10 +53,17 @@ fn a_run_writes_metrics_samples_and_a_checkpoint() {
     let config = fused_config(temp.path());
     let out = temp.path().join("run");
     let mut seen = Vec::new();
-    musketeers::run::run::<Ad>(&config, &out, None, false, &Default::default(), &mut |r| {
-        seen.push(r.step);
-        ControlFlow::Continue(())
-    })
+    musketeers::run::run::<Ad>(
+        &config,
+        &out,
+        None,
+        false,
+        &Default::default(),
+        &mut |r: &musketeers::train::StepReport| {
+            seen.push(r.step);
+            ControlFlow::Continue(())
+        },
+    )
     .expect("run");
     assert_eq!(seen, vec![1, 2, 3]);
     let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).expect("metrics");
@@ -113,23 +120,33 @@ fn a_stopped_run_is_checkpointed_not_evaluated_and_resumes() {
     let temp = tempfile::tempdir().expect("temp");
     let config = fused_config(temp.path());
     let out = temp.path().join("run");
-    let outcome =
-        musketeers::run::run::<Ad>(&config, &out, None, false, &Default::default(), &mut |r| {
+    let outcome = musketeers::run::run::<Ad>(
+        &config,
+        &out,
+        None,
+        false,
+        &Default::default(),
+        &mut |r: &musketeers::train::StepReport| {
             if r.step == 1 {
                 ControlFlow::Break(())
             } else {
                 ControlFlow::Continue(())
             }
-        })
-        .expect("run");
+        },
+    )
+    .expect("run");
     assert!(outcome.stopped && outcome.eval.is_none());
     assert_eq!(musketeers::run::checkpoint_step(&out), Some(1));
     assert!(!out.join("eval.json").exists());
-    let outcome =
-        musketeers::run::run::<Ad>(&config, &out, None, true, &Default::default(), &mut |_| {
-            ControlFlow::Continue(())
-        })
-        .expect("resumed");
+    let outcome = musketeers::run::run::<Ad>(
+        &config,
+        &out,
+        None,
+        true,
+        &Default::default(),
+        &mut |_: &musketeers::train::StepReport| ControlFlow::Continue(()),
+    )
+    .expect("resumed");
     assert_eq!(outcome.steps, 3);
     assert!(!outcome.stopped && outcome.eval.is_some());
 }
@@ -210,7 +227,7 @@ fn resumes_exactly(mode: &str) {
         None,
         false,
         &Default::default(),
-        &mut |_| ControlFlow::Continue(()),
+        &mut |_: &musketeers::train::StepReport| ControlFlow::Continue(()),
     )
     .expect("run");
     // The same run killed after step 3 (its last checkpoint is step 2), then resumed.
@@ -221,7 +238,7 @@ fn resumes_exactly(mode: &str) {
         Some(3),
         false,
         &Default::default(),
-        &mut |_| ControlFlow::Continue(()),
+        &mut |_: &musketeers::train::StepReport| ControlFlow::Continue(()),
     )
     .expect("run");
     assert_eq!(
@@ -236,7 +253,7 @@ fn resumes_exactly(mode: &str) {
         Some(2),
         false,
         &Default::default(),
-        &mut |_| ControlFlow::Continue(()),
+        &mut |_: &musketeers::train::StepReport| ControlFlow::Continue(()),
     )
     .expect("run");
     let mut resumed_steps = Vec::new();
@@ -246,7 +263,7 @@ fn resumes_exactly(mode: &str) {
         None,
         true,
         &Default::default(),
-        &mut |r| {
+        &mut |r: &musketeers::train::StepReport| {
             resumed_steps.push(r.step);
             ControlFlow::Continue(())
         },

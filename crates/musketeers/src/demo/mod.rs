@@ -641,10 +641,14 @@ pub fn run_demo<B: AutodiffBackend>(
                 let config = run_config(settings, &models, task, mode, seed)?;
                 let dir = settings.out_dir.join("runs").join(&label);
                 let started = std::time::Instant::now();
-                let outcome =
-                    crate::run::run::<B>(&config, &dir, None, false, device, &mut |_| {
-                        ControlFlow::Continue(())
-                    })?;
+                let outcome = crate::run::run::<B>(
+                    &config,
+                    &dir,
+                    None,
+                    false,
+                    device,
+                    &mut |_: &crate::train::StepReport| ControlFlow::Continue(()),
+                )?;
                 progress(&format!(
                     "{label}: {} steps in {:.0} s, held-out accuracy {:.3}{}",
                     outcome.steps,

@@ -27,8 +27,11 @@ use musketeers_lm::{Llama, Precision, SoftContext};
 use musketeers_rl::rollout::{RolloutStats, StepConfig, counted_tokens, rollout_stats};
 use musketeers_rl::{GrpoMetrics, LrSchedule};
 use serde::Serialize;
+use std::cell::RefCell;
 use std::path::Path;
 use std::time::Instant;
+
+use crate::progress::DecodeProgress;
 
 use crate::route::Router;
 use crate::system::{Parts, System, fused::Fused, hard_route::HardRoute, single::Single};
@@ -579,10 +582,27 @@ impl<B: AutodiffBackend> Trainer<B> {
         prompts: &[String],
         with_context: bool,
     ) -> Result<Vec<String>, TrainError> {
+        self.complete_greedy_observed(prompts, with_context, &mut |_| {})
+    }
+
+    /// [`Self::complete_greedy`], telling `done` how many of the prompts are decoded after
+    /// every decode step (fractions included: see [`DecodeProgress`]).
+    pub fn complete_greedy_observed(
+        &self,
+        prompts: &[String],
+        with_context: bool,
+        done: &mut dyn FnMut(f64),
+    ) -> Result<Vec<String>, TrainError> {
         let device = self.policy.embed_tokens.weight.val().inner().device();
         let sampler = self.policy.valid().with_precision(self.precision);
         let mut out = Vec::with_capacity(prompts.len());
         for chunk in prompts.chunks(64) {
+            let progress = DecodeProgress {
+                before: out.len() as f64,
+                rows: chunk.len(),
+                max_new_tokens: self.settings.max_completion_length,
+                report: RefCell::new(&mut *done),
+            };
             let ids = phases::encode_prompts(&self.tokenizer, chunk)?;
             let context = if with_context {
                 self.context_for(chunk, &ids)?
@@ -599,12 +619,13 @@ impl<B: AutodiffBackend> Trainer<B> {
                     eos_token_ids: self.settings.grpo.eos_token_ids.clone(),
                     sampling: SamplingConfig::default(),
                 },
-                None,
+                Some(&progress),
                 &device,
             )?;
             for tokens in &generation.tokens {
                 out.push(self.tokenizer.decode(tokens, true)?);
             }
+            done(out.len() as f64);
         }
         Ok(out)
     }

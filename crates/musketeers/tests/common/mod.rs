@@ -72,7 +72,7 @@ pub fn run_steps(
         Some(steps),
         resume,
         &Default::default(),
-        &mut |r| {
+        &mut |r: &musketeers::train::StepReport| {
             seen.push(r.step);
             std::ops::ControlFlow::Continue(())
         },
