@@ -142,6 +142,13 @@ pub fn evaluate<B: AutodiffBackend>(
     let without_context = trainer.interface.is_some() && config.eval.without_context;
     let total = prompts.len() as f64;
     let mut decode = |task: &str, with_context: bool| {
+        // Shown before the first batch decodes (which can take minutes on a real model).
+        on_progress(Progress {
+            task,
+            done: 0.0,
+            total,
+            unit: "problems",
+        });
         trainer.complete_greedy_observed(&prompts, with_context, &mut |done| {
             on_progress(Progress {
                 task,

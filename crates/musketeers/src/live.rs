@@ -302,9 +302,18 @@ pub enum WaitDisplay {
     Bar(Option<(String, indicatif::ProgressBar)>),
     Lines {
         out: Box<dyn Write + Send + Sync>,
-        /// The task shown, when it started, the tenth last printed and when.
-        current: Option<(String, Instant, u64, Instant)>,
+        current: Option<LinesShown>,
     },
+}
+
+/// What the line display last printed for the task it is showing.
+pub struct LinesShown {
+    task: String,
+    started: Instant,
+    last_tenth: u64,
+    last_line: Instant,
+    /// The end line is out: a repeated final report prints nothing more.
+    ended: bool,
 }
 
 impl WaitDisplay {
@@ -338,36 +347,46 @@ impl WaitDisplay {
             }
             Self::Lines { out, current } => {
                 let now = Instant::now();
-                let tenth = ((p.done / p.total.max(1e-9)) * 10.0).floor() as u64;
-                let starting = current.as_ref().is_none_or(|(task, ..)| task != p.task);
-                if starting {
-                    *current = Some((p.task.to_string(), now, 0, now));
+                let total = p.total.max(1e-9);
+                let tenth = ((p.done / total) * 10.0).floor() as u64;
+                if current.as_ref().is_none_or(|shown| shown.task != p.task) {
+                    *current = None;
                 }
-                let Some((_, started, last_tenth, last_line)) = current.as_mut() else {
-                    return;
-                };
+                let starting = current.is_none();
+                let shown = current.get_or_insert_with(|| LinesShown {
+                    task: p.task.to_string(),
+                    started: now,
+                    last_tenth: 0,
+                    last_line: now,
+                    ended: false,
+                });
+                let ending = p.done >= p.total;
                 let due = starting
-                    || p.done >= p.total
-                    || (tenth > *last_tenth && now.duration_since(*last_line).as_secs() >= 10);
+                    || (ending && !shown.ended)
+                    || (tenth > shown.last_tenth
+                        && now.duration_since(shown.last_line).as_secs() >= 10);
                 if !due {
                     return;
                 }
-                let elapsed = now.duration_since(*started).as_secs_f64();
-                let eta = if p.done > 0.0 && p.done < p.total {
+                let elapsed = now.duration_since(shown.started).as_secs_f64();
+                // A rate measured over less than a second is noise, not an estimate.
+                let eta = if !ending && p.done > 0.0 && elapsed >= 1.0 {
                     format!(", eta {:.0}s", elapsed / p.done * (p.total - p.done))
                 } else {
                     String::new()
                 };
+                let done = p.done.floor().min(p.total);
                 let _ = writeln!(
                     out,
-                    "{}: {:.0}/{:.0} {} ({:.0}%), {elapsed:.0}s elapsed{eta}",
+                    "{}: {done:.0}/{:.0} {} ({:.0}%), {elapsed:.0}s elapsed{eta}",
                     p.task,
-                    p.done.floor(),
                     p.total,
                     p.unit,
-                    100.0 * p.done / p.total.max(1e-9)
+                    100.0 * done / total
                 );
-                (*last_tenth, *last_line) = (tenth, now);
+                shown.last_tenth = tenth;
+                shown.last_line = now;
+                shown.ended = ending;
             }
         }
     }
@@ -564,9 +583,14 @@ mod tests {
                 unit: "problems",
             });
         };
-        for i in 0..=50 {
+        show(&mut waits, "evaluation", 0.0);
+        // A batch part-way decoded: the count shown is whole problems, as the percentage.
+        show(&mut waits, "evaluation", 0.4);
+        for i in 1..=50 {
             show(&mut waits, "evaluation", f64::from(i));
         }
+        // A final report repeated (the evaluator's last batch, then its summary) prints once.
+        show(&mut waits, "evaluation", 50.0);
         show(&mut waits, "evaluation without C", 0.0);
         show(&mut waits, "evaluation without C", 25.5);
         let text = String::from_utf8(captured.0.lock().expect("lock").clone()).expect("utf-8");
@@ -582,6 +606,7 @@ mod tests {
             "{text}"
         );
         assert!(lines[2].starts_with("evaluation without C: 0/50"), "{text}");
+        assert!(!lines[0].contains("eta"), "no rate measured yet: {text}");
         assert!(!lines[1].contains("eta"), "{text}");
     }
 
