@@ -157,8 +157,8 @@ fn damaged_files_are_errors() {
     // that is fine; what matters is that nothing panicked. Most damage must be noticed.
     let tries = (4..bytes.len() - 8).step_by(37).count();
     assert!(
-        damaged_but_loaded < tries,
-        "{damaged_but_loaded} of {tries}"
+        damaged_but_loaded * 2 < tries,
+        "{damaged_but_loaded} of {tries} damaged files loaded"
     );
 }
 
