@@ -31,10 +31,11 @@ pub fn entry_from_row(row: Row) -> Result<Entry, String> {
     })
 }
 
-/// Parse one JSONL line of GSM8K.
+/// Parse one JSONL line of GSM8K (as [`parse_record`] parses it, the one parser of a row).
 pub fn parse_line(line: &str) -> Result<Entry, String> {
-    let row: Row = serde_json::from_str(line).map_err(|e| format!("not a GSM8K row: {e}"))?;
-    entry_from_row(row)
+    let record: serde_json::Value =
+        serde_json::from_str(line).map_err(|e| format!("not a GSM8K row: {e}"))?;
+    parse_record(record)
 }
 
 /// Parse one GSM8K record (a JSONL line or a Parquet row, as JSON).
