@@ -1,4 +1,4 @@
-"""Drive `musketeers serve` with the real `openai` Python client (run by tests/serve.rs when
+"""Drive `musketeers serve` with the real `openai` Python client (run by tests/suite/serve.rs when
 MUSKETEERS_OPENAI_PYTHON names a Python with `openai` installed; .ci/run makes one).
 
 Chat, completions, streaming of both, n > 1, stop strings, errors; the greedy chat answer must

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Read a run directory's TensorBoard event files with the `tensorboard` package's own reader
 and check that every scalar and its step equal `metrics.jsonl`. Used by CI
-(tests/tensorboard.rs, with MUSKETEERS_TENSORBOARD_PYTHON pointing at a venv's python).
+(tests/suite/tensorboard.rs, with MUSKETEERS_TENSORBOARD_PYTHON pointing at a venv's python).
 
     python scripts/tensorboard_check.py RUN_DIR
 """

@@ -4,8 +4,8 @@
 //! and no network, and what travels to it is at most 64 MiB. So this builds everything here
 //! and packs it into one ignored folder (default `target/gpu-check`):
 //! - `bin.tar.xz`: the CLI with Burn's fusion and autotune, the CLI without (`-plain`), and
-//!   the test binaries of every file that calls `musketeers_testkit::backend_tests!`, all
-//!   stripped;
+//!   each crate's backend-generic test binary (`tests/backends/`, the tests written with
+//!   `musketeers_testkit::backend_tests!`) as `tests/<crate>-backends`, all stripped;
 //! - `models.tar.xz`: the benchmark models' config.json and tokenizer files, without weights
 //!   (SmolLM2-135M alone is 98 MB): `musketeers lm randomize` gives them random weights of the
 //!   same shape there, which decode exactly as fast;
@@ -67,37 +67,28 @@ pub fn run_gpu_check(args: GpuCheckArgs) -> Result<()> {
             ],
             |kind, target| kind == "bin" && target == "musketeers",
         )?;
-        let (bin, _) = built.first().context("cargo built no musketeers binary")?;
+        let (bin, _, _) = built.first().context("cargo built no musketeers binary")?;
         std::fs::copy(bin, stage.join(name))?;
     }
 
-    let tests = backend_test_files()?;
+    let crates = backend_test_crates()?;
     progress(&format!(
         "gpu-check: building the backend-generic tests on {backend}: {}",
-        tests.join(", ")
+        crates.join(", ")
     ))?;
-    let features = ["musketeers-lm", "musketeers-fusion", "musketeers"]
+    let features = crates
+        .iter()
         .map(|c| format!("{c}/{backend}"))
+        .collect::<Vec<_>>()
         .join(",");
-    let mut test_args = vec![
-        "test",
-        "--no-run",
-        "--locked",
-        "-p",
-        "musketeers-lm",
-        "-p",
-        "musketeers-fusion",
-        "-p",
-        "musketeers",
-        "--features",
-        &features,
-    ];
-    for test in &tests {
-        test_args.extend(["--test", test]);
+    let mut test_args = vec!["test", "--no-run", "--locked"];
+    for krate in &crates {
+        test_args.extend(["-p", krate]);
     }
-    let wanted = |kind: &str, target: &str| kind == "test" && tests.iter().any(|t| t == target);
-    for (bin, name) in cargo_executables(&test_args, wanted)? {
-        std::fs::copy(&bin, stage.join("tests").join(name))?;
+    test_args.extend(["--features", &features, "--test", "backends"]);
+    let wanted = |kind: &str, target: &str| kind == "test" && target == "backends";
+    for (bin, name, krate) in cargo_executables(&test_args, wanted)? {
+        std::fs::copy(&bin, stage.join("tests").join(format!("{krate}-{name}")))?;
     }
     for entry in walk(&stage)? {
         run("strip", &["--strip-all", path_str(&entry)?])?;
@@ -132,11 +123,11 @@ pub fn run_gpu_check(args: GpuCheckArgs) -> Result<()> {
 }
 
 /// Run cargo with `--message-format=json` and return the executables it built whose target
-/// (kind, name) `keep` accepts, with their target names.
+/// (kind, name) `keep` accepts, with their target names and their crates' folder names.
 fn cargo_executables(
     args: &[&str],
     keep: impl Fn(&str, &str) -> bool,
-) -> Result<Vec<(PathBuf, String)>> {
+) -> Result<Vec<(PathBuf, String, String)>> {
     let mut full = args.to_vec();
     full.push("--message-format=json-render-diagnostics");
     let output = Command::new("cargo")
@@ -156,39 +147,42 @@ fn cargo_executables(
             let executable = message["executable"].as_str()?;
             let target = message["target"]["name"].as_str()?;
             let kinds = message["target"]["kind"].as_array()?;
+            let krate = Path::new(message["manifest_path"].as_str()?)
+                .parent()?
+                .file_name()?
+                .to_str()?;
             kinds
                 .iter()
                 .filter_map(|k| k.as_str())
                 .any(|kind| keep(kind, target))
-                .then(|| (PathBuf::from(executable), target.to_string()))
+                .then(|| {
+                    (
+                        PathBuf::from(executable),
+                        target.to_string(),
+                        krate.to_string(),
+                    )
+                })
         })
         .collect())
 }
 
-/// The test targets (file stems) that instantiate backend-generic tests.
-fn backend_test_files() -> Result<Vec<String>> {
+/// The crates with a backend-generic test binary (`tests/backends/main.rs`).
+fn backend_test_crates() -> Result<Vec<String>> {
     let mut names = Vec::new();
     for krate in std::fs::read_dir(root().join("crates"))? {
-        let tests = krate?.path().join("tests");
-        let Ok(files) = std::fs::read_dir(&tests) else {
-            continue;
-        };
-        for file in files {
-            let path = file?.path();
-            if path.extension().is_some_and(|e| e == "rs")
-                && std::fs::read_to_string(&path)?.contains("backend_tests!(")
-            {
-                let stem = path
-                    .file_stem()
-                    .and_then(|s| s.to_str())
-                    .unwrap_or_default();
-                names.push(stem.to_string());
-            }
+        let dir = krate?.path();
+        if dir.join("tests/backends/main.rs").exists() {
+            names.push(
+                dir.file_name()
+                    .and_then(|n| n.to_str())
+                    .unwrap_or_default()
+                    .to_string(),
+            );
         }
     }
     names.sort();
     if names.is_empty() {
-        bail!("no test file calls backend_tests!");
+        bail!("no crate has backend-generic tests (crates/*/tests/backends/main.rs)");
     }
     Ok(names)
 }

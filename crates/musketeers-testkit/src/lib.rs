@@ -36,3 +36,18 @@ macro_rules! backend_tests {
         }
     };
 }
+
+/// The environment variable that turns every [`skip`] into a failure. CI sets it once it has
+/// fetched the models and made the venvs and files these tests need, so a test that would
+/// quietly pass by skipping (a renamed variable, a model missing from the fetch) fails there.
+pub const NO_SKIP: &str = "MUSKETEERS_NO_SKIP";
+
+/// A test that cannot run here (a model not fetched, a venv or data file not given) says why
+/// and returns; under `MUSKETEERS_NO_SKIP=1` it fails with the same reason instead.
+#[allow(clippy::print_stderr)] // the skip reason belongs in the test output
+pub fn skip(reason: impl std::fmt::Display) {
+    if std::env::var(NO_SKIP).is_ok_and(|value| value == "1") {
+        panic!("{reason}, and {NO_SKIP}=1 forbids skipping");
+    }
+    eprintln!("skipped: {reason}");
+}

@@ -2,7 +2,7 @@
 //! prompts -> team states and context (a [`System`]) -> rollouts -> rewards -> advantages ->
 //! reference log-probs -> loss and gradients -> (all-reduce) -> clipping -> update -> report.
 //! Each is a function of what the earlier ones made, tested on its own below and in
-//! `tests/train_step.rs`.
+//! `tests/backends/train_step.rs`.
 
 use burn::optim::GradientsParams;
 use burn::tensor::backend::{AutodiffBackend, Backend};

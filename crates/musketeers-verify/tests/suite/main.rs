@@ -1,0 +1,8 @@
+//! The integration tests that run on the CPU only, as one binary (one link, one copy of
+//! the generic model code instead of one per file).
+
+mod generators;
+mod parquet;
+mod properties;
+mod reasoning_gym_parity;
+mod tasks;

@@ -1,0 +1,6 @@
+//! Backend-generic tests: each runs on Flex and again on every GPU backend compiled in
+//! (`musketeers_testkit::backend_tests!`). One binary, so a backend's generic code is compiled
+//! once per crate, not once per file: on wgpu each extra binary cost CI ~4 min of compiling.
+
+mod policy;
+mod train_step;

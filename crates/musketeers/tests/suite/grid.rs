@@ -1,0 +1,225 @@
+//! The experiment grid: the paper's grid file expands into the cells the paper describes, and
+//! a tiny grid runs end to end (file tasks, evaluation on a file, resume, skip, table).
+
+use crate::common;
+
+use burn::backend::Autodiff;
+use burn_flex::Flex;
+use common::fixture_with_tokenizer;
+use musketeers::grid::{CellState, Grid, Selection, cell_state, write_summary};
+use musketeers::run_config::Mode;
+use musketeers::train::ExpertReadout;
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+
+type Ad = Autodiff<Flex>;
+
+fn paper_grid() -> Grid {
+    Grid::from_file(
+        &PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../configs/paper/grid.toml"),
+    )
+    .expect("the paper grid parses")
+}
+
+fn pick(tasks: &[&str], systems: &[&str], scale: Option<&str>) -> Selection {
+    Selection {
+        scale: scale.map(str::to_string),
+        tasks: tasks.iter().map(|s| s.to_string()).collect(),
+        systems: systems.iter().map(|s| s.to_string()).collect(),
+        seeds: vec![],
+    }
+}
+
+#[test]
+fn the_paper_grid_expands_to_the_papers_settings() {
+    let grid = paper_grid();
+    let out = Path::new("runs/paper/full");
+    let all = grid.cells(&Selection::default(), out).expect("cells");
+    // 4 tasks x 7 systems (4 systems + 3 ablations) x 3 seeds.
+    assert_eq!(all.len(), 4 * 7 * 3);
+    let cell = |task: &str, system: &str, scale: Option<&str>| {
+        grid.cells(&pick(&[task], &[system], scale), out)
+            .expect("cells")
+            .remove(0)
+    };
+    let fused = cell("arithmetic", "fused", None);
+    let g = &fused.config.grpo;
+    assert_eq!(
+        (
+            g.steps,
+            g.prompts_per_step,
+            g.num_generations,
+            g.max_completion_length
+        ),
+        (500, 32, 8, 128)
+    );
+    assert_eq!((g.learning_rate, g.beta, g.seed), (1e-4, 0.04, 1));
+    assert_eq!(fused.config.mode, Mode::Fused);
+    assert_eq!(fused.config.team.len(), 3);
+    assert_eq!(fused.config.policy.lora.rank, 8);
+    assert_eq!(fused.config.eval.problems, 256);
+    assert_eq!(fused.dir, out.join("arithmetic/fused/seed-1"));
+    assert!(cell("arithmetic", "single", None).config.team.is_empty());
+    let first = cell("logic", "fused-first-token", None);
+    assert!(
+        first
+            .config
+            .team
+            .iter()
+            .all(|m| m.readout == ExpertReadout::First)
+    );
+    assert_eq!(cell("logic", "fused-naive-team", None).config.team.len(), 1);
+    // GSM8K: one epoch of 7,473 problems at 32 per step, room to reason, the test file.
+    let gsm8k = cell("gsm8k", "fused", None);
+    assert_eq!(gsm8k.config.grpo.steps, 233);
+    assert_eq!(gsm8k.config.grpo.max_completion_length, 256);
+    assert!(
+        gsm8k
+            .config
+            .policy
+            .prompt_template
+            .starts_with("{question}\nReason step by step"),
+        "{:?}",
+        gsm8k.config.policy.prompt_template
+    );
+    assert!(
+        gsm8k.config.eval.tasks[0]
+            .file
+            .as_ref()
+            .is_some_and(|f| f.ends_with("gsm8k/test.jsonl"))
+    );
+    // The CPU scale cuts steps and prompts but leaves GSM8K its completion length.
+    let small = cell("gsm8k", "fused", Some("cpu"));
+    assert_eq!(small.config.grpo.steps, 15);
+    assert_eq!(small.config.grpo.prompts_per_step, 4);
+    assert_eq!(small.config.grpo.max_completion_length, 256);
+    for (selection, named) in [
+        (pick(&["poetry"], &[], None), "poetry"),
+        (pick(&[], &["oracle"], None), "oracle"),
+        (pick(&[], &[], Some("huge")), "huge"),
+    ] {
+        let err = grid.cells(&selection, out).expect_err("unknown name");
+        assert!(err.to_string().contains(named), "{err}");
+    }
+}
+
+fn tiny_grid(temp: &Path, learning_rate: f64) -> Grid {
+    let policy = fixture_with_tokenizer("llama-gqa", temp);
+    let expert = fixture_with_tokenizer("qwen3-qk-norm", temp);
+    let train: String = (0..12)
+        .map(|i| format!("{{\"question\":\"{i} plus {i}\",\"answer\":{}}}\n", 2 * i))
+        .collect();
+    std::fs::write(temp.join("train.jsonl"), train).expect("train file");
+    std::fs::write(
+        temp.join("test.jsonl"),
+        "{\"question\":\"20 plus 1\",\"answer\":21}\n{\"question\":\"3 plus 4\",\"answer\":7}\n",
+    )
+    .expect("test file");
+    let text = format!(
+        r#"
+        seeds = [1, 2]
+        [base]
+        [base.policy]
+        model = "{policy}"
+        chat = false
+        lora = {{ rank = 2, alpha = 4.0 }}
+        [base.interface]
+        latent_dim = 16
+        num_latents = 2
+        num_heads = 2
+        [base.grpo]
+        steps = 2
+        prompts_per_step = 2
+        num_generations = 2
+        max_completion_length = 4
+        save_steps = 1
+        learning_rate = {learning_rate}
+        [base.eval]
+        problems = 5
+        [[team]]
+        name = "tiny"
+        members = [{{ name = "qwen3", model = "{expert}" }}]
+        [[task]]
+        name = "sums"
+        tasks = [{{ name = "sums", file = "{train}", format = "qa-numeric" }}]
+        eval_tasks = [{{ name = "sums", file = "{test}", format = "qa-numeric" }}]
+        [[system]]
+        name = "single"
+        mode = "single"
+        [[system]]
+        name = "fused"
+        mode = "fused"
+        "#,
+        policy = policy.display(),
+        expert = expert.display(),
+        train = temp.join("train.jsonl").display(),
+        test = temp.join("test.jsonl").display(),
+    );
+    let path = temp.join("grid.toml");
+    std::fs::write(&path, text).expect("grid");
+    Grid::from_file(&path).expect("tiny grid parses")
+}
+
+#[test]
+fn a_grid_runs_resumes_skips_and_tabulates() {
+    let temp = tempfile::tempdir().expect("temp");
+    let grid = tiny_grid(temp.path(), 1e-3);
+    let out = temp.path().join("out");
+    let cells = grid.cells(&Selection::default(), &out).expect("cells");
+    assert_eq!(cells.len(), 4);
+    // The first cell is killed after its first step, as a Ctrl-C would.
+    let first = &cells[0];
+    let outcome = musketeers::run::run::<Ad>(
+        &first.config,
+        &first.dir,
+        None,
+        false,
+        &Default::default(),
+        &mut |_: &musketeers::train::StepReport| ControlFlow::Break(()),
+    )
+    .expect("first step");
+    assert!(outcome.stopped);
+    assert_eq!(cell_state(first).expect("state"), CellState::Partial(1));
+    for cell in &cells {
+        let resume = match cell_state(cell).expect("state") {
+            CellState::Done(_) => unreachable!("nothing is finished yet"),
+            CellState::Partial(_) => true,
+            CellState::New => false,
+        };
+        let outcome = musketeers::run::run::<Ad>(
+            &cell.config,
+            &cell.dir,
+            None,
+            resume,
+            &Default::default(),
+            &mut |_: &musketeers::train::StepReport| ControlFlow::Continue(()),
+        )
+        .expect("cell runs");
+        let eval = outcome.eval.expect("evaluated");
+        // Evaluated on the test file: both of its lines, scored by their source.
+        assert_eq!(eval.problems, 2, "{}", cell.label());
+        assert_eq!(eval.per_task.keys().collect::<Vec<_>>(), vec!["qa-numeric"]);
+        assert_eq!(eval.examples[0].question, "20 plus 1");
+        assert!(matches!(
+            cell_state(cell).expect("state"),
+            CellState::Done(_)
+        ));
+    }
+    // The resumed cell logged each step once.
+    let metrics = std::fs::read_to_string(first.dir.join("metrics.jsonl")).expect("metrics");
+    assert_eq!(metrics.lines().count(), 2);
+    // Training drew the file's questions.
+    let samples = std::fs::read_to_string(first.dir.join("samples.jsonl")).expect("samples");
+    assert!(samples.contains(" plus "), "{samples}");
+    let table = write_summary(&grid, &cells, &out).expect("summary");
+    assert!(table.contains("| sums |"), "{table}");
+    assert!(table.contains("(n=2)"), "{table}");
+    assert!(table.contains("fused without C"), "{table}");
+    assert!(out.join("table.md").exists());
+    assert!(out.join("fig-utilization-sums-fused.svg").exists());
+    // Changed settings: the old cells are not taken for the new ones.
+    let changed = tiny_grid(temp.path(), 2e-3);
+    let cells = changed.cells(&Selection::default(), &out).expect("cells");
+    let err = cell_state(&cells[0]).expect_err("other settings");
+    assert!(err.to_string().contains("other settings"), "{err}");
+}
