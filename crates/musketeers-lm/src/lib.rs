@@ -8,6 +8,7 @@
 //! - [`rope`]: rotary embeddings (rotate-half, per-row positions, Llama 3 scaling).
 //! - [`weights`]: safetensors checkpoints (single or sharded; f32, f16, bf16).
 
+pub mod adapters;
 pub mod batch;
 pub mod cache;
 /// The model catalog (its own Burn-free crate, re-exported).
@@ -21,6 +22,7 @@ pub mod gguf;
 pub mod gguf_llama;
 pub mod llama;
 pub mod lora;
+mod param;
 pub mod perf;
 pub mod pooling;
 pub mod precision;

@@ -8,7 +8,7 @@ use crate::error::LmError;
 use crate::lora::LoraLinear;
 use crate::precision::{Precision, cast_floats};
 use crate::rope::{self, Rope};
-use burn::module::{Module, Param};
+use burn::module::Module;
 use burn::nn::{Embedding, RmsNorm};
 use burn::tensor::activation::softmax;
 use burn::tensor::backend::Backend;
@@ -770,12 +770,4 @@ impl LlamaConfig {
             }),
         }
     }
-}
-
-/// Replace a parameter's value, keeping it a parameter.
-pub(crate) fn set_param<B: Backend, const D: usize>(
-    param: &mut Param<Tensor<B, D>>,
-    value: Tensor<B, D>,
-) {
-    *param = Param::from_tensor(value);
 }

@@ -23,7 +23,7 @@ pub struct Pretrained<B: Backend> {
 impl<B: Backend> Pretrained<B> {
     /// A Hugging Face directory or a `.gguf` file.
     pub fn load(dir: &Path, device: &B::Device) -> Result<Self, LmError> {
-        if crate::gguf_llama::is_gguf(dir) {
+        if WeightFormat::of(dir) == WeightFormat::Gguf {
             let file = crate::gguf::GgufFile::open(dir)?;
             let (config, model) = crate::gguf_llama::load::<B>(&file, device)?;
             let tokenizer = crate::tokenizer_gguf::from_gguf(&file)?;
@@ -71,9 +71,39 @@ impl<B: Backend> Pretrained<B> {
 
 /// Only the tokenizer of a Hugging Face directory or a `.gguf` file.
 pub fn load_tokenizer(path: &Path) -> Result<TextTokenizer, LmError> {
-    if crate::gguf_llama::is_gguf(path) {
+    if WeightFormat::of(path) == WeightFormat::Gguf {
         return crate::tokenizer_gguf::from_gguf(&crate::gguf::GgufFile::open(path)?);
     }
     let config = LlamaConfig::from_file(&path.join("config.json"))?;
     TextTokenizer::load(path, config.vocab_size)
+}
+
+/// How a model's weights are stored. The one place that decides, from the path alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WeightFormat {
+    /// A `.gguf` file (llama.cpp's), quantized blocks dequantized on load.
+    Gguf,
+    /// A Hugging Face directory: `config.json` and safetensors.
+    Safetensors,
+}
+
+impl WeightFormat {
+    pub fn of(path: &Path) -> Self {
+        if crate::gguf_llama::is_gguf(path) {
+            Self::Gguf
+        } else {
+            Self::Safetensors
+        }
+    }
+}
+
+/// A model's config and weights from either format (no tokenizer: see [`Pretrained::load`]).
+pub fn load_model<B: Backend>(
+    path: &Path,
+    device: &B::Device,
+) -> Result<(LlamaConfig, Llama<B>), LmError> {
+    match WeightFormat::of(path) {
+        WeightFormat::Gguf => crate::gguf_llama::load(&crate::gguf::GgufFile::open(path)?, device),
+        WeightFormat::Safetensors => weights::load(path, device),
+    }
 }

@@ -5,7 +5,8 @@
 
 use crate::config::LlamaConfig;
 use crate::error::LmError;
-use crate::llama::{Llama, set_param};
+use crate::llama::Llama;
+use crate::param::set_param;
 use burn::nn::{Linear, RmsNorm};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
@@ -270,16 +271,12 @@ impl<B: Backend> Loader<'_, B> {
     }
 }
 
-/// Load a model: a Hugging Face directory (`config.json` + safetensors) or a `.gguf` file.
+/// Load a model from a Hugging Face directory (`config.json` + safetensors). For a path that
+/// may also be a `.gguf` file, [`crate::pretrained::load_model`] decides.
 pub fn load<B: Backend>(
-    path: &Path,
+    dir: &Path,
     device: &B::Device,
 ) -> Result<(LlamaConfig, Llama<B>), LmError> {
-    if crate::gguf_llama::is_gguf(path) {
-        let file = crate::gguf::GgufFile::open(path)?;
-        return crate::gguf_llama::load(&file, device);
-    }
-    let dir = path;
     let config = LlamaConfig::from_file(&dir.join("config.json"))?;
     let mut checkpoint = Checkpoint::open(dir)?;
     let model = fill(&config, &mut checkpoint, device)?;

@@ -51,3 +51,11 @@ pub fn skip(reason: impl std::fmt::Display) {
     }
     eprintln!("skipped: {reason}");
 }
+
+/// A tiny random-weight model of `crates/musketeers-lm/tests/fixtures` (`llama-gqa`,
+/// `qwen3-qk-norm`, ...; made by `scripts/fixtures/make-tiny-models.sh`), for any crate's tests.
+pub fn tiny_model(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../musketeers-lm/tests/fixtures")
+        .join(name)
+}

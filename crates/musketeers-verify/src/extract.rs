@@ -54,16 +54,6 @@ pub fn extract_gsm8k_answer(completion: &str) -> Option<String> {
         .or_else(|| last_number(completion))
 }
 
-/// The answer in a completion by the convention of `dataset`: GSM8K's for `gsm8k` and numeric
-/// question/answer files, Reasoning Gym's last `<answer>` for everything else.
-pub fn extract_for_dataset(dataset: &str, completion: &str) -> Option<String> {
-    if dataset == crate::gsm8k::NAME || dataset == crate::qa::NUMERIC {
-        extract_gsm8k_answer(completion)
-    } else {
-        extract_answer_tag(completion)
-    }
-}
-
 fn last_number(text: &str) -> Option<String> {
     NUMBER
         .find_iter(text)

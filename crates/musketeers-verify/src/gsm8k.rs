@@ -1,8 +1,8 @@
 //! GSM8K: grade-school math word problems with a numeric final answer after `####`.
 
 use crate::entry::Entry;
+use crate::error::TaskError;
 use crate::extract::numbers_match;
-use crate::task::TaskError;
 use serde::Deserialize;
 
 pub const NAME: &str = "gsm8k";

@@ -20,6 +20,7 @@
 
 pub mod arith;
 pub mod entry;
+pub mod error;
 pub mod extract;
 pub mod generators;
 pub mod gsm8k;
@@ -32,7 +33,8 @@ pub mod scorers;
 pub mod task;
 
 pub use entry::Entry;
-pub use task::{Task, TaskError};
+pub use error::TaskError;
+pub use task::Task;
 
 /// Score an already extracted answer for an entry of `dataset` (a Reasoning Gym name or
 /// `gsm8k`).
@@ -50,6 +52,16 @@ pub fn score_answer(dataset: &str, answer: Option<&str>, entry: &Entry) -> Resul
 
 /// Score a raw completion: extract its answer by the dataset's convention, then score it.
 pub fn score_completion(dataset: &str, completion: &str, entry: &Entry) -> Result<f64, TaskError> {
-    let answer = extract::extract_for_dataset(dataset, completion);
+    let answer = extract_for_dataset(dataset, completion);
     score_answer(dataset, answer.as_deref(), entry)
+}
+
+/// The answer in a completion by the convention of `dataset`: GSM8K's for `gsm8k` and numeric
+/// question/answer files, Reasoning Gym's last `<answer>` for everything else.
+pub fn extract_for_dataset(dataset: &str, completion: &str) -> Option<String> {
+    if dataset == gsm8k::NAME || dataset == qa::NUMERIC {
+        extract::extract_gsm8k_answer(completion)
+    } else {
+        extract::extract_answer_tag(completion)
+    }
 }

@@ -1,6 +1,6 @@
 //! `KEY=VALUE` settings for generators, with errors that name the key.
 
-use crate::task::TaskError;
+use crate::error::TaskError;
 use std::collections::BTreeMap;
 use std::str::FromStr;
 

@@ -3,7 +3,7 @@
 //! as one JSON object whose `question` and `answer` keys may be renamed from the file's own
 //! column names ([`Columns`]), so the four formats need one parser each, not one per file type.
 
-use crate::task::TaskError;
+use crate::error::TaskError;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::path::Path;
@@ -168,7 +168,7 @@ mod parquet_file {
     //! conversions are total for the types allowed here.
 
     use super::Columns;
-    use crate::task::TaskError;
+    use crate::error::TaskError;
     use parquet::basic::{ConvertedType, LogicalType, Type as Physical};
     use parquet::file::reader::{FileReader, SerializedFileReader};
     use parquet::schema::types::{Type, TypePtr};

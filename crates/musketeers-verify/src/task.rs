@@ -2,55 +2,12 @@
 
 use crate::entry::Entry;
 use crate::records::{Columns, read_records};
-use crate::{extract, gsm8k, qa, score_answer};
+use crate::{extract_for_dataset, gsm8k, qa, score_answer};
+
+pub use crate::error::TaskError;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use std::path::{Path, PathBuf};
-
-#[derive(Debug, thiserror::Error)]
-pub enum TaskError {
-    #[error("unknown dataset {0:?}; known: {known}", known = crate::scorers::DATASETS.join(", ") + ", gsm8k")]
-    UnknownDataset(String),
-    #[error("no generator for task {0:?}; generators: {known}", known = crate::generators::NAMES.join(", "))]
-    UnknownGenerator(String),
-    #[error("task {task}: setting {key:?}: {reason}")]
-    BadOption {
-        task: String,
-        key: String,
-        reason: String,
-    },
-    #[error("task {task}: could not generate entry {index}: {reason}")]
-    Generation {
-        task: String,
-        index: u64,
-        reason: String,
-    },
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("{path}:{line}: {reason}")]
-    BadLine {
-        path: PathBuf,
-        line: usize,
-        reason: String,
-    },
-    /// A Parquet row (counted from 0, as pandas and the Hugging Face viewer count).
-    #[error("{path}: row {row}: {reason}")]
-    BadRow {
-        path: PathBuf,
-        row: usize,
-        reason: String,
-    },
-    /// A file that cannot be read as a task file at all: not Parquet, or a missing column.
-    #[error("{path}: {reason}")]
-    BadFile { path: PathBuf, reason: String },
-    #[error("{path}: no entries")]
-    Empty { path: PathBuf },
-    #[error("mix: {0}")]
-    BadMix(String),
-}
+use std::path::Path;
 
 /// A source of problems with a verifiable reward.
 ///
@@ -85,7 +42,7 @@ pub trait Task: Send + Sync {
             .get("source_dataset")
             .and_then(|v| v.as_str())
             .unwrap_or(self.name());
-        let answer = extract::extract_for_dataset(dataset, completion);
+        let answer = extract_for_dataset(dataset, completion);
         self.score(answer.as_deref(), entry)
     }
 }

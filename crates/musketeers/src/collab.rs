@@ -3,7 +3,8 @@
 //! policy's prompt. No latent interface; the policy trains as in `single` mode on the longer
 //! prompts.
 
-use crate::train::{TeamMember, TrainError};
+use crate::error::TrainError;
+use crate::team::TeamMember;
 use burn::tensor::backend::Backend;
 use musketeers_lm::generate::{GenerationConfig, generate};
 use musketeers_lm::tokenizer::ChatMessage;

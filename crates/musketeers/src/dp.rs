@@ -13,7 +13,7 @@ use mpi::datatype::Equivalence;
 use mpi::environment::Universe;
 use mpi::topology::SimpleCommunicator;
 use mpi::traits::{Communicator, CommunicatorCollectives};
-use musketeers::train::TrainError;
+use musketeers::TrainError;
 use musketeers::train::collective::Collective;
 use std::cell::Cell;
 use std::io::Write;

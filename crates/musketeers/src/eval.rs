@@ -1,9 +1,10 @@
 //! Greedy evaluation on held-out problems: the accuracy column of the paper's Table 1.
 
+use crate::error::TrainError;
 use crate::progress::Progress;
-use crate::run::score;
 use crate::run_config::RunConfig;
-use crate::train::{TrainError, Trainer};
+use crate::tasks::score;
+use crate::train::Trainer;
 use burn::tensor::backend::AutodiffBackend;
 use musketeers_verify::entry::Entry;
 use musketeers_verify::task::{Mix, Task};
@@ -116,7 +117,7 @@ pub fn evaluate<B: AutodiffBackend>(
     prompts_for: &PromptsFor<'_>,
     on_progress: &mut dyn FnMut(Progress<'_>),
 ) -> Result<EvalReport, TrainError> {
-    let evaluation_tasks = crate::run::evaluation_tasks(config)?;
+    let evaluation_tasks = crate::tasks::evaluation_tasks(config)?;
     let (entries, task_of, skipped_seen): (Vec<Entry>, Vec<&dyn Task>, usize) =
         if evaluation_tasks.is_empty() {
             let (entries, skipped) = held_out(tasks, config, trainer.step, config.eval.problems)?;

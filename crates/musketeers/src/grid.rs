@@ -5,10 +5,11 @@
 //! mode, team and tasks; each task, system and scale adds its own `set = ["KEY=VALUE", ...]`
 //! overrides (the syntax of `musketeers train --set`), applied in that order.
 
+use crate::error::TrainError;
 use crate::eval::EvalReport;
 use crate::report::{line_chart, read_curves};
 use crate::run_config::{MemberConfig, Mode, RunConfig, TaskConfig};
-use crate::train::{ExpertReadout, TrainError};
+use crate::team::ExpertReadout;
 use musketeers_fusion::stats::spearman;
 use serde::Deserialize;
 use std::fmt::Write as _;

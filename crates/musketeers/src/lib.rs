@@ -1,13 +1,14 @@
-//! n-Musketeers orchestration: the pieces of the `musketeers` CLI that are worth reusing.
-//!
-//! Today: scoring saved completions in bulk ([`score_lines`]) and the policy as GRPO scores it
-//! ([`policy::PrefixedPolicy`]). The trainer, team config and reports land here as they are
-//! built (see docs/ARCHITECTURE.md).
+//! n-Musketeers orchestration: a frozen team, the interface and a policy trained with GRPO
+//! (`train`, `system`), run from a TOML config into a run directory (`run`, `eval`,
+//! `report`), and the experiments (`demo`, `grid`) and surfaces (`serve`) built on them.
+//! docs/ARCHITECTURE.md says what each module may import.
 
 pub mod collab;
 pub mod demo;
+pub mod error;
 pub mod eval;
 pub mod grid;
+mod host;
 pub mod policy;
 pub mod progress;
 pub mod report;
@@ -20,7 +21,10 @@ pub mod scoring;
 pub mod serve;
 pub mod sft;
 pub mod system;
+pub mod tasks;
+pub mod team;
 pub mod tensorboard;
 pub mod train;
 
+pub use error::TrainError;
 pub use scoring::{ScoreLine, score_lines};

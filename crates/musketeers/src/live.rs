@@ -284,7 +284,7 @@ impl LiveProgress {
     }
 }
 
-impl musketeers::progress::RunObserver for LiveProgress {
+impl musketeers::run::RunObserver for LiveProgress {
     fn step(&mut self, report: &StepReport) -> ControlFlow<()> {
         LiveProgress::step(self, report)
     }

@@ -1,10 +1,8 @@
 //! How far a long wait has come (evaluation's greedy decoding, ...), for whoever shows it:
 //! the library reports, the binary renders (a bar on a terminal, plain lines otherwise).
 
-use crate::train::StepReport;
 use musketeers_lm::generate::StopCondition;
 use std::cell::RefCell;
-use std::ops::ControlFlow;
 
 /// `done` of `total` units of `task` (fractions of a unit happen: a problem half decoded).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -14,21 +12,6 @@ pub struct Progress<'a> {
     pub total: f64,
     /// What is counted, plural (`problems`).
     pub unit: &'a str,
-}
-
-/// What a training run tells its caller: each finished step (the answer decides whether the
-/// run goes on), and the progress of the waits between steps. Any
-/// `FnMut(&StepReport) -> ControlFlow<()>` is one that ignores the waits.
-pub trait RunObserver {
-    fn step(&mut self, report: &StepReport) -> ControlFlow<()>;
-
-    fn waiting(&mut self, _progress: Progress<'_>) {}
-}
-
-impl<F: FnMut(&StepReport) -> ControlFlow<()>> RunObserver for F {
-    fn step(&mut self, report: &StepReport) -> ControlFlow<()> {
-        self(report)
-    }
 }
 
 /// Turns the decode steps of one greedy batch into progress in problems: a batch of `rows`

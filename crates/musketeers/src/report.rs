@@ -1,8 +1,8 @@
 //! `report.md` for a run directory: what `metrics.jsonl` and `eval.json` say, with SVG plots
 //! of reward, per-expert utilization (the paper's Figures 1 and 4) and routing entropy.
 
+use crate::error::TrainError;
 use crate::eval::EvalReport;
-use crate::train::TrainError;
 use musketeers_fusion::stats::spearman;
 use plotters::prelude::*;
 use serde_json::Value;

@@ -12,7 +12,7 @@
 //! timeout) is an error naming the program and what it did; the step is refused before any
 //! update, so the run's last checkpoint stays as it was and the run resumes from it.
 
-use crate::train::TrainError;
+use crate::error::TrainError;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::Mutex;

@@ -13,7 +13,8 @@ use musketeers_lm::Llama;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::train::{TeamMember, TrainError};
+use crate::error::TrainError;
+use crate::team::TeamMember;
 
 #[derive(Module, Debug)]
 pub struct Router<B: Backend> {

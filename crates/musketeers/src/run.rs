@@ -4,13 +4,15 @@
 
 use crate::collab::{TextExpert, with_suggestions};
 use crate::eval::EvalReport;
-use crate::progress::RunObserver;
+use crate::progress::Progress;
 use crate::reward_program::{RewardItem, RewardProgram};
 use crate::route::Router;
-use crate::run_config::{AnswerExtraction, ContextNorm, Injection, Mode, RunConfig, TaskConfig};
+use crate::run_config::{ContextNorm, Injection, Mode, RunConfig};
 use crate::rundir::{self, io};
 use crate::system::text_collab::TextCollab;
+use crate::tasks::{score, training_mix};
 use crate::tensorboard::EventWriter;
+use crate::train::StepReport;
 use crate::train::collective::{Alone, Collective, share};
 use crate::train::params::AdamSettings;
 use crate::train::reward::{Reward, Scored};
@@ -23,11 +25,25 @@ use musketeers_lm::{Pretrained, catalog};
 use musketeers_rl::rollout::StepConfig;
 use musketeers_rl::{GrpoLossConfig, LrSchedule};
 use musketeers_verify::entry::Entry;
-use musketeers_verify::extract;
-use musketeers_verify::options::Options;
-use musketeers_verify::task::{FileTask, Mix, Task};
+use musketeers_verify::task::{Mix, Task};
 use std::io::Write;
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
+
+/// What a training run tells its caller: each finished step (the answer decides whether the
+/// run goes on), and the progress of the waits between steps. Any
+/// `FnMut(&StepReport) -> ControlFlow<()>` is one that ignores the waits.
+pub trait RunObserver {
+    fn step(&mut self, report: &StepReport) -> ControlFlow<()>;
+
+    fn waiting(&mut self, _progress: Progress<'_>) {}
+}
+
+impl<F: FnMut(&StepReport) -> ControlFlow<()>> RunObserver for F {
+    fn step(&mut self, report: &StepReport) -> ControlFlow<()> {
+        self(report)
+    }
+}
 
 /// Held while a run seeds Burn's process-wide generator and draws its initial weights.
 pub(crate) static INIT_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -47,65 +63,6 @@ pub(crate) fn materialize<B: burn::tensor::backend::Backend, M: burn::module::Mo
         }
     }
     module.visit(&mut Touch);
-}
-
-/// The task (generator or file) a `[[tasks]]` entry names; a file served in file order
-/// (`in_file_order`, for evaluation) or in seeded epochs.
-fn build_task(task: &TaskConfig, in_file_order: bool) -> Result<Box<dyn Task>, TrainError> {
-    let bad =
-        |e: musketeers_verify::TaskError| TrainError::BadInput(format!("task {}: {e}", task.name));
-    if let (Some(file), Some(format)) = (&task.file, task.file_format()?) {
-        let loaded =
-            FileTask::open_columns(&task.name, file, format, &task.columns()).map_err(bad)?;
-        return Ok(Box::new(if in_file_order {
-            loaded.in_file_order()
-        } else {
-            loaded
-        }));
-    }
-    let mut options = Options::new(&task.name);
-    for (key, value) in &task.options {
-        let text = match value {
-            toml::Value::String(s) => s.clone(),
-            other => other.to_string(),
-        };
-        options = options.set(key, text);
-    }
-    musketeers_verify::generators::create(&task.name, options).map_err(bad)
-}
-
-/// The training tasks as one weighted mix.
-pub fn training_mix(config: &RunConfig) -> Result<Mix, TrainError> {
-    let parts = config
-        .tasks
-        .iter()
-        .map(|t| Ok((build_task(t, false)?, t.weight)))
-        .collect::<Result<Vec<_>, TrainError>>()?;
-    Mix::new("tasks", parts).map_err(|e| TrainError::BadInput(e.to_string()))
-}
-
-/// `eval.tasks`, each on its own (files in file order); empty when the evaluation draws from
-/// the training stream.
-pub fn evaluation_tasks(config: &RunConfig) -> Result<Vec<Box<dyn Task>>, TrainError> {
-    config
-        .eval
-        .tasks
-        .iter()
-        .map(|t| build_task(t, true))
-        .collect()
-}
-
-/// A completion's reward under the run's answer-extraction rule.
-pub fn score(task: &dyn Task, rule: AnswerExtraction, completion: &str, entry: &Entry) -> f32 {
-    let reward = match rule {
-        AnswerExtraction::Tag => task.score_completion(completion, entry),
-        AnswerExtraction::TagOrLastNumber => {
-            let answer = extract::extract_answer_tag(completion)
-                .or_else(|| extract::extract_gsm8k_answer(completion));
-            task.score(answer.as_deref(), entry)
-        }
-    };
-    reward as f32
 }
 
 /// The run's reward programs, by name (started on first use).

@@ -8,7 +8,8 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use crate::train::{ExpertReadout, TrainError};
+use crate::error::TrainError;
+use crate::team::ExpertReadout;
 
 /// `fused` is the paper's system; `single` trains the policy alone with the same GRPO;
 /// `hard-route` lets a router pick one expert per prompt; `text-collab` pastes the experts'

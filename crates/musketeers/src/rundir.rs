@@ -8,8 +8,8 @@
 //! one in, then deletes the old: a kill at any moment leaves a complete checkpoint under one
 //! of the three names, and [`recover`] puts the newest complete one back in place.
 
+use crate::error::TrainError;
 use crate::run_config::RunConfig;
-use crate::train::TrainError;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::fs::File;

@@ -120,7 +120,7 @@ pub fn run(args: &ServeArgs) -> Result<()> {
     backend::on_backend!(args.device, B = autodiff, {
         let build = move || -> Result<Served<B>, String> {
             let device = Default::default();
-            let fail = |e: musketeers::train::TrainError| e.to_string();
+            let fail = |e: musketeers::TrainError| e.to_string();
             let mut trainer = match &run_dir {
                 Some(dir) => {
                     let step = musketeers::run::checkpoint_step(dir)

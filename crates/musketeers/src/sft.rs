@@ -15,7 +15,7 @@ use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 
-use crate::train::TrainError;
+use crate::error::TrainError;
 
 /// One training example: the prompt's token ids and the ids the model should continue with.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -10,8 +10,8 @@
 //! would each bring more than these sixty lines. `metrics.jsonl` stays the source of truth:
 //! a resumed run writes its event file again from it, so the two always hold the same steps.
 
+use crate::error::TrainError;
 use crate::rundir::io;
-use crate::train::TrainError;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 

@@ -6,7 +6,6 @@
 
 mod common;
 
-use common::fixture_with_tokenizer;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -38,57 +37,46 @@ fn binary_words_tokenizer() -> String {
 }
 
 fn config(temp: &Path, steps: u64, adam_epsilon: f64) -> PathBuf {
-    let policy = fixture_with_tokenizer("llama-gqa", temp);
-    std::fs::write(policy.join("tokenizer.json"), binary_words_tokenizer()).expect("tokenizer");
-    let expert = fixture_with_tokenizer("qwen3-qk-norm", temp);
     let problems = temp.join("problems.jsonl");
     let lines: Vec<String> = (0..16)
         .map(|i| format!(r#"{{"question": "b1 c0 d1 e0 f{}", "answer": "1"}}"#, i % 2))
         .collect();
     std::fs::write(&problems, lines.join("\n")).expect("problems");
-    let path = temp.join(format!("run-{steps}-{adam_epsilon}.toml"));
-    std::fs::write(
-        &path,
-        format!(
+    let path = common::write_tiny_run(
+        temp,
+        &format!("run-{steps}-{adam_epsilon}.toml"),
+        &format!(
             r#"
-            mode = "fused"
             answer_extraction = "tag-or-last-number"
             [policy]
-            model = "{}"
-            chat = false
             prompt_template = "{{question}}"
-            lora = {{ rank = 2, alpha = 4.0 }}
             [[team]]
             name = "qwen3"
-            model = "{}"
+            model = "fixture:qwen3-qk-norm"
             readout = "all"
             [interface]
-            latent_dim = 16
-            num_latents = 2
-            num_heads = 2
             learning_rate = 0.01
             [grpo]
             steps = {steps}
             prompts_per_step = 4
             num_generations = 4
-            max_completion_length = 4
             learning_rate = 0.01
             adam_epsilon = {adam_epsilon}
-            save_steps = 1
             seed = 5
-            [eval]
-            problems = 0
             [[tasks]]
             name = "last-digit"
             file = "{}"
             format = "qa-numeric"
             "#,
-            policy.display(),
-            expert.display(),
             problems.display()
         ),
+    );
+    // The policy reads the binary words of the problems, not the fixtures' "w{i}".
+    std::fs::write(
+        temp.join("llama-gqa/tokenizer.json"),
+        binary_words_tokenizer(),
     )
-    .expect("config");
+    .expect("tokenizer");
     path
 }
 

@@ -2,8 +2,8 @@
 //! base_conversion, countdown.
 
 use super::{Draft, Generator, count, difficulty, metadata, range_option, uniform, with_digits};
+use crate::error::TaskError;
 use crate::options::Options;
-use crate::task::TaskError;
 use num_integer::Integer;
 use num_rational::Ratio;
 use rand::Rng;

@@ -1,9 +1,9 @@
 //! Logic generators: propositional_logic and syllogism.
 
 use super::{Draft, Generator, count, difficulty, metadata, range_option};
+use crate::error::TaskError;
 use crate::options::Options;
 use crate::proplogic::{self, Formula, Op};
-use crate::task::TaskError;
 use rand::Rng;
 use rand::seq::IndexedRandom;
 use rand_chacha::ChaCha8Rng;

@@ -7,31 +7,18 @@
 
 mod arithmetic;
 mod logic;
+pub mod names;
 mod text;
 
+pub use names::NAMES;
+
 use crate::entry::Entry;
+use crate::error::TaskError;
 use crate::options::Options;
-use crate::task::{Task, TaskError, entry_rng};
+use crate::task::{Task, entry_rng};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use serde_json::{Map, Value};
-
-/// Names of the tasks with a native generator.
-pub const NAMES: [&str; 13] = [
-    "chain_sum",
-    "basic_arithmetic",
-    "products",
-    "gcd",
-    "lcm",
-    "leg_counting",
-    "number_sorting",
-    "spell_backward",
-    "letter_counting",
-    "base_conversion",
-    "countdown",
-    "propositional_logic",
-    "syllogism",
-];
 
 /// What a generator produces before the common metadata is added.
 pub(crate) struct Draft {

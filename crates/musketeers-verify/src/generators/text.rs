@@ -1,8 +1,8 @@
 //! Generators over numbers-as-text and words: number_sorting, spell_backward, letter_counting.
 
 use super::{Draft, Generator, count, difficulty, metadata, range_option};
+use crate::error::TaskError;
 use crate::options::Options;
-use crate::task::TaskError;
 use rand::Rng;
 use rand::seq::IndexedRandom;
 use rand_chacha::ChaCha8Rng;

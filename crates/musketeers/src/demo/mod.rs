@@ -12,13 +12,14 @@
 
 pub mod vocab;
 
+use crate::error::TrainError;
 use crate::run::RunOutcome;
 use crate::run_config::{
     AnswerExtraction, CollabConfig, EvalConfig, GrpoConfig, InterfaceConfig, MemberConfig, Mode,
     PolicyConfig, RunConfig, TaskConfig,
 };
 use crate::sft::{Example, SftSettings};
-use crate::train::{ExpertReadout, TrainError};
+use crate::team::ExpertReadout;
 use burn::tensor::backend::AutodiffBackend;
 use musketeers_lm::config::LlamaConfig;
 use musketeers_lm::tokenizer::TextTokenizer;
@@ -519,7 +520,7 @@ fn build_models<B: AutodiffBackend>(
             .take()
             .ok_or_else(|| TrainError::BadInput(format!("demo expert {name} has no tokenizer")))?;
         let text_expert = crate::collab::TextExpert {
-            member: crate::train::TeamMember {
+            member: crate::team::TeamMember {
                 name: name.to_string(),
                 model: expert.model,
                 tokenizer,

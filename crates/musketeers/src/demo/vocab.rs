@@ -6,7 +6,7 @@ use musketeers_lm::tokenizer::TextTokenizer;
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
 
-use crate::train::TrainError;
+use crate::error::TrainError;
 
 pub const UNK: &str = "[UNK]";
 pub const EOS: &str = "[EOS]";

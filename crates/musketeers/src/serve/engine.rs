@@ -316,7 +316,7 @@ fn admit<B: AutodiffBackend>(
         Input::Question(_) => "messages",
         Input::Raw(_) => "prompt",
     };
-    let bad = |e: crate::train::TrainError| ApiError::invalid(param, e.to_string());
+    let bad = |e: crate::error::TrainError| ApiError::invalid(param, e.to_string());
     let prompt = match &job.input {
         Input::Question(q) => question_prompt(config, trainer, q).map_err(bad)?,
         Input::Raw(p) => p.clone(),

@@ -6,7 +6,7 @@ use burn::tensor::backend::AutodiffBackend;
 use musketeers_fusion::ExpertInput;
 
 use super::{Context, InferenceParts, Inferred, Parts, System};
-use crate::train::TrainError;
+use crate::error::TrainError;
 
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Fused;

@@ -8,8 +8,9 @@ use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
 
 use super::fused::{infer_interface, interface_context};
 use super::{Context, ExtraLoss, InferenceParts, Inferred, Parts, System};
+use crate::error::TrainError;
+use crate::host::host_f32;
 use crate::route::{choose, routed_inputs, sentence_embeddings};
-use crate::train::{TrainError, host_f32};
 
 #[derive(Debug, Clone, Copy, Default)]
 pub struct HardRoute;

@@ -20,8 +20,9 @@ use musketeers_fusion::stats::{batch_utilization, expert_utilization, routing_en
 use musketeers_fusion::{ExpertInput, FusionOutput, LatentInterface};
 use musketeers_lm::{Llama, SoftContext};
 
+use crate::error::TrainError;
 use crate::route::Router;
-use crate::train::{TeamMember, TrainError};
+use crate::team::TeamMember;
 
 /// What a system reads of the trainer: the trained modules and the frozen team.
 #[derive(Debug, Clone, Copy)]

@@ -3,7 +3,7 @@
 use burn::tensor::backend::AutodiffBackend;
 
 use super::{Context, InferenceParts, Inferred, Parts, System};
-use crate::train::TrainError;
+use crate::error::TrainError;
 
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Single;

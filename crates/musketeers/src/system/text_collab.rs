@@ -6,7 +6,7 @@ use burn::tensor::backend::AutodiffBackend;
 
 use super::{Context, InferenceParts, Inferred, Notes, Parts, System};
 use crate::collab::TextExpert;
-use crate::train::TrainError;
+use crate::error::TrainError;
 
 #[derive(Debug)]
 pub struct TextCollab<B: AutodiffBackend> {

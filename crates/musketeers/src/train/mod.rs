@@ -13,7 +13,6 @@ pub mod dynamic;
 pub mod params;
 pub mod phases;
 pub mod reward;
-mod team;
 
 use burn::module::{AutodiffModule, Module};
 use burn::record::{BinFileRecorder, FullPrecisionSettings, Recorder, RecorderError};
@@ -33,19 +32,14 @@ use std::time::Instant;
 
 use crate::progress::DecodeProgress;
 
+pub use crate::error::TrainError;
+pub(crate) use crate::host::host_f32;
 use crate::route::Router;
 use crate::system::{Parts, System, fused::Fused, hard_route::HardRoute, single::Single};
+pub use crate::team::{ExpertReadout, TeamMember};
 use collective::Collective;
 use params::{AdamSettings, Group, ParamOptimizer, Trained, TrainedRef};
 use phases::BatchShare;
-pub use team::{ExpertReadout, TeamMember};
-
-pub(crate) fn host_f32<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
-    t.into_data()
-        .convert::<f32>()
-        .to_vec::<f32>()
-        .unwrap_or_default()
-}
 
 /// The metrics of a step from those of its micro-batches, each with the tokens it counted:
 /// token-weighted means, the losses (already weighted) summed, extremes kept.
@@ -101,26 +95,6 @@ fn latent_attention_entropy<B: Backend>(attention: Tensor<B, 4>) -> Vec<f32> {
         .reshape([k])
         / (t as f64).ln();
     host_f32(entropy)
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum TrainError {
-    #[error(transparent)]
-    Lm(#[from] musketeers_lm::LmError),
-    #[error(transparent)]
-    Fusion(#[from] musketeers_fusion::FusionError),
-    #[error(transparent)]
-    Rl(#[from] musketeers_rl::RlError),
-    #[error("{0}")]
-    BadInput(String),
-    /// A non-finite loss or gradient: the step is refused before any parameter changes, so
-    /// the model and the last checkpoint stay good.
-    #[error("step {step}: {what} is not finite ({value}); no parameter was updated")]
-    NonFinite {
-        step: u64,
-        what: &'static str,
-        value: f64,
-    },
 }
 
 /// The GRPO settings of a run, named as TRL names them.

@@ -430,3 +430,80 @@ impl<B: AutodiffBackend> ModuleMapper<B> for Step<'_, B> {
         Param::from_mapped_value(id, Tensor::from_inner(updated).require_grad(), mapper)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::Int;
+    use musketeers_lm::LoraConfig;
+
+    type Ad = burn::backend::Autodiff<burn_flex::Flex>;
+
+    /// The tiny llama-gqa fixture with rank-2 adapters, and a router over two experts.
+    fn modules() -> (Llama<Ad>, Router<Ad>) {
+        let dir =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../musketeers-lm/tests/fixtures/llama-gqa");
+        let device = Default::default();
+        let (config, policy) = musketeers_lm::weights::load::<Ad>(&dir, &device).expect("fixture");
+        let lora = LoraConfig {
+            rank: 2,
+            alpha: 4.0,
+            ..Default::default()
+        };
+        let policy = policy.with_lora(&lora, 7).expect("adapters");
+        (policy, Router::new(config.hidden_size, 2, &device))
+    }
+
+    /// Gradients of every adapter (the router has none: it took no part in the loss).
+    fn policy_gradients(set: &TrainedRef<'_, Ad>) -> GradientsParams {
+        let ids = Tensor::<Ad, 2, Int>::from_data(
+            TensorData::new(vec![3i64, 14, 15, 92], [1, 4]),
+            &Default::default(),
+        );
+        let logits = set.policy.forward(ids, None, false).logits;
+        let mut grads = (logits.clone() * logits).sum().backward();
+        set.gradients(&mut grads)
+    }
+
+    #[test]
+    fn flatten_then_unflatten_gives_every_gradient_back_and_marks_the_missing() {
+        let (policy, router) = modules();
+        let set = TrainedRef {
+            policy: &policy,
+            interface: None,
+            router: Some(&router),
+        };
+        let grads = policy_gradients(&set);
+        let flat = set.flatten(&grads);
+        let values: usize = set
+            .layout()
+            .iter()
+            .map(|s| s.iter().product::<usize>())
+            .sum();
+        // Each parameter's values, then its has-a-gradient flag.
+        assert_eq!(flat.len(), values + set.layout().len());
+        let back = set.unflatten(&flat).expect("unflatten");
+        assert_eq!(set.flatten(&back), flat, "a round trip changes nothing");
+        let [adapters, interface, router_norm] = set.squared_norms(&back);
+        assert!(adapters.expect("adapters") > 0.0);
+        assert_eq!(interface, None, "no interface in this set");
+        assert_eq!(router_norm, Some(0.0), "the router had no gradient");
+        let err = set.unflatten(&flat[1..]).expect_err("one value short");
+        assert!(err.to_string().contains("flat gradient"), "{err}");
+    }
+
+    #[test]
+    fn scale_multiplies_every_group_norm_by_the_factor_squared() {
+        let (policy, _) = modules();
+        let set = TrainedRef {
+            policy: &policy,
+            interface: None,
+            router: None,
+        };
+        let mut grads = policy_gradients(&set);
+        let before = set.squared_norms(&grads)[0].expect("adapters");
+        set.scale(&mut grads, 0.5);
+        let after = set.squared_norms(&grads)[0].expect("adapters");
+        assert!((after / before - 0.25).abs() < 1e-5, "{after} / {before}");
+    }
+}

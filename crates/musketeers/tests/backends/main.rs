@@ -2,5 +2,8 @@
 //! (`musketeers_testkit::backend_tests!`). One binary, so a backend's generic code is compiled
 //! once per crate, not once per file: on wgpu each extra binary cost CI ~4 min of compiling.
 
+#[path = "../common/mod.rs"]
+mod common;
+
 mod policy;
 mod train_step;

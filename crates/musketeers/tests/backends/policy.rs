@@ -11,7 +11,6 @@ use musketeers_lm::generate::{GenerationConfig, generate_with_context};
 use musketeers_lm::sampling::SamplingConfig;
 use musketeers_lm::weights;
 use musketeers_rl::{Rollouts, TokenScorer};
-use std::path::PathBuf;
 
 musketeers_testkit::backend_tests!(
     scores_of_sampled_completions_equal_their_sampling_logprobs,
@@ -21,9 +20,7 @@ musketeers_testkit::backend_tests!(
 
 fn scores_of_sampled_completions_equal_their_sampling_logprobs<B: Backend>(device: &B::Device) {
     for name in ["llama-gqa", "gemma3-sliding"] {
-        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("../musketeers-lm/tests/fixtures")
-            .join(name);
+        let dir = musketeers_testkit::tiny_model(name);
         let (config, model) = weights::load::<B>(&dir, device).expect("fixture loads");
         let prompts: Vec<Vec<u32>> = vec![vec![3, 14, 15, 92, 65, 35], vec![9, 26]];
         let g = 3;
@@ -103,8 +100,7 @@ fn a_shared_prefix_scores_and_differentiates_like_each_row_alone<B: Backend>(dev
     use burn::backend::Autodiff;
     use burn::tensor::TensorData;
     use musketeers_rl::logprobs::token_logprobs;
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../musketeers-lm/tests/fixtures/gemma3-sliding");
+    let dir = musketeers_testkit::tiny_model("gemma3-sliding");
     let (config, model) = weights::load::<Autodiff<B>>(&dir, device).expect("fixture loads");
     let prompts: Vec<Vec<u32>> = vec![vec![3, 14, 15, 92, 65, 35], vec![9, 26]];
     let completions: Vec<Vec<u32>> = vec![
@@ -210,8 +206,7 @@ fn a_shared_prefix_scores_and_differentiates_like_each_row_alone<B: Backend>(dev
 #[test]
 fn groups_whose_rows_have_different_prompts_are_refused() {
     let device = Default::default();
-    let dir =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../musketeers-lm/tests/fixtures/llama-gqa");
+    let dir = musketeers_testkit::tiny_model("llama-gqa");
     let (_, model) = weights::load::<Flex>(&dir, &device).expect("fixture loads");
     let rollouts = Rollouts {
         prompt_ids: vec![vec![1, 2], vec![1, 3]],
@@ -299,9 +294,7 @@ fn scores_under_a_zero_gate_equal_scores_without_context<B: Backend>(device: &B:
         "qwen3-qk-norm",
         "gemma3-sliding",
     ] {
-        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("../musketeers-lm/tests/fixtures")
-            .join(name);
+        let dir = musketeers_testkit::tiny_model(name);
         let (config, model) = weights::load::<B>(&dir, device).expect("fixture loads");
         let prompts: Vec<Vec<u32>> = vec![vec![3, 14, 15, 92, 65, 35], vec![9, 26]];
         let completions: Vec<Vec<u32>> =

@@ -3,6 +3,7 @@
 //! interface, rollouts from [C ; prompt], rewards, the loss, and updates that reach only the
 //! adapters and the interface.
 
+use crate::common::{tiny_model, word_tokenizer};
 use burn::backend::Autodiff;
 use burn::tensor::DType;
 use burn::tensor::ElementConversion;
@@ -11,11 +12,10 @@ use burn_flex::Flex;
 use musketeers::train::params::AdamSettings;
 use musketeers::train::{ExpertReadout, StepSettings, TeamMember, Trainer};
 use musketeers_fusion::LatentInterfaceConfig;
-use musketeers_lm::tokenizer::TextTokenizer;
 use musketeers_lm::{LoraConfig, Precision, weights};
 use musketeers_rl::rollout::StepConfig;
 use musketeers_rl::{GrpoLossConfig, LossType, LrSchedule, LrSchedulerType};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 type Ad = Autodiff<Flex>;
 
@@ -23,19 +23,6 @@ musketeers_testkit::backend_tests!(
     a_fused_step_updates_only_the_adapters_and_the_interface,
     a_reduced_precision_fused_step_trains_f32_weights,
 );
-
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../musketeers-lm/tests/fixtures")
-        .join(name)
-}
-
-/// Word-level tokenizer over the fixtures' 96 ids: id i is "w{i}".
-fn tokenizer(dir: &Path) -> TextTokenizer {
-    let json = musketeers_lm::tokenizer::numbered_words_json(96);
-    std::fs::write(dir.join("tokenizer.json"), json).expect("write");
-    TextTokenizer::load(dir, 96).expect("tokenizer")
-}
 
 /// Half the share of completion words that name a low id (< 48), half a hash of the whole
 /// word sequence: two completions of a group tie only if they are (almost surely) the same
@@ -80,8 +67,8 @@ fn a_reduced_precision_fused_step_trains_f32_weights<B: Backend>(device: &B::Dev
 /// updates that reach the interface and the adapters (kept f32) but not the base.
 fn fused_steps<B: Backend>(device: &B::Device, precision: Precision) {
     let temp = tempfile::tempdir().expect("temp");
-    let tok = || tokenizer(temp.path());
-    let policy = weights::load::<Autodiff<B>>(&fixture("llama-gqa"), device)
+    let tok = || word_tokenizer(temp.path());
+    let policy = weights::load::<Autodiff<B>>(&tiny_model("llama-gqa"), device)
         .expect("policy")
         .1;
     let lora = LoraConfig {
@@ -96,7 +83,7 @@ fn fused_steps<B: Backend>(device: &B::Device, precision: Precision) {
         .zip([ExpertReadout::Last, ExpertReadout::All])
         .map(|(name, readout)| TeamMember {
             name: name.to_string(),
-            model: weights::load::<B>(&fixture(name), device)
+            model: weights::load::<B>(&tiny_model(name), device)
                 .expect("expert")
                 .1,
             tokenizer: tok(),
@@ -199,7 +186,7 @@ fn fused_steps<B: Backend>(device: &B::Device, precision: Precision) {
 /// A trainer over the tiny fixtures, its policy's adapters either fresh or loaded from `adapters`.
 fn trainer(dir: &Path, adapters: Option<&Path>) -> Trainer<Ad> {
     let device = Default::default();
-    let base = weights::load::<Ad>(&fixture("llama-gqa"), &device)
+    let base = weights::load::<Ad>(&tiny_model("llama-gqa"), &device)
         .expect("policy")
         .1;
     let policy = match adapters {
@@ -217,10 +204,10 @@ fn trainer(dir: &Path, adapters: Option<&Path>) -> Trainer<Ad> {
     };
     let team = vec![TeamMember {
         name: "qwen2".into(),
-        model: weights::load::<Flex>(&fixture("qwen2-bias"), &device)
+        model: weights::load::<Flex>(&tiny_model("qwen2-bias"), &device)
             .expect("expert")
             .1,
-        tokenizer: tokenizer(dir),
+        tokenizer: word_tokenizer(dir),
         layer: -1,
         readout: ExpertReadout::Mean,
     }];
@@ -254,7 +241,7 @@ fn trainer(dir: &Path, adapters: Option<&Path>) -> Trainer<Ad> {
         seed: 9,
         micro_batch_prompts: None,
     };
-    Trainer::new(policy, tokenizer(dir), Some(interface), team, settings).expect("trainer")
+    Trainer::new(policy, word_tokenizer(dir), Some(interface), team, settings).expect("trainer")
 }
 
 #[test]

@@ -1,14 +1,8 @@
 //! `musketeers lm forward` against the transformers outputs of musketeers-lm's fixtures.
 
+use crate::common::tiny_model;
 use safetensors::SafeTensors;
-use std::path::PathBuf;
 use std::process::Command;
-
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../musketeers-lm/tests/fixtures")
-        .join(name)
-}
 
 fn tensor(bytes: &[u8], name: &str) -> (Vec<usize>, Vec<f32>) {
     let tensors = SafeTensors::deserialize(bytes).expect("safetensors");
@@ -24,7 +18,7 @@ fn tensor(bytes: &[u8], name: &str) -> (Vec<usize>, Vec<f32>) {
 
 #[test]
 fn forward_dump_matches_transformers() {
-    let dir = fixture("qwen2-bias");
+    let dir = tiny_model("qwen2-bias");
     let ids: Vec<u32> =
         serde_json::from_str(&std::fs::read_to_string(dir.join("input_ids.json")).expect("ids"))
             .expect("json");
@@ -65,7 +59,7 @@ fn forward_dump_matches_transformers() {
 fn forward_rejects_out_of_vocabulary_ids_and_missing_models() {
     let out = Command::new(env!("CARGO_BIN_EXE_musketeers"))
         .args(["lm", "forward", "--model"])
-        .arg(fixture("llama-gqa"))
+        .arg(tiny_model("llama-gqa"))
         .args(["--token-ids", "1,2,999", "--dump", "/dev/null"])
         .output()
         .expect("run");

@@ -5,7 +5,6 @@ use crate::common;
 
 use burn::backend::Autodiff;
 use burn_flex::Flex;
-use common::fixture_with_tokenizer;
 use musketeers::grid::{CellState, Grid, Selection, cell_state, write_summary};
 use musketeers::run_config::Mode;
 use musketeers::train::ExpertReadout;
@@ -104,8 +103,6 @@ fn the_paper_grid_expands_to_the_papers_settings() {
 }
 
 fn tiny_grid(temp: &Path, learning_rate: f64) -> Grid {
-    let policy = fixture_with_tokenizer("llama-gqa", temp);
-    let expert = fixture_with_tokenizer("qwen3-qk-norm", temp);
     let train: String = (0..12)
         .map(|i| format!("{{\"question\":\"{i} plus {i}\",\"answer\":{}}}\n", 2 * i))
         .collect();
@@ -115,27 +112,17 @@ fn tiny_grid(temp: &Path, learning_rate: f64) -> Grid {
         "{\"question\":\"20 plus 1\",\"answer\":21}\n{\"question\":\"3 plus 4\",\"answer\":7}\n",
     )
     .expect("test file");
+    // The grid's base is the tiny run without its mode, team and tasks, which cells set.
+    let mut base = common::tiny_run_table(
+        temp,
+        &format!("[grpo]\nsteps = 2\nlearning_rate = {learning_rate}\n[eval]\nproblems = 5"),
+    );
+    for key in ["mode", "team", "tasks"] {
+        base.remove(key);
+    }
     let text = format!(
         r#"
         seeds = [1, 2]
-        [base]
-        [base.policy]
-        model = "{policy}"
-        chat = false
-        lora = {{ rank = 2, alpha = 4.0 }}
-        [base.interface]
-        latent_dim = 16
-        num_latents = 2
-        num_heads = 2
-        [base.grpo]
-        steps = 2
-        prompts_per_step = 2
-        num_generations = 2
-        max_completion_length = 4
-        save_steps = 1
-        learning_rate = {learning_rate}
-        [base.eval]
-        problems = 5
         [[team]]
         name = "tiny"
         members = [{{ name = "qwen3", model = "{expert}" }}]
@@ -149,11 +136,13 @@ fn tiny_grid(temp: &Path, learning_rate: f64) -> Grid {
         [[system]]
         name = "fused"
         mode = "fused"
+        {base}
         "#,
-        policy = policy.display(),
-        expert = expert.display(),
+        expert = common::fixture_with_tokenizer("qwen3-qk-norm", temp).display(),
         train = temp.join("train.jsonl").display(),
         test = temp.join("test.jsonl").display(),
+        base = toml::to_string(&toml::Table::from_iter([("base".to_string(), base.into())]))
+            .expect("TOML"),
     );
     let path = temp.join("grid.toml");
     std::fs::write(&path, text).expect("grid");

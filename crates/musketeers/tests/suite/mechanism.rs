@@ -12,6 +12,7 @@
 //! (150 steps of 8 prompts × 8 samples, lr 3e-3 with linear decay; at a constant 1e-2 they
 //! did not settle, 0.6-0.8).
 
+use crate::common::tiny_model;
 use burn::backend::Autodiff;
 use burn_flex::Flex;
 use musketeers::train::{ExpertReadout, StepSettings, TeamMember, Trainer};
@@ -20,7 +21,7 @@ use musketeers_lm::tokenizer::TextTokenizer;
 use musketeers_lm::{LoraConfig, weights};
 use musketeers_rl::rollout::StepConfig;
 use musketeers_rl::{GrpoLossConfig, LossType, LrSchedule, LrSchedulerType};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 type Ad = Autodiff<Flex>;
 
@@ -28,12 +29,6 @@ const VOCAB: usize = 96;
 const WORDS: u64 = 16;
 const STEPS: usize = 150;
 const PROMPTS: usize = 8;
-
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../musketeers-lm/tests/fixtures")
-        .join(name)
-}
 
 /// A word-level tokenizer over ids `0..VOCAB` named `{prefix}{i}` (unknown words: id 0).
 fn tokenizer(dir: &Path, prefix: &str) -> TextTokenizer {
@@ -76,7 +71,7 @@ fn first_word_is(text: &str, low: bool) -> f32 {
 fn final_reward(seed: u64, fused: bool) -> f32 {
     let temp = tempfile::tempdir().expect("temp");
     let device = Default::default();
-    let policy = weights::load::<Ad>(&fixture("llama-gqa"), &device)
+    let policy = weights::load::<Ad>(&tiny_model("llama-gqa"), &device)
         .expect("policy")
         .1
         .with_lora(&LoraConfig::default(), seed)
@@ -84,7 +79,7 @@ fn final_reward(seed: u64, fused: bool) -> f32 {
     let (interface, team) = if fused {
         let expert = TeamMember {
             name: "seer".into(),
-            model: weights::load::<Flex>(&fixture("qwen2-bias"), &device)
+            model: weights::load::<Flex>(&tiny_model("qwen2-bias"), &device)
                 .expect("expert")
                 .1,
             tokenizer: tokenizer(temp.path(), "w"),

@@ -1,6 +1,7 @@
 //! The GRPO step's phases one by one (`musketeers::train::phases`) and the parameter set
 //! they train (`musketeers::train::params`), on the tiny random fixtures.
 
+use crate::common::{tiny_model, word_tokenizer};
 use burn::backend::Autodiff;
 use burn::module::AutodiffModule;
 use burn::optim::GradientsParams;
@@ -11,29 +12,16 @@ use musketeers::train::StepSettings;
 use musketeers::train::params::{AdamSettings, Group, ParamOptimizer, Trained, TrainedRef};
 use musketeers::train::phases::{self, BatchShare};
 use musketeers_fusion::{LatentInterface, LatentInterfaceConfig};
-use musketeers_lm::tokenizer::TextTokenizer;
 use musketeers_lm::{Llama, LoraConfig, weights};
 use musketeers_rl::rollout::{StepConfig, counted_tokens};
 use musketeers_rl::{GrpoLossConfig, LossType, LrSchedule};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 type Ad = Autodiff<Flex>;
 
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../musketeers-lm/tests/fixtures")
-        .join(name)
-}
-
-fn tokenizer(dir: &Path) -> TextTokenizer {
-    let json = musketeers_lm::tokenizer::numbered_words_json(96);
-    std::fs::write(dir.join("tokenizer.json"), json).expect("write");
-    TextTokenizer::load(dir, 96).expect("tokenizer")
-}
-
 fn policy() -> Llama<Ad> {
     let device = Default::default();
-    weights::load::<Ad>(&fixture("llama-gqa"), &device)
+    weights::load::<Ad>(&tiny_model("llama-gqa"), &device)
         .expect("policy")
         .1
         .with_lora(
@@ -85,7 +73,7 @@ const PROMPTS: [&str; 4] = ["w3 w14 w15", "w9 w26", "w60 w61 w62 w63", "w7 w8 w9
 
 fn prompt_ids(dir: &Path) -> Vec<Vec<u32>> {
     let prompts: Vec<String> = PROMPTS.iter().map(|p| p.to_string()).collect();
-    phases::encode_prompts(&tokenizer(dir), &prompts).expect("encode")
+    phases::encode_prompts(&word_tokenizer(dir), &prompts).expect("encode")
 }
 
 #[test]
@@ -123,7 +111,8 @@ fn rewards_score_each_completion_against_its_own_prompt() {
     let reward =
         |prompt: usize, text: &str| prompt as f32 * 10.0 + text.split_whitespace().count() as f32;
     let (texts, rewards) =
-        phases::score_rewards(&tokenizer(temp.path()), &completions, 2, &reward).expect("rewards");
+        phases::score_rewards(&word_tokenizer(temp.path()), &completions, 2, &reward)
+            .expect("rewards");
     assert_eq!(texts, vec!["w5 w6", "w7", "", "w8 w9 w10"]);
     assert_eq!(rewards.total, vec![2.0, 1.0, 10.0, 13.0]);
     assert!(rewards.parts.is_empty());
@@ -444,10 +433,10 @@ fn each_system_gives_its_own_context_through_one_seam() {
         .iter()
         .map(|name| TeamMember {
             name: name.to_string(),
-            model: weights::load::<Flex>(&fixture(name), &device)
+            model: weights::load::<Flex>(&tiny_model(name), &device)
                 .expect("expert")
                 .1,
-            tokenizer: tokenizer(temp.path()),
+            tokenizer: word_tokenizer(temp.path()),
             layer: -1,
             readout: ExpertReadout::All,
         })

@@ -87,8 +87,8 @@ fn unknown_keys_and_bad_values_are_named() {
 
 #[test]
 fn lenient_extraction_scores_untagged_answers() {
-    use musketeers::run::score;
     use musketeers::run_config::AnswerExtraction;
+    use musketeers::tasks::score;
     use musketeers_verify::task::{Mix, Task};
     let task = musketeers_verify::generators::create(
         "chain_sum",

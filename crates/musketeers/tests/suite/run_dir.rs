@@ -5,7 +5,7 @@ use crate::common;
 
 use burn::backend::Autodiff;
 use burn_flex::Flex;
-use common::{fixture_with_tokenizer, run_steps};
+use common::run_steps;
 use musketeers::run_config::RunConfig;
 use std::ops::ControlFlow;
 use std::path::Path;
@@ -13,38 +13,19 @@ use std::path::Path;
 type Ad = Autodiff<Flex>;
 
 fn fused_config(temp: &Path) -> RunConfig {
-    let policy = fixture_with_tokenizer("llama-gqa", temp);
-    let expert = fixture_with_tokenizer("qwen3-qk-norm", temp);
-    toml::from_str(&format!(
+    common::tiny_run(
+        temp,
         r#"
-        mode = "fused"
-        [policy]
-        model = "{}"
-        chat = false
-        lora = {{ rank = 2, alpha = 4.0 }}
         [[team]]
         name = "qwen3"
-        model = "{}"
+        model = "fixture:qwen3-qk-norm"
         readout = "all"
-        [interface]
-        latent_dim = 16
-        num_latents = 2
-        num_heads = 2
         [grpo]
-        steps = 3
-        prompts_per_step = 2
-        num_generations = 2
-        max_completion_length = 4
         save_steps = 2
         [eval]
         problems = 8
-        [[tasks]]
-        name = "chain_sum"
         "#,
-        policy.display(),
-        expert.display()
-    ))
-    .expect("config parses")
+    )
 }
 
 #[test]
@@ -52,19 +33,7 @@ fn a_run_writes_metrics_samples_and_a_checkpoint() {
     let temp = tempfile::tempdir().expect("temp");
     let config = fused_config(temp.path());
     let out = temp.path().join("run");
-    let mut seen = Vec::new();
-    musketeers::run::run::<Ad>(
-        &config,
-        &out,
-        None,
-        false,
-        &Default::default(),
-        &mut |r: &musketeers::train::StepReport| {
-            seen.push(r.step);
-            ControlFlow::Continue(())
-        },
-    )
-    .expect("run");
+    let seen = run_steps(&config, &out, None, false).expect("run");
     assert_eq!(seen, vec![1, 2, 3]);
     let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).expect("metrics");
     let lines: Vec<serde_json::Value> = metrics
@@ -175,44 +144,31 @@ fn a_killed_hard_route_run_resumes_exactly() {
 
 fn resumes_exactly(mode: &str) {
     let temp = tempfile::tempdir().expect("temp");
-    let policy = fixture_with_tokenizer("llama-gqa", temp.path());
-    let expert = fixture_with_tokenizer("qwen2-bias", temp.path());
-    let other = fixture_with_tokenizer("qwen3-qk-norm", temp.path());
-    let config: RunConfig = toml::from_str(&format!(
-        r#"
-        mode = "{mode}"
-        [policy]
-        model = "{}"
-        chat = false
-        lora = {{ rank = 2, alpha = 4.0 }}
-        [[team]]
-        name = "qwen2"
-        model = "{}"
-        [[team]]
-        name = "qwen3"
-        model = "{}"
-        [interface]
-        latent_dim = 16
-        num_latents = 2
-        num_heads = 2
-        [eval]
-        problems = 4
-        [grpo]
-        steps = 4
-        prompts_per_step = 2
-        num_generations = 3
-        max_completion_length = 5
-        temperature = 1.5
-        learning_rate = 0.05
-        save_steps = 2
-        [[tasks]]
-        name = "leg_counting"
-        "#,
-        policy.display(),
-        expert.display(),
-        other.display()
-    ))
-    .expect("config parses");
+    let config = common::tiny_run(
+        temp.path(),
+        &format!(
+            r#"
+            mode = "{mode}"
+            [[team]]
+            name = "qwen2"
+            model = "fixture:qwen2-bias"
+            [[team]]
+            name = "qwen3"
+            model = "fixture:qwen3-qk-norm"
+            [eval]
+            problems = 4
+            [grpo]
+            steps = 4
+            num_generations = 3
+            max_completion_length = 5
+            temperature = 1.5
+            learning_rate = 0.05
+            save_steps = 2
+            [[tasks]]
+            name = "leg_counting"
+            "#
+        ),
+    );
     let read = |dir: &Path| -> Vec<serde_json::Value> {
         std::fs::read_to_string(dir.join("metrics.jsonl"))
             .expect("metrics")
@@ -221,54 +177,18 @@ fn resumes_exactly(mode: &str) {
             .collect()
     };
     let whole = temp.path().join("whole");
-    musketeers::run::run::<Ad>(
-        &config,
-        &whole,
-        None,
-        false,
-        &Default::default(),
-        &mut |_: &musketeers::train::StepReport| ControlFlow::Continue(()),
-    )
-    .expect("run");
+    run_steps(&config, &whole, None, false).expect("run");
     // The same run killed after step 3 (its last checkpoint is step 2), then resumed.
     let killed = temp.path().join("killed");
-    musketeers::run::run::<Ad>(
-        &config,
-        &killed,
-        Some(3),
-        false,
-        &Default::default(),
-        &mut |_: &musketeers::train::StepReport| ControlFlow::Continue(()),
-    )
-    .expect("run");
+    run_steps(&config, &killed, 3, false).expect("run");
     assert_eq!(
         musketeers::run::checkpoint_step(&killed),
         Some(3),
         "the final step is saved"
     );
     // Roll the checkpoint back as if the kill came before step 3's save.
-    musketeers::run::run::<Ad>(
-        &config,
-        &killed,
-        Some(2),
-        false,
-        &Default::default(),
-        &mut |_: &musketeers::train::StepReport| ControlFlow::Continue(()),
-    )
-    .expect("run");
-    let mut resumed_steps = Vec::new();
-    musketeers::run::run::<Ad>(
-        &config,
-        &killed,
-        None,
-        true,
-        &Default::default(),
-        &mut |r: &musketeers::train::StepReport| {
-            resumed_steps.push(r.step);
-            ControlFlow::Continue(())
-        },
-    )
-    .expect("resume");
+    run_steps(&config, &killed, 2, false).expect("run");
+    let resumed_steps = run_steps(&config, &killed, None, true).expect("resume");
     assert_eq!(resumed_steps, vec![3, 4]);
     let (k, w) = (read(&killed), read(&whole));
     for (a, b) in k.iter().zip(&w) {

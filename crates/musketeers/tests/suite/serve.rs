@@ -5,7 +5,6 @@
 
 use crate::common;
 
-use common::fixture_with_tokenizer;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -13,46 +12,27 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 fn train_tiny_run(temp: &Path) -> PathBuf {
-    let policy = fixture_with_tokenizer("llama-gqa", temp);
-    let expert = fixture_with_tokenizer("qwen3-qk-norm", temp);
-    let config = temp.join("run.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-            mode = "fused"
-            [policy]
-            model = "{}"
-            chat = false
-            lora = {{ rank = 2, alpha = 4.0 }}
-            [[team]]
-            name = "qwen3"
-            model = "{}"
-            readout = "all"
-            [[team]]
-            name = "qwen3-last"
-            model = "{}"
-            readout = "last"
-            [interface]
-            latent_dim = 16
-            num_latents = 2
-            num_heads = 2
-            [grpo]
-            steps = 2
-            prompts_per_step = 2
-            num_generations = 2
-            max_completion_length = 6
-            [eval]
-            problems = 3
-            [[tasks]]
-            name = "chain_sum"
-            "#,
-            policy.display(),
-            expert.display(),
-            expert.display()
-        ),
-    )
-    .expect("config");
+    // save_steps at its default: one checkpoint, at the end.
+    let config = common::write_tiny_run(
+        temp,
+        "run.toml",
+        r#"
+        [[team]]
+        name = "qwen3"
+        model = "fixture:qwen3-qk-norm"
+        readout = "all"
+        [[team]]
+        name = "qwen3-last"
+        model = "fixture:qwen3-qk-norm"
+        readout = "last"
+        [grpo]
+        steps = 2
+        max_completion_length = 6
+        save_steps = 25
+        [eval]
+        problems = 3
+        "#,
+    );
     let run = temp.join("run");
     let status = Command::new(env!("CARGO_BIN_EXE_musketeers"))
         .args(["train", "--progress", "plain", "--config"])
@@ -155,14 +135,23 @@ fn chat(addr: SocketAddr, question: &str, extra: &str) -> serde_json::Value {
     json(&body)
 }
 
-#[test]
-fn a_trained_run_serves_chat_completions_streams_and_refuses_bad_requests() {
+/// The tiny run, trained, and a server on it with `extra` arguments (the temp dir holds both).
+fn serve_tiny_run(extra: &[&str]) -> (tempfile::TempDir, PathBuf, Server) {
     let temp = tempfile::tempdir().expect("temp");
     let run = train_tiny_run(temp.path());
-    let eval: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(run.join("eval.json")).expect("eval"))
-            .expect("json");
-    let server = start(&run, &[]);
+    let server = start(&run, extra);
+    (temp, run, server)
+}
+
+/// The run's own greedy held-out evaluation (`eval.json`).
+fn run_evaluation(run: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(run.join("eval.json")).expect("eval"))
+        .expect("json")
+}
+
+#[test]
+fn health_and_models_are_listed() {
+    let (_temp, _run, server) = serve_tiny_run(&[]);
     let addr = server.addr;
 
     // Health and models.
@@ -177,6 +166,13 @@ fn a_trained_run_serves_chat_completions_streams_and_refuses_bad_requests() {
     );
     assert_eq!(status, 200);
     assert_eq!(json(&body)["data"][0]["id"], "tiny");
+}
+
+#[test]
+fn greedy_chat_equals_the_runs_evaluation_and_reports_utilization() {
+    let (_temp, run, server) = serve_tiny_run(&[]);
+    let addr = server.addr;
+    let eval = run_evaluation(&run);
 
     // Greedy chat == the run's own greedy evaluation of the same question.
     for example in eval["examples"].as_array().expect("examples") {
@@ -202,6 +198,12 @@ fn a_trained_run_serves_chat_completions_streams_and_refuses_bad_requests() {
             )
         );
     }
+}
+
+#[test]
+fn seeded_sampling_of_n_choices_is_reproducible() {
+    let (_temp, _run, server) = serve_tiny_run(&[]);
+    let addr = server.addr;
 
     // n > 1 with a seed: n choices, reproducible.
     let extra = r#", "n": 3, "temperature": 1.0, "seed": 7, "max_tokens": 5"#;
@@ -209,6 +211,12 @@ fn a_trained_run_serves_chat_completions_streams_and_refuses_bad_requests() {
     let b = chat(addr, "w1 w2 w3", extra);
     assert_eq!(a["choices"].as_array().map(Vec::len), Some(3));
     assert_eq!(a["choices"], b["choices"]);
+}
+
+#[test]
+fn completions_end_before_a_stop_string() {
+    let (_temp, _run, server) = serve_tiny_run(&[]);
+    let addr = server.addr;
 
     // Completions, and a stop string: the text ends before it.
     let (status, body) = post(
@@ -237,6 +245,12 @@ fn a_trained_run_serves_chat_completions_streams_and_refuses_bad_requests() {
         assert_eq!(text, &full[..full.find(stop).expect("stop in text")]);
         assert_eq!(stopped["choices"][0]["finish_reason"], "stop");
     }
+}
+
+#[test]
+fn a_stream_sends_the_same_text_then_done() {
+    let (_temp, _run, server) = serve_tiny_run(&[]);
+    let addr = server.addr;
 
     // Streaming: chunks of the same text, then [DONE].
     let (status, body) = post(
@@ -269,6 +283,13 @@ fn a_trained_run_serves_chat_completions_streams_and_refuses_bad_requests() {
             .as_str()
             .expect("content")
     );
+}
+
+#[test]
+fn malformed_and_hostile_requests_get_4xx_and_the_server_still_answers() {
+    let (_temp, run, server) = serve_tiny_run(&[]);
+    let addr = server.addr;
+    let eval = run_evaluation(&run);
 
     // Hostile and malformed requests: each a 4xx with an error object.
     let chat_path = "/v1/chat/completions";
@@ -430,9 +451,7 @@ fn a_trained_run_serves_chat_completions_streams_and_refuses_bad_requests() {
 
 #[test]
 fn an_api_key_is_required_when_set() {
-    let temp = tempfile::tempdir().expect("temp");
-    let run = train_tiny_run(temp.path());
-    let server = start(&run, &["--api-key", "s3cret"]);
+    let (_temp, _run, server) = serve_tiny_run(&["--api-key", "s3cret"]);
     let body =
         br#"{"model": "tiny", "messages": [{"role": "user", "content": "w1"}], "max_tokens": 2}"#;
     let (status, reply) = post(server.addr, "/v1/chat/completions", body, "");
@@ -463,9 +482,7 @@ fn the_openai_python_client_is_served() {
         );
         return;
     };
-    let temp = tempfile::tempdir().expect("temp");
-    let run = train_tiny_run(temp.path());
-    let server = start(&run, &[]);
+    let (_temp, run, server) = serve_tiny_run(&[]);
     let script =
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/openai_client_check.py");
     let output = Command::new(python)
@@ -489,12 +506,8 @@ fn the_openai_python_client_is_served() {
 /// do not fit, never a hang, and the others their answers.
 #[test]
 fn a_full_queue_answers_503() {
-    let temp = tempfile::tempdir().expect("temp");
-    let run = train_tiny_run(temp.path());
-    let server = start(
-        &run,
-        &["--queue", "1", "--max-batch", "1", "--max-tokens", "4096"],
-    );
+    let (_temp, _run, server) =
+        serve_tiny_run(&["--queue", "1", "--max-batch", "1", "--max-tokens", "4096"]);
     let addr = server.addr;
     // As many new tokens as the tiny policy's 512 positions leave room for.
     let body = br#"{"model": "tiny", "messages": [{"role": "user", "content": "w1 w2"}], "max_tokens": 480, "temperature": 1.0}"#;
@@ -533,9 +546,7 @@ fn rss_kib(pid: u32) -> u64 {
 /// clients' short requests are answered, also while a maximal legal prompt is processed.
 #[test]
 fn prompts_beyond_a_models_context_are_refused_and_others_are_served() {
-    let temp = tempfile::tempdir().expect("temp");
-    let run = train_tiny_run(temp.path());
-    let server = start(&run, &["--max-prompt-tokens", "300"]);
+    let (_temp, _run, server) = serve_tiny_run(&["--max-prompt-tokens", "300"]);
     let addr = server.addr;
     let question = |words: usize| vec!["w7"; words].join(" ");
     let ask = move |words: usize, max_tokens: usize| {
@@ -578,9 +589,7 @@ fn prompts_beyond_a_models_context_are_refused_and_others_are_served() {
 /// memory within 10% of where it stood after the first 100.
 #[test]
 fn repeated_requests_leave_memory_flat() {
-    let temp = tempfile::tempdir().expect("temp");
-    let run = train_tiny_run(temp.path());
-    let server = start(&run, &[]);
+    let (_temp, _run, server) = serve_tiny_run(&[]);
     let body = br#"{"model": "tiny", "messages": [{"role": "user", "content": "w3 w14 w15"}], "max_tokens": 4}"#;
     let mut after_100 = 0;
     for i in 1..=1000 {
@@ -601,9 +610,7 @@ fn repeated_requests_leave_memory_flat() {
 /// A client sending its headers a byte at a time is cut off once the header timeout passes.
 #[test]
 fn slow_headers_are_cut_off() {
-    let temp = tempfile::tempdir().expect("temp");
-    let run = train_tiny_run(temp.path());
-    let server = start(&run, &["--header-timeout", "2"]);
+    let (_temp, _run, server) = serve_tiny_run(&["--header-timeout", "2"]);
     let mut stream = TcpStream::connect(server.addr).expect("connect");
     let started = std::time::Instant::now();
     let mut closed = false;

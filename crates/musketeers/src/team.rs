@@ -10,7 +10,7 @@ use musketeers_lm::precision::to_f32;
 use musketeers_lm::tokenizer::TextTokenizer;
 use serde::{Deserialize, Serialize};
 
-use super::TrainError;
+use crate::error::TrainError;
 
 /// What an expert passes on: one pooled vector, or all of its prompt tokens.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
