@@ -52,6 +52,18 @@ pub fn skip(reason: impl std::fmt::Display) {
     eprintln!("skipped: {reason}");
 }
 
+/// Every tiny random-weight fixture model, one per architecture and variant we load (Llama
+/// with GQA, tied embeddings, Llama 3 rope scaling; Qwen2's biases; Qwen3's q/k norm; Gemma 3's
+/// sliding window): the set an "on every architecture" test loops over.
+pub const TINY_MODELS: [&str; 6] = [
+    "llama-gqa",
+    "llama-tied",
+    "llama3-rope-scaling",
+    "qwen2-bias",
+    "qwen3-qk-norm",
+    "gemma3-sliding",
+];
+
 /// A tiny random-weight model of `crates/musketeers-lm/tests/fixtures` (`llama-gqa`,
 /// `qwen3-qk-norm`, ...; made by `scripts/fixtures/make-tiny-models.sh`), for any crate's tests.
 pub fn tiny_model(name: &str) -> std::path::PathBuf {

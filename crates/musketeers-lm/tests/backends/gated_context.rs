@@ -19,14 +19,7 @@ musketeers_testkit::backend_tests!(
     an_open_gate_reads_the_context,
 );
 
-const ARCHITECTURES: [&str; 6] = [
-    "llama-gqa",
-    "llama-tied",
-    "llama3-rope-scaling",
-    "qwen2-bias",
-    "qwen3-qk-norm",
-    "gemma3-sliding",
-];
+use musketeers_testkit::TINY_MODELS as ARCHITECTURES;
 
 fn load<B: Backend>(name: &str, device: &B::Device) -> Llama<B> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))

@@ -19,14 +19,7 @@ musketeers_testkit::backend_tests!(
     embeddings_input_equals_ids_and_soft_prefix_is_attended,
 );
 
-const MODELS: [&str; 6] = [
-    "llama-gqa",
-    "llama-tied",
-    "llama3-rope-scaling",
-    "qwen2-bias",
-    "qwen3-qk-norm",
-    "gemma3-sliding",
-];
+use musketeers_testkit::TINY_MODELS as MODELS;
 
 fn logits_and_hidden_states_match_transformers<B: Backend>(device: &B::Device) {
     for name in MODELS {
