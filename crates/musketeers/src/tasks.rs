@@ -2,13 +2,11 @@
 //! scored under the run's answer-extraction rule.
 
 use crate::error::TrainError;
-use crate::run_config::{AnswerExtraction, TaskConfig};
+use crate::run_config::{AnswerExtraction, RunConfig, TaskConfig};
 use musketeers_verify::entry::Entry;
 use musketeers_verify::extract;
 use musketeers_verify::options::Options;
 use musketeers_verify::task::{FileTask, Mix, Task};
-
-use crate::run_config::RunConfig;
 
 /// The task (generator or file) a `[[tasks]]` entry names; a file served in file order
 /// (`in_file_order`, for evaluation) or in seeded epochs.

@@ -10,6 +10,7 @@ use musketeers_lm::generate::{
 };
 use musketeers_lm::sampling::SamplingConfig;
 use musketeers_lm::{Llama, SoftContext, weights};
+use musketeers_testkit::TINY_MODELS;
 use std::path::PathBuf;
 
 musketeers_testkit::backend_tests!(
@@ -18,8 +19,6 @@ musketeers_testkit::backend_tests!(
     a_continuous_batch_at_a_zero_gate_decodes_as_without_context,
     an_open_gate_reads_the_context,
 );
-
-use musketeers_testkit::TINY_MODELS as ARCHITECTURES;
 
 fn load<B: Backend>(name: &str, device: &B::Device) -> Llama<B> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -118,7 +117,7 @@ fn prompt_logits<B: Backend>(
 
 #[allow(clippy::print_stderr)] // the unpadded gap belongs in the test output
 fn prompt_logits_at_a_zero_gate_equal_those_without_context<B: Backend>(device: &B::Device) {
-    for name in ARCHITECTURES {
+    for name in TINY_MODELS {
         let model = load::<B>(name, device);
         let prompts = prompts();
         let gated = context(&model, prompts.len(), 0.0, device);
@@ -154,7 +153,7 @@ fn greedy(max_new_tokens: usize) -> GenerationConfig {
 }
 
 fn greedy_decoding_at_a_zero_gate_equals_decoding_without_context<B: Backend>(device: &B::Device) {
-    for name in ARCHITECTURES {
+    for name in TINY_MODELS {
         let model = load::<B>(name, device);
         let prompts = prompts();
         let gated = context(&model, prompts.len(), 0.0, device);

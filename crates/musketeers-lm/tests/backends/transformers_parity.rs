@@ -12,6 +12,7 @@ use musketeers_lm::weights;
 
 use crate::common;
 use common::{expected, fixture, input_ids, relative_error};
+use musketeers_testkit::TINY_MODELS;
 
 musketeers_testkit::backend_tests!(
     logits_and_hidden_states_match_transformers,
@@ -19,10 +20,8 @@ musketeers_testkit::backend_tests!(
     embeddings_input_equals_ids_and_soft_prefix_is_attended,
 );
 
-use musketeers_testkit::TINY_MODELS as MODELS;
-
 fn logits_and_hidden_states_match_transformers<B: Backend>(device: &B::Device) {
-    for name in MODELS {
+    for name in TINY_MODELS {
         let dir = fixture(name);
         let (config, model) =
             weights::load::<B>(&dir, device).unwrap_or_else(|e| panic!("{name}: {e}"));
@@ -294,7 +293,7 @@ fn pooling_ignores_padding_on_either_side() {
 fn saved_directories_load_back_to_the_same_logits() {
     use musketeers_lm::{Pretrained, export::save_pretrained};
     let device = Default::default();
-    for name in MODELS {
+    for name in TINY_MODELS {
         let dir = fixture(name);
         let loaded = Pretrained::<Flex>::load(&dir, &device).expect("load");
         let out = tempfile::tempdir().expect("temp dir");
