@@ -1,11 +1,11 @@
 //! Greedy evaluation on held-out problems: the accuracy column of the paper's Table 1.
 
 use crate::error::TrainError;
+use crate::model::TeamModel;
 use crate::progress::Progress;
 use crate::run_config::RunConfig;
 use crate::tasks::score;
-use crate::train::Trainer;
-use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::backend::Backend;
 use musketeers_verify::entry::Entry;
 use musketeers_verify::task::{Mix, Task};
 use serde::{Deserialize, Serialize};
@@ -107,11 +107,11 @@ fn dataset(entry: &Entry, task: &dyn Task) -> String {
         .to_string()
 }
 
-/// Evaluate the trainer's policy greedily on the config's held-out problems (`eval.tasks`, else
+/// Evaluate the model's policy greedily on the config's held-out problems (`eval.tasks`, else
 /// the training stream minus what the run trained on), prompted as the run prompts
 /// (`prompts_for`); `on_progress` follows the decoding.
-pub fn evaluate<B: AutodiffBackend>(
-    trainer: &Trainer<B>,
+pub fn evaluate<B: Backend>(
+    model: &TeamModel<B>,
     config: &RunConfig,
     tasks: &Mix,
     prompts_for: &PromptsFor<'_>,
@@ -120,7 +120,7 @@ pub fn evaluate<B: AutodiffBackend>(
     let evaluation_tasks = crate::tasks::evaluation_tasks(config)?;
     let (entries, task_of, skipped_seen): (Vec<Entry>, Vec<&dyn Task>, usize) =
         if evaluation_tasks.is_empty() {
-            let (entries, skipped) = held_out(tasks, config, trainer.step, config.eval.problems)?;
+            let (entries, skipped) = held_out(tasks, config, model.step, config.eval.problems)?;
             let owners = vec![tasks as &dyn Task; entries.len()];
             (entries, owners, skipped)
         } else {
@@ -140,7 +140,7 @@ pub fn evaluate<B: AutodiffBackend>(
             .collect()
     };
     let mean = |r: &[f32]| r.iter().map(|&x| f64::from(x)).sum::<f64>() / r.len().max(1) as f64;
-    let without_context = trainer.interface.is_some() && config.eval.without_context;
+    let without_context = model.interface.is_some() && config.eval.without_context;
     let total = prompts.len() as f64;
     let mut decode = |task: &str, with_context: bool| {
         // Shown before the first batch decodes (which can take minutes on a real model).
@@ -150,7 +150,7 @@ pub fn evaluate<B: AutodiffBackend>(
             total,
             unit: "problems",
         });
-        trainer.complete_greedy_observed(&prompts, with_context, &mut |done| {
+        model.complete_greedy_observed(&prompts, with_context, &mut |done| {
             on_progress(Progress {
                 task,
                 done,
@@ -171,7 +171,7 @@ pub fn evaluate<B: AutodiffBackend>(
         by_task.entry(dataset(entry, *task)).or_default().push(r);
     }
     Ok(EvalReport {
-        step: trainer.step,
+        step: model.step,
         problems: entries.len(),
         accuracy: mean(&rewards),
         accuracy_without_context,

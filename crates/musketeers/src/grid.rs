@@ -53,6 +53,9 @@ pub struct GridTask {
     pub eval_tasks: Vec<TaskConfig>,
     #[serde(default)]
     pub set: Vec<String>,
+    /// Run by default (without `--tasks`).
+    #[serde(default = "yes")]
+    pub default: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -255,7 +258,12 @@ impl Grid {
         };
         let mut cells = Vec::new();
         for task in &self.tasks {
-            if !selection.tasks.is_empty() && !selection.tasks.contains(&task.name) {
+            let chosen = if selection.tasks.is_empty() {
+                task.default
+            } else {
+                selection.tasks.contains(&task.name)
+            };
+            if !chosen {
                 continue;
             }
             for system in &self.systems {

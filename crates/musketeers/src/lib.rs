@@ -3,17 +3,16 @@
 //! `report`), and the experiments (`demo`, `grid`) and surfaces (`serve`) built on them.
 //! docs/ARCHITECTURE.md says what each module may import.
 
-pub mod collab;
 pub mod demo;
 pub mod error;
 pub mod eval;
 pub mod grid;
 mod host;
+pub mod model;
 pub mod policy;
 pub mod progress;
 pub mod report;
 pub mod reward_program;
-pub mod route;
 pub mod run;
 pub mod run_config;
 pub mod rundir;

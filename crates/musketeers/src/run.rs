@@ -2,28 +2,21 @@
 //! taken, and the run directory written (resolved config, `metrics.jsonl`, `samples.jsonl`,
 //! checkpoints replaced atomically).
 
-use crate::collab::{TextExpert, with_suggestions};
 use crate::eval::EvalReport;
+use crate::model::{PromptFormat, load_modules};
 use crate::progress::Progress;
 use crate::reward_program::{RewardItem, RewardProgram};
-use crate::route::Router;
-use crate::run_config::{ContextNorm, Injection, Mode, RunConfig};
+use crate::run_config::RunConfig;
 use crate::rundir::{self, io};
-use crate::system::text_collab::TextCollab;
 use crate::tasks::{score, training_mix};
 use crate::tensorboard::EventWriter;
 use crate::train::StepReport;
 use crate::train::collective::{Alone, Collective, share};
 use crate::train::params::AdamSettings;
 use crate::train::reward::{Reward, Scored};
-use crate::train::{StepSettings, TeamMember, TrainError, Trainer};
+use crate::train::{StepSettings, TrainError, Trainer};
 use burn::store::{ModuleSnapshot, SafetensorsStore};
 use burn::tensor::backend::AutodiffBackend;
-use musketeers_fusion::LatentInterfaceConfig;
-use musketeers_lm::tokenizer::{ChatMessage, TextTokenizer};
-use musketeers_lm::{Pretrained, catalog};
-use musketeers_rl::rollout::StepConfig;
-use musketeers_rl::{GrpoLossConfig, LrSchedule};
 use musketeers_verify::entry::Entry;
 use musketeers_verify::task::{Mix, Task};
 use std::io::Write;
@@ -43,26 +36,6 @@ impl<F: FnMut(&StepReport) -> ControlFlow<()>> RunObserver for F {
     fn step(&mut self, report: &StepReport) -> ControlFlow<()> {
         self(report)
     }
-}
-
-/// Held while a run seeds Burn's process-wide generator and draws its initial weights.
-pub(crate) static INIT_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-/// Draw every lazily initialised parameter of `module` now (Burn initialises a parameter at
-/// its first use): under [`INIT_LOCK`], so that the draws follow the seed just set.
-pub(crate) fn materialize<B: burn::tensor::backend::Backend, M: burn::module::Module<B>>(
-    module: &M,
-) {
-    struct Touch;
-    impl<B: burn::tensor::backend::Backend> burn::module::ModuleVisitor<B> for Touch {
-        fn visit_float<const D: usize>(
-            &mut self,
-            param: &burn::module::Param<burn::tensor::Tensor<B, D>>,
-        ) {
-            let _ = param.val();
-        }
-    }
-    module.visit(&mut Touch);
 }
 
 /// The run's reward programs, by name (started on first use).
@@ -152,95 +125,8 @@ impl Reward for StepReward<'_> {
     }
 }
 
-/// The policy's prompt for a question: the template, through the chat template when asked.
-pub fn render_prompt(
-    tokenizer: &TextTokenizer,
-    config: &RunConfig,
-    question: &str,
-) -> Result<String, TrainError> {
-    let user = config
-        .policy
-        .prompt_template
-        .replace("{question}", question);
-    if !config.policy.chat {
-        return Ok(user);
-    }
-    Ok(tokenizer.apply_chat_template(
-        &[ChatMessage {
-            role: "user".into(),
-            content: user,
-        }],
-        true,
-    )?)
-}
-
-/// The policy's prompt for one `question`, as training renders it (template, chat template,
-/// the system's notes).
-pub fn question_prompt<B: AutodiffBackend>(
-    config: &RunConfig,
-    trainer: &Trainer<B>,
-    question: &str,
-) -> Result<String, TrainError> {
-    let questions = [question.to_string()];
-    let question = match trainer.system().notes(&questions)? {
-        Some(mut notes) => {
-            let notes = notes.pop().unwrap_or_default();
-            let notes: Vec<(&str, &str)> = notes
-                .iter()
-                .map(|(name, note)| (name.as_str(), note.as_str()))
-                .collect();
-            with_suggestions(question, &notes)
-        }
-        None => question.to_string(),
-    };
-    render_prompt(&trainer.tokenizer, config, &question)
-}
-
-/// The policy's prompts for `entries`, with the notes the trainer's system pastes under
-/// each question (`text-collab`: the team's short answers).
-fn policy_prompts<B: AutodiffBackend>(
-    config: &RunConfig,
-    trainer: &Trainer<B>,
-    entries: &[Entry],
-) -> Result<Vec<String>, TrainError> {
-    let questions: Vec<String> = entries.iter().map(|e| e.question.clone()).collect();
-    match trainer.system().notes(&questions)? {
-        None => entries
-            .iter()
-            .map(|e| render_prompt(&trainer.tokenizer, config, &e.question))
-            .collect(),
-        Some(notes) => entries
-            .iter()
-            .zip(&notes)
-            .map(|(e, notes)| {
-                let notes: Vec<(&str, &str)> = notes
-                    .iter()
-                    .map(|(name, note)| (name.as_str(), note.as_str()))
-                    .collect();
-                render_prompt(
-                    &trainer.tokenizer,
-                    config,
-                    &with_suggestions(&e.question, &notes),
-                )
-            })
-            .collect(),
-    }
-}
-
-fn load<B: burn::tensor::backend::Backend>(
-    spec: &str,
-    device: &B::Device,
-) -> Result<Pretrained<B>, TrainError> {
-    let path = catalog::resolve(spec).map_err(musketeers_lm::LmError::from)?;
-    Ok(Pretrained::<B>::load(&path, device)?)
-}
-
-fn take_tokenizer(
-    slot: &mut Option<TextTokenizer>,
-    model: &str,
-) -> Result<TextTokenizer, TrainError> {
-    slot.take()
-        .ok_or_else(|| TrainError::BadInput(format!("model {model} has no tokenizer")))
+fn questions(entries: &[Entry]) -> Vec<String> {
+    entries.iter().map(|e| e.question.clone()).collect()
 }
 
 /// Save the run's checkpoint (`out_dir/checkpoint`) through [`rundir`]: written aside,
@@ -272,7 +158,6 @@ fn save_checkpoint<B: AutodiffBackend>(
     rundir::install(out_dir)
 }
 
-/// The step of the checkpoint in `out_dir`, if there is one.
 /// The trainer of `config`: the policy with fresh LoRA adapters, or with those of the
 /// checkpoint in `out_dir` when `resume_from` is set (the interface, router and optimizer
 /// state are loaded by [`Trainer::load_state`]), the team, the interface and the system.
@@ -284,134 +169,35 @@ pub fn build_trainer<B: AutodiffBackend>(
     steps: Option<u64>,
     device: &B::Device,
 ) -> Result<Trainer<B>, TrainError> {
+    let system = crate::system::build_trainable::<B>(config);
+    let adapters = resume_from.map(|_| out_dir.join("checkpoint").join("adapter"));
+    // The team stays off the autodiff backend: it is frozen.
+    let modules = load_modules::<B, B::InnerBackend>(
+        config,
+        system.needs(),
+        adapters.as_deref(),
+        device,
+        device,
+    )?;
+    let settings = StepSettings::from_config(config, steps, modules.eos_token_ids);
+    let mut trainer = Trainer::new(
+        modules.policy,
+        modules.tokenizer,
+        modules.interface,
+        modules.team,
+        settings,
+    )?
+    .with_precision(config.dtype)
+    .with_system(system)
+    .with_prompt_format(PromptFormat::of(config));
+    trainer.router = modules.router;
     let g = &config.grpo;
-    let mut policy = load::<B>(&config.policy.model, device)?;
-    let tokenizer = take_tokenizer(&mut policy.tokenizer, &config.policy.model)?;
-    let eos = policy.eos_token_ids.clone();
-    let policy_width = policy.config.hidden_size;
-    let checkpoint = out_dir.join("checkpoint");
-    let model = match resume_from {
-        Some(_) => policy.model.load_adapters(&checkpoint.join("adapter"))?.0,
-        None => policy.model.with_lora(&config.policy.lora, g.seed)?,
-    };
-    let inner_device = model.embed_tokens.weight.val().inner().device();
-    let load_team = || -> Result<Vec<TextExpert<B::InnerBackend>>, TrainError> {
-        let mut team = Vec::new();
-        for member in &config.team {
-            let mut expert = load::<B::InnerBackend>(&member.model, &inner_device)?;
-            team.push(TextExpert {
-                member: TeamMember {
-                    name: member.name.clone(),
-                    tokenizer: take_tokenizer(&mut expert.tokenizer, &member.model)?,
-                    model: expert.model,
-                    layer: member.layer,
-                    readout: member.readout,
-                },
-                eos_token_ids: expert.eos_token_ids,
-            });
-        }
-        Ok(team)
-    };
-    let (team, text_experts) = match config.mode {
-        Mode::Single => (Vec::new(), Vec::new()),
-        Mode::Fused | Mode::HardRoute => (
-            load_team()?.into_iter().map(|x| x.member).collect(),
-            Vec::new(),
-        ),
-        Mode::TextCollab => (Vec::new(), load_team()?),
-    };
-    let (interface, router) = if team.is_empty() {
-        (None, None)
-    } else {
-        let i = &config.interface;
-        // The interface's random initial values follow the run's seed. Burn's generator is
-        // global to the process: seeding and drawing happen under one lock, so runs in
-        // parallel threads (tests, sweeps) cannot interleave their draws.
-        let _rng = INIT_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-        B::seed(device, g.seed);
-        let interface = LatentInterfaceConfig {
-            expert_dims: team
-                .iter()
-                .map(|m| m.model.embed_tokens.weight.dims()[1])
-                .collect(),
-            policy_dim: policy_width,
-            latent_dim: i.latent_dim,
-            num_latents: i.num_latents,
-            num_heads: i.num_heads,
-            self_attention_blocks: i.self_attention_blocks,
-            ffn_multiplier: i.ffn_multiplier,
-        }
-        .init::<B>(device)?
-        // C starts at the policy's mean token embedding, not at zero: see
-        // `LatentInterface::with_context_start` (an all-zero C gives NaN gradients on
-        // bias-free RMSNorm policies such as SmolLM2).
-        .with_context_start(model.mean_token_embedding().detach())?;
-        let interface = match i.context_norm {
-            ContextNorm::None => interface,
-            ContextNorm::EmbeddingRms => interface.with_context_norm(model.embedding_rms())?,
-        };
-        let interface = match i.injection {
-            Injection::Prefix => interface,
-            Injection::Gated => {
-                let (layers, heads, _) = model.context_shape();
-                interface.with_context_gate(layers, heads, i.gate_scale)?
-            }
-        };
-        materialize(&interface);
-        let router =
-            (config.mode == Mode::HardRoute).then(|| Router::new(policy_width, team.len(), device));
-        (Some(interface), router)
-    };
-    let settings = StepSettings {
-        num_generations: g.num_generations,
-        max_completion_length: g.max_completion_length,
-        temperature: g.temperature,
-        learning_rate: g.learning_rate,
-        max_grad_norm: g.max_grad_norm,
-        interface_learning_rate: config.interface.learning_rate.unwrap_or(g.learning_rate),
-        // The schedule spans the steps this run is asked for.
-        schedule: LrSchedule {
-            kind: g.lr_scheduler_type,
-            warmup_steps: g.warmup_steps,
-            total_steps: steps.unwrap_or(g.steps),
-        },
-        grpo: StepConfig {
-            loss: GrpoLossConfig {
-                beta: g.beta,
-                epsilon: g.epsilon,
-                epsilon_high: g.epsilon_high,
-                loss_type: g.loss_type,
-                max_completion_length: g.max_completion_length,
-            },
-            scale_rewards: g.scale_rewards,
-            eos_token_ids: eos,
-            mask_truncated_completions: g.mask_truncated_completions,
-            drop_zero_std_groups: false,
-        },
-        seed: g.seed,
-        micro_batch_prompts: g.micro_batch_prompts,
-    };
-    let mut trainer =
-        Trainer::new(model, tokenizer, interface, team, settings)?.with_precision(config.dtype);
-    if let Some(router) = router {
-        trainer = trainer.with_router(router);
-    }
-    if !text_experts.is_empty() {
-        trainer = trainer.with_system(Box::new(TextCollab {
-            experts: text_experts,
-            prompt_template: config.policy.prompt_template.clone(),
-            chat: config.policy.chat,
-            max_new_tokens: config.collab.max_new_tokens,
-            device: inner_device.clone(),
-        }));
-    }
-    trainer = trainer.with_optimizer(AdamSettings {
+    Ok(trainer.with_optimizer(AdamSettings {
         beta_1: g.adam_beta1,
         beta_2: g.adam_beta2,
         epsilon: g.adam_epsilon,
         weight_decay: g.weight_decay,
-    });
-    Ok(trainer)
+    }))
 }
 
 /// A stable fingerprint of `value` (the same in every process of one build).
@@ -633,11 +419,11 @@ pub fn run_with<B: AutodiffBackend>(
         // Only this process's share is rendered (text-collab asks the team): the trainer
         // reads no other.
         let mut prompts = vec![String::new(); entries.len()];
-        for (slot, prompt) in prompts[mine.clone()].iter_mut().zip(policy_prompts(
-            config,
-            &trainer,
-            &entries[mine.clone()],
-        )?) {
+        for (slot, prompt) in prompts[mine.clone()].iter_mut().zip(
+            trainer
+                .model()
+                .prompts(&questions(&entries[mine.clone()]))?,
+        ) {
             *slot = prompt;
         }
         let reward = StepReward {
@@ -698,11 +484,12 @@ pub fn run_with<B: AutodiffBackend>(
         });
     }
     let eval = if config.eval.problems > 0 && !stopped {
+        let model = trainer.model();
         let report = crate::eval::evaluate(
-            &trainer,
+            &model,
             config,
             &tasks,
-            &|entries| policy_prompts(config, &trainer, entries),
+            &|entries| model.prompts(&questions(entries)),
             &mut |p| progress.waiting(p),
         )?;
         let path = out_dir.join("eval.json");

@@ -2,6 +2,7 @@
 //! serve it through [`musketeers::serve`].
 
 use anyhow::{Context, Result};
+use musketeers::model::TeamModel;
 use musketeers::run_config::{Mode, RunConfig};
 use musketeers::serve::api::Limits;
 use musketeers::serve::engine::Served;
@@ -117,48 +118,25 @@ pub fn run(args: &ServeArgs) -> Result<()> {
             "serving on http://{addr}/v1 (Ctrl-C drains and stops)"
         );
     };
-    backend::on_backend!(args.device, B = autodiff, {
+    // Serving trains nothing: the plain backend, no autodiff.
+    backend::on_backend!(args.device, B = plain, {
         let build = move || -> Result<Served<B>, String> {
             let device = Default::default();
             let fail = |e: musketeers::TrainError| e.to_string();
-            let mut trainer = match &run_dir {
-                Some(dir) => {
-                    let step = musketeers::run::checkpoint_step(dir)
-                        .ok_or_else(|| format!("{}: no checkpoint to serve", dir.display()))?;
-                    let mut trainer = musketeers::run::build_trainer::<B>(
-                        &config,
-                        dir,
-                        Some(step),
-                        None,
-                        &device,
-                    )
-                    .map_err(fail)?;
-                    trainer
-                        .load_state(&dir.join("checkpoint"), step)
-                        .map_err(fail)?;
-                    trainer
-                }
-                None => musketeers::run::build_trainer::<B>(
-                    &config,
-                    &PathBuf::from("."),
-                    None,
-                    None,
-                    &device,
-                )
-                .map_err(fail)?,
+            let mut model = match &run_dir {
+                Some(dir) => TeamModel::<B>::from_run_dir(dir, &device).map_err(fail)?,
+                None => TeamModel::<B>::from_config(&config, &device).map_err(fail)?,
             };
             if let Some(dir) = &adapter {
-                let policy = trainer.policy.clone().without_adapters();
-                trainer.policy = policy
+                model.policy = model
+                    .policy
+                    .without_adapters()
                     .load_adapters(dir)
                     .map_err(|e| format!("{}: {e}", dir.display()))?
                     .0;
             }
-            let expert_names = config.team.iter().map(|m| m.name.clone()).collect();
             Ok(Served {
-                trainer,
-                config,
-                expert_names,
+                model,
                 max_rows,
                 max_prompt_tokens,
             })

@@ -31,9 +31,19 @@ pub struct TeamMember<B: Backend> {
     /// `hidden_states` index, negative from the end.
     pub layer: isize,
     pub readout: ExpertReadout,
+    /// The tokens that end its text (`text-collab` asks it to answer).
+    pub eos_token_ids: Vec<u32>,
 }
 
 impl<B: Backend> TeamMember<B> {
+    /// The expert running in `precision` (f32 changes nothing).
+    pub fn with_precision(self, precision: musketeers_lm::Precision) -> Self {
+        Self {
+            model: self.model.with_precision(precision),
+            ..self
+        }
+    }
+
     /// Hidden states for `prompts` (left-padded), `[prompts, 1 or T, width]` and their mask.
     pub fn read(
         &self,

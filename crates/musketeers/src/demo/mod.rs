@@ -268,12 +268,12 @@ fn make_model<B: AutodiffBackend>(
         settings.num_layers,
     );
     let mut model = {
-        let _rng = crate::run::INIT_LOCK
+        let _rng = crate::model::INIT_LOCK
             .lock()
             .unwrap_or_else(|e| e.into_inner());
         B::seed(device, seed);
         let model = config.init::<B>(device);
-        crate::run::materialize(&model);
+        crate::model::materialize(&model);
         model
     };
     let name = dir
@@ -519,19 +519,23 @@ fn build_models<B: AutodiffBackend>(
             .tokenizer
             .take()
             .ok_or_else(|| TrainError::BadInput(format!("demo expert {name} has no tokenizer")))?;
-        let text_expert = crate::collab::TextExpert {
-            member: crate::team::TeamMember {
-                name: name.to_string(),
-                model: expert.model,
-                tokenizer,
-                layer: -1,
-                readout: ExpertReadout::Last,
-            },
+        let text_expert = crate::team::TeamMember {
+            name: name.to_string(),
+            model: expert.model,
+            tokenizer,
+            layer: -1,
+            readout: ExpertReadout::Last,
             eos_token_ids: expert.eos_token_ids,
         };
         let mut notes = Vec::with_capacity(questions.len());
         for chunk in questions.chunks(256) {
-            notes.extend(text_expert.suggest(chunk, false, COLLAB_TOKENS, &inner_device)?);
+            notes.extend(crate::system::text_collab::suggest(
+                &text_expert,
+                chunk,
+                false,
+                COLLAB_TOKENS,
+                &inner_device,
+            )?);
         }
         notes_by_expert.push(notes);
     }
@@ -553,7 +557,10 @@ fn build_models<B: AutodiffBackend>(
                 .zip(&notes_by_expert)
                 .map(|(name, notes)| (*name, notes[other].as_str()))
                 .collect();
-            pairs.push((crate::collab::with_suggestions(&e.question, &named), target));
+            pairs.push((
+                crate::system::text_collab::with_suggestions(&e.question, &named),
+                target,
+            ));
         }
         offset += n;
     }

@@ -3,7 +3,7 @@
 //! prompt once, the interface makes C, the policy prefills `[C ; prompt]`), stream their text
 //! back as it decodes, and leave when they finish or their client goes away.
 
-use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::backend::Backend;
 use musketeers_lm::batch::{DecodeBatch, Event, SequenceSpec};
 use musketeers_lm::generate::FinishReason;
 use musketeers_lm::sampling::SamplingConfig;
@@ -14,9 +14,7 @@ use std::time::Duration;
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::api::{ApiError, Sampling, TeamReport, finish_reason};
-use crate::run::question_prompt;
-use crate::run_config::RunConfig;
-use crate::train::Trainer;
+use crate::model::TeamModel;
 
 /// What the policy reads.
 #[derive(Debug, Clone, PartialEq)]
@@ -54,10 +52,8 @@ pub enum JobEvent {
 
 /// The system being served and how the engine runs it.
 #[derive(Debug)]
-pub struct Served<B: AutodiffBackend> {
-    pub trainer: Trainer<B>,
-    pub config: RunConfig,
-    pub expert_names: Vec<String>,
+pub struct Served<B: Backend> {
+    pub model: TeamModel<B>,
     /// Rows decoded together at most (the `n` samples of a request count each).
     pub max_rows: usize,
     /// Prompt tokens per request at most, in the policy's and every expert's tokenizer
@@ -103,18 +99,16 @@ fn fresh(text: &str, sent: usize, finished: bool) -> Option<(String, usize)> {
 }
 
 /// Run the engine until the queue closes and every sequence has finished.
-pub fn run<B: AutodiffBackend>(served: Served<B>, jobs: Receiver<Job>) {
+pub fn run<B: Backend>(served: Served<B>, jobs: Receiver<Job>) {
     let Served {
-        trainer,
-        config,
-        expert_names,
+        model,
         max_rows,
         max_prompt_tokens,
     } = served;
-    let device = trainer.policy.embed_tokens.weight.val().inner().device();
-    let sampler = trainer.sampler();
+    let device = model.policy.embed_tokens.weight.device();
+    let sampler = model.sampler();
     let mut batch = DecodeBatch::new(&sampler, &device);
-    if let Some(gates) = trainer.context_gates() {
+    if let Some(gates) = model.context_gates() {
         batch = batch.with_context_gates(gates);
     }
     let mut sequences: HashMap<u64, Sequence> = HashMap::new();
@@ -150,14 +144,7 @@ pub fn run<B: AutodiffBackend>(served: Served<B>, jobs: Receiver<Job>) {
         for job in admitted {
             let id = next_job;
             next_job += 1;
-            match admit(
-                &trainer,
-                &config,
-                &expert_names,
-                &job,
-                id,
-                max_prompt_tokens,
-            ) {
+            match admit(&model, &job, id, max_prompt_tokens) {
                 Ok((specs, started)) => {
                     if job.events.send(started).is_err() {
                         continue;
@@ -237,7 +224,7 @@ pub fn run<B: AutodiffBackend>(served: Served<B>, jobs: Receiver<Job>) {
                 continue;
             };
             let job = seq.job;
-            let (text, stopped) = decoded(&trainer.tokenizer, &seq.tokens, &seq.stop);
+            let (text, stopped) = decoded(&model.tokenizer, &seq.tokens, &seq.stop);
             let finished = reason.is_some() || stopped;
             let Some(state) = states.get_mut(&seq.job) else {
                 continue;
@@ -298,16 +285,11 @@ pub fn run<B: AutodiffBackend>(served: Served<B>, jobs: Receiver<Job>) {
 }
 
 /// A job's sequences, and the event that starts its response.
-type Admitted<B> = (
-    Vec<SequenceSpec<<B as AutodiffBackend>::InnerBackend>>,
-    JobEvent,
-);
+type Admitted<B> = (Vec<SequenceSpec<B>>, JobEvent);
 
 /// The sequences of `job` (id `id`), and the event that starts its response.
-fn admit<B: AutodiffBackend>(
-    trainer: &Trainer<B>,
-    config: &RunConfig,
-    expert_names: &[String],
+fn admit<B: Backend>(
+    model: &TeamModel<B>,
     job: &Job,
     id: u64,
     max_prompt_tokens: usize,
@@ -318,18 +300,18 @@ fn admit<B: AutodiffBackend>(
     };
     let bad = |e: crate::error::TrainError| ApiError::invalid(param, e.to_string());
     let prompt = match &job.input {
-        Input::Question(q) => question_prompt(config, trainer, q).map_err(bad)?,
+        Input::Question(q) => model.prompt(q).map_err(bad)?,
         Input::Raw(p) => p.clone(),
     };
     let max_new_tokens = job
         .sampling
         .max_tokens
-        .unwrap_or(trainer.settings.max_completion_length);
+        .unwrap_or(model.decoding.max_new_tokens);
     // Before any model runs: a prompt too long for a model would take minutes and gigabytes.
-    trainer
+    model
         .check_prompt_fits(&prompt, max_new_tokens, max_prompt_tokens)
         .map_err(bad)?;
-    let context = trainer.prompt_context(&prompt).map_err(bad)?;
+    let context = model.prompt_context(&prompt).map_err(bad)?;
     if context.ids.is_empty() {
         return Err(ApiError::invalid("prompt", "no tokens"));
     }
@@ -344,10 +326,8 @@ fn admit<B: AutodiffBackend>(
             id: (id << 16) | index as u64,
             prompt: context.ids.clone(),
             prefix: context.prefix.clone(),
-            max_new_tokens: s
-                .max_tokens
-                .unwrap_or(trainer.settings.max_completion_length),
-            eos_token_ids: trainer.settings.grpo.eos_token_ids.clone(),
+            max_new_tokens: s.max_tokens.unwrap_or(model.decoding.max_new_tokens),
+            eos_token_ids: model.decoding.eos_token_ids.clone(),
             sampling: SamplingConfig {
                 temperature: s.temperature,
                 top_k: None,
@@ -359,10 +339,10 @@ fn admit<B: AutodiffBackend>(
         })
         .collect();
     let team = TeamReport {
-        system: trainer.system().name().to_string(),
-        utilization: expert_names
-            .iter()
-            .cloned()
+        system: model.system.name().to_string(),
+        utilization: model
+            .expert_names()
+            .into_iter()
             .zip(context.utilization.iter().copied())
             .collect(),
         routing_entropy: context.routing_entropy,

@@ -16,7 +16,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::sse::{Event as SseEvent, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::backend::Backend;
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::future::Future;
@@ -101,7 +101,7 @@ pub fn serve<B, F>(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError>
 where
-    B: AutodiffBackend,
+    B: Backend,
     F: FnOnce() -> Result<Served<B>, String> + Send + 'static,
 {
     let (jobs, queue) = std::sync::mpsc::sync_channel::<Job>(options.queue.max(1));

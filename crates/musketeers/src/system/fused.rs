@@ -2,20 +2,45 @@
 //! their hidden states into the context tokens `C`, with gradient.
 
 use burn::tensor::Tensor;
-use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::backend::{AutodiffBackend, Backend};
 use musketeers_fusion::ExpertInput;
 
-use super::{Context, InferenceParts, Inferred, Parts, System};
+use super::{Context, Infer, InferenceParts, Inferred, Needs, Parts, System};
 use crate::error::TrainError;
 
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Fused;
 
-impl<B: AutodiffBackend> System<B> for Fused {
+impl<B: Backend> Infer<B> for Fused {
     fn name(&self) -> &'static str {
         "fused"
     }
 
+    fn needs(&self) -> Needs {
+        Needs {
+            team: true,
+            interface: true,
+            router: false,
+        }
+    }
+
+    fn infer(
+        &self,
+        parts: &InferenceParts<'_, B>,
+        prompts: &[String],
+        _: &[Vec<u32>],
+    ) -> Result<Inferred<B>, TrainError> {
+        let device = parts.policy.embed_tokens.weight.device();
+        let readings = parts
+            .team
+            .iter()
+            .map(|m| m.read(prompts, &device))
+            .collect::<Result<Vec<_>, TrainError>>()?;
+        infer_interface(parts, &readings, None)
+    }
+}
+
+impl<B: AutodiffBackend> System<B> for Fused {
     fn context(
         &self,
         parts: &Parts<'_, B>,
@@ -31,25 +56,10 @@ impl<B: AutodiffBackend> System<B> for Fused {
             .collect::<Result<Vec<_>, TrainError>>()?;
         interface_context(parts, readings, None)
     }
-
-    fn infer(
-        &self,
-        parts: &InferenceParts<'_, B::InnerBackend>,
-        prompts: &[String],
-        _: &[Vec<u32>],
-    ) -> Result<Inferred<B::InnerBackend>, TrainError> {
-        let device = parts.policy.embed_tokens.weight.device();
-        let readings = parts
-            .team
-            .iter()
-            .map(|m| m.read(prompts, &device))
-            .collect::<Result<Vec<_>, TrainError>>()?;
-        infer_interface(parts, &readings, None)
-    }
 }
 
 /// The interface over the team's readings at inference.
-pub(crate) fn infer_interface<B: burn::tensor::backend::Backend>(
+pub(crate) fn infer_interface<B: Backend>(
     parts: &InferenceParts<'_, B>,
     readings: &[ExpertInput<B>],
     router_entropy: Option<f32>,

@@ -1,6 +1,9 @@
-//! The seam between the GRPO step and the systems it trains: how a prompt gets its context,
-//! and any loss term of a system's own. The step's phases (see [`crate::train`]) call only
-//! this trait, so a new system is a new file here and a new [`crate::run_config::Mode`].
+//! The seam between the GRPO step, the trained model and the systems: how a prompt gets its
+//! context, and any loss term of a system's own. Two traits, because a served model has no
+//! autodiff backend: [`Infer`] (a prompt's context and the question as the policy reads it,
+//! on any backend) is all [`crate::model::TeamModel`] needs; [`System`] adds what the GRPO
+//! step's phases (see [`crate::train`]) call. A new system is a new file here, a new
+//! [`crate::run_config::Mode`] and its line in [`build`].
 //!
 //! - [`single::Single`]: the policy alone, no context.
 //! - [`fused::Fused`]: every expert reads the prompt; the latent interface turns their
@@ -14,6 +17,8 @@ pub mod hard_route;
 pub mod single;
 pub mod text_collab;
 
+use std::sync::Arc;
+
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{ElementConversion, Tensor};
 use musketeers_fusion::stats::{batch_utilization, expert_utilization, routing_entropy};
@@ -21,8 +26,9 @@ use musketeers_fusion::{ExpertInput, FusionOutput, LatentInterface};
 use musketeers_lm::{Llama, SoftContext};
 
 use crate::error::TrainError;
-use crate::route::Router;
+use crate::run_config::{Mode, RunConfig};
 use crate::team::TeamMember;
+use hard_route::Router;
 
 /// What a system reads of the trainer: the trained modules and the frozen team.
 #[derive(Debug, Clone, Copy)]
@@ -152,9 +158,6 @@ impl<B: AutodiffBackend> Context<B> {
     }
 }
 
-/// What a system pastes under one question: (author, note) pairs.
-pub type Notes = Vec<(String, String)>;
-
 /// A loss term of a system's own, added once per step.
 #[derive(Debug, Clone)]
 pub struct ExtraLoss<B: AutodiffBackend> {
@@ -163,11 +166,47 @@ pub struct ExtraLoss<B: AutodiffBackend> {
     pub routing_entropy: Option<f32>,
 }
 
-/// How a system gives the policy its context.
-pub trait System<B: AutodiffBackend> {
+/// What a system needs built besides the policy.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Needs {
+    /// The team, loaded from the config's `[[team]]`.
+    pub team: bool,
+    /// A latent interface over the team's hidden states.
+    pub interface: bool,
+    /// A router over the team.
+    pub router: bool,
+}
+
+/// How a system gives the policy its context at inference, on any backend.
+pub trait Infer<B: Backend> {
     /// The name `--modes` and reports use.
     fn name(&self) -> &'static str;
 
+    /// The modules it reads.
+    fn needs(&self) -> Needs;
+
+    /// The context for `prompts` (`ids`: the same prompts in the policy's tokens), as
+    /// evaluation and serving see it: no gradient, no sampling (a router's most likely choice).
+    fn infer(
+        &self,
+        parts: &InferenceParts<'_, B>,
+        prompts: &[String],
+        ids: &[Vec<u32>],
+    ) -> Result<Inferred<B>, TrainError>;
+
+    /// Each question as the policy reads it, before its prompt template (`text-collab`: with
+    /// the team's short answers pasted under it).
+    fn questions(
+        &self,
+        _parts: &InferenceParts<'_, B>,
+        questions: &[String],
+    ) -> Result<Vec<String>, TrainError> {
+        Ok(questions.to_vec())
+    }
+}
+
+/// What the GRPO step calls of a system, on top of its inference.
+pub trait System<B: AutodiffBackend>: Infer<B::InnerBackend> {
     /// The context for `prompts` (`ids`: the same prompts in the policy's tokens).
     /// `sample_seed` is set while training (a router samples its choice) and `None` at
     /// evaluation (the most likely choice).
@@ -178,15 +217,6 @@ pub trait System<B: AutodiffBackend> {
         ids: &[Vec<u32>],
         sample_seed: Option<u64>,
     ) -> Result<Context<B>, TrainError>;
-
-    /// The context for `prompts` at inference: what [`Self::context`] gives without a
-    /// sampling seed, computed on the inner backend (no gradient, no graph).
-    fn infer(
-        &self,
-        parts: &InferenceParts<'_, B::InnerBackend>,
-        prompts: &[String],
-        ids: &[Vec<u32>],
-    ) -> Result<Inferred<B::InnerBackend>, TrainError>;
 
     /// Whether a prompt's context is the same each time it is asked for in a step (dynamic
     /// sampling recomputes the context of the groups it keeps).
@@ -204,10 +234,26 @@ pub trait System<B: AutodiffBackend> {
     ) -> Option<ExtraLoss<B>> {
         None
     }
+}
 
-    /// Text to paste under each question before the policy's template, as (author, note)
-    /// pairs per question; `None`: the question alone.
-    fn notes(&self, _questions: &[String]) -> Result<Option<Vec<Notes>>, TrainError> {
-        Ok(None)
-    }
+/// Every mode's system, listed once for both builders below.
+macro_rules! system_for {
+    ($config:expr) => {
+        match $config.mode {
+            Mode::Single => Arc::new(single::Single),
+            Mode::Fused => Arc::new(fused::Fused),
+            Mode::HardRoute => Arc::new(hard_route::HardRoute),
+            Mode::TextCollab => Arc::new(text_collab::TextCollab::new($config)),
+        }
+    };
+}
+
+/// The system of `config`'s mode, for inference.
+pub fn build<B: Backend>(config: &RunConfig) -> Arc<dyn Infer<B>> {
+    system_for!(config)
+}
+
+/// The system of `config`'s mode, for training.
+pub fn build_trainable<B: AutodiffBackend>(config: &RunConfig) -> Arc<dyn System<B>> {
+    system_for!(config)
 }

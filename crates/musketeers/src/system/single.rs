@@ -1,18 +1,33 @@
 //! `single`: the policy alone.
 
-use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::backend::{AutodiffBackend, Backend};
 
-use super::{Context, InferenceParts, Inferred, Parts, System};
+use super::{Context, Infer, InferenceParts, Inferred, Needs, Parts, System};
 use crate::error::TrainError;
 
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Single;
 
-impl<B: AutodiffBackend> System<B> for Single {
+impl<B: Backend> Infer<B> for Single {
     fn name(&self) -> &'static str {
         "single"
     }
 
+    fn needs(&self) -> Needs {
+        Needs::default()
+    }
+
+    fn infer(
+        &self,
+        _: &InferenceParts<'_, B>,
+        _: &[String],
+        _: &[Vec<u32>],
+    ) -> Result<Inferred<B>, TrainError> {
+        Ok(Inferred::none())
+    }
+}
+
+impl<B: AutodiffBackend> System<B> for Single {
     fn context(
         &self,
         _: &Parts<'_, B>,
@@ -21,14 +36,5 @@ impl<B: AutodiffBackend> System<B> for Single {
         _: Option<u64>,
     ) -> Result<Context<B>, TrainError> {
         Ok(Context::none())
-    }
-
-    fn infer(
-        &self,
-        _: &InferenceParts<'_, B::InnerBackend>,
-        _: &[String],
-        _: &[Vec<u32>],
-    ) -> Result<Inferred<B::InnerBackend>, TrainError> {
-        Ok(Inferred::none())
     }
 }

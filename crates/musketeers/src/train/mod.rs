@@ -14,28 +14,26 @@ pub mod params;
 pub mod phases;
 pub mod reward;
 
-use burn::module::{AutodiffModule, Module};
-use burn::record::{BinFileRecorder, FullPrecisionSettings, Recorder, RecorderError};
+use burn::module::AutodiffModule;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{ElementConversion, Tensor};
 use musketeers_fusion::LatentInterface;
-use musketeers_lm::generate::{GenerationConfig, generate_with_context};
-use musketeers_lm::sampling::SamplingConfig;
 use musketeers_lm::tokenizer::TextTokenizer;
-use musketeers_lm::{Llama, Precision, SoftContext};
+use musketeers_lm::{Llama, Precision};
 use musketeers_rl::rollout::{RolloutStats, StepConfig, counted_tokens, rollout_stats};
-use musketeers_rl::{GrpoMetrics, LrSchedule};
+use musketeers_rl::{GrpoLossConfig, GrpoMetrics, LrSchedule};
 use serde::Serialize;
-use std::cell::RefCell;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Instant;
-
-use crate::progress::DecodeProgress;
 
 pub use crate::error::TrainError;
 pub(crate) use crate::host::host_f32;
-use crate::route::Router;
-use crate::system::{Parts, System, fused::Fused, hard_route::HardRoute, single::Single};
+pub use crate::model::PromptContext;
+use crate::model::{Decoding, PromptFormat, TeamModel, load_trained_records, save_trained_records};
+use crate::run_config::RunConfig;
+use crate::system::hard_route::{HardRoute, Router};
+use crate::system::{Parts, System, fused::Fused, single::Single};
 pub use crate::team::{ExpertReadout, TeamMember};
 use collective::Collective;
 use params::{AdamSettings, Group, ParamOptimizer, Trained, TrainedRef};
@@ -121,6 +119,40 @@ pub struct StepSettings {
 }
 
 impl StepSettings {
+    /// The settings of `config`'s GRPO section; `steps`: the run's length, which the
+    /// learning-rate schedule spans (default: the config's); `eos_token_ids`: the policy's.
+    pub fn from_config(config: &RunConfig, steps: Option<u64>, eos_token_ids: Vec<u32>) -> Self {
+        let g = &config.grpo;
+        Self {
+            num_generations: g.num_generations,
+            max_completion_length: g.max_completion_length,
+            temperature: g.temperature,
+            learning_rate: g.learning_rate,
+            max_grad_norm: g.max_grad_norm,
+            interface_learning_rate: config.interface.learning_rate.unwrap_or(g.learning_rate),
+            schedule: LrSchedule {
+                kind: g.lr_scheduler_type,
+                warmup_steps: g.warmup_steps,
+                total_steps: steps.unwrap_or(g.steps),
+            },
+            grpo: StepConfig {
+                loss: GrpoLossConfig {
+                    beta: g.beta,
+                    epsilon: g.epsilon,
+                    epsilon_high: g.epsilon_high,
+                    loss_type: g.loss_type,
+                    max_completion_length: g.max_completion_length,
+                },
+                scale_rewards: g.scale_rewards,
+                eos_token_ids,
+                mask_truncated_completions: g.mask_truncated_completions,
+                drop_zero_std_groups: false,
+            },
+            seed: g.seed,
+            micro_batch_prompts: g.micro_batch_prompts,
+        }
+    }
+
     /// The adapters' learning rate for the optimizer step with 0-based index `step`.
     pub fn learning_rate_at(&self, step: u64) -> f64 {
         self.learning_rate * self.schedule.factor(step)
@@ -214,20 +246,6 @@ pub struct Sample {
     pub advantage: f32,
 }
 
-/// A prompt ready to generate from, with what the team did for it.
-#[derive(Debug, Clone)]
-pub struct PromptContext<B: Backend> {
-    pub ids: Vec<u32>,
-    /// The system's context tokens `[K, d]`, if it has them.
-    pub prefix: Option<Tensor<B, 2>>,
-    /// The policy's context gates `[layers, heads]` when it reads the prefix gated.
-    pub gates: Option<Tensor<B, 2>>,
-    /// Share of the interface's attention per expert (empty without an interface).
-    pub utilization: Vec<f32>,
-    pub routing_entropy: Option<f32>,
-    pub routing_entropy_normalized: Option<f32>,
-}
-
 /// `hard-route`'s router learning rate over the policy's.
 pub const ROUTER_LR_SCALE: f64 = 10.0;
 
@@ -249,19 +267,22 @@ impl<B: AutodiffBackend> std::fmt::Debug for Trainer<B> {
 /// `single` mode), the frozen team, the system that uses them and the optimizer.
 pub struct Trainer<B: AutodiffBackend> {
     pub policy: Llama<B>,
-    pub tokenizer: TextTokenizer,
+    pub tokenizer: Arc<TextTokenizer>,
     pub interface: Option<LatentInterface<B>>,
-    pub team: Vec<TeamMember<B::InnerBackend>>,
+    pub team: Arc<[TeamMember<B::InnerBackend>]>,
     pub settings: StepSettings,
     pub step: u64,
-    /// `hard-route` mode: picks one expert per prompt (see [`crate::route`]).
+    /// `hard-route` mode: picks one expert per prompt (see
+    /// [`crate::system::hard_route`]).
     pub router: Option<Router<B>>,
+    /// How a question becomes the policy's prompt.
+    pub prompt: PromptFormat,
     /// Precision of the passes that train nothing: the team, rollouts, the reference.
     precision: Precision,
     /// RMS of the policy's token embeddings (frozen: computed once).
     embedding_rms: f32,
     optimizer: ParamOptimizer<B>,
-    system: Box<dyn System<B>>,
+    system: Arc<dyn System<B>>,
     collective: Box<dyn Collective>,
 }
 
@@ -278,24 +299,27 @@ impl<B: AutodiffBackend> Trainer<B> {
         team: Vec<TeamMember<B::InnerBackend>>,
         settings: StepSettings,
     ) -> Result<Self, TrainError> {
-        if interface.as_ref().map_or(0, |i| i.num_experts()) != team.len() {
+        if let Some(interface) = &interface
+            && interface.num_experts() != team.len()
+        {
             return Err(TrainError::BadInput(format!(
                 "{} team members for an interface of {} experts",
                 team.len(),
-                interface.as_ref().map_or(0, |i| i.num_experts())
+                interface.num_experts()
             )));
         }
-        let system: Box<dyn System<B>> = match interface {
-            Some(_) => Box::new(Fused),
-            None => Box::new(Single),
+        let system: Arc<dyn System<B>> = match interface {
+            Some(_) => Arc::new(Fused),
+            None => Arc::new(Single),
         };
         let embedding_rms = policy.embedding_rms();
         Ok(Self {
             embedding_rms,
             policy,
-            tokenizer,
+            tokenizer: Arc::new(tokenizer),
             interface,
-            team,
+            team: team.into(),
+            prompt: PromptFormat::default(),
             step: 0,
             router: None,
             precision: Precision::F32,
@@ -310,15 +334,15 @@ impl<B: AutodiffBackend> Trainer<B> {
     /// on a GPU; f32, the default, changes nothing). The team is cast here; the policy's
     /// sampling and reference copies are cast each step, so LoRA, the interface and the
     /// optimizer state stay f32.
+    /// A builder step: call it before lending the trainer's team out ([`Self::model`]), as a
+    /// shared team cannot be cast.
     pub fn with_precision(mut self, precision: Precision) -> Self {
-        self.team = std::mem::take(&mut self.team)
-            .into_iter()
-            .map(|member| TeamMember {
-                model: member.model.with_precision(precision),
-                ..member
-            })
-            .collect();
-        self.precision = precision;
+        if let Some(team) = Arc::get_mut(&mut self.team) {
+            for member in team {
+                member.model = member.model.clone().with_precision(precision);
+            }
+            self.precision = precision;
+        }
         self
     }
 
@@ -329,13 +353,19 @@ impl<B: AutodiffBackend> Trainer<B> {
     /// Route each prompt to one expert (`hard-route`) instead of fusing them all.
     pub fn with_router(mut self, router: Router<B>) -> Self {
         self.router = Some(router);
-        self.system = Box::new(HardRoute);
+        self.system = Arc::new(HardRoute);
         self
     }
 
     /// Another way to give the policy its context (e.g. `text-collab`).
-    pub fn with_system(mut self, system: Box<dyn System<B>>) -> Self {
+    pub fn with_system(mut self, system: Arc<dyn System<B>>) -> Self {
         self.system = system;
+        self
+    }
+
+    /// How questions become the policy's prompts.
+    pub fn with_prompt_format(mut self, prompt: PromptFormat) -> Self {
+        self.prompt = prompt;
         self
     }
 
@@ -382,226 +412,42 @@ impl<B: AutodiffBackend> Trainer<B> {
     /// interface and router as Burn records, and the step. The adapters are saved
     /// separately, in PEFT's layout.
     pub fn save_state(&self, dir: &Path) -> Result<(), TrainError> {
-        let recorder = BinFileRecorder::<FullPrecisionSettings>::new();
-        let fail = |e: RecorderError| TrainError::BadInput(format!("{}: {e}", dir.display()));
         self.optimizer.save(&dir.join(OPTIMIZER_FILE))?;
-        if let Some(interface) = &self.interface {
-            recorder
-                .record(interface.clone().into_record(), dir.join("interface"))
-                .map_err(fail)?;
-        }
-        if let Some(router) = &self.router {
-            recorder
-                .record(router.clone().into_record(), dir.join("router"))
-                .map_err(fail)?;
-        }
-        Ok(())
+        save_trained_records(dir, self.interface.as_ref(), self.router.as_ref())
     }
 
     /// Restore what [`Self::save_state`] wrote, and the step count.
     pub fn load_state(&mut self, dir: &Path, step: u64) -> Result<(), TrainError> {
-        let recorder = BinFileRecorder::<FullPrecisionSettings>::new();
         let device = self.policy.embed_tokens.weight.device();
-        let fail = |e: RecorderError| TrainError::BadInput(format!("{}: {e}", dir.display()));
         self.optimizer.load(&dir.join(OPTIMIZER_FILE), &device)?;
-        if let Some(interface) = self.interface.take() {
-            let record = recorder
-                .load(dir.join("interface"), &device)
-                .map_err(fail)?;
-            self.interface = Some(interface.load_record(record));
-        }
-        if let Some(router) = self.router.take() {
-            let record = recorder.load(dir.join("router"), &device).map_err(fail)?;
-            self.router = Some(router.load_record(record));
-        }
+        load_trained_records(dir, &mut self.interface, &mut self.router)?;
         self.step = step;
         Ok(())
     }
 
-    /// The team's context tokens for `prompts` on the inner backend (no gradient), for
-    /// sampling outside training.
-    pub fn context(
-        &self,
-        prompts: &[String],
-    ) -> Result<Option<SoftContext<B::InnerBackend>>, TrainError> {
-        let ids = phases::encode_prompts(&self.tokenizer, prompts)?;
-        self.context_for(prompts, &ids)
-    }
-
-    fn context_for(
-        &self,
-        prompts: &[String],
-        ids: &[Vec<u32>],
-    ) -> Result<Option<SoftContext<B::InnerBackend>>, TrainError> {
-        Ok(self.infer(prompts, ids)?.tokens())
-    }
-
-    /// The system's context for `prompts` at inference, off the autodiff backend: the
-    /// trained modules' values (`valid()`) and the frozen team, so no graph is recorded.
-    fn infer(
-        &self,
-        prompts: &[String],
-        ids: &[Vec<u32>],
-    ) -> Result<crate::system::Inferred<B::InnerBackend>, TrainError> {
-        let policy = self.policy.valid();
-        let interface = self.interface.as_ref().map(AutodiffModule::valid);
-        let router = self.router.as_ref().map(AutodiffModule::valid);
-        let parts = crate::system::InferenceParts {
-            policy: &policy,
-            interface: interface.as_ref(),
-            router: router.as_ref(),
-            team: &self.team,
-        };
-        self.system.infer(&parts, prompts, ids)
-    }
-
-    /// The gates through which the policy reads its context `[layers, heads]` (off the
-    /// autodiff graph), when the interface has them.
-    pub fn context_gates(&self) -> Option<Tensor<B::InnerBackend, 2>> {
-        self.interface
-            .as_ref()
-            .and_then(LatentInterface::gates)
-            .map(|g| g.inner())
+    /// The trained team as it stands, off the autodiff backend: what evaluation, serving and
+    /// the step's prompts read. Cheap: the modules' values are shared, not copied.
+    pub fn model(&self) -> TeamModel<B::InnerBackend> {
+        TeamModel {
+            policy: self.policy.valid(),
+            tokenizer: self.tokenizer.clone(),
+            interface: self.interface.as_ref().map(AutodiffModule::valid),
+            router: self.router.as_ref().map(AutodiffModule::valid),
+            team: self.team.clone(),
+            system: self.system.clone(),
+            precision: self.precision,
+            decoding: Decoding {
+                max_new_tokens: self.settings.max_completion_length,
+                eos_token_ids: self.settings.grpo.eos_token_ids.clone(),
+            },
+            prompt: self.prompt.clone(),
+            step: self.step,
+        }
     }
 
     /// The policy as it samples: without autodiff, in the run's precision.
     pub fn sampler(&self) -> Llama<B::InnerBackend> {
         self.policy.valid().with_precision(self.precision)
-    }
-
-    /// Check that `prompt` and `max_new_tokens` new tokens fit every model that reads them:
-    /// at most `max_prompt_tokens` prompt tokens in the policy's and in each expert's
-    /// tokenizer, and within each model's context length (the policy's counting its context
-    /// tokens). Cheap (tokenizing only), so a server checks before any model runs; the error
-    /// names the model and the limit.
-    pub fn check_prompt_fits(
-        &self,
-        prompt: &str,
-        max_new_tokens: usize,
-        max_prompt_tokens: usize,
-    ) -> Result<usize, TrainError> {
-        let ids = self.tokenizer.encode(prompt, true)?;
-        let context = self.interface.as_ref().map_or(0, |i| i.latents.dims()[0]);
-        let too_long = |who: &str, n: usize, limit: usize, what: &str| {
-            TrainError::BadInput(format!(
-                "the prompt is {n} tokens for {who}, over the limit of {limit} ({what})"
-            ))
-        };
-        if ids.len() > max_prompt_tokens {
-            return Err(too_long(
-                "the policy",
-                ids.len(),
-                max_prompt_tokens,
-                "the server's prompt limit",
-            ));
-        }
-        if let Some(length) = self.policy.max_position_embeddings {
-            let needed = ids.len() + context + max_new_tokens;
-            if needed > length {
-                return Err(TrainError::BadInput(format!(
-                    "the prompt ({} tokens), its {context} context tokens and {max_new_tokens} \
-                     new tokens need {needed} positions; the policy's context length is {length}",
-                    ids.len()
-                )));
-            }
-        }
-        for member in &self.team {
-            let n = member.tokenizer.encode(prompt, true)?.len();
-            let limit = member
-                .model
-                .max_position_embeddings
-                .map_or(max_prompt_tokens, |l| l.min(max_prompt_tokens));
-            if n > limit {
-                return Err(too_long(
-                    &format!("expert {}", member.name),
-                    n,
-                    limit,
-                    "its context length or the server's prompt limit",
-                ));
-            }
-        }
-        Ok(ids.len())
-    }
-
-    /// What generating from `prompt` needs (a server's request): its tokens, the system's
-    /// context tokens `[K, d]` and what the team did for it.
-    pub fn prompt_context(
-        &self,
-        prompt: &str,
-    ) -> Result<PromptContext<B::InnerBackend>, TrainError> {
-        let prompts = [prompt.to_string()];
-        let mut ids = phases::encode_prompts(&self.tokenizer, &prompts)?;
-        let context = self.infer(&prompts, &ids)?;
-        let (utilization, entropy, normalized) = context.utilization(self.team.len());
-        let soft = context.tokens();
-        let gates = soft.as_ref().and_then(|c| c.gates.clone());
-        let prefix = soft.map(|c| {
-            let [_, k, d] = c.tokens.dims();
-            c.tokens.reshape([k, d])
-        });
-        Ok(PromptContext {
-            ids: ids.remove(0),
-            prefix,
-            gates,
-            utilization,
-            routing_entropy: entropy,
-            routing_entropy_normalized: normalized,
-        })
-    }
-
-    /// Greedy completions of `prompts`, from `[C ; prompt]` when `with_context` and the run
-    /// has a team, else from the prompt alone (the "no C at evaluation" ablation).
-    pub fn complete_greedy(
-        &self,
-        prompts: &[String],
-        with_context: bool,
-    ) -> Result<Vec<String>, TrainError> {
-        self.complete_greedy_observed(prompts, with_context, &mut |_| {})
-    }
-
-    /// [`Self::complete_greedy`], telling `done` how many of the prompts are decoded after
-    /// every decode step (fractions included: see [`DecodeProgress`]).
-    pub fn complete_greedy_observed(
-        &self,
-        prompts: &[String],
-        with_context: bool,
-        done: &mut dyn FnMut(f64),
-    ) -> Result<Vec<String>, TrainError> {
-        let device = self.policy.embed_tokens.weight.val().inner().device();
-        let sampler = self.policy.valid().with_precision(self.precision);
-        let mut out = Vec::with_capacity(prompts.len());
-        for chunk in prompts.chunks(64) {
-            let progress = DecodeProgress {
-                before: out.len() as f64,
-                rows: chunk.len(),
-                max_new_tokens: self.settings.max_completion_length,
-                report: RefCell::new(&mut *done),
-            };
-            let ids = phases::encode_prompts(&self.tokenizer, chunk)?;
-            let context = if with_context {
-                self.context_for(chunk, &ids)?
-            } else {
-                None
-            };
-            let generation = generate_with_context(
-                &sampler,
-                &ids,
-                context,
-                &GenerationConfig {
-                    max_new_tokens: self.settings.max_completion_length,
-                    num_return_sequences: 1,
-                    eos_token_ids: self.settings.grpo.eos_token_ids.clone(),
-                    sampling: SamplingConfig::default(),
-                },
-                Some(&progress),
-                &device,
-            )?;
-            for tokens in &generation.tokens {
-                out.push(self.tokenizer.decode(tokens, true)?);
-            }
-            done(out.len() as f64);
-        }
-        Ok(out)
     }
 
     /// One GRPO step on `prompts` (texts, already in the policy's prompt template);

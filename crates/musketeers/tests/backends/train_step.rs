@@ -89,6 +89,7 @@ fn fused_steps<B: Backend>(device: &B::Device, precision: Precision) {
             tokenizer: tok(),
             layer: -2,
             readout,
+            eos_token_ids: Vec::new(),
         })
         .collect();
     let interface = LatentInterfaceConfig {
@@ -210,6 +211,7 @@ fn trainer(dir: &Path, adapters: Option<&Path>) -> Trainer<Ad> {
         tokenizer: word_tokenizer(dir),
         layer: -1,
         readout: ExpertReadout::Mean,
+        eos_token_ids: Vec::new(),
     }];
     let interface = LatentInterfaceConfig {
         latent_dim: 16,
@@ -485,8 +487,10 @@ fn a_gated_policy_starts_as_the_policy_alone_and_a_step_moves_the_gates() {
         "w60 w61 w62 w63".to_string(),
     ];
     assert_eq!(
-        t.complete_greedy(&prompts, true).expect("with C"),
-        t.complete_greedy(&prompts, false).expect("without C"),
+        t.model().complete_greedy(&prompts, true).expect("with C"),
+        t.model()
+            .complete_greedy(&prompts, false)
+            .expect("without C"),
         "a zero gate reads nothing"
     );
     assert!(gate_values(&t).iter().all(|&g| g == 0.0));
@@ -588,7 +592,7 @@ fn inference_contexts_leave_memory_flat() {
     let t = trainer(temp.path(), None);
     let mut after_200 = 0;
     for i in 1..=2000 {
-        let context = t.prompt_context("w3 w14 w15").expect("context");
+        let context = t.model().prompt_context("w3 w14 w15").expect("context");
         assert!(context.prefix.is_some());
         if i == 200 {
             after_200 = rss();

@@ -41,6 +41,19 @@ fn the_paper_grid_expands_to_the_papers_settings() {
             .expect("cells")
             .remove(0)
     };
+    // The CPU's real experiment: a small policy, one expert that knows more, two-digit sums.
+    let real = cell("sums", "fused-gated", Some("cpu-real"));
+    assert_eq!(real.config.policy.model, "smollm2-135m");
+    assert_eq!(real.config.team.len(), 1);
+    assert_eq!(real.config.team[0].model, "qwen2.5-coder-0.5b");
+    assert_eq!(
+        real.config.interface.injection,
+        musketeers::run_config::Injection::Gated
+    );
+    assert_eq!(
+        (real.config.grpo.steps, real.config.eval.problems),
+        (20, 128)
+    );
     let fused = cell("arithmetic", "fused", None);
     let g = &fused.config.grpo;
     assert_eq!(

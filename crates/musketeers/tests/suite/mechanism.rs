@@ -85,6 +85,7 @@ fn final_reward(seed: u64, fused: bool) -> f32 {
             tokenizer: tokenizer(temp.path(), "w"),
             layer: -1,
             readout: ExpertReadout::Last,
+            eos_token_ids: Vec::new(),
         };
         let interface = LatentInterfaceConfig {
             latent_dim: 32,

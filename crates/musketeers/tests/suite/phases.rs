@@ -421,9 +421,9 @@ fn without_an_interface_there_is_no_utilization() {
 /// The seam: each system's context for the same prompts.
 #[test]
 fn each_system_gives_its_own_context_through_one_seam() {
-    use musketeers::route::Router;
     use musketeers::system::fused::Fused;
     use musketeers::system::hard_route::HardRoute;
+    use musketeers::system::hard_route::Router;
     use musketeers::system::{Parts, System};
     use musketeers::train::{ExpertReadout, TeamMember};
     let temp = tempfile::tempdir().expect("temp");
@@ -439,6 +439,7 @@ fn each_system_gives_its_own_context_through_one_seam() {
             tokenizer: word_tokenizer(temp.path()),
             layer: -1,
             readout: ExpertReadout::All,
+            eos_token_ids: Vec::new(),
         })
         .collect();
     let interface = LatentInterfaceConfig {

@@ -136,11 +136,21 @@ fn chat(addr: SocketAddr, question: &str, extra: &str) -> serde_json::Value {
 }
 
 /// The tiny run, trained, and a server on it with `extra` arguments (the temp dir holds both).
-fn serve_tiny_run(extra: &[&str]) -> (tempfile::TempDir, PathBuf, Server) {
-    let temp = tempfile::tempdir().expect("temp");
-    let run = train_tiny_run(temp.path());
-    let server = start(&run, extra);
-    (temp, run, server)
+/// One tiny trained run for every test here (trained by the first that asks; serving only
+/// reads it).
+fn shared_run() -> &'static Path {
+    static RUN: std::sync::OnceLock<(tempfile::TempDir, PathBuf)> = std::sync::OnceLock::new();
+    let (_, run) = RUN.get_or_init(|| {
+        let temp = tempfile::tempdir().expect("temp");
+        let run = train_tiny_run(temp.path());
+        (temp, run)
+    });
+    run
+}
+
+fn serve_tiny_run(extra: &[&str]) -> (&'static Path, Server) {
+    let run = shared_run();
+    (run, start(run, extra))
 }
 
 /// The run's own greedy held-out evaluation (`eval.json`).
@@ -151,7 +161,7 @@ fn run_evaluation(run: &Path) -> serde_json::Value {
 
 #[test]
 fn health_and_models_are_listed() {
-    let (_temp, _run, server) = serve_tiny_run(&[]);
+    let (_run, server) = serve_tiny_run(&[]);
     let addr = server.addr;
 
     // Health and models.
@@ -170,9 +180,9 @@ fn health_and_models_are_listed() {
 
 #[test]
 fn greedy_chat_equals_the_runs_evaluation_and_reports_utilization() {
-    let (_temp, run, server) = serve_tiny_run(&[]);
+    let (run, server) = serve_tiny_run(&[]);
     let addr = server.addr;
-    let eval = run_evaluation(&run);
+    let eval = run_evaluation(run);
 
     // Greedy chat == the run's own greedy evaluation of the same question.
     for example in eval["examples"].as_array().expect("examples") {
@@ -202,7 +212,7 @@ fn greedy_chat_equals_the_runs_evaluation_and_reports_utilization() {
 
 #[test]
 fn seeded_sampling_of_n_choices_is_reproducible() {
-    let (_temp, _run, server) = serve_tiny_run(&[]);
+    let (_run, server) = serve_tiny_run(&[]);
     let addr = server.addr;
 
     // n > 1 with a seed: n choices, reproducible.
@@ -215,7 +225,7 @@ fn seeded_sampling_of_n_choices_is_reproducible() {
 
 #[test]
 fn completions_end_before_a_stop_string() {
-    let (_temp, _run, server) = serve_tiny_run(&[]);
+    let (_run, server) = serve_tiny_run(&[]);
     let addr = server.addr;
 
     // Completions, and a stop string: the text ends before it.
@@ -249,7 +259,7 @@ fn completions_end_before_a_stop_string() {
 
 #[test]
 fn a_stream_sends_the_same_text_then_done() {
-    let (_temp, _run, server) = serve_tiny_run(&[]);
+    let (_run, server) = serve_tiny_run(&[]);
     let addr = server.addr;
 
     // Streaming: chunks of the same text, then [DONE].
@@ -287,9 +297,9 @@ fn a_stream_sends_the_same_text_then_done() {
 
 #[test]
 fn malformed_and_hostile_requests_get_4xx_and_the_server_still_answers() {
-    let (_temp, run, server) = serve_tiny_run(&[]);
+    let (run, server) = serve_tiny_run(&[]);
     let addr = server.addr;
-    let eval = run_evaluation(&run);
+    let eval = run_evaluation(run);
 
     // Hostile and malformed requests: each a 4xx with an error object.
     let chat_path = "/v1/chat/completions";
@@ -451,7 +461,7 @@ fn malformed_and_hostile_requests_get_4xx_and_the_server_still_answers() {
 
 #[test]
 fn an_api_key_is_required_when_set() {
-    let (_temp, _run, server) = serve_tiny_run(&["--api-key", "s3cret"]);
+    let (_run, server) = serve_tiny_run(&["--api-key", "s3cret"]);
     let body =
         br#"{"model": "tiny", "messages": [{"role": "user", "content": "w1"}], "max_tokens": 2}"#;
     let (status, reply) = post(server.addr, "/v1/chat/completions", body, "");
@@ -482,7 +492,7 @@ fn the_openai_python_client_is_served() {
         );
         return;
     };
-    let (_temp, run, server) = serve_tiny_run(&[]);
+    let (run, server) = serve_tiny_run(&[]);
     let script =
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/openai_client_check.py");
     let output = Command::new(python)
@@ -506,7 +516,7 @@ fn the_openai_python_client_is_served() {
 /// do not fit, never a hang, and the others their answers.
 #[test]
 fn a_full_queue_answers_503() {
-    let (_temp, _run, server) =
+    let (_run, server) =
         serve_tiny_run(&["--queue", "1", "--max-batch", "1", "--max-tokens", "4096"]);
     let addr = server.addr;
     // As many new tokens as the tiny policy's 512 positions leave room for.
@@ -546,7 +556,7 @@ fn rss_kib(pid: u32) -> u64 {
 /// clients' short requests are answered, also while a maximal legal prompt is processed.
 #[test]
 fn prompts_beyond_a_models_context_are_refused_and_others_are_served() {
-    let (_temp, _run, server) = serve_tiny_run(&["--max-prompt-tokens", "300"]);
+    let (_run, server) = serve_tiny_run(&["--max-prompt-tokens", "300"]);
     let addr = server.addr;
     let question = |words: usize| vec!["w7"; words].join(" ");
     let ask = move |words: usize, max_tokens: usize| {
@@ -589,7 +599,7 @@ fn prompts_beyond_a_models_context_are_refused_and_others_are_served() {
 /// memory within 10% of where it stood after the first 100.
 #[test]
 fn repeated_requests_leave_memory_flat() {
-    let (_temp, _run, server) = serve_tiny_run(&[]);
+    let (_run, server) = serve_tiny_run(&[]);
     let body = br#"{"model": "tiny", "messages": [{"role": "user", "content": "w3 w14 w15"}], "max_tokens": 4}"#;
     let mut after_100 = 0;
     for i in 1..=1000 {
@@ -610,7 +620,7 @@ fn repeated_requests_leave_memory_flat() {
 /// A client sending its headers a byte at a time is cut off once the header timeout passes.
 #[test]
 fn slow_headers_are_cut_off() {
-    let (_temp, _run, server) = serve_tiny_run(&["--header-timeout", "2"]);
+    let (_run, server) = serve_tiny_run(&["--header-timeout", "2"]);
     let mut stream = TcpStream::connect(server.addr).expect("connect");
     let started = std::time::Instant::now();
     let mut closed = false;
@@ -647,9 +657,7 @@ fn slow_headers_are_cut_off() {
 #[cfg(unix)]
 #[test]
 fn ctrl_c_drains_in_flight_requests_then_exits() {
-    let temp = tempfile::tempdir().expect("temp");
-    let run = train_tiny_run(temp.path());
-    let mut server = start(&run, &[]);
+    let mut server = start(shared_run(), &[]);
     let body = br#"{"model": "tiny", "messages": [{"role": "user", "content": "w1 w2"}], "max_tokens": 400, "stream": true}"#;
     let mut stream = TcpStream::connect(server.addr).expect("connect");
     stream
@@ -682,4 +690,38 @@ fn ctrl_c_drains_in_flight_requests_then_exits() {
         exit.success(),
         "the server exits cleanly after draining: {exit:?}"
     );
+}
+
+/// A run directory is a model of its own: loaded on the plain backend (no autodiff, no
+/// trainer), it answers its evaluation's questions as the run's own evaluation did.
+#[test]
+fn a_run_directory_loads_as_a_model_without_its_trainer() {
+    use musketeers::model::TeamModel;
+    let run = shared_run();
+    let model = TeamModel::<burn_flex::Flex>::from_run_dir(run, &Default::default())
+        .expect("a model from the run directory");
+    assert_eq!(model.step, 2);
+    assert_eq!(model.system.name(), "fused");
+    assert_eq!(model.expert_names(), ["qwen3", "qwen3-last"]);
+    let eval = run_evaluation(run);
+    let examples = eval["examples"].as_array().expect("examples");
+    let questions: Vec<String> = examples
+        .iter()
+        .map(|e| e["question"].as_str().expect("question").to_string())
+        .collect();
+    let prompts = model.prompts(&questions).expect("prompts");
+    let completions = model.complete_greedy(&prompts, true).expect("greedy");
+    for (completion, example) in completions.iter().zip(examples) {
+        assert_eq!(
+            completion,
+            example["completion"].as_str().expect("completion")
+        );
+    }
+    assert!(!completions.is_empty());
+
+    let empty = tempfile::tempdir().expect("temp");
+    let error = TeamModel::<burn_flex::Flex>::from_run_dir(empty.path(), &Default::default())
+        .expect_err("no checkpoint, no model")
+        .to_string();
+    assert!(error.contains("no checkpoint"), "{error}");
 }
