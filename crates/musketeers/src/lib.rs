@@ -1,29 +1,28 @@
-//! n-Musketeers orchestration: a frozen team, the interface and a policy trained with GRPO
-//! (`train`, `system`), run from a TOML config into a run directory (`run`, `eval`,
-//! `report`), and the experiments (`demo`, `grid`) and surfaces (`serve`) built on them.
-//! docs/ARCHITECTURE.md says what each module may import.
+//! n-Musketeers orchestration, in four rooms (docs/ARCHITECTURE.md says what each may import):
+//!
+//! - [`method`]: the frozen team, the systems, the trained team as a model, the GRPO step;
+//! - [`running`]: a TOML config trained into a run directory, evaluated and reported;
+//! - [`experiments`]: the offline demo and the paper's grid, built on runs;
+//! - [`serve`]: a trained team behind an OpenAI-compatible endpoint (the surface the library
+//!   offers; the CLI lives in the binary).
+//!
+//! Below them all: `error`, `run_config` (the config schema every room reads) and
+//! `progress` (what a long wait reports).
+//!
+//! Each module is also re-exported at the crate root under its own name
+//! (`musketeers::train`, `musketeers::run_config`, ...): the paths users write.
 
-pub mod demo;
 pub mod error;
-pub mod eval;
-pub mod grid;
+pub mod experiments;
 mod host;
-pub mod model;
-pub mod policy;
+pub mod method;
 pub mod progress;
-pub mod report;
-pub mod reward_program;
-pub mod run;
 pub mod run_config;
-pub mod rundir;
-pub mod scoring;
+pub mod running;
 pub mod serve;
-pub mod sft;
-pub mod system;
-pub mod tasks;
-pub mod team;
-pub mod tensorboard;
-pub mod train;
 
 pub use error::TrainError;
+pub use experiments::{demo, grid};
+pub use method::{model, policy, sft, system, team, train};
+pub use running::{eval, report, reward_program, run, rundir, scoring, tasks, tensorboard};
 pub use scoring::{ScoreLine, score_lines};

@@ -1,11 +1,9 @@
 //! The `musketeers` command line.
 
-mod backend;
+mod cli;
 #[cfg(feature = "mpi")]
-mod dp;
-mod live;
-mod lm;
-mod serve_cli;
+use cli::dp;
+use cli::{backend, live, lm, serve_cli};
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};

@@ -9,11 +9,20 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use crate::error::TrainError;
-use crate::team::ExpertReadout;
 
 /// `fused` is the paper's system; `single` trains the policy alone with the same GRPO;
 /// `hard-route` lets a router pick one expert per prompt; `text-collab` pastes the experts'
 /// short text answers into the policy's prompt.
+/// What an expert passes on: one pooled vector, or all of its prompt tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExpertReadout {
+    Last,
+    First,
+    Mean,
+    All,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Mode {
@@ -146,7 +155,7 @@ pub struct InterfaceConfig {
 }
 
 /// One reward function: the task's verifier, or a program speaking the JSON-lines reward
-/// protocol on stdin/stdout (see `crate::reward_program`).
+/// protocol on stdin/stdout (see `crate::running::reward_program`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RewardConfig {

@@ -14,7 +14,7 @@ use std::time::Duration;
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::api::{ApiError, Sampling, TeamReport, finish_reason};
-use crate::model::TeamModel;
+use crate::method::model::TeamModel;
 
 /// What the policy reads.
 #[derive(Debug, Clone, PartialEq)]

@@ -2,8 +2,8 @@
 //! interface and router when its system has them, and the system that joins them. It gives a
 //! prompt its context, completes greedily, and loads from a run directory, on any backend:
 //! evaluation and serving need no autodiff, no optimizer and no run loop. The trainer
-//! ([`crate::train::Trainer`]) holds the same modules on an autodiff backend and lends them
-//! out as a `TeamModel` ([`crate::train::Trainer::model`]).
+//! ([`crate::method::train::Trainer`]) holds the same modules on an autodiff backend and lends them
+//! out as a `TeamModel` ([`crate::method::train::Trainer::model`]).
 
 use std::cell::RefCell;
 use std::path::Path;
@@ -20,12 +20,11 @@ use musketeers_lm::tokenizer::{ChatMessage, TextTokenizer};
 use musketeers_lm::{Llama, Precision, Pretrained, SoftContext, catalog};
 
 use crate::error::TrainError;
+use crate::method::system::hard_route::Router;
+use crate::method::system::{self, Infer, InferenceParts, Inferred, Needs};
+use crate::method::team::TeamMember;
 use crate::progress::DecodeProgress;
 use crate::run_config::{ContextNorm, Injection, RunConfig};
-use crate::rundir;
-use crate::system::hard_route::Router;
-use crate::system::{self, Infer, InferenceParts, Inferred, Needs};
-use crate::team::TeamMember;
 
 /// How a question becomes the policy's prompt: the run's template (`{question}` marks the
 /// question), through the policy's chat template when `chat`.
@@ -124,27 +123,25 @@ impl<B: Backend> TeamModel<B> {
         Ok(Self::assemble(config, modules, system, 0))
     }
 
-    /// The model a run directory holds: its config, with the adapters, interface and router
-    /// of its newest complete checkpoint.
-    pub fn from_run_dir(dir: &Path, device: &B::Device) -> Result<Self, TrainError> {
-        let Some((checkpoint, step)) = rundir::find(dir)? else {
-            return Err(TrainError::BadInput(format!(
-                "{}: no checkpoint to load a model from",
-                dir.display()
-            )));
-        };
-        let run_config = std::fs::read_to_string(dir.join(rundir::CONFIG_FILE)).ok();
-        let config = rundir::saved_config(&checkpoint, run_config.as_deref())?;
-        let system = system::build::<B>(&config);
+    /// The model of `config` with the adapters, interface and router a checkpoint saved
+    /// (`checkpoint`: the directory, `step`: its step). A run directory's newest checkpoint:
+    /// `TeamModel::from_run_dir` ([`crate::running::rundir`]).
+    pub fn from_checkpoint(
+        config: &RunConfig,
+        checkpoint: &Path,
+        step: u64,
+        device: &B::Device,
+    ) -> Result<Self, TrainError> {
+        let system = system::build::<B>(config);
         let mut modules = load_modules::<B, B>(
-            &config,
+            config,
             system.needs(),
             Some(&checkpoint.join("adapter")),
             device,
             device,
         )?;
-        load_trained_records(&checkpoint, &mut modules.interface, &mut modules.router)?;
-        Ok(Self::assemble(&config, modules, system, step))
+        load_trained_records(checkpoint, &mut modules.interface, &mut modules.router)?;
+        Ok(Self::assemble(config, modules, system, step))
     }
 
     fn assemble(
@@ -320,7 +317,7 @@ impl<B: Backend> TeamModel<B> {
     }
 
     /// [`Self::complete_greedy`], telling `done` how many of the prompts are decoded after
-    /// every decode step (fractions included: see [`DecodeProgress`]).
+    /// every decode step (fractions included: a row counts as its share of new tokens).
     pub fn complete_greedy_observed(
         &self,
         prompts: &[String],

@@ -2,19 +2,19 @@
 //! taken, and the run directory written (resolved config, `metrics.jsonl`, `samples.jsonl`,
 //! checkpoints replaced atomically).
 
-use crate::eval::EvalReport;
-use crate::model::{PromptFormat, load_modules};
+use crate::method::model::{PromptFormat, load_modules};
+use crate::method::train::StepReport;
+use crate::method::train::collective::{Alone, Collective, share};
+use crate::method::train::params::AdamSettings;
+use crate::method::train::reward::{Reward, Scored};
+use crate::method::train::{StepSettings, TrainError, Trainer};
 use crate::progress::Progress;
-use crate::reward_program::{RewardItem, RewardProgram};
 use crate::run_config::RunConfig;
-use crate::rundir::{self, io};
-use crate::tasks::{score, training_mix};
-use crate::tensorboard::EventWriter;
-use crate::train::StepReport;
-use crate::train::collective::{Alone, Collective, share};
-use crate::train::params::AdamSettings;
-use crate::train::reward::{Reward, Scored};
-use crate::train::{StepSettings, TrainError, Trainer};
+use crate::running::eval::EvalReport;
+use crate::running::reward_program::{RewardItem, RewardProgram};
+use crate::running::rundir::{self, io};
+use crate::running::tasks::{score, training_mix};
+use crate::running::tensorboard::EventWriter;
 use burn::store::{ModuleSnapshot, SafetensorsStore};
 use burn::tensor::backend::AutodiffBackend;
 use musketeers_verify::entry::Entry;
@@ -169,7 +169,7 @@ pub fn build_trainer<B: AutodiffBackend>(
     steps: Option<u64>,
     device: &B::Device,
 ) -> Result<Trainer<B>, TrainError> {
-    let system = crate::system::build_trainable::<B>(config);
+    let system = crate::method::system::build_trainable::<B>(config);
     let adapters = resume_from.map(|_| out_dir.join("checkpoint").join("adapter"));
     // The team stays off the autodiff backend: it is frozen.
     let modules = load_modules::<B, B::InnerBackend>(
@@ -485,7 +485,7 @@ pub fn run_with<B: AutodiffBackend>(
     }
     let eval = if config.eval.problems > 0 && !stopped {
         let model = trainer.model();
-        let report = crate::eval::evaluate(
+        let report = crate::running::eval::evaluate(
             &model,
             config,
             &tasks,
@@ -500,7 +500,7 @@ pub fn run_with<B: AutodiffBackend>(
     } else {
         None
     };
-    crate::report::write_run_report(out_dir)?;
+    crate::running::report::write_run_report(out_dir)?;
     Ok(RunOutcome {
         dir: out_dir.to_path_buf(),
         steps: trainer.step,

@@ -35,18 +35,18 @@ pub(crate) use wrapped;
 macro_rules! on_backend {
     ($kind:expr, $B:ident = $mode:ident, $body:expr) => {
         match $kind {
-            $crate::backend::DeviceKind::Cpu => {
-                type $B = $crate::backend::wrapped!($mode, burn::backend::Flex);
+            $crate::cli::backend::DeviceKind::Cpu => {
+                type $B = $crate::cli::backend::wrapped!($mode, burn::backend::Flex);
                 $body
             }
             #[cfg(feature = "cuda-plain")]
-            $crate::backend::DeviceKind::Cuda => {
-                type $B = $crate::backend::wrapped!($mode, burn::backend::Cuda);
+            $crate::cli::backend::DeviceKind::Cuda => {
+                type $B = $crate::cli::backend::wrapped!($mode, burn::backend::Cuda);
                 $body
             }
             #[cfg(feature = "wgpu-plain")]
-            $crate::backend::DeviceKind::Wgpu => {
-                type $B = $crate::backend::wrapped!($mode, burn::backend::Wgpu);
+            $crate::cli::backend::DeviceKind::Wgpu => {
+                type $B = $crate::cli::backend::wrapped!($mode, burn::backend::Wgpu);
                 $body
             }
             #[allow(unreachable_patterns)]

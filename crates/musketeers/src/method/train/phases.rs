@@ -20,8 +20,8 @@ use std::time::Instant;
 use super::params::{Group, PerGroup, TrainedRef};
 use super::reward::{Reward, Scored};
 use super::{StepSettings, TrainError, combine_metrics, host_f32};
-use crate::policy::PrefixedPolicy;
-use crate::system::{Context, Inferred, System};
+use crate::method::policy::PrefixedPolicy;
+use crate::method::system::{Context, Inferred, System};
 use musketeers_fusion::FusionOutput;
 
 /// Prompts: each prompt in the policy's tokens.

@@ -17,7 +17,7 @@ use super::fused::{infer_interface, interface_context};
 use super::{Context, ExtraLoss, Infer, InferenceParts, Inferred, Needs, Parts, System};
 use crate::error::TrainError;
 use crate::host::host_f32;
-use crate::team::TeamMember;
+use crate::method::team::TeamMember;
 
 #[derive(Debug, Clone, Copy, Default)]
 pub struct HardRoute;

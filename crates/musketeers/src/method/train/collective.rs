@@ -3,7 +3,7 @@
 //! communication; what the processes exchange is the token count that normalises the loss,
 //! the flat gradient and the step's metrics, all as element-wise sums.
 //!
-//! One process alone is [`Alone`]; MPI ranks are `crate::mpi::MpiCollective` (feature `mpi`).
+//! One process alone is [`Alone`]; MPI ranks are the binary's (`cli/dp.rs`, feature `mpi`).
 
 use super::TrainError;
 

@@ -9,8 +9,8 @@ use musketeers_lm::tokenizer::ChatMessage;
 
 use super::{Context, Infer, InferenceParts, Inferred, Needs, Parts, System};
 use crate::error::TrainError;
+use crate::method::team::TeamMember;
 use crate::run_config::RunConfig;
-use crate::team::TeamMember;
 
 /// How the experts are asked.
 #[derive(Debug, Clone)]

@@ -2,7 +2,7 @@
 //! of reward, per-expert utilization (the paper's Figures 1 and 4) and routing entropy.
 
 use crate::error::TrainError;
-use crate::eval::EvalReport;
+use crate::running::eval::EvalReport;
 use musketeers_fusion::stats::spearman;
 use plotters::prelude::*;
 use serde_json::Value;

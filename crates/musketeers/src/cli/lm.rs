@@ -1,6 +1,6 @@
 //! `musketeers lm ...`: run a language model from the command line.
 
-use crate::backend::DeviceKind;
+use crate::cli::backend::DeviceKind;
 use anyhow::{Context, Result, bail};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
@@ -102,7 +102,7 @@ pub fn run(command: LmCommand) -> Result<()> {
         | LmCommand::Generate { model, .. } => model.device,
         LmCommand::Convert { .. } | LmCommand::Randomize { .. } => DeviceKind::Cpu,
     };
-    crate::backend::on_backend!(device, B = plain, run_on::<B>(command, &Default::default()))
+    crate::cli::backend::on_backend!(device, B = plain, run_on::<B>(command, &Default::default()))
 }
 
 /// Load a model directory or `.gguf` file, saying on stderr how long it took (stdout stays

@@ -7,19 +7,19 @@
 //! (character-level) keeps its random weights, and the policy learns only
 //! the answer format (its warm-start answers are drawn at random, so it knows the format but
 //! not the answers). The models are written as Hugging Face directories and every GRPO run is
-//! an ordinary [`crate::run::run`] over a [`RunConfig`], so the demo exercises the same code a
+//! an ordinary [`crate::running::run::run`] over a [`RunConfig`], so the demo exercises the same code a
 //! user's run does.
 
 pub mod vocab;
 
 use crate::error::TrainError;
-use crate::run::RunOutcome;
+use crate::method::sft::{Example, SftSettings};
+use crate::method::team::ExpertReadout;
 use crate::run_config::{
     AnswerExtraction, CollabConfig, EvalConfig, GrpoConfig, InterfaceConfig, MemberConfig, Mode,
     PolicyConfig, RunConfig, TaskConfig,
 };
-use crate::sft::{Example, SftSettings};
-use crate::team::ExpertReadout;
+use crate::running::run::RunOutcome;
 use burn::tensor::backend::AutodiffBackend;
 use musketeers_lm::config::LlamaConfig;
 use musketeers_lm::tokenizer::TextTokenizer;
@@ -268,12 +268,12 @@ fn make_model<B: AutodiffBackend>(
         settings.num_layers,
     );
     let mut model = {
-        let _rng = crate::model::INIT_LOCK
+        let _rng = crate::method::model::INIT_LOCK
             .lock()
             .unwrap_or_else(|e| e.into_inner());
         B::seed(device, seed);
         let model = config.init::<B>(device);
-        crate::model::materialize(&model);
+        crate::method::model::materialize(&model);
         model
     };
     let name = dir
@@ -294,7 +294,7 @@ fn make_model<B: AutodiffBackend>(
             seed,
         };
         let mut last = None;
-        model = crate::sft::train(model, train, &sft, &mut |s| {
+        model = crate::method::sft::train(model, train, &sft, &mut |s| {
             if s.step % 50 == 0 || s.step == steps {
                 last = Some(*s);
             }
@@ -306,7 +306,7 @@ fn make_model<B: AutodiffBackend>(
             }
         })?;
     }
-    let exact = crate::sft::exact_match(&model, held_out);
+    let exact = crate::method::sft::exact_match(&model, held_out);
     let pretrained = Pretrained {
         dir: dir.to_path_buf(),
         eos_token_ids: config.eos_token_ids.clone(),
@@ -519,7 +519,7 @@ fn build_models<B: AutodiffBackend>(
             .tokenizer
             .take()
             .ok_or_else(|| TrainError::BadInput(format!("demo expert {name} has no tokenizer")))?;
-        let text_expert = crate::team::TeamMember {
+        let text_expert = crate::method::team::TeamMember {
             name: name.to_string(),
             model: expert.model,
             tokenizer,
@@ -529,7 +529,7 @@ fn build_models<B: AutodiffBackend>(
         };
         let mut notes = Vec::with_capacity(questions.len());
         for chunk in questions.chunks(256) {
-            notes.extend(crate::system::text_collab::suggest(
+            notes.extend(crate::method::system::text_collab::suggest(
                 &text_expert,
                 chunk,
                 false,
@@ -558,7 +558,7 @@ fn build_models<B: AutodiffBackend>(
                 .map(|(name, notes)| (*name, notes[other].as_str()))
                 .collect();
             pairs.push((
-                crate::system::text_collab::with_suggestions(&e.question, &named),
+                crate::method::system::text_collab::with_suggestions(&e.question, &named),
                 target,
             ));
         }
@@ -649,13 +649,13 @@ pub fn run_demo<B: AutodiffBackend>(
                 let config = run_config(settings, &models, task, mode, seed)?;
                 let dir = settings.out_dir.join("runs").join(&label);
                 let started = std::time::Instant::now();
-                let outcome = crate::run::run::<B>(
+                let outcome = crate::running::run::run::<B>(
                     &config,
                     &dir,
                     None,
                     false,
                     device,
-                    &mut |_: &crate::train::StepReport| ControlFlow::Continue(()),
+                    &mut |_: &crate::method::train::StepReport| ControlFlow::Continue(()),
                 )?;
                 progress(&format!(
                     "{label}: {} steps in {:.0} s, held-out accuracy {:.3}{}",
@@ -747,7 +747,7 @@ fn summarize(
             let mut firsts = Vec::new();
             let mut lasts: Vec<Vec<f64>> = Vec::new();
             for o in cell(mode) {
-                let curves = crate::report::read_curves(&o.3.dir.join("metrics.jsonl"))?;
+                let curves = crate::running::report::read_curves(&o.3.dir.join("metrics.jsonl"))?;
                 let series = |e: usize| -> Vec<f64> {
                     curves
                         .utilization
@@ -755,10 +755,10 @@ fn summarize(
                         .map(|u| u.get(e).copied().unwrap_or(f64::NAN))
                         .collect()
                 };
-                firsts.push(crate::report::first_last(&series(specialist), 0.1).0);
+                firsts.push(crate::running::report::first_last(&series(specialist), 0.1).0);
                 lasts.push(
                     (0..TEAM.len())
-                        .map(|e| crate::report::first_last(&series(e), 0.1).1)
+                        .map(|e| crate::running::report::first_last(&series(e), 0.1).1)
                         .collect(),
                 );
             }

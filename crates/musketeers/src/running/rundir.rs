@@ -370,3 +370,19 @@ pub fn truncate_log(path: &Path, step: u64) -> Result<(), TrainError> {
     std::fs::write(&staging, kept).map_err(io(&staging))?;
     std::fs::rename(&staging, path).map_err(io(path))
 }
+
+impl<B: burn::tensor::backend::Backend> crate::method::model::TeamModel<B> {
+    /// The model a run directory holds: the config its newest complete checkpoint was
+    /// trained under, with that checkpoint's adapters, interface and router.
+    pub fn from_run_dir(dir: &Path, device: &B::Device) -> Result<Self, TrainError> {
+        let Some((checkpoint, step)) = find(dir)? else {
+            return Err(TrainError::BadInput(format!(
+                "{}: no checkpoint to load a model from",
+                dir.display()
+            )));
+        };
+        let run_config = std::fs::read_to_string(dir.join(CONFIG_FILE)).ok();
+        let config = saved_config(&checkpoint, run_config.as_deref())?;
+        Self::from_checkpoint(&config, &checkpoint, step, device)
+    }
+}

@@ -6,10 +6,10 @@
 //! overrides (the syntax of `musketeers train --set`), applied in that order.
 
 use crate::error::TrainError;
-use crate::eval::EvalReport;
-use crate::report::{line_chart, read_curves};
+use crate::method::team::ExpertReadout;
 use crate::run_config::{MemberConfig, Mode, RunConfig, TaskConfig};
-use crate::team::ExpertReadout;
+use crate::running::eval::EvalReport;
+use crate::running::report::{line_chart, read_curves};
 use musketeers_fusion::stats::spearman;
 use serde::Deserialize;
 use std::fmt::Write as _;
@@ -328,7 +328,7 @@ pub fn cell_state(cell: &Cell) -> Result<CellState, TrainError> {
     };
     let same = toml::from_str::<RunConfig>(&text).is_ok_and(|c| what(&c) == what(&cell.config));
     // A checkpoint that exists but does not verify is an error, never a fresh start.
-    let checkpoint = crate::rundir::find(&cell.dir)?.map(|(_, step)| step);
+    let checkpoint = crate::running::rundir::find(&cell.dir)?.map(|(_, step)| step);
     if !same {
         if checkpoint.is_none() && !cell.dir.join("eval.json").exists() {
             return Ok(CellState::New);

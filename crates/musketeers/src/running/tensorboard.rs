@@ -11,7 +11,7 @@
 //! a resumed run writes its event file again from it, so the two always hold the same steps.
 
 use crate::error::TrainError;
-use crate::rundir::io;
+use crate::running::rundir::io;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 

@@ -8,19 +8,9 @@ use musketeers_lm::Llama;
 use musketeers_lm::pooling::{Pooling, pool};
 use musketeers_lm::precision::to_f32;
 use musketeers_lm::tokenizer::TextTokenizer;
-use serde::{Deserialize, Serialize};
 
 use crate::error::TrainError;
-
-/// What an expert passes on: one pooled vector, or all of its prompt tokens.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ExpertReadout {
-    Last,
-    First,
-    Mean,
-    All,
-}
+pub use crate::run_config::ExpertReadout;
 
 /// A frozen expert: its model, its own tokenizer, which hidden state it passes on and how.
 #[derive(Debug)]

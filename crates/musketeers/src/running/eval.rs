@@ -1,10 +1,10 @@
 //! Greedy evaluation on held-out problems: the accuracy column of the paper's Table 1.
 
 use crate::error::TrainError;
-use crate::model::TeamModel;
+use crate::method::model::TeamModel;
 use crate::progress::Progress;
 use crate::run_config::RunConfig;
-use crate::tasks::score;
+use crate::running::tasks::score;
 use burn::tensor::backend::Backend;
 use musketeers_verify::entry::Entry;
 use musketeers_verify::task::{Mix, Task};
@@ -117,7 +117,7 @@ pub fn evaluate<B: Backend>(
     prompts_for: &PromptsFor<'_>,
     on_progress: &mut dyn FnMut(Progress<'_>),
 ) -> Result<EvalReport, TrainError> {
-    let evaluation_tasks = crate::tasks::evaluation_tasks(config)?;
+    let evaluation_tasks = crate::running::tasks::evaluation_tasks(config)?;
     let (entries, task_of, skipped_seen): (Vec<Entry>, Vec<&dyn Task>, usize) =
         if evaluation_tasks.is_empty() {
             let (entries, skipped) = held_out(tasks, config, model.step, config.eval.problems)?;

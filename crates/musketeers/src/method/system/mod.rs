@@ -1,8 +1,8 @@
 //! The seam between the GRPO step, the trained model and the systems: how a prompt gets its
 //! context, and any loss term of a system's own. Two traits, because a served model has no
 //! autodiff backend: [`Infer`] (a prompt's context and the question as the policy reads it,
-//! on any backend) is all [`crate::model::TeamModel`] needs; [`System`] adds what the GRPO
-//! step's phases (see [`crate::train`]) call. A new system is a new file here, a new
+//! on any backend) is all [`crate::method::model::TeamModel`] needs; [`System`] adds what the GRPO
+//! step's phases (see [`crate::method::train`]) call. A new system is a new file here, a new
 //! [`crate::run_config::Mode`] and its line in [`build`].
 //!
 //! - [`single::Single`]: the policy alone, no context.
@@ -26,8 +26,8 @@ use musketeers_fusion::{ExpertInput, FusionOutput, LatentInterface};
 use musketeers_lm::{Llama, SoftContext};
 
 use crate::error::TrainError;
+use crate::method::team::TeamMember;
 use crate::run_config::{Mode, RunConfig};
-use crate::team::TeamMember;
 use hard_route::Router;
 
 /// What a system reads of the trainer: the trained modules and the frozen team.

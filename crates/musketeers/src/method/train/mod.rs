@@ -5,7 +5,7 @@
 //! interface, and AdamW (with gradient clipping) updates only those.
 //!
 //! The step is a sequence of named phases ([`phases`]); what differs between systems sits
-//! behind [`crate::system::System`]; everything trained is one parameter set
+//! behind [`crate::method::system::System`]; everything trained is one parameter set
 //! ([`params`]); and a [`collective::Collective`] joins processes that share a step.
 
 pub mod collective;
@@ -29,12 +29,14 @@ use std::time::Instant;
 
 pub use crate::error::TrainError;
 pub(crate) use crate::host::host_f32;
-pub use crate::model::PromptContext;
-use crate::model::{Decoding, PromptFormat, TeamModel, load_trained_records, save_trained_records};
+pub use crate::method::model::PromptContext;
+use crate::method::model::{
+    Decoding, PromptFormat, TeamModel, load_trained_records, save_trained_records,
+};
+use crate::method::system::hard_route::{HardRoute, Router};
+use crate::method::system::{Parts, System, fused::Fused, single::Single};
+pub use crate::method::team::{ExpertReadout, TeamMember};
 use crate::run_config::RunConfig;
-use crate::system::hard_route::{HardRoute, Router};
-use crate::system::{Parts, System, fused::Fused, single::Single};
-pub use crate::team::{ExpertReadout, TeamMember};
 use collective::Collective;
 use params::{AdamSettings, Group, ParamOptimizer, Trained, TrainedRef};
 use phases::BatchShare;
@@ -228,7 +230,7 @@ pub struct StepReport {
 /// A share of a step's batch after sampling and scoring: what the update learns from.
 struct Sampled<B: AutodiffBackend> {
     prompt_ids: Vec<Vec<u32>>,
-    context: crate::system::Context<B>,
+    context: crate::method::system::Context<B>,
     generation: musketeers_lm::generate::Generation,
     texts: Vec<String>,
     rewards: Vec<f32>,
@@ -273,7 +275,7 @@ pub struct Trainer<B: AutodiffBackend> {
     pub settings: StepSettings,
     pub step: u64,
     /// `hard-route` mode: picks one expert per prompt (see
-    /// [`crate::system::hard_route`]).
+    /// [`crate::method::system::hard_route`]).
     pub router: Option<Router<B>>,
     /// How a question becomes the policy's prompt.
     pub prompt: PromptFormat,
@@ -609,7 +611,7 @@ impl<B: AutodiffBackend> Trainer<B> {
         &self,
         prompts: &[String],
         ids: &[Vec<u32>],
-    ) -> Result<crate::system::Context<B>, TrainError> {
+    ) -> Result<crate::method::system::Context<B>, TrainError> {
         self.system.context(
             &self.parts(),
             prompts,

@@ -19,7 +19,7 @@ use musketeers_rl::clip::{scale_grads, squared_grad_norm};
 use std::path::Path;
 
 use super::TrainError;
-use crate::system::hard_route::Router;
+use crate::method::system::hard_route::Router;
 
 /// A part of the parameter set with its own learning rate and its own gradient norm in the
 /// step's diagnostics.

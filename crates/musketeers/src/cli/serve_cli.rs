@@ -12,7 +12,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::backend;
+use crate::cli::backend;
 
 #[derive(clap::Args, Debug)]
 pub struct ServeArgs {

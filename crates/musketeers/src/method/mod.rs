@@ -1,0 +1,10 @@
+//! The method: the frozen team, the systems that give the policy its context, the trained
+//! team as a model ([`model::TeamModel`]), and the GRPO step that trains it. No file I/O
+//! outside loading models and checkpoints (`model`), no run loop, no CLI.
+
+pub mod model;
+pub mod policy;
+pub mod sft;
+pub mod system;
+pub mod team;
+pub mod train;
