@@ -225,6 +225,37 @@ fn lm(batches: &str, new_tokens: usize, no_python: bool, model: Option<&str>) ->
     let model_arg = model
         .as_ref()
         .map_or(String::new(), |p| p.to_string_lossy().into_owned());
+    let lines = generation_bench(batches, new_tokens, &model_arg)?;
+    let rates = MachineRates::from_lines(&lines)?;
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let reference: Vec<Value> = if no_python {
+        Vec::new()
+    } else {
+        transformers_reference(batches, new_tokens, threads, &model_arg)?
+    };
+    let MachineRates { gflops, bandwidth } = rates;
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "{}, f32, CPU ({threads} threads), {new_tokens} sampled tokens; matmul 1024^3: {gflops:.0} GFLOP/s; memory read: {bandwidth:.1} GB/s",
+        model
+            .as_ref()
+            .map_or("SmolLM2-135M shape, random weights".to_string(), |p| p
+                .display()
+                .to_string())
+    )?;
+    write_lm_table(&mut out, &lines, &reference, &rates)
+}
+
+/// The lines of JSON in `text`, skipping the rest.
+fn json_lines(text: &str) -> Vec<Value> {
+    text.lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+/// Our generation bench (`cargo bench`); its lines of JSON.
+fn generation_bench(batches: &str, new_tokens: usize, model_arg: &str) -> Result<Vec<Value>> {
     let text = std::process::Command::new("cargo")
         .args([
             "bench",
@@ -236,60 +267,72 @@ fn lm(batches: &str, new_tokens: usize, no_python: bool, model: Option<&str>) ->
         ])
         .env("BENCH_BATCHES", batches)
         .env("BENCH_NEW_TOKENS", new_tokens.to_string())
-        .env("BENCH_MODEL", &model_arg)
+        .env("BENCH_MODEL", model_arg)
         .current_dir(root())
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())?;
-    let lines: Vec<Value> = text
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect();
-    let gflops = lines
-        .iter()
-        .find_map(|l| l["matmul_gflops_1024"].as_f64())
-        .context("the bench printed no matmul rate")?;
-    let bandwidth = lines
-        .iter()
-        .find_map(|l| l["memory_read_gbs"].as_f64())
-        .context("the bench printed no memory rate")?;
-    // Decode roofline per step: stream every weight once (tied head included) or do
-    // 2 flops per weight per sequence, whichever takes longer.
-    let params = 134.5e6;
-    let roofline = |batch: f64| {
-        let step = (params * 4.0 / (bandwidth * 1e9)).max(2.0 * params * batch / (gflops * 1e9));
+    Ok(json_lines(&text))
+}
+
+/// The machine's matmul and memory read rates, as the generation bench measured them.
+struct MachineRates {
+    gflops: f64,
+    bandwidth: f64,
+}
+
+impl MachineRates {
+    fn from_lines(lines: &[Value]) -> Result<Self> {
+        let gflops = lines
+            .iter()
+            .find_map(|l| l["matmul_gflops_1024"].as_f64())
+            .context("the bench printed no matmul rate")?;
+        let bandwidth = lines
+            .iter()
+            .find_map(|l| l["memory_read_gbs"].as_f64())
+            .context("the bench printed no memory rate")?;
+        Ok(Self { gflops, bandwidth })
+    }
+
+    /// Decode tokens/s at `batch` on the roofline.
+    fn decode_roofline(&self, batch: f64) -> f64 {
+        // Decode roofline per step: stream every weight once (tied head included) or do
+        // 2 flops per weight per sequence, whichever takes longer.
+        let params = 134.5e6;
+        let step =
+            (params * 4.0 / (self.bandwidth * 1e9)).max(2.0 * params * batch / (self.gflops * 1e9));
         batch / step
-    };
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let reference: Vec<Value> = if no_python {
-        Vec::new()
-    } else {
-        let python = venv("bench-venv-lm", &TORCH_PACKAGES)?;
-        let script = root().join("scripts/bench/transformers_generate.py");
-        output(
-            &python,
-            &[
-                &script.to_string_lossy(),
-                batches,
-                &new_tokens.to_string(),
-                &threads.to_string(),
-                &model_arg,
-            ],
-            None,
-        )?
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect()
-    };
-    let mut out = std::io::stdout().lock();
-    writeln!(
-        out,
-        "{}, f32, CPU ({threads} threads), {new_tokens} sampled tokens; matmul 1024^3: {gflops:.0} GFLOP/s; memory read: {bandwidth:.1} GB/s",
-        model
-            .as_ref()
-            .map_or("SmolLM2-135M shape, random weights".to_string(), |p| p
-                .display()
-                .to_string())
-    )?;
+    }
+}
+
+/// transformers' generation on the same batches; its lines of JSON.
+fn transformers_reference(
+    batches: &str,
+    new_tokens: usize,
+    threads: usize,
+    model_arg: &str,
+) -> Result<Vec<Value>> {
+    let python = venv("bench-venv-lm", &TORCH_PACKAGES)?;
+    let script = root().join("scripts/bench/transformers_generate.py");
+    Ok(json_lines(&output(
+        &python,
+        &[
+            &script.to_string_lossy(),
+            batches,
+            &new_tokens.to_string(),
+            &threads.to_string(),
+            model_arg,
+        ],
+        None,
+    )?))
+}
+
+/// A row per batch: our prefill and decode rates beside transformers' and the roofline.
+fn write_lm_table(
+    out: &mut impl Write,
+    lines: &[Value],
+    reference: &[Value],
+    rates: &MachineRates,
+) -> Result<()> {
     writeln!(
         out,
         "{:>5} {:>14} {:>14} {:>14} {:>14} {:>8} {:>14}",
@@ -326,7 +369,7 @@ fn lm(batches: &str, new_tokens: usize, no_python: bool, model: Option<&str>) ->
             show(hp),
             show(d),
             show(hd),
-            roofline(batch as f64)
+            rates.decode_roofline(batch as f64)
         )?;
     }
     Ok(())
@@ -375,10 +418,32 @@ fn grpo(steps: u64, no_python: bool, name: &str) -> Result<()> {
     std::fs::write(&config, GRPO_CONFIG.replace("{model}", name))?;
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
 
-    let ours_dir = work.join("ours");
-    let _ = std::fs::remove_dir_all(&ours_dir);
+    let lines = our_grpo_steps(&bin, &config, steps, &work.join("ours"))?;
+    let trl_lines: Vec<Value> = if no_python {
+        Vec::new()
+    } else {
+        trl_grpo_steps(&bin, &work, &model, steps, threads)?
+    };
+
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "GRPO step, {name} (f32 from its GGUF on both sides), CPU ({threads} threads): 4 prompts x 8 generations x <=64 tokens, LoRA r8, beta 0.04"
+    )?;
+    write_grpo_steps(&mut out, &lines, &trl_lines)?;
+    write_grpo_means(&mut out, &lines, &trl_lines)
+}
+
+/// Each line's number at `key`, where it has one.
+fn column(lines: &[Value], key: &str) -> Vec<f64> {
+    lines.iter().filter_map(|l| l[key].as_f64()).collect()
+}
+
+/// Our GRPO steps (`musketeers train`) into a fresh `dir`; its metrics lines.
+fn our_grpo_steps(bin: &str, config: &Path, steps: u64, dir: &Path) -> Result<Vec<Value>> {
+    let _ = std::fs::remove_dir_all(dir);
     run_cmd(
-        &bin,
+        bin,
         &[
             "train",
             "--config",
@@ -386,86 +451,69 @@ fn grpo(steps: u64, no_python: bool, name: &str) -> Result<()> {
             "--steps",
             &steps.to_string(),
             "--out",
-            &ours_dir.to_string_lossy(),
+            &dir.to_string_lossy(),
             // The dashboard's render thread polls without sleeping: keep it off the timing.
             "--progress",
             "plain",
         ],
     )?;
-    let metrics = std::fs::read_to_string(ours_dir.join("metrics.jsonl"))?;
-    let lines: Vec<Value> = metrics
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect();
-    let ours: Vec<f64> = lines
-        .iter()
-        .filter_map(|l| l["step_seconds"].as_f64())
-        .collect();
-    let phase = |key: &str| -> Vec<f64> { lines.iter().filter_map(|l| l[key].as_f64()).collect() };
-    let sampling = phase("sample_seconds");
+    let metrics = std::fs::read_to_string(dir.join("metrics.jsonl"))?;
+    Ok(json_lines(&metrics))
+}
 
-    let trl_lines: Vec<Value> = if no_python {
-        Vec::new()
-    } else {
-        let prompts = work.join("prompts.jsonl");
-        let sample = output(
-            &bin,
-            &[
-                "verify",
-                "sample",
-                "--task",
-                "chain_sum",
-                "--n",
-                "256",
-                "--seed",
-                "0",
-                "--config",
-                "min_terms=2",
-                "--config",
-                "max_terms=2",
-                "--config",
-                "min_digits=1",
-                "--config",
-                "max_digits=1",
-            ],
-            None,
-        )?;
-        std::fs::write(&prompts, sample)?;
-        let python = venv("bench-venv-lm", &TORCH_PACKAGES)?;
-        let script = root().join("scripts/bench/trl_grpo_step.py");
-        output(
-            &python,
-            &[
-                &script.to_string_lossy(),
-                &model.to_string_lossy(),
-                &prompts.to_string_lossy(),
-                &steps.to_string(),
-                &threads.to_string(),
-            ],
-            None,
-        )?
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .collect()
-    };
-    let trl: Vec<f64> = trl_lines
-        .iter()
-        .filter_map(|v| v["seconds"].as_f64())
-        .collect();
-    let trl_lengths: Vec<f64> = trl_lines
-        .iter()
-        .filter_map(|v| v["mean_length"].as_f64())
-        .collect();
-    let our_lengths: Vec<f64> = lines
-        .iter()
-        .filter_map(|l| l["rollouts"]["mean_completion_length"].as_f64())
-        .collect();
-
-    let mut out = std::io::stdout().lock();
-    writeln!(
-        out,
-        "GRPO step, {name} (f32 from its GGUF on both sides), CPU ({threads} threads): 4 prompts x 8 generations x <=64 tokens, LoRA r8, beta 0.04"
+/// TRL's GRPOTrainer on the same configuration and the prompts of our task sampler; its
+/// lines of JSON.
+fn trl_grpo_steps(
+    bin: &str,
+    work: &Path,
+    model: &Path,
+    steps: u64,
+    threads: usize,
+) -> Result<Vec<Value>> {
+    let prompts = work.join("prompts.jsonl");
+    let sample = output(
+        bin,
+        &[
+            "verify",
+            "sample",
+            "--task",
+            "chain_sum",
+            "--n",
+            "256",
+            "--seed",
+            "0",
+            "--config",
+            "min_terms=2",
+            "--config",
+            "max_terms=2",
+            "--config",
+            "min_digits=1",
+            "--config",
+            "max_digits=1",
+        ],
+        None,
     )?;
+    std::fs::write(&prompts, sample)?;
+    let python = venv("bench-venv-lm", &TORCH_PACKAGES)?;
+    let script = root().join("scripts/bench/trl_grpo_step.py");
+    Ok(json_lines(&output(
+        &python,
+        &[
+            &script.to_string_lossy(),
+            &model.to_string_lossy(),
+            &prompts.to_string_lossy(),
+            &steps.to_string(),
+            &threads.to_string(),
+        ],
+        None,
+    )?))
+}
+
+/// A row per step: our seconds and sampling seconds beside TRL's seconds.
+fn write_grpo_steps(out: &mut impl Write, lines: &[Value], trl_lines: &[Value]) -> Result<()> {
+    let ours = column(lines, "step_seconds");
+    let sampling = column(lines, "sample_seconds");
+    let trl = column(trl_lines, "seconds");
     writeln!(
         out,
         "{:>5} {:>12} {:>14} {:>12}",
@@ -482,6 +530,11 @@ fn grpo(steps: u64, no_python: bool, name: &str) -> Result<()> {
             show(trl.get(i))
         )?;
     }
+    Ok(())
+}
+
+/// Our phases, both sides' completion lengths and step seconds, as means.
+fn write_grpo_means(out: &mut impl Write, lines: &[Value], trl_lines: &[Value]) -> Result<()> {
     let phases = [
         ("team", "team_seconds"),
         ("sampling", "sample_seconds"),
@@ -491,13 +544,18 @@ fn grpo(steps: u64, no_python: bool, name: &str) -> Result<()> {
     ];
     let breakdown: Vec<String> = phases
         .iter()
-        .map(|(label, key)| format!("{label} {:.1}", mean_after_first(&phase(key))))
+        .map(|(label, key)| format!("{label} {:.1}", mean_after_first(&column(lines, key))))
         .collect();
     writeln!(
         out,
         "ours, mean seconds after the first step: {}",
         breakdown.join(", ")
     )?;
+    let our_lengths: Vec<f64> = lines
+        .iter()
+        .filter_map(|l| l["rollouts"]["mean_completion_length"].as_f64())
+        .collect();
+    let trl_lengths = column(trl_lines, "mean_length");
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
     writeln!(
         out,
@@ -509,6 +567,7 @@ fn grpo(steps: u64, no_python: bool, name: &str) -> Result<()> {
             format!("{:.1}", mean(&trl_lengths))
         }
     )?;
+    let (ours, trl) = (column(lines, "step_seconds"), column(trl_lines, "seconds"));
     let (a, b) = (mean_after_first(&ours), mean_after_first(&trl));
     if trl.is_empty() {
         writeln!(out, "mean after the first step: ours {a:.1} s")?;

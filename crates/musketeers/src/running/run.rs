@@ -313,16 +313,73 @@ pub fn run_with<B: AutodiffBackend>(
 ) -> Result<RunOutcome, TrainError> {
     config.validate()?;
     let writes = collective.rank() == 0;
-    let text =
-        toml::to_string_pretty(config).map_err(|e| TrainError::BadInput(format!("config: {e}")))?;
+    // The run directory's lock is held until this function returns.
+    let (_lock, resume_from) = open_run_dir(config, out_dir, resume, writes)?;
+    let mut trainer = build_trainer::<B>(config, out_dir, resume_from, steps, device)?;
+    let steps = steps.unwrap_or(config.grpo.steps);
+    check_processes(config, collective.as_ref(), &trainer, steps, resume_from)?;
+    trainer = trainer.with_collective(collective);
+    let first = start_from(&mut trainer, out_dir, resume_from, writes)?;
+    let tasks = training_mix(config)?;
+    // Started once, on first use, and kept for the whole run.
+    let programs = reward_programs(config);
+    let mut logs = if writes {
+        Some(RunLogs::open(config, out_dir)?)
+    } else {
+        None
+    };
+    let mut stopped = false;
+    for step in first..steps {
+        let (entries, prompts, report) =
+            train_one_step(&mut trainer, config, &tasks, &programs, step)?;
+        let flow = progress.step(&report);
+        // Every process stops after the same step, whichever was asked to.
+        let mut stop = [f64::from(u8::from(flow.is_break()))];
+        trainer.collective().sum_f64(&mut stop)?;
+        let stop = stop[0] > 0.0;
+        if let Some(logs) = logs.as_mut() {
+            logs.write(&report, &entries, &prompts)?;
+            let g = &config.grpo;
+            if (step + 1) % g.save_steps.max(1) == 0 || step + 1 == steps || stop {
+                save_checkpoint(&trainer, config, out_dir)?;
+            }
+        }
+        if stop {
+            stopped = true;
+            break;
+        }
+    }
+    let eval = if writes && config.eval.problems > 0 && !stopped {
+        Some(evaluate_run(&trainer, config, &tasks, out_dir, progress)?)
+    } else {
+        None
+    };
+    if writes {
+        crate::running::report::write_run_report(out_dir)?;
+    }
+    Ok(RunOutcome {
+        dir: out_dir.to_path_buf(),
+        steps: trainer.step,
+        stopped,
+        eval,
+    })
+}
+
+/// Lock the run directory (the writing process), find the step to resume from and write the
+/// resolved config.
+fn open_run_dir(
+    config: &RunConfig,
+    out_dir: &Path,
+    resume: bool,
+    writes: bool,
+) -> Result<(Option<rundir::RunLock>, Option<u64>), TrainError> {
     if resume && !out_dir.is_dir() {
         return Err(TrainError::BadInput(format!(
             "nothing to resume: {} does not exist",
             out_dir.display()
         )));
     }
-    // One process per run directory, held until this function returns.
-    let _lock = if writes {
+    let lock = if writes {
         std::fs::create_dir_all(out_dir).map_err(io(out_dir))?;
         Some(rundir::lock(out_dir)?)
     } else {
@@ -335,17 +392,27 @@ pub fn run_with<B: AutodiffBackend>(
     };
     if writes {
         let resolved = out_dir.join("config.toml");
-        std::fs::write(&resolved, &text).map_err(io(&resolved))?;
+        std::fs::write(&resolved, config_text(config)?).map_err(io(&resolved))?;
     }
+    Ok((lock, resume_from))
+}
 
-    let g = &config.grpo;
-    let checkpoint = out_dir.join("checkpoint");
-    let mut trainer = build_trainer::<B>(config, out_dir, resume_from, steps, device)?;
-    let steps = steps.unwrap_or(g.steps);
+fn config_text(config: &RunConfig) -> Result<String, TrainError> {
+    toml::to_string_pretty(config).map_err(|e| TrainError::BadInput(format!("config: {e}")))
+}
+
+/// Every process must run the same run, and each needs a prompt of every step.
+fn check_processes<B: AutodiffBackend>(
+    config: &RunConfig,
+    collective: &dyn Collective,
+    trainer: &Trainer<B>,
+    steps: u64,
+    resume_from: Option<u64>,
+) -> Result<(), TrainError> {
     same_run_everywhere(
-        collective.as_ref(),
+        collective,
         &[
-            ("config", fingerprint(&text)),
+            ("config", fingerprint(&config_text(config)?)),
             ("steps and checkpoint", fingerprint(&(steps, resume_from))),
             (
                 "trained parameters",
@@ -353,110 +420,139 @@ pub fn run_with<B: AutodiffBackend>(
             ),
         ],
     )?;
-    let (rank, processes) = (collective.rank(), collective.size());
-    if processes > g.prompts_per_step {
+    let processes = collective.size();
+    if processes > config.grpo.prompts_per_step {
         return Err(TrainError::BadInput(format!(
             "{processes} processes for grpo.prompts_per_step = {}: each needs a prompt",
-            g.prompts_per_step
+            config.grpo.prompts_per_step
         )));
     }
-    trainer = trainer.with_collective(collective);
-    let first = match resume_from {
+    Ok(())
+}
+
+/// The first step to train: the checkpoint's (its state loaded, the logs cut back to it), or
+/// 0 with fresh logs.
+fn start_from<B: AutodiffBackend>(
+    trainer: &mut Trainer<B>,
+    out_dir: &Path,
+    resume_from: Option<u64>,
+    writes: bool,
+) -> Result<u64, TrainError> {
+    let logs = ["metrics.jsonl", "samples.jsonl"].map(|log| out_dir.join(log));
+    match resume_from {
         Some(step) => {
-            trainer.load_state(&checkpoint, step)?;
+            trainer.load_state(&out_dir.join("checkpoint"), step)?;
             if writes {
-                rundir::truncate_log(&out_dir.join("metrics.jsonl"), step)?;
-                rundir::truncate_log(&out_dir.join("samples.jsonl"), step)?;
-            }
-            step
-        }
-        None if !writes => 0,
-        None => {
-            // A fresh run starts fresh logs.
-            for log in ["metrics.jsonl", "samples.jsonl"] {
-                let path = out_dir.join(log);
-                if path.exists() {
-                    std::fs::remove_file(&path).map_err(io(&path))?;
+                for log in &logs {
+                    rundir::truncate_log(log, step)?;
                 }
             }
-            0
+            Ok(step)
         }
-    };
-    let tasks = training_mix(config)?;
-    let programs = reward_programs(config);
-    let metrics_path = out_dir.join("metrics.jsonl");
-    let samples_path = out_dir.join("samples.jsonl");
-    let open = |p: &Path| {
-        std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(p)
-            .map_err(io(p))
-    };
-    let (mut metrics, mut samples) = if writes {
-        (Some(open(&metrics_path)?), Some(open(&samples_path)?))
-    } else {
-        (None, None)
-    };
-    let mut events = if writes && config.tensorboard {
-        let experts = config.team.iter().map(|m| m.name.clone()).collect();
-        Some(EventWriter::create(out_dir, experts, &metrics_path)?)
-    } else {
-        None
-    };
-    let mine = share(g.prompts_per_step, rank, processes);
-    let mut stopped = false;
-    for step in first..steps {
-        let entries = (0..g.candidates_per_step())
-            .map(|i| tasks.entry(g.seed, g.candidate_index(step, i)))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| TrainError::BadInput(e.to_string()))?;
-        let mine = if g.dynamic_sampling {
-            0..entries.len()
-        } else {
-            mine.clone()
-        };
-        // Only this process's share is rendered (text-collab asks the team): the trainer
-        // reads no other.
-        let mut prompts = vec![String::new(); entries.len()];
-        for (slot, prompt) in prompts[mine.clone()].iter_mut().zip(
-            trainer
-                .model()
-                .prompts(&questions(&entries[mine.clone()]))?,
-        ) {
-            *slot = prompt;
-        }
-        let reward = StepReward {
-            config,
-            tasks: &tasks,
-            entries: &entries,
-            prompts: &prompts,
-            programs: &programs,
-        };
-        let report = if g.dynamic_sampling {
-            trainer.train_step_dynamic(&prompts, g.prompts_per_step, &reward)?
-        } else {
-            trainer.train_step(&prompts, &reward)?
-        };
-        let flow = progress.step(&report);
-        // Every process stops after the same step, whichever was asked to.
-        let mut stop = [f64::from(u8::from(flow.is_break()))];
-        trainer.collective().sum_f64(&mut stop)?;
-        let stop = stop[0] > 0.0;
-        let (Some(metrics), Some(samples)) = (metrics.as_mut(), samples.as_mut()) else {
-            if stop {
-                stopped = true;
-                break;
+        None => {
+            if writes {
+                for path in logs.iter().filter(|p| p.exists()) {
+                    std::fs::remove_file(path).map_err(io(path))?;
+                }
             }
-            continue;
+            Ok(0)
+        }
+    }
+}
+
+/// Draw step `step`'s problems, render this process's prompts and train on them.
+fn train_one_step<B: AutodiffBackend>(
+    trainer: &mut Trainer<B>,
+    config: &RunConfig,
+    tasks: &Mix,
+    programs: &std::collections::BTreeMap<String, RewardProgram>,
+    step: u64,
+) -> Result<(Vec<Entry>, Vec<String>, StepReport), TrainError> {
+    let g = &config.grpo;
+    let entries = (0..g.candidates_per_step())
+        .map(|i| tasks.entry(g.seed, g.candidate_index(step, i)))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TrainError::BadInput(e.to_string()))?;
+    let collective = trainer.collective();
+    let mine = if g.dynamic_sampling {
+        0..entries.len()
+    } else {
+        share(g.prompts_per_step, collective.rank(), collective.size())
+    };
+    // Only this process's share is rendered (text-collab asks the team): the trainer reads
+    // no other.
+    let mut prompts = vec![String::new(); entries.len()];
+    for (slot, prompt) in prompts[mine.clone()]
+        .iter_mut()
+        .zip(trainer.model().prompts(&questions(&entries[mine]))?)
+    {
+        *slot = prompt;
+    }
+    let reward = StepReward {
+        config,
+        tasks,
+        entries: &entries,
+        prompts: &prompts,
+        programs,
+    };
+    let report = if g.dynamic_sampling {
+        trainer.train_step_dynamic(&prompts, g.prompts_per_step, &reward)?
+    } else {
+        trainer.train_step(&prompts, &reward)?
+    };
+    Ok((entries, prompts, report))
+}
+
+/// The writing process's logs: `metrics.jsonl`, `samples.jsonl` and, when asked for,
+/// TensorBoard's event file.
+struct RunLogs {
+    metrics: std::fs::File,
+    metrics_path: PathBuf,
+    samples: std::fs::File,
+    samples_path: PathBuf,
+    events: Option<EventWriter>,
+}
+
+impl RunLogs {
+    fn open(config: &RunConfig, out_dir: &Path) -> Result<Self, TrainError> {
+        let open = |p: &Path| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .map_err(io(p))
         };
-        let mut line = serde_json::to_value(&report)
+        let metrics_path = out_dir.join("metrics.jsonl");
+        let samples_path = out_dir.join("samples.jsonl");
+        let events = if config.tensorboard {
+            let experts = config.team.iter().map(|m| m.name.clone()).collect();
+            Some(EventWriter::create(out_dir, experts, &metrics_path)?)
+        } else {
+            None
+        };
+        Ok(Self {
+            metrics: open(&metrics_path)?,
+            samples: open(&samples_path)?,
+            metrics_path,
+            samples_path,
+            events,
+        })
+    }
+
+    /// A step's metrics line (and event), and the completions it logged.
+    fn write(
+        &mut self,
+        report: &StepReport,
+        entries: &[Entry],
+        prompts: &[String],
+    ) -> Result<(), TrainError> {
+        let mut line = serde_json::to_value(report)
             .map_err(|e| TrainError::BadInput(format!("metrics: {e}")))?;
         if let Some(object) = line.as_object_mut() {
             object.remove("samples");
         }
-        writeln!(metrics, "{line}").map_err(io(&metrics_path))?;
-        if let Some(events) = events.as_mut() {
+        writeln!(self.metrics, "{line}").map_err(io(&self.metrics_path))?;
+        if let Some(events) = self.events.as_mut() {
             events.write(&line)?;
         }
         // The prompts this process trained on (all of them when it runs alone).
@@ -465,46 +561,31 @@ pub fn run_with<B: AutodiffBackend>(
                 "question": entries[i].question,
                 "answer": entries[i].answer, "completion": sample.completion,
                 "reward": sample.reward, "advantage": sample.advantage});
-            writeln!(samples, "{line}").map_err(io(&samples_path))?;
+            writeln!(self.samples, "{line}").map_err(io(&self.samples_path))?;
         }
-        if (step + 1) % g.save_steps.max(1) == 0 || step + 1 == steps || stop {
-            save_checkpoint(&trainer, config, out_dir)?;
-        }
-        if stop {
-            stopped = true;
-            break;
-        }
+        Ok(())
     }
-    if !writes {
-        return Ok(RunOutcome {
-            dir: out_dir.to_path_buf(),
-            steps: trainer.step,
-            stopped,
-            eval: None,
-        });
-    }
-    let eval = if config.eval.problems > 0 && !stopped {
-        let model = trainer.model();
-        let report = crate::running::eval::evaluate(
-            &model,
-            config,
-            &tasks,
-            &|entries| model.prompts(&questions(entries)),
-            &mut |p| progress.waiting(p),
-        )?;
-        let path = out_dir.join("eval.json");
-        let text = serde_json::to_string_pretty(&report)
-            .map_err(|e| TrainError::BadInput(format!("eval: {e}")))?;
-        std::fs::write(&path, text).map_err(io(&path))?;
-        Some(report)
-    } else {
-        None
-    };
-    crate::running::report::write_run_report(out_dir)?;
-    Ok(RunOutcome {
-        dir: out_dir.to_path_buf(),
-        steps: trainer.step,
-        stopped,
-        eval,
-    })
+}
+
+/// The held-out evaluation of the trained model, written to `eval.json`.
+fn evaluate_run<B: AutodiffBackend>(
+    trainer: &Trainer<B>,
+    config: &RunConfig,
+    tasks: &Mix,
+    out_dir: &Path,
+    progress: &mut dyn RunObserver,
+) -> Result<EvalReport, TrainError> {
+    let model = trainer.model();
+    let report = crate::running::eval::evaluate(
+        &model,
+        config,
+        tasks,
+        &|entries| model.prompts(&questions(entries)),
+        &mut |p| progress.waiting(p),
+    )?;
+    let path = out_dir.join("eval.json");
+    let text = serde_json::to_string_pretty(&report)
+        .map_err(|e| TrainError::BadInput(format!("eval: {e}")))?;
+    std::fs::write(&path, text).map_err(io(&path))?;
+    Ok(report)
 }

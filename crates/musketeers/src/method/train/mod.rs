@@ -20,6 +20,7 @@ use burn::tensor::{ElementConversion, Tensor};
 use musketeers_fusion::LatentInterface;
 use musketeers_lm::tokenizer::TextTokenizer;
 use musketeers_lm::{Llama, Precision};
+use musketeers_rl::advantages::Advantages;
 use musketeers_rl::rollout::{RolloutStats, StepConfig, counted_tokens, rollout_stats};
 use musketeers_rl::{GrpoLossConfig, GrpoMetrics, LrSchedule};
 use serde::Serialize;
@@ -238,6 +239,47 @@ struct Sampled<B: AutodiffBackend> {
     reward_parts: Vec<(String, Vec<f32>)>,
     team_seconds: f64,
     sample_seconds: f64,
+}
+
+/// What a step's update did.
+struct Update {
+    metrics: GrpoMetrics,
+    norms: phases::GradNorms,
+    learning_rate: f64,
+    interface_learning_rate: f64,
+    routing_entropy: Option<f32>,
+    loss_seconds: f64,
+    update_seconds: f64,
+}
+
+/// The first completion of each prompt, with its reward and advantage, for the samples log.
+fn first_samples<B: AutodiffBackend>(
+    sampled: &Sampled<B>,
+    advantages: &Advantages,
+    group: usize,
+) -> Vec<Sample> {
+    (0..sampled.prompt_ids.len())
+        .map(|i| {
+            let r = i * group;
+            Sample {
+                completion: sampled.texts[r].clone(),
+                reward: sampled.rewards[r],
+                advantage: advantages.values.get(r).copied().unwrap_or(f32::NAN),
+            }
+        })
+        .collect()
+}
+
+/// The mean of each named reward function over the step's completions.
+fn reward_means(parts: &[(String, Vec<f32>)]) -> std::collections::BTreeMap<String, f64> {
+    parts
+        .iter()
+        .map(|(name, values)| {
+            let mean =
+                values.iter().map(|&v| f64::from(v)).sum::<f64>() / values.len().max(1) as f64;
+            (name.clone(), mean)
+        })
+        .collect()
 }
 
 /// A logged completion with its reward and group advantage.
@@ -674,38 +716,73 @@ impl<B: AutodiffBackend> Trainer<B> {
         total: usize,
         started: Instant,
     ) -> Result<StepReport, TrainError> {
-        let Sampled {
-            prompt_ids,
-            context,
-            generation,
-            texts,
-            rewards,
-            reward_parts,
-            team_seconds,
-            sample_seconds,
-        } = sampled;
-        let prompts_here = prompt_ids.len();
-        let device = self.policy.embed_tokens.weight.device();
-        let s = self.settings.clone();
-        let g = s.num_generations;
-        let split = self.collective.size() > 1;
         let communication_start = self.collective.seconds();
-        // Advantages over the whole batch: a process sees every reward (a sum of
-        // zero-padded shares), so scaling by the batch's spread needs nothing more.
-        let batch_rewards = if split {
-            self.gather_rows(&rewards, first * g, total * g)?
-        } else {
-            rewards.clone()
-        };
-        let batch_advantages = phases::advantages(&batch_rewards, &s)?;
-        let advantages = if split {
-            batch_advantages.rows(first * g..(first + prompts_here) * g)
-        } else {
-            batch_advantages.clone()
-        };
-        let mut rollouts =
-            phases::group_rollouts(&prompt_ids, generation.tokens.clone(), &rewards, g);
+        let (advantages, batch_advantages) = self.advantages(&sampled.rewards, first, total)?;
+        let (rollouts, reference_seconds) = self.rollouts_with_reference(&sampled)?;
+        let stats = self.rollout_figures(&rollouts, &advantages, &batch_advantages)?;
+        let outcome = self.loss_and_gradients(&sampled.context, &rollouts, &advantages, total)?;
+        let update = self.update(outcome)?;
+        let diagnostics = self.diagnostics(&update, &sampled.context);
+        let (utilization, entropy, normalized) =
+            phases::utilization(&sampled.context, update.routing_entropy, self.team.len());
+        self.step += 1;
+        let g = self.settings.num_generations;
+        Ok(StepReport {
+            step: self.step,
+            loss: update.metrics,
+            rollouts: stats,
+            utilization,
+            routing_entropy: entropy,
+            routing_entropy_normalized: normalized,
+            grad_norm: update.norms.total,
+            sampled_tokens: sampled.generation.decode_tokens,
+            sample_seconds: sampled.sample_seconds,
+            team_seconds: sampled.team_seconds,
+            reference_seconds,
+            loss_seconds: update.loss_seconds,
+            update_seconds: update.update_seconds,
+            communication_seconds: self.collective.seconds() - communication_start,
+            step_seconds: started.elapsed().as_secs_f64(),
+            diagnostics,
+            samples: first_samples(&sampled, &advantages, g),
+            dynamic_sampling: None,
+            prompt_indices: Vec::new(),
+            reward_functions: reward_means(&sampled.reward_parts),
+        })
+    }
 
+    /// This share's advantages and the whole batch's. A process sees every reward (a sum of
+    /// zero-padded shares), so scaling by the batch's spread needs nothing more.
+    fn advantages(
+        &self,
+        rewards: &[f32],
+        first: usize,
+        total: usize,
+    ) -> Result<(Advantages, Advantages), TrainError> {
+        let g = self.settings.num_generations;
+        if self.collective.size() == 1 {
+            let batch = phases::advantages(rewards, &self.settings)?;
+            return Ok((batch.clone(), batch));
+        }
+        let batch_rewards = self.gather_rows(rewards, first * g, total * g)?;
+        let batch = phases::advantages(&batch_rewards, &self.settings)?;
+        let prompts_here = rewards.len() / g.max(1);
+        Ok((batch.rows(first * g..(first + prompts_here) * g), batch))
+    }
+
+    /// The share's rollouts grouped per prompt, with the reference model's log-probabilities
+    /// when the KL term needs them; the seconds the reference took.
+    fn rollouts_with_reference(
+        &self,
+        sampled: &Sampled<B>,
+    ) -> Result<(musketeers_rl::Rollouts, f64), TrainError> {
+        let s = &self.settings;
+        let mut rollouts = phases::group_rollouts(
+            &sampled.prompt_ids,
+            sampled.generation.tokens.clone(),
+            &sampled.rewards,
+            s.num_generations,
+        );
         let reference_start = Instant::now();
         if s.grpo.loss.beta > 0.0 {
             let reference = self
@@ -714,51 +791,66 @@ impl<B: AutodiffBackend> Trainer<B> {
                 .with_precision(self.precision);
             rollouts.ref_logprobs = Some(phases::reference_logprobs(
                 &reference,
-                phases::reference_context(context.tokens()),
+                phases::reference_context(sampled.context.tokens()),
                 &rollouts,
                 s.temperature,
             )?);
         }
-        let reference_seconds = reference_start.elapsed().as_secs_f64();
-        let stats = self.rollout_figures(&rollouts, &advantages, &batch_advantages)?;
+        Ok((rollouts, reference_start.elapsed().as_secs_f64()))
+    }
 
-        let mut tokens = [counted_tokens(&rollouts, &advantages, &s.grpo)];
+    /// The loss over the share and its gradients, normalised by the whole batch's tokens.
+    fn loss_and_gradients(
+        &self,
+        context: &crate::method::system::Context<B>,
+        rollouts: &musketeers_rl::Rollouts,
+        advantages: &Advantages,
+        total: usize,
+    ) -> Result<phases::LossOutcome, TrainError> {
+        let mut tokens = [counted_tokens(rollouts, advantages, &self.settings.grpo)];
         self.collective.sum_f64(&mut tokens)?;
         let share = BatchShare {
             total_prompts: total,
             total_tokens: tokens[0],
-            split,
+            split: self.collective.size() > 1,
         };
-        let outcome = phases::loss_and_gradients(
+        let device = self.policy.embed_tokens.weight.device();
+        phases::loss_and_gradients(
             self.system.as_ref(),
             self.trained(),
-            &context,
-            &rollouts,
-            &advantages,
-            &s,
+            context,
+            rollouts,
+            advantages,
+            &self.settings,
             share,
             &device,
-        )?;
+        )
+    }
+
+    /// The update: gradients summed over processes, clipped, applied by AdamW at this step's
+    /// learning rates.
+    fn update(&mut self, outcome: phases::LossOutcome) -> Result<Update, TrainError> {
         let update_start = Instant::now();
         let mut grads = outcome.grads;
         let mut metrics = outcome.metrics;
-        if split {
+        if self.collective.size() > 1 {
             let trained = self.trained();
             let mut flat = trained.flatten(&grads);
             self.collective.sum_f32(&mut flat)?;
             grads = trained.unflatten(&flat)?;
             metrics = self.batch_metrics(&metrics, outcome.counted_tokens)?;
         }
+        let s = &self.settings;
         let norms =
             phases::clip_gradients(self.trained(), &mut grads, s.max_grad_norm, self.step + 1)?;
-        let lr = s.learning_rate_at(self.step);
-        let interface_lr = s.interface_learning_rate * s.schedule.factor(self.step);
+        let learning_rate = s.learning_rate_at(self.step);
+        let interface_learning_rate = s.interface_learning_rate * s.schedule.factor(self.step);
         // The router is a bandit over a few experts with a noisy reward; it moves
         // ROUTER_LR_SCALE times faster than the policy so routing settles within a run.
         let mut rates = [0.0; 3];
-        rates[Group::Adapters as usize] = lr;
-        rates[Group::Interface as usize] = interface_lr;
-        rates[Group::Router as usize] = lr * ROUTER_LR_SCALE;
+        rates[Group::Adapters as usize] = learning_rate;
+        rates[Group::Interface as usize] = interface_learning_rate;
+        rates[Group::Router as usize] = learning_rate * ROUTER_LR_SCALE;
         let trained = Trained {
             policy: self.policy.clone(),
             interface: self.interface.take(),
@@ -768,15 +860,34 @@ impl<B: AutodiffBackend> Trainer<B> {
         self.policy = trained.policy;
         self.interface = trained.interface;
         self.router = trained.router;
-        let update_seconds = outcome.backward_seconds + update_start.elapsed().as_secs_f64();
+        Ok(Update {
+            metrics,
+            norms,
+            learning_rate,
+            interface_learning_rate,
+            routing_entropy: outcome.routing_entropy,
+            loss_seconds: outcome.loss_seconds,
+            update_seconds: outcome.backward_seconds + update_start.elapsed().as_secs_f64(),
+        })
+    }
 
+    /// Where the gradient went and what C looked like this step.
+    fn diagnostics(
+        &self,
+        update: &Update,
+        context: &crate::method::system::Context<B>,
+    ) -> StepDiagnostics {
         let fused = context.fused.as_ref();
-        let diagnostics = StepDiagnostics {
-            grad_norm_adapters: norms.groups[Group::Adapters as usize].unwrap_or(0.0),
-            grad_norm_interface: norms.groups[Group::Interface as usize],
-            grad_norm_router: norms.groups[Group::Router as usize],
-            learning_rate: lr,
-            interface_learning_rate: self.interface.as_ref().map(|_| interface_lr),
+        let norms = &update.norms.groups;
+        StepDiagnostics {
+            grad_norm_adapters: norms[Group::Adapters as usize].unwrap_or(0.0),
+            grad_norm_interface: norms[Group::Interface as usize],
+            grad_norm_router: norms[Group::Router as usize],
+            learning_rate: update.learning_rate,
+            interface_learning_rate: self
+                .interface
+                .as_ref()
+                .map(|_| update.interface_learning_rate),
             embedding_rms: self.embedding_rms,
             context_rms: fused.map(|f| rms(f.context.clone().inner())),
             context_prompt_rms: fused.map(|f| {
@@ -786,48 +897,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             latent_attention_entropy: fused
                 .map(|f| latent_attention_entropy(f.attention.clone().inner()))
                 .unwrap_or_default(),
-        };
-        let (utilization, entropy, normalized) =
-            phases::utilization(&context, outcome.routing_entropy, self.team.len());
-        self.step += 1;
-        Ok(StepReport {
-            step: self.step,
-            loss: metrics,
-            rollouts: stats,
-            utilization,
-            routing_entropy: entropy,
-            routing_entropy_normalized: normalized,
-            grad_norm: norms.total,
-            sampled_tokens: generation.decode_tokens,
-            sample_seconds,
-            team_seconds,
-            reference_seconds,
-            loss_seconds: outcome.loss_seconds,
-            update_seconds,
-            communication_seconds: self.collective.seconds() - communication_start,
-            step_seconds: started.elapsed().as_secs_f64(),
-            diagnostics,
-            samples: (0..prompts_here)
-                .map(|i| {
-                    let r = i * g;
-                    Sample {
-                        completion: texts[r].clone(),
-                        reward: rewards[r],
-                        advantage: advantages.values.get(r).copied().unwrap_or(f32::NAN),
-                    }
-                })
-                .collect(),
-            dynamic_sampling: None,
-            prompt_indices: Vec::new(),
-            reward_functions: reward_parts
-                .iter()
-                .map(|(name, values)| {
-                    let mean = values.iter().map(|&v| f64::from(v)).sum::<f64>()
-                        / values.len().max(1) as f64;
-                    (name.clone(), mean)
-                })
-                .collect(),
-        })
+        }
     }
 
     /// Every process's `values` (rows `first..first + values.len()` of `total`), in order.
