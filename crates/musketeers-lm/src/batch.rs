@@ -130,7 +130,19 @@ impl<B: Backend> DecodeBatch<B> {
         if specs.is_empty() {
             return Ok(());
         }
-        let hidden = model.embed_tokens.weight.dims()[1];
+        self.check_and_cast_gates(model)?;
+        let gates = self.gates.clone();
+        let soft = self.check_specs(model, &specs)?;
+        let (prefill, rows) = lay_out(specs, soft, self.gates.is_some());
+        let total = prefill.total;
+        let real: Vec<Vec<bool>> = rows.iter().map(|r| r.real.clone()).collect();
+        let (caches, last) = self.prefill(model, prefill, &real, gates.as_ref(), device);
+        self.append(caches, rows, last, total);
+        Ok(())
+    }
+
+    /// Checks the context gates against the model and casts them to its float type.
+    fn check_and_cast_gates(&mut self, model: &Llama<B>) -> Result<(), LmError> {
         if let Some(gates) = &self.gates {
             let (layers, heads, _) = model.context_shape();
             if gates.dims() != [layers, heads] {
@@ -142,7 +154,13 @@ impl<B: Backend> DecodeBatch<B> {
         }
         // Cast once here; every later step reuses them.
         self.gates = self.gates.take().map(|g| g.cast(model.float_dtype()));
-        let gates = self.gates.clone();
+        Ok(())
+    }
+
+    /// Checks the joining sequences' prefixes, prompts and token ids; returns the prefix
+    /// length (0 without prefixes).
+    fn check_specs(&self, model: &Llama<B>, specs: &[SequenceSpec<B>]) -> Result<usize, LmError> {
+        let hidden = model.embed_tokens.weight.dims()[1];
         let soft = match specs[0].prefix.as_ref().map(|p| p.dims()) {
             Some([k, d]) if d == hidden => k,
             Some([k, d]) => {
@@ -179,42 +197,27 @@ impl<B: Backend> DecodeBatch<B> {
                 self.vocab
             )));
         }
-        let (b, width) = (
-            specs.len(),
-            specs.iter().map(|s| s.prompt.len()).max().unwrap_or(0),
-        );
-        let total = soft + width;
-        let mut ids = Vec::with_capacity(b * width);
-        let mut positions = Vec::with_capacity(b * total);
-        let mut rows = Vec::with_capacity(b);
-        let mut prefixes = Vec::new();
-        for spec in specs {
-            let pad = width - spec.prompt.len();
-            ids.extend(
-                std::iter::repeat_n(0i64, pad).chain(spec.prompt.iter().map(|&t| i64::from(t))),
-            );
-            let (keys, next_position) =
-                row_positions(soft, pad, spec.prompt.len(), self.gates.is_some());
-            positions.extend(&keys);
-            let real = std::iter::repeat_n(true, soft)
-                .chain(std::iter::repeat_n(false, pad))
-                .chain(std::iter::repeat_n(true, spec.prompt.len()))
-                .collect();
-            if let Some(prefix) = spec.prefix {
-                prefixes.push(prefix.unsqueeze_dim::<3>(0));
-            }
-            rows.push(Row {
-                id: spec.id,
-                real,
-                keys,
-                next_position,
-                sampler: Sampler::new(&spec.sampling, spec.stream),
-                tokens: Vec::new(),
-                max_new_tokens: spec.max_new_tokens,
-                eos_token_ids: spec.eos_token_ids,
-                stop: spec.stop,
-            });
-        }
+        Ok(soft)
+    }
+
+    /// Runs the joining sequences' prefill; returns their caches and next-token logits
+    /// `[b, vocab]`.
+    fn prefill(
+        &self,
+        model: &Llama<B>,
+        prefill: PrefillBatch<B>,
+        real: &[Vec<bool>],
+        gates: Option<&Tensor<B, 2>>,
+        device: &B::Device,
+    ) -> (Vec<KvCache<B>>, Tensor<B, 2>) {
+        let PrefillBatch {
+            ids,
+            positions,
+            prefixes,
+            b,
+            width,
+            total,
+        } = prefill;
         let ids = int2::<B>(ids, [b, width], device);
         let positions = int2::<B>(positions, [b, total], device);
         let embedded = if prefixes.is_empty() {
@@ -229,27 +232,37 @@ impl<B: Backend> DecodeBatch<B> {
             )
         };
         let mut caches = model.new_caches();
-        let real: Vec<Vec<bool>> = rows.iter().map(|r| r.real.clone()).collect();
         let hidden_states = model.forward_cached_gated(
             embedded,
             positions.clone(),
             positions,
-            &attention_mask::<B>(&real, total, device),
+            &attention_mask::<B>(real, total, device),
             &mut caches,
             &self.rope,
-            gates.as_ref(),
+            gates,
         );
         let [_, _, h] = hidden_states.dims();
         let last = model
             .head(hidden_states.slice([0..b, total - 1..total, 0..h]))
             .reshape([b, self.vocab]);
+        (caches, last)
+    }
+
+    /// Adds prefilled `rows` (caches `total` slots long) to the batch.
+    fn append(
+        &mut self,
+        caches: Vec<KvCache<B>>,
+        mut rows: Vec<Row>,
+        last: Tensor<B, 2>,
+        total: usize,
+    ) {
         // Align the caches: the shorter side is left-padded with masked slots.
         let running = self.caches.first().map_or(0, KvCache::len);
         if self.rows.is_empty() {
             self.caches = caches;
             self.rows = rows;
             self.last = Some(last);
-            return Ok(());
+            return;
         }
         let (pad_running, pad_new) = (total.saturating_sub(running), running.saturating_sub(total));
         for row in &mut self.rows {
@@ -269,7 +282,6 @@ impl<B: Backend> DecodeBatch<B> {
             Some(previous) => Tensor::cat(vec![previous, last], 0),
             None => last,
         });
-        Ok(())
     }
 
     /// Sample one token for every row, end the rows that finish, and run the rest one
@@ -418,4 +430,70 @@ fn pad_front(row: &mut Row, n: usize) {
     }
     row.real.splice(0..0, std::iter::repeat_n(false, n));
     row.keys.splice(0..0, std::iter::repeat_n(0, n));
+}
+
+/// The joining sequences as one prefill batch: `[prefix | padding | prompt]` rows.
+struct PrefillBatch<B: Backend> {
+    /// Token ids `[b, width]`, padding as 0.
+    ids: Vec<i64>,
+    /// Positions `[b, total]`.
+    positions: Vec<i64>,
+    /// Each sequence's prefix `[1, K, hidden]` (empty without prefixes).
+    prefixes: Vec<Tensor<B, 3>>,
+    b: usize,
+    /// The longest prompt.
+    width: usize,
+    /// Prefix length plus `width`.
+    total: usize,
+}
+
+/// Lays `specs` out as one left-padded prefill batch behind `soft` prefix tokens, and makes
+/// their rows.
+fn lay_out<B: Backend>(
+    specs: Vec<SequenceSpec<B>>,
+    soft: usize,
+    gated: bool,
+) -> (PrefillBatch<B>, Vec<Row>) {
+    let (b, width) = (
+        specs.len(),
+        specs.iter().map(|s| s.prompt.len()).max().unwrap_or(0),
+    );
+    let total = soft + width;
+    let mut ids = Vec::with_capacity(b * width);
+    let mut positions = Vec::with_capacity(b * total);
+    let mut rows = Vec::with_capacity(b);
+    let mut prefixes = Vec::new();
+    for spec in specs {
+        let pad = width - spec.prompt.len();
+        ids.extend(std::iter::repeat_n(0i64, pad).chain(spec.prompt.iter().map(|&t| i64::from(t))));
+        let (keys, next_position) = row_positions(soft, pad, spec.prompt.len(), gated);
+        positions.extend(&keys);
+        let real = std::iter::repeat_n(true, soft)
+            .chain(std::iter::repeat_n(false, pad))
+            .chain(std::iter::repeat_n(true, spec.prompt.len()))
+            .collect();
+        if let Some(prefix) = spec.prefix {
+            prefixes.push(prefix.unsqueeze_dim::<3>(0));
+        }
+        rows.push(Row {
+            id: spec.id,
+            real,
+            keys,
+            next_position,
+            sampler: Sampler::new(&spec.sampling, spec.stream),
+            tokens: Vec::new(),
+            max_new_tokens: spec.max_new_tokens,
+            eos_token_ids: spec.eos_token_ids,
+            stop: spec.stop,
+        });
+    }
+    let prefill = PrefillBatch {
+        ids,
+        positions,
+        prefixes,
+        b,
+        width,
+        total,
+    };
+    (prefill, rows)
 }

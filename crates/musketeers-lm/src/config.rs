@@ -193,145 +193,25 @@ impl LlamaConfig {
             path: path.into(),
             reason,
         };
-        let (qkv_bias, o_bias, qk_norm) = match hf.model_type.as_str() {
-            "llama" | "mistral" => {
-                let bias = hf.attention_bias.unwrap_or(false);
-                (bias, bias, false)
-            }
-            "qwen2" => (true, false, false),
-            "qwen3" => {
-                let bias = hf.attention_bias.unwrap_or(false);
-                (bias, bias, true)
-            }
-            "gemma3_text" => {
-                let bias = hf.attention_bias.unwrap_or(false);
-                (bias, bias, true)
-            }
-            other => {
-                return Err(LmError::UnsupportedModel {
-                    path: path.into(),
-                    model_type: other.to_string(),
-                });
-            }
+        let Some((qkv_bias, o_bias, qk_norm)) = attention_flags(&hf) else {
+            return Err(LmError::UnsupportedModel {
+                path: path.into(),
+                model_type: hf.model_type.clone(),
+            });
         };
         let gemma = hf.model_type == "gemma3_text";
-        let activation = match hf.hidden_activation.as_deref().or(hf.hidden_act.as_deref()) {
-            None if gemma => Activation::GeluTanh,
-            None | Some("silu") => Activation::Silu,
-            Some("gelu_pytorch_tanh") => Activation::GeluTanh,
-            Some(act) => {
-                return Err(bad(format!(
-                    "activation {act:?} is not supported (silu, gelu_pytorch_tanh)"
-                )));
-            }
-        };
-        for (key, value) in [
-            ("final_logit_softcapping", hf.final_logit_softcapping),
-            ("attn_logit_softcapping", hf.attn_logit_softcapping),
-        ] {
-            if value.is_some() {
-                return Err(bad(format!("{key} is not supported")));
-            }
-        }
-        let num_kv_heads = hf.num_key_value_heads.unwrap_or(hf.num_attention_heads);
-        if hf.num_attention_heads == 0
-            || num_kv_heads == 0
-            || !hf.num_attention_heads.is_multiple_of(num_kv_heads)
-        {
-            return Err(bad(format!(
-                "num_attention_heads ({}) must be a positive multiple of num_key_value_heads ({num_kv_heads})",
-                hf.num_attention_heads
-            )));
-        }
-        let head_dim =
-            match hf.head_dim {
-                Some(d) => d,
-                None if hf.hidden_size.is_multiple_of(hf.num_attention_heads) => {
-                    hf.hidden_size / hf.num_attention_heads
-                }
-                None => return Err(bad(
-                    "hidden_size is not divisible by num_attention_heads and head_dim is absent"
-                        .into(),
-                )),
-            };
-        if !head_dim.is_multiple_of(2) {
-            return Err(bad(format!(
-                "head_dim {head_dim} must be even for rotary embeddings"
-            )));
-        }
-        // transformers 5: one `rope_parameters` object, or (Gemma 3) one per layer type.
-        let parameters_of = |kind: &str| -> Result<Option<RopeParameters>, LmError> {
-            let Some(all) = &hf.rope_parameters else {
-                return Ok(None);
-            };
-            let one = all
-                .get(kind)
-                .filter(|_| all.get("rope_theta").is_none())
-                .unwrap_or(all);
-            serde_json::from_value(one.clone())
-                .map(Some)
-                .map_err(|e| bad(format!("rope_parameters: {e}")))
-        };
-        let parameters = parameters_of("full_attention")?;
-        let local_parameters = parameters_of("sliding_attention")?;
+        let activation = resolve_activation(&hf, gemma).map_err(bad)?;
+        reject_softcapping(&hf).map_err(bad)?;
+        let (num_kv_heads, head_dim) = head_shape(&hf).map_err(bad)?;
+        let parameters = rope_parameters(&hf, "full_attention").map_err(bad)?;
+        let local_parameters = rope_parameters(&hf, "sliding_attention").map_err(bad)?;
         let rope_theta = hf
             .rope_theta
             .or(parameters.as_ref().and_then(|p| p.rope_theta))
             .unwrap_or(10_000.0);
-        let rope_scaling = match (hf.rope_scaling.clone(), parameters) {
-            (Some(s), _) => Some(s),
-            (None, Some(p)) => match p.rope_type.as_deref() {
-                None | Some("default") => None,
-                Some(kind) => Some(RopeScaling {
-                    rope_type: kind.to_string(),
-                    factor: p.factor.ok_or_else(|| {
-                        bad(format!("rope_parameters of type {kind:?} lack `factor`"))
-                    })?,
-                    low_freq_factor: p.low_freq_factor.unwrap_or(1.0),
-                    high_freq_factor: p.high_freq_factor.unwrap_or(4.0),
-                    original_max_position_embeddings: p
-                        .original_max_position_embeddings
-                        .unwrap_or(8192),
-                }),
-            },
-            (None, None) => None,
-        };
+        let rope_scaling = resolve_rope_scaling(&hf, parameters).map_err(bad)?;
         let gemma_options = if gemma {
-            let sliding_layers = match &hf.layer_types {
-                Some(types) => {
-                    if types.len() != hf.num_hidden_layers {
-                        return Err(bad(format!(
-                            "layer_types has {} entries for {} layers",
-                            types.len(),
-                            hf.num_hidden_layers
-                        )));
-                    }
-                    types
-                        .iter()
-                        .map(|t| match t.as_str() {
-                            "sliding_attention" => Ok(true),
-                            "full_attention" => Ok(false),
-                            other => Err(bad(format!("layer type {other:?} is not supported"))),
-                        })
-                        .collect::<Result<Vec<_>, _>>()?
-                }
-                // Gemma 3's default pattern: five local layers, then one global.
-                None => (0..hf.num_hidden_layers)
-                    .map(|i| (i + 1) % 6 != 0)
-                    .collect(),
-            };
-            GemmaOptions {
-                embedding_scale: true,
-                norm_plus_one: true,
-                sandwich_norms: true,
-                sliding_layers,
-                sliding_window: hf.sliding_window,
-                rope_local_theta: Some(
-                    hf.rope_local_base_freq
-                        .or(local_parameters.and_then(|p| p.rope_theta))
-                        .unwrap_or(10_000.0),
-                ),
-            }
+            resolve_gemma_options(&hf, local_parameters).map_err(bad)?
         } else {
             GemmaOptions::default()
         };
@@ -371,6 +251,166 @@ impl LlamaConfig {
             max_position_embeddings: hf.max_position_embeddings,
         })
     }
+}
+
+/// `(qkv_bias, o_bias, qk_norm)` of the model type; `None` for an unsupported type.
+fn attention_flags(hf: &HfConfig) -> Option<(bool, bool, bool)> {
+    Some(match hf.model_type.as_str() {
+        "llama" | "mistral" => {
+            let bias = hf.attention_bias.unwrap_or(false);
+            (bias, bias, false)
+        }
+        "qwen2" => (true, false, false),
+        "qwen3" => {
+            let bias = hf.attention_bias.unwrap_or(false);
+            (bias, bias, true)
+        }
+        "gemma3_text" => {
+            let bias = hf.attention_bias.unwrap_or(false);
+            (bias, bias, true)
+        }
+        _ => return None,
+    })
+}
+
+/// The feed-forward nonlinearity (Gemma's default when the file names none); `Err` holds
+/// the reason it is not supported.
+fn resolve_activation(hf: &HfConfig, gemma: bool) -> Result<Activation, String> {
+    match hf.hidden_activation.as_deref().or(hf.hidden_act.as_deref()) {
+        None if gemma => Ok(Activation::GeluTanh),
+        None | Some("silu") => Ok(Activation::Silu),
+        Some("gelu_pytorch_tanh") => Ok(Activation::GeluTanh),
+        Some(act) => Err(format!(
+            "activation {act:?} is not supported (silu, gelu_pytorch_tanh)"
+        )),
+    }
+}
+
+/// Logit soft-capping is not implemented, so a config that asks for it is refused.
+fn reject_softcapping(hf: &HfConfig) -> Result<(), String> {
+    for (key, value) in [
+        ("final_logit_softcapping", hf.final_logit_softcapping),
+        ("attn_logit_softcapping", hf.attn_logit_softcapping),
+    ] {
+        if value.is_some() {
+            return Err(format!("{key} is not supported"));
+        }
+    }
+    Ok(())
+}
+
+/// `(num_kv_heads, head_dim)`, checked against the number of attention heads.
+fn head_shape(hf: &HfConfig) -> Result<(usize, usize), String> {
+    let num_kv_heads = hf.num_key_value_heads.unwrap_or(hf.num_attention_heads);
+    if hf.num_attention_heads == 0
+        || num_kv_heads == 0
+        || !hf.num_attention_heads.is_multiple_of(num_kv_heads)
+    {
+        return Err(format!(
+            "num_attention_heads ({}) must be a positive multiple of num_key_value_heads ({num_kv_heads})",
+            hf.num_attention_heads
+        ));
+    }
+    let head_dim = match hf.head_dim {
+        Some(d) => d,
+        None if hf.hidden_size.is_multiple_of(hf.num_attention_heads) => {
+            hf.hidden_size / hf.num_attention_heads
+        }
+        None => {
+            return Err(
+                "hidden_size is not divisible by num_attention_heads and head_dim is absent".into(),
+            );
+        }
+    };
+    if !head_dim.is_multiple_of(2) {
+        return Err(format!(
+            "head_dim {head_dim} must be even for rotary embeddings"
+        ));
+    }
+    Ok((num_kv_heads, head_dim))
+}
+
+/// The `rope_parameters` of layers of type `kind`.
+fn rope_parameters(hf: &HfConfig, kind: &str) -> Result<Option<RopeParameters>, String> {
+    // transformers 5: one `rope_parameters` object, or (Gemma 3) one per layer type.
+    let Some(all) = &hf.rope_parameters else {
+        return Ok(None);
+    };
+    let one = all
+        .get(kind)
+        .filter(|_| all.get("rope_theta").is_none())
+        .unwrap_or(all);
+    serde_json::from_value(one.clone())
+        .map(Some)
+        .map_err(|e| format!("rope_parameters: {e}"))
+}
+
+/// RoPE scaling from `rope_scaling`, else from the (full-attention) `rope_parameters`.
+fn resolve_rope_scaling(
+    hf: &HfConfig,
+    parameters: Option<RopeParameters>,
+) -> Result<Option<RopeScaling>, String> {
+    Ok(match (hf.rope_scaling.clone(), parameters) {
+        (Some(s), _) => Some(s),
+        (None, Some(p)) => match p.rope_type.as_deref() {
+            None | Some("default") => None,
+            Some(kind) => Some(RopeScaling {
+                rope_type: kind.to_string(),
+                factor: p
+                    .factor
+                    .ok_or_else(|| format!("rope_parameters of type {kind:?} lack `factor`"))?,
+                low_freq_factor: p.low_freq_factor.unwrap_or(1.0),
+                high_freq_factor: p.high_freq_factor.unwrap_or(4.0),
+                original_max_position_embeddings: p
+                    .original_max_position_embeddings
+                    .unwrap_or(8192),
+            }),
+        },
+        (None, None) => None,
+    })
+}
+
+/// Gemma 3's options: its layer pattern and local RoPE base, from `local_parameters` (the
+/// sliding-attention `rope_parameters`) when the file has no `rope_local_base_freq`.
+fn resolve_gemma_options(
+    hf: &HfConfig,
+    local_parameters: Option<RopeParameters>,
+) -> Result<GemmaOptions, String> {
+    let sliding_layers = match &hf.layer_types {
+        Some(types) => {
+            if types.len() != hf.num_hidden_layers {
+                return Err(format!(
+                    "layer_types has {} entries for {} layers",
+                    types.len(),
+                    hf.num_hidden_layers
+                ));
+            }
+            types
+                .iter()
+                .map(|t| match t.as_str() {
+                    "sliding_attention" => Ok(true),
+                    "full_attention" => Ok(false),
+                    other => Err(format!("layer type {other:?} is not supported")),
+                })
+                .collect::<Result<Vec<_>, _>>()?
+        }
+        // Gemma 3's default pattern: five local layers, then one global.
+        None => (0..hf.num_hidden_layers)
+            .map(|i| (i + 1) % 6 != 0)
+            .collect(),
+    };
+    Ok(GemmaOptions {
+        embedding_scale: true,
+        norm_plus_one: true,
+        sandwich_norms: true,
+        sliding_layers,
+        sliding_window: hf.sliding_window,
+        rope_local_theta: Some(
+            hf.rope_local_base_freq
+                .or(local_parameters.and_then(|p| p.rope_theta))
+                .unwrap_or(10_000.0),
+        ),
+    })
 }
 
 /// A token id field as Hugging Face writes it: one id, a list of ids, or absent.

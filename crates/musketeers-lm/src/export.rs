@@ -21,16 +21,7 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> LmError + '_ {
 
 /// `model_type` and the keys that describe this config in `config.json`.
 fn config_json(config: &LlamaConfig) -> serde_json::Value {
-    let gemma = &config.gemma;
-    let model_type = if gemma.sandwich_norms {
-        "gemma3_text"
-    } else if config.qk_norm {
-        "qwen3"
-    } else if config.qkv_bias && !config.o_bias {
-        "qwen2"
-    } else {
-        "llama"
-    };
+    let model_type = model_type(config);
     let architecture = match model_type {
         "gemma3_text" => "Gemma3ForCausalLM",
         "qwen3" => "Qwen3ForCausalLM",
@@ -73,35 +64,54 @@ fn config_json(config: &LlamaConfig) -> serde_json::Value {
         Activation::GeluTanh => "gelu_pytorch_tanh".into(),
     };
     if model_type == "gemma3_text" {
-        out["hidden_activation"] = out["hidden_act"].clone();
-        // transformers wants an integer here; the scale came from one.
-        let scalar = 1.0 / (config.attention_scale * config.attention_scale);
-        out["query_pre_attn_scalar"] = if (scalar - scalar.round()).abs() < 1e-6 {
-            (scalar.round() as u64).into()
-        } else {
-            scalar.into()
-        };
-        out["sliding_window"] = gemma.sliding_window.unwrap_or(4096).into();
-        let local = gemma.rope_local_theta.unwrap_or(10_000.0);
-        out["rope_local_base_freq"] = local.into();
-        out["layer_types"] = gemma
-            .sliding_layers
-            .iter()
-            .map(|&s| {
-                if s {
-                    "sliding_attention"
-                } else {
-                    "full_attention"
-                }
-            })
-            .collect::<Vec<_>>()
-            .into();
-        out["rope_parameters"] = json!({
-            "full_attention": {"rope_type": "default", "rope_theta": config.rope_theta},
-            "sliding_attention": {"rope_type": "default", "rope_theta": local},
-        });
+        add_gemma_keys(&mut out, config);
     }
     out
+}
+
+/// The `model_type` whose layout `config` matches.
+fn model_type(config: &LlamaConfig) -> &'static str {
+    if config.gemma.sandwich_norms {
+        "gemma3_text"
+    } else if config.qk_norm {
+        "qwen3"
+    } else if config.qkv_bias && !config.o_bias {
+        "qwen2"
+    } else {
+        "llama"
+    }
+}
+
+/// The Gemma 3 keys of `config.json`, added to `out` (which already has `hidden_act`).
+fn add_gemma_keys(out: &mut serde_json::Value, config: &LlamaConfig) {
+    let gemma = &config.gemma;
+    out["hidden_activation"] = out["hidden_act"].clone();
+    // transformers wants an integer here; the scale came from one.
+    let scalar = 1.0 / (config.attention_scale * config.attention_scale);
+    out["query_pre_attn_scalar"] = if (scalar - scalar.round()).abs() < 1e-6 {
+        (scalar.round() as u64).into()
+    } else {
+        scalar.into()
+    };
+    out["sliding_window"] = gemma.sliding_window.unwrap_or(4096).into();
+    let local = gemma.rope_local_theta.unwrap_or(10_000.0);
+    out["rope_local_base_freq"] = local.into();
+    out["layer_types"] = gemma
+        .sliding_layers
+        .iter()
+        .map(|&s| {
+            if s {
+                "sliding_attention"
+            } else {
+                "full_attention"
+            }
+        })
+        .collect::<Vec<_>>()
+        .into();
+    out["rope_parameters"] = json!({
+        "full_attention": {"rope_type": "default", "rope_theta": config.rope_theta},
+        "sliding_attention": {"rope_type": "default", "rope_theta": local},
+    });
 }
 
 struct Writer {

@@ -1,9 +1,11 @@
 //! Batched generation with a KV cache: left padding, a group of samples per prompt from one
 //! prefill, per-sequence stop on eos or a stop string, sampling log-probabilities.
 
+use crate::cache::KvCache;
 use crate::context::{SoftContext, row_positions};
 use crate::error::LmError;
 use crate::llama::Llama;
+use crate::rope::Rope;
 use crate::sampling::{Sampler, SamplingConfig};
 use crate::tokenizer::TextTokenizer;
 use burn::tensor::backend::Backend;
@@ -179,6 +181,44 @@ pub fn generate_part<B: Backend>(
         Some(c) => (Some(c.tokens), c.gates.map(|g| g.cast(model.float_dtype()))),
         None => (None, None),
     };
+    check_inputs(prompts, vocab, config)?;
+    let generator = Generator {
+        model,
+        rope: model.rope(device),
+        gates,
+        device,
+    };
+    let prefill = generator.prefill(prompts, prefix, soft, gated);
+    let prefill_seconds = prefill.seconds;
+
+    // One row per sample: repeat each prompt's cache, logits and mask G times.
+    let g = config.num_return_sequences;
+    let rows: Vec<usize> = (0..prompts.len())
+        .flat_map(|p| std::iter::repeat_n(p, g))
+        .collect();
+    let prefill = prefill.select_rows(&rows, device);
+    let samplers: Vec<Sampler> = (0..rows.len())
+        .map(|s| Sampler::new(&config.sampling, first_sequence + s as u64))
+        .collect();
+
+    let (decoded, decode_seconds) = generator.decode(prefill, samplers, config, stop, vocab)?;
+    Ok(Generation {
+        tokens: decoded.tokens,
+        logprobs: decoded.logprobs,
+        finish_reasons: decoded.finish_reasons,
+        prefill_tokens: prompts.iter().map(Vec::len).sum(),
+        prefill_seconds,
+        decode_tokens: decoded.decode_tokens,
+        decode_seconds,
+    })
+}
+
+/// Rejects empty prompts, token ids outside the vocabulary and a zero sample count.
+fn check_inputs(
+    prompts: &[Vec<u32>],
+    vocab: usize,
+    config: &GenerationConfig,
+) -> Result<(), LmError> {
     if prompts.is_empty() || prompts.iter().any(Vec::is_empty) {
         return Err(LmError::BadInput(
             "every prompt needs at least one token".into(),
@@ -194,14 +234,265 @@ pub fn generate_part<B: Backend>(
             "num_return_sequences must be at least 1".into(),
         ));
     }
-    let rope = model.rope(device);
-    let (b, width) = (
-        prompts.len(),
-        prompts.iter().map(Vec::len).max().unwrap_or(0),
-    );
+    Ok(())
+}
 
-    // Prefill: [prefix | padding | prompt], positions counted over real tokens only.
-    let start = Instant::now();
+/// The model and what every forward pass of one generation shares.
+struct Generator<'a, B: Backend> {
+    model: &'a Llama<B>,
+    rope: Rope<B>,
+    /// Gated context reading (cast to the model's float type); `None`: a plain prefix or none.
+    gates: Option<Tensor<B, 2>>,
+    device: &'a B::Device,
+}
+
+/// Per batch row, what a decode step needs besides the cache.
+struct Rows {
+    /// Per key, whether it is a real token (not padding).
+    real: Vec<Vec<bool>>,
+    /// Per key, its position.
+    key_positions: Vec<Vec<i64>>,
+    /// The position of the row's next token.
+    next_position: Vec<i64>,
+}
+
+impl Rows {
+    /// Rows `picks` of these, in that order (a row may be picked more than once).
+    fn select(&self, picks: &[usize]) -> Self {
+        Self {
+            real: picks.iter().map(|&p| self.real[p].clone()).collect(),
+            key_positions: picks
+                .iter()
+                .map(|&p| self.key_positions[p].clone())
+                .collect(),
+            next_position: picks.iter().map(|&p| self.next_position[p]).collect(),
+        }
+    }
+}
+
+/// What the prefill leaves for decoding: one row per prompt, until [`Prefill::select_rows`].
+struct Prefill<B: Backend> {
+    caches: Vec<KvCache<B>>,
+    /// Logits after each row's last token, `[b, 1, vocab]`.
+    last: Tensor<B, 3>,
+    rows: Rows,
+    seconds: f64,
+}
+
+impl<B: Backend> Prefill<B> {
+    /// Rows `picks` of the caches, logits and masks, in that order.
+    fn select_rows(mut self, picks: &[usize], device: &B::Device) -> Self {
+        for cache in &mut self.caches {
+            cache.select_rows(picks);
+        }
+        let index = Tensor::<B, 1, Int>::from_data(
+            TensorData::new(
+                picks.iter().map(|&r| r as i64).collect::<Vec<_>>(),
+                [picks.len()],
+            ),
+            device,
+        );
+        Self {
+            last: self.last.select(0, index),
+            rows: self.rows.select(picks),
+            ..self
+        }
+    }
+}
+
+/// The new tokens of each sample, indexed by row.
+struct Decoded {
+    tokens: Vec<Vec<u32>>,
+    logprobs: Vec<Vec<f32>>,
+    finish_reasons: Vec<FinishReason>,
+    decode_tokens: usize,
+}
+
+impl Decoded {
+    fn new(n: usize) -> Self {
+        Self {
+            tokens: vec![Vec::new(); n],
+            logprobs: vec![Vec::new(); n],
+            finish_reasons: vec![FinishReason::Length; n],
+            decode_tokens: 0,
+        }
+    }
+
+    /// Samples one token for each active row from `logits` (`[active, vocab]`, flat) and
+    /// records why a row finished. Returns the slots (indices into `active`) still sampling
+    /// and their tokens, the next step's input.
+    fn sample_step(
+        &mut self,
+        active: &[usize],
+        logits: &[f32],
+        vocab: usize,
+        samplers: &mut [Sampler],
+        config: &GenerationConfig,
+        stop: Option<&dyn StopCondition>,
+    ) -> (Vec<usize>, Vec<i64>) {
+        let mut step_ids = Vec::with_capacity(active.len());
+        let mut keep = Vec::with_capacity(active.len());
+        for (slot, &row) in active.iter().enumerate() {
+            let (token, logprob) = samplers[row].sample(&logits[slot * vocab..(slot + 1) * vocab]);
+            self.tokens[row].push(token);
+            self.logprobs[row].push(logprob);
+            self.decode_tokens += 1;
+            if config.eos_token_ids.contains(&token) {
+                self.finish_reasons[row] = FinishReason::Eos;
+            } else if stop.is_some_and(|s| s.should_stop(&self.tokens[row])) {
+                self.finish_reasons[row] = FinishReason::Stop;
+            }
+            if self.finish_reasons[row] == FinishReason::Length {
+                keep.push(slot);
+                step_ids.push(i64::from(token));
+            }
+        }
+        (keep, step_ids)
+    }
+}
+
+impl<B: Backend> Generator<'_, B> {
+    /// Prefill: [prefix | padding | prompt], positions counted over real tokens only.
+    fn prefill(
+        &self,
+        prompts: &[Vec<u32>],
+        prefix: Option<Tensor<B, 3>>,
+        soft: usize,
+        gated: bool,
+    ) -> Prefill<B> {
+        let (model, device) = (self.model, self.device);
+        let (b, width) = (
+            prompts.len(),
+            prompts.iter().map(Vec::len).max().unwrap_or(0),
+        );
+        let start = Instant::now();
+        let (ids, positions, rows) = pad_prompts(prompts, soft, width, gated);
+        let total = soft + width;
+        let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [b, width]), device);
+        let positions =
+            Tensor::<B, 2, Int>::from_data(TensorData::new(positions, [b, total]), device);
+        let embedded = match prefix {
+            Some(prefix) => {
+                Tensor::cat(vec![prefix.cast(model.float_dtype()), model.embed(ids)], 1)
+            }
+            None => model.embed(ids),
+        };
+        let mut caches = model.new_caches();
+        let hidden = model.forward_cached_gated(
+            embedded,
+            positions.clone(),
+            positions,
+            &attention_mask(&rows.real, total, device),
+            &mut caches,
+            &self.rope,
+            self.gates.as_ref(),
+        );
+        let [_, _, h] = hidden.dims();
+        let last = model.head(hidden.slice([0..b, total - 1..total, 0..h])); // [b, 1, vocab]
+        Prefill {
+            caches,
+            last,
+            rows,
+            seconds: start.elapsed().as_secs_f64(),
+        }
+    }
+
+    /// Samples up to `max_new_tokens` per row from the prefill's (one row per sample) logits.
+    /// Returns the samples and the seconds it took.
+    fn decode(
+        &self,
+        prefill: Prefill<B>,
+        mut samplers: Vec<Sampler>,
+        config: &GenerationConfig,
+        stop: Option<&dyn StopCondition>,
+        vocab: usize,
+    ) -> Result<(Decoded, f64), LmError> {
+        let Prefill {
+            mut caches,
+            mut last,
+            mut rows,
+            ..
+        } = prefill;
+        let n = samplers.len();
+        let mut decoded = Decoded::new(n);
+        // The rows still sampling, in batch order: a row that finishes leaves the batch (its
+        // cache rows are dropped), so a few long completions do not drag finished rows along.
+        let mut active: Vec<usize> = (0..n).collect();
+        let start = Instant::now();
+        for step in 0..config.max_new_tokens {
+            let logits = last
+                .into_data()
+                .convert::<f32>()
+                .to_vec::<f32>()
+                .map_err(|e| LmError::BadInput(format!("logits: {e:?}")))?;
+            let (keep, step_ids) =
+                decoded.sample_step(&active, &logits, vocab, &mut samplers, config, stop);
+            if let Some(stop) = stop {
+                stop.after_step(step, keep.len());
+            }
+            if keep.is_empty() || step + 1 == config.max_new_tokens {
+                break;
+            }
+            if keep.len() < active.len() {
+                for cache in &mut caches {
+                    cache.select_rows(&keep);
+                }
+                active = keep.iter().map(|&slot| active[slot]).collect();
+                rows = rows.select(&keep);
+            }
+            last = self.decode_step(step_ids, &mut rows, &mut caches);
+        }
+        Ok((decoded, start.elapsed().as_secs_f64()))
+    }
+
+    /// Runs each row's last sampled token (`step_ids`) through the model, its key appended
+    /// to the row's mask and key positions; returns the logits `[rows, 1, vocab]`.
+    fn decode_step(
+        &self,
+        step_ids: Vec<i64>,
+        rows: &mut Rows,
+        caches: &mut [KvCache<B>],
+    ) -> Tensor<B, 3> {
+        let (model, device) = (self.model, self.device);
+        let m = rows.next_position.len();
+        for (mask, (keys, position)) in rows
+            .real
+            .iter_mut()
+            .zip(rows.key_positions.iter_mut().zip(&rows.next_position))
+        {
+            mask.push(true);
+            keys.push(*position);
+        }
+        let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(step_ids, [m, 1]), device);
+        let positions = Tensor::<B, 2, Int>::from_data(
+            TensorData::new(rows.next_position.clone(), [m, 1]),
+            device,
+        );
+        rows.next_position.iter_mut().for_each(|p| *p += 1);
+        let width = rows.real[0].len();
+        let keys: Vec<i64> = rows.key_positions.iter().flatten().copied().collect();
+        let hidden = model.forward_cached_gated(
+            model.embed(ids),
+            positions,
+            Tensor::<B, 2, Int>::from_data(TensorData::new(keys, [m, width]), device),
+            &decode_mask(&rows.real, width, device),
+            caches,
+            &self.rope,
+            self.gates.as_ref(),
+        );
+        model.head(hidden)
+    }
+}
+
+/// Lays out each prompt as `[soft context | left padding | prompt]`: the token ids
+/// `[b, width]` (padding as 0), the positions `[b, soft + width]` and each row's keys.
+fn pad_prompts(
+    prompts: &[Vec<u32>],
+    soft: usize,
+    width: usize,
+    gated: bool,
+) -> (Vec<i64>, Vec<i64>, Rows) {
+    let b = prompts.len();
     let mut ids = Vec::with_capacity(b * width);
     let mut positions = Vec::with_capacity(b * (soft + width));
     let mut real: Vec<Vec<bool>> = Vec::with_capacity(b);
@@ -219,133 +510,16 @@ pub fn generate_part<B: Backend>(
                 .collect(),
         );
     }
-    let total = soft + width;
-    let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [b, width]), device);
-    let mut key_positions: Vec<Vec<i64>> = positions.chunks(total).map(<[i64]>::to_vec).collect();
-    let positions = Tensor::<B, 2, Int>::from_data(TensorData::new(positions, [b, total]), device);
-    let embedded = match prefix {
-        Some(prefix) => Tensor::cat(vec![prefix.cast(model.float_dtype()), model.embed(ids)], 1),
-        None => model.embed(ids),
-    };
-    let mut caches = model.new_caches();
-    let hidden = model.forward_cached_gated(
-        embedded,
-        positions.clone(),
-        positions,
-        &attention_mask(&real, total, device),
-        &mut caches,
-        &rope,
-        gates.as_ref(),
-    );
-    let [_, _, h] = hidden.dims();
-    let mut last = model.head(hidden.slice([0..b, total - 1..total, 0..h])); // [b, 1, vocab]
-    let prefill_seconds = start.elapsed().as_secs_f64();
-
-    // One row per sample: repeat each prompt's cache, logits and mask G times.
-    let g = config.num_return_sequences;
-    let rows: Vec<usize> = (0..b).flat_map(|p| std::iter::repeat_n(p, g)).collect();
-    for cache in &mut caches {
-        cache.select_rows(&rows);
-    }
-    let index = Tensor::<B, 1, Int>::from_data(
-        TensorData::new(
-            rows.iter().map(|&r| r as i64).collect::<Vec<_>>(),
-            [rows.len()],
-        ),
-        device,
-    );
-    last = last.select(0, index);
-    let mut real: Vec<Vec<bool>> = rows.iter().map(|&p| real[p].clone()).collect();
-    key_positions = rows.iter().map(|&p| key_positions[p].clone()).collect();
-    let mut next_position: Vec<i64> = rows.iter().map(|&p| prompt_ends[p]).collect();
-    let mut samplers: Vec<Sampler> = (0..rows.len())
-        .map(|s| Sampler::new(&config.sampling, first_sequence + s as u64))
+    let key_positions = positions
+        .chunks(soft + width)
+        .map(<[i64]>::to_vec)
         .collect();
-
-    let n = rows.len();
-    let mut tokens = vec![Vec::new(); n];
-    let mut logprobs = vec![Vec::new(); n];
-    let mut finish_reasons = vec![FinishReason::Length; n];
-    // The rows still sampling, in batch order: a row that finishes leaves the batch (its
-    // cache rows are dropped), so a few long completions do not drag finished rows along.
-    let mut active: Vec<usize> = (0..n).collect();
-    let start = Instant::now();
-    let mut decode_tokens = 0;
-    for step in 0..config.max_new_tokens {
-        let logits = last
-            .into_data()
-            .convert::<f32>()
-            .to_vec::<f32>()
-            .map_err(|e| LmError::BadInput(format!("logits: {e:?}")))?;
-        let mut step_ids = Vec::with_capacity(active.len());
-        let mut keep = Vec::with_capacity(active.len());
-        for (slot, &row) in active.iter().enumerate() {
-            let (token, logprob) = samplers[row].sample(&logits[slot * vocab..(slot + 1) * vocab]);
-            tokens[row].push(token);
-            logprobs[row].push(logprob);
-            decode_tokens += 1;
-            if config.eos_token_ids.contains(&token) {
-                finish_reasons[row] = FinishReason::Eos;
-            } else if stop.is_some_and(|s| s.should_stop(&tokens[row])) {
-                finish_reasons[row] = FinishReason::Stop;
-            }
-            if finish_reasons[row] == FinishReason::Length {
-                keep.push(slot);
-                step_ids.push(i64::from(token));
-            }
-        }
-        if let Some(stop) = stop {
-            stop.after_step(step, keep.len());
-        }
-        if keep.is_empty() || step + 1 == config.max_new_tokens {
-            break;
-        }
-        if keep.len() < active.len() {
-            for cache in &mut caches {
-                cache.select_rows(&keep);
-            }
-            active = keep.iter().map(|&slot| active[slot]).collect();
-            real = keep.iter().map(|&slot| real[slot].clone()).collect();
-            key_positions = keep
-                .iter()
-                .map(|&slot| key_positions[slot].clone())
-                .collect();
-            next_position = keep.iter().map(|&slot| next_position[slot]).collect();
-        }
-        let m = active.len();
-        for (mask, (keys, position)) in real
-            .iter_mut()
-            .zip(key_positions.iter_mut().zip(&next_position))
-        {
-            mask.push(true);
-            keys.push(*position);
-        }
-        let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(step_ids, [m, 1]), device);
-        let positions =
-            Tensor::<B, 2, Int>::from_data(TensorData::new(next_position.clone(), [m, 1]), device);
-        next_position.iter_mut().for_each(|p| *p += 1);
-        let width = real[0].len();
-        let keys: Vec<i64> = key_positions.iter().flatten().copied().collect();
-        let hidden = model.forward_cached_gated(
-            model.embed(ids),
-            positions,
-            Tensor::<B, 2, Int>::from_data(TensorData::new(keys, [m, width]), device),
-            &decode_mask(&real, width, device),
-            &mut caches,
-            &rope,
-            gates.as_ref(),
-        );
-        last = model.head(hidden);
-    }
-    Ok(Generation {
-        tokens,
-        logprobs,
-        finish_reasons,
-        prefill_tokens: prompts.iter().map(Vec::len).sum(),
-        prefill_seconds,
-        decode_tokens,
-        decode_seconds: start.elapsed().as_secs_f64(),
-    })
+    let rows = Rows {
+        real,
+        key_positions,
+        next_position: prompt_ends,
+    };
+    (ids, positions, rows)
 }
 
 /// Prefill mask `[b, 1, t, t]`: forbidden where the key is in the future or padding.

@@ -33,43 +33,19 @@ pub fn is_gguf(path: &Path) -> bool {
 /// The model config a GGUF file's metadata describes.
 pub fn config(file: &GgufFile) -> Result<LlamaConfig, LmError> {
     let arch = file.architecture()?.to_string();
-    let (qkv_bias, qk_norm) = match arch.as_str() {
-        "llama" => (file.tensor_info("blk.0.attn_q.bias").is_some(), false),
-        "qwen2" => (true, false),
-        "qwen3" | "gemma3" => (false, true),
-        other => {
-            return Err(LmError::UnsupportedModel {
-                path: file.path.clone(),
-                model_type: format!("{other} (GGUF general.architecture)"),
-            });
-        }
-    };
+    let (qkv_bias, qk_norm) = attention_flags(file, &arch)?;
     let key = |k: &str| format!("{arch}.{k}");
     let hidden = file.require_u64(&key("embedding_length"))? as usize;
     let heads = file.require_u64(&key("attention.head_count"))? as usize;
-    // An optional integer key: absent gives None, present but not an integer is an error
-    // naming it.
-    let optional = |k: &str| -> Result<Option<usize>, LmError> {
-        file.get(k)
-            .map(|v| {
-                v.as_u64()
-                    .map(|n| n as usize)
-                    .ok_or_else(|| LmError::BadGguf {
-                        path: file.path.clone(),
-                        reason: format!("{k} is not an integer"),
-                    })
-            })
-            .transpose()
-    };
-    let kv_heads = optional(&key("attention.head_count_kv"))?.unwrap_or(heads);
+    let kv_heads = optional_usize(file, &key("attention.head_count_kv"))?.unwrap_or(heads);
     if heads == 0 || kv_heads == 0 || !heads.is_multiple_of(kv_heads) {
         return Err(LmError::BadGguf {
             path: file.path.clone(),
             reason: format!("{heads} heads cannot share {kv_heads} key/value heads"),
         });
     }
-    let head_dim = optional(&key("attention.key_length"))?.unwrap_or(hidden / heads);
-    let vocab = match optional(&key("vocab_size"))? {
+    let head_dim = optional_usize(file, &key("attention.key_length"))?.unwrap_or(hidden / heads);
+    let vocab = match optional_usize(file, &key("vocab_size"))? {
         Some(n) => n,
         None => file
             .get("tokenizer.ggml.tokens")
@@ -88,15 +64,10 @@ pub fn config(file: &GgufFile) -> Result<LlamaConfig, LmError> {
         .map(|id| id as u32);
     let layers = file.require_u64(&key("block_count"))? as usize;
     let gemma = if arch == "gemma3" {
-        GemmaOptions {
-            embedding_scale: true,
-            norm_plus_one: true,
-            sandwich_norms: true,
-            // llama.cpp's Gemma 3: five local layers then one global, local base 10000.
-            sliding_layers: (0..layers).map(|i| (i + 1) % 6 != 0).collect(),
-            sliding_window: optional(&key("attention.sliding_window"))?,
-            rope_local_theta: Some(10_000.0),
-        }
+        gemma_options(
+            layers,
+            optional_usize(file, &key("attention.sliding_window"))?,
+        )
     } else {
         GemmaOptions::default()
     };
@@ -132,6 +103,49 @@ pub fn config(file: &GgufFile) -> Result<LlamaConfig, LmError> {
             .and_then(|v| v.as_u64())
             .map(|n| n as usize),
     })
+}
+
+/// `(qkv_bias, qk_norm)` of the architecture `arch`.
+fn attention_flags(file: &GgufFile, arch: &str) -> Result<(bool, bool), LmError> {
+    Ok(match arch {
+        "llama" => (file.tensor_info("blk.0.attn_q.bias").is_some(), false),
+        "qwen2" => (true, false),
+        "qwen3" | "gemma3" => (false, true),
+        other => {
+            return Err(LmError::UnsupportedModel {
+                path: file.path.clone(),
+                model_type: format!("{other} (GGUF general.architecture)"),
+            });
+        }
+    })
+}
+
+/// An optional integer key: absent gives None, present but not an integer is an error
+/// naming it.
+fn optional_usize(file: &GgufFile, k: &str) -> Result<Option<usize>, LmError> {
+    file.get(k)
+        .map(|v| {
+            v.as_u64()
+                .map(|n| n as usize)
+                .ok_or_else(|| LmError::BadGguf {
+                    path: file.path.clone(),
+                    reason: format!("{k} is not an integer"),
+                })
+        })
+        .transpose()
+}
+
+/// Gemma 3's options for `layers` layers.
+fn gemma_options(layers: usize, sliding_window: Option<usize>) -> GemmaOptions {
+    GemmaOptions {
+        embedding_scale: true,
+        norm_plus_one: true,
+        sandwich_norms: true,
+        // llama.cpp's Gemma 3: five local layers then one global, local base 10000.
+        sliding_layers: (0..layers).map(|i| (i + 1) % 6 != 0).collect(),
+        sliding_window,
+        rope_local_theta: Some(10_000.0),
+    }
 }
 
 /// Load a Llama-family model from a parsed GGUF file, dequantized to f32.

@@ -130,7 +130,6 @@ pub fn from_gguf(file: &GgufFile) -> Result<TextTokenizer, LmError> {
     let bos = id_of("tokenizer.ggml.bos_token_id").filter(|&i| i < n);
     let eos = id_of("tokenizer.ggml.eos_token_id").filter(|&i| i < n);
     let unk = id_of("tokenizer.ggml.unknown_token_id").filter(|&i| i < n);
-    let flag = |key: &str, default: bool| file.get(key).and_then(Value::as_bool).unwrap_or(default);
     let vocab: serde_json::Map<String, Json> = tokens
         .iter()
         .enumerate()
@@ -142,63 +141,13 @@ pub fn from_gguf(file: &GgufFile) -> Result<TextTokenizer, LmError> {
             "tokenizer.ggml.tokens has repeated tokens".into(),
         ));
     }
-    let added: Vec<Json> = types
-        .iter()
-        .enumerate()
-        .filter(|(_, t)| **t == CONTROL || **t == USER_DEFINED)
-        .map(|(id, t)| {
-            json!({"id": id, "content": tokens[id], "single_word": false, "lstrip": false,
-                   "rstrip": false, "normalized": false, "special": *t == CONTROL})
-        })
-        .collect();
+    let added = added_tokens(&tokens, &types);
     let (add_bos_default, tokenizer) = match model {
-        "gpt2" => {
-            let merges = strings(file, "tokenizer.ggml.merges")?;
-            let pre = file
-                .get("tokenizer.ggml.pre")
-                .and_then(Value::as_str)
-                .unwrap_or("default");
-            let model = json!({"type": "BPE", "vocab": vocab, "merges": merges,
-                "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
-                "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false,
-                "ignore_merges": pre == "llama-bpe" || pre == "llama3"});
-            let tokenizer = json!({"version": "1.0", "truncation": null, "padding": null,
-                "added_tokens": added, "normalizer": null,
-                "pre_tokenizer": pre_tokenizer(file, pre)?,
-                "post_processor": null,
-                "decoder": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": false, "use_regex": false},
-                "model": model});
-            (false, tokenizer)
-        }
-        "llama" => {
-            let scores = numbers(file, "tokenizer.ggml.scores", n)?;
-            let merges = merges_from_scores(&tokens, &scores, &types);
-            let prefix = flag("tokenizer.ggml.add_space_prefix", true);
-            let mut normalizers =
-                vec![json!({"type": "Replace", "pattern": {"String": " "}, "content": "\u{2581}"})];
-            if prefix {
-                normalizers.insert(0, json!({"type": "Prepend", "prepend": "\u{2581}"}));
-            }
-            let mut decoders = vec![
-                json!({"type": "Replace", "pattern": {"String": "\u{2581}"}, "content": " "}),
-                json!({"type": "ByteFallback"}),
-                json!({"type": "Fuse"}),
-            ];
-            if prefix {
-                decoders.push(json!({"type": "Strip", "content": " ", "start": 1, "stop": 0}));
-            }
-            let model = json!({"type": "BPE", "vocab": vocab, "merges": merges,
-                "dropout": null, "unk_token": unk.map(|u| tokens[u]),
-                "continuing_subword_prefix": null, "end_of_word_suffix": null,
-                "fuse_unk": true, "byte_fallback": true, "ignore_merges": false});
-            let tokenizer = json!({"version": "1.0", "truncation": null, "padding": null,
-                "added_tokens": added,
-                "normalizer": {"type": "Sequence", "normalizers": normalizers},
-                "pre_tokenizer": null, "post_processor": null,
-                "decoder": {"type": "Sequence", "decoders": decoders},
-                "model": model});
-            (true, tokenizer)
-        }
+        "gpt2" => (false, gpt2_tokenizer(file, vocab, added)?),
+        "llama" => (
+            true,
+            llama_tokenizer(file, &tokens, &types, vocab, added, unk)?,
+        ),
         other => {
             return Err(bad(
                 file,
@@ -207,14 +156,9 @@ pub fn from_gguf(file: &GgufFile) -> Result<TextTokenizer, LmError> {
         }
     };
     let mut tokenizer = tokenizer;
-    let add_bos = flag("tokenizer.ggml.add_bos_token", add_bos_default);
+    let add_bos = flag(file, "tokenizer.ggml.add_bos_token", add_bos_default);
     if let (true, Some(bos)) = (add_bos, bos) {
-        let bos_text = tokens[bos];
-        tokenizer["post_processor"] = json!({"type": "TemplateProcessing",
-            "single": [{"SpecialToken": {"id": bos_text, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
-            "pair": [{"SpecialToken": {"id": bos_text, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
-                     {"Sequence": {"id": "B", "type_id": 1}}],
-            "special_tokens": {bos_text: {"id": bos_text, "ids": [bos], "tokens": [bos_text]}}});
+        tokenizer["post_processor"] = bos_post_processor(tokens[bos], bos);
     }
     let inner: tokenizers::Tokenizer = tokenizer.to_string().parse().map_err(|e| {
         bad(
@@ -230,4 +174,94 @@ pub fn from_gguf(file: &GgufFile) -> Result<TextTokenizer, LmError> {
         bos.map(|i| tokens[i].to_string()),
         eos.map(|i| tokens[i].to_string()),
     ))
+}
+
+/// A boolean metadata value, `default` when absent.
+fn flag(file: &GgufFile, key: &str, default: bool) -> bool {
+    file.get(key).and_then(Value::as_bool).unwrap_or(default)
+}
+
+/// The control and user-defined tokens, as `added_tokens` (control tokens are special).
+fn added_tokens(tokens: &[&str], types: &[u64]) -> Vec<Json> {
+    types
+        .iter()
+        .enumerate()
+        .filter(|(_, t)| **t == CONTROL || **t == USER_DEFINED)
+        .map(|(id, t)| {
+            json!({"id": id, "content": tokens[id], "single_word": false, "lstrip": false,
+                   "rstrip": false, "normalized": false, "special": *t == CONTROL})
+        })
+        .collect()
+}
+
+/// `tokenizer.ggml.model = gpt2`: byte-level BPE with the file's merges and pre-tokenizer.
+fn gpt2_tokenizer(
+    file: &GgufFile,
+    vocab: serde_json::Map<String, Json>,
+    added: Vec<Json>,
+) -> Result<Json, LmError> {
+    let merges = strings(file, "tokenizer.ggml.merges")?;
+    let pre = file
+        .get("tokenizer.ggml.pre")
+        .and_then(Value::as_str)
+        .unwrap_or("default");
+    let model = json!({"type": "BPE", "vocab": vocab, "merges": merges,
+        "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
+        "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false,
+        "ignore_merges": pre == "llama-bpe" || pre == "llama3"});
+    let tokenizer = json!({"version": "1.0", "truncation": null, "padding": null,
+        "added_tokens": added, "normalizer": null,
+        "pre_tokenizer": pre_tokenizer(file, pre)?,
+        "post_processor": null,
+        "decoder": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": false, "use_regex": false},
+        "model": model});
+    Ok(tokenizer)
+}
+
+/// `tokenizer.ggml.model = llama`: SentencePiece-style BPE with byte fallback, its merges
+/// derived from the token scores.
+fn llama_tokenizer(
+    file: &GgufFile,
+    tokens: &[&str],
+    types: &[u64],
+    vocab: serde_json::Map<String, Json>,
+    added: Vec<Json>,
+    unk: Option<usize>,
+) -> Result<Json, LmError> {
+    let scores = numbers(file, "tokenizer.ggml.scores", tokens.len())?;
+    let merges = merges_from_scores(tokens, &scores, types);
+    let prefix = flag(file, "tokenizer.ggml.add_space_prefix", true);
+    let mut normalizers =
+        vec![json!({"type": "Replace", "pattern": {"String": " "}, "content": "\u{2581}"})];
+    if prefix {
+        normalizers.insert(0, json!({"type": "Prepend", "prepend": "\u{2581}"}));
+    }
+    let mut decoders = vec![
+        json!({"type": "Replace", "pattern": {"String": "\u{2581}"}, "content": " "}),
+        json!({"type": "ByteFallback"}),
+        json!({"type": "Fuse"}),
+    ];
+    if prefix {
+        decoders.push(json!({"type": "Strip", "content": " ", "start": 1, "stop": 0}));
+    }
+    let model = json!({"type": "BPE", "vocab": vocab, "merges": merges,
+        "dropout": null, "unk_token": unk.map(|u| tokens[u]),
+        "continuing_subword_prefix": null, "end_of_word_suffix": null,
+        "fuse_unk": true, "byte_fallback": true, "ignore_merges": false});
+    let tokenizer = json!({"version": "1.0", "truncation": null, "padding": null,
+        "added_tokens": added,
+        "normalizer": {"type": "Sequence", "normalizers": normalizers},
+        "pre_tokenizer": null, "post_processor": null,
+        "decoder": {"type": "Sequence", "decoders": decoders},
+        "model": model});
+    Ok(tokenizer)
+}
+
+/// The post-processor that puts the bos token (`bos_text`, id `bos`) before every sequence.
+fn bos_post_processor(bos_text: &str, bos: usize) -> Json {
+    json!({"type": "TemplateProcessing",
+        "single": [{"SpecialToken": {"id": bos_text, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+        "pair": [{"SpecialToken": {"id": bos_text, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
+                 {"Sequence": {"id": "B", "type_id": 1}}],
+        "special_tokens": {bos_text: {"id": bos_text, "ids": [bos], "tokens": [bos_text]}}})
 }

@@ -123,37 +123,7 @@ pub fn grpo_loss<B: Backend>(
 ) -> Result<GrpoLoss<B>, RlError> {
     config.validate()?;
     let [n, t] = inputs.per_token_logps.dims();
-    let check = |name: &str, dims: [usize; 2]| {
-        if dims == [n, t] {
-            Ok(())
-        } else {
-            Err(RlError::BadInput(format!(
-                "{name} is {dims:?}, per_token_logps is [{n}, {t}]"
-            )))
-        }
-    };
-    check("completion_mask", inputs.completion_mask.dims())?;
-    if let Some(old) = &inputs.old_per_token_logps {
-        check("old_per_token_logps", old.dims())?;
-    }
-    if inputs.advantages.dims() != [n] {
-        return Err(RlError::BadInput(format!(
-            "advantages are {:?}, expected [{n}]",
-            inputs.advantages.dims()
-        )));
-    }
-    let reference = match (&inputs.ref_per_token_logps, config.beta > 0.0) {
-        (Some(r), true) => {
-            check("ref_per_token_logps", r.dims())?;
-            Some(r.clone())
-        }
-        (None, true) => {
-            return Err(RlError::BadInput(
-                "beta > 0 needs the reference policy's log-probabilities".into(),
-            ));
-        }
-        (_, false) => None,
-    };
+    let reference = check_inputs(&inputs, config)?;
     let logps = inputs.per_token_logps;
     let mask = inputs.completion_mask;
     let old = inputs
@@ -193,41 +163,104 @@ pub fn grpo_loss<B: Backend>(
     };
 
     // Metrics, on the host from detached values.
-    let mask_h = host(mask);
-    let ratio_h = host(ratio.detach());
-    let adv_h = host(advantages.detach());
-    let counted: f64 = mask_h.iter().map(|&m| f64::from(m)).sum::<f64>().max(1.0);
-    let masked_mean = |values: &[f32]| {
+    let mask_h = HostMask::new(host(mask), n, t);
+    let clips = ClipFlags::new(&host(ratio.detach()), &host(advantages.detach()), low, high);
+    let metrics = GrpoMetrics {
+        loss: f64::from(host(loss.clone().detach())[0]),
+        kl: kl.map(|kl| mask_h.masked_mean(&host(kl.detach()))),
+        entropy: inputs.entropies.map(|e| mask_h.masked_mean(&host(e))),
+        clip_ratio_low_mean: mask_h.masked_mean(&clips.is_low),
+        clip_ratio_high_mean: mask_h.masked_mean(&clips.is_high),
+        clip_ratio_region_mean: mask_h.masked_mean(&clips.region),
+        clip_ratio_low_min: mask_h
+            .per_sequence(&clips.is_low)
+            .into_iter()
+            .fold(f64::NAN, f64::min),
+        clip_ratio_high_max: mask_h
+            .per_sequence(&clips.is_high)
+            .into_iter()
+            .fold(f64::NAN, f64::max),
+    };
+    Ok(GrpoLoss { loss, metrics })
+}
+
+/// Checks every input's shape against `per_token_logps` `[n, T]`; returns the reference
+/// log-probabilities when `beta > 0` needs them.
+fn check_inputs<B: Backend>(
+    inputs: &LossInputs<B>,
+    config: &GrpoLossConfig,
+) -> Result<Option<Tensor<B, 2>>, RlError> {
+    let [n, t] = inputs.per_token_logps.dims();
+    let check = |name: &str, dims: [usize; 2]| {
+        if dims == [n, t] {
+            Ok(())
+        } else {
+            Err(RlError::BadInput(format!(
+                "{name} is {dims:?}, per_token_logps is [{n}, {t}]"
+            )))
+        }
+    };
+    check("completion_mask", inputs.completion_mask.dims())?;
+    if let Some(old) = &inputs.old_per_token_logps {
+        check("old_per_token_logps", old.dims())?;
+    }
+    if inputs.advantages.dims() != [n] {
+        return Err(RlError::BadInput(format!(
+            "advantages are {:?}, expected [{n}]",
+            inputs.advantages.dims()
+        )));
+    }
+    match (&inputs.ref_per_token_logps, config.beta > 0.0) {
+        (Some(r), true) => {
+            check("ref_per_token_logps", r.dims())?;
+            Ok(Some(r.clone()))
+        }
+        (None, true) => Err(RlError::BadInput(
+            "beta > 0 needs the reference policy's log-probabilities".into(),
+        )),
+        (_, false) => Ok(None),
+    }
+}
+
+/// The completion mask `[n, T]` on the host, for means over counted tokens.
+struct HostMask {
+    values: Vec<f32>,
+    n: usize,
+    t: usize,
+    /// Counted tokens (at least 1).
+    counted: f64,
+}
+
+impl HostMask {
+    fn new(values: Vec<f32>, n: usize, t: usize) -> Self {
+        let counted: f64 = values.iter().map(|&m| f64::from(m)).sum::<f64>().max(1.0);
+        Self {
+            values,
+            n,
+            t,
+            counted,
+        }
+    }
+
+    /// The mean of `values` `[n, T]` over counted tokens.
+    fn masked_mean(&self, values: &[f32]) -> f64 {
         values
             .iter()
-            .zip(&mask_h)
+            .zip(&self.values)
             .map(|(&v, &m)| f64::from(v) * f64::from(m))
             .sum::<f64>()
-            / counted
-    };
-    let is_low: Vec<f32> = ratio_h
-        .iter()
-        .zip(&adv_h)
-        .map(|(&r, &a)| f32::from(u8::from(f64::from(r) < low && a < 0.0)))
-        .collect();
-    let is_high: Vec<f32> = ratio_h
-        .iter()
-        .zip(&adv_h)
-        .map(|(&r, &a)| f32::from(u8::from(f64::from(r) > high && a > 0.0)))
-        .collect();
-    let region: Vec<f32> = is_low
-        .iter()
-        .zip(&is_high)
-        .map(|(a, b)| a.max(*b))
-        .collect();
-    // Per-sequence means; a sequence with no counted tokens gives NaN, which TRL's
-    // nanmin/nanmax skip.
-    let per_sequence = |values: &[f32]| -> Vec<f64> {
-        (0..n)
+            / self.counted
+    }
+
+    /// Per-sequence means; a sequence with no counted tokens gives NaN, which TRL's
+    /// nanmin/nanmax skip.
+    fn per_sequence(&self, values: &[f32]) -> Vec<f64> {
+        let t = self.t;
+        (0..self.n)
             .map(|row| {
                 let (mut sum, mut count) = (0.0, 0.0);
                 for col in 0..t {
-                    let m = f64::from(mask_h[row * t + col]);
+                    let m = f64::from(self.values[row * t + col]);
                     sum += f64::from(values[row * t + col]) * m;
                     count += m;
                 }
@@ -235,16 +268,40 @@ pub fn grpo_loss<B: Backend>(
             })
             .filter(|v| !v.is_nan())
             .collect()
-    };
-    let metrics = GrpoMetrics {
-        loss: f64::from(host(loss.clone().detach())[0]),
-        kl: kl.map(|kl| masked_mean(&host(kl.detach()))),
-        entropy: inputs.entropies.map(|e| masked_mean(&host(e))),
-        clip_ratio_low_mean: masked_mean(&is_low),
-        clip_ratio_high_mean: masked_mean(&is_high),
-        clip_ratio_region_mean: masked_mean(&region),
-        clip_ratio_low_min: per_sequence(&is_low).into_iter().fold(f64::NAN, f64::min),
-        clip_ratio_high_max: per_sequence(&is_high).into_iter().fold(f64::NAN, f64::max),
-    };
-    Ok(GrpoLoss { loss, metrics })
+    }
+}
+
+/// Per token (1 or 0): whether the clip applied.
+struct ClipFlags {
+    /// The ratio fell below `low` with a negative advantage.
+    is_low: Vec<f32>,
+    /// The ratio rose above `high` with a positive advantage.
+    is_high: Vec<f32>,
+    /// Either.
+    region: Vec<f32>,
+}
+
+impl ClipFlags {
+    fn new(ratio: &[f32], advantages: &[f32], low: f64, high: f64) -> Self {
+        let is_low: Vec<f32> = ratio
+            .iter()
+            .zip(advantages)
+            .map(|(&r, &a)| f32::from(u8::from(f64::from(r) < low && a < 0.0)))
+            .collect();
+        let is_high: Vec<f32> = ratio
+            .iter()
+            .zip(advantages)
+            .map(|(&r, &a)| f32::from(u8::from(f64::from(r) > high && a > 0.0)))
+            .collect();
+        let region: Vec<f32> = is_low
+            .iter()
+            .zip(&is_high)
+            .map(|(a, b)| a.max(*b))
+            .collect();
+        Self {
+            is_low,
+            is_high,
+            region,
+        }
+    }
 }

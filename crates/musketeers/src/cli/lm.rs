@@ -131,31 +131,7 @@ fn tokenizer(path: &Path) -> Result<TextTokenizer> {
 fn run_on<B: Backend>(command: LmCommand, device: &B::Device) -> Result<()> {
     let mut out = std::io::stdout().lock();
     match command {
-        LmCommand::Randomize { dir } => {
-            let start = Instant::now();
-            let config = musketeers_lm::LlamaConfig::from_file(&dir.join("config.json"))?;
-            let tokenizer = dir
-                .join("tokenizer.json")
-                .exists()
-                .then(|| TextTokenizer::load(&dir, config.vocab_size))
-                .transpose()?;
-            let pretrained = Pretrained {
-                dir: dir.clone(),
-                model: config.init::<B>(device),
-                eos_token_ids: musketeers_lm::config::generation_eos_ids(&dir)?,
-                config,
-                tokenizer,
-            };
-            musketeers_lm::export::save_pretrained(&pretrained, &dir)
-                .with_context(|| format!("writing {}", dir.display()))?;
-            writeln!(
-                out,
-                "randomized {} ({} layers) in {:.1}s",
-                dir.display(),
-                pretrained.config.num_layers,
-                start.elapsed().as_secs_f64()
-            )?;
-        }
+        LmCommand::Randomize { dir } => randomize::<B>(&mut out, &dir, device),
         LmCommand::Convert { from, to } => {
             let start = Instant::now();
             let pretrained = load::<B>(&from, device)?;
@@ -168,75 +144,19 @@ fn run_on<B: Backend>(command: LmCommand, device: &B::Device) -> Result<()> {
                 pretrained.config.num_layers,
                 start.elapsed().as_secs_f64()
             )?;
+            Ok(())
         }
         LmCommand::Tokenize { model, text } => {
             let ids = tokenizer(&model.model)?.encode(&text, false)?;
             writeln!(out, "{}", serde_json::to_string(&ids)?)?;
+            Ok(())
         }
         LmCommand::Forward {
             model,
             token_ids,
             prompt,
             dump,
-        } => {
-            let Pretrained {
-                config,
-                model: llama,
-                tokenizer: tok,
-                ..
-            } = load::<B>(&model.model, device)?;
-            let ids = match (token_ids, prompt) {
-                (Some(ids), _) => ids,
-                (None, Some(text)) => tok
-                    .with_context(|| format!("{} has no tokenizer", model.model.display()))?
-                    .encode(&text, true)?,
-                (None, None) => bail!("give --token-ids or --prompt"),
-            };
-            if let Some(bad) = ids.iter().find(|&&id| id as usize >= config.vocab_size) {
-                bail!(
-                    "--token-ids: id {bad} is outside the vocabulary of {}",
-                    config.vocab_size
-                );
-            }
-            if ids.is_empty() {
-                bail!("--token-ids: at least one token is needed");
-            }
-            let t = ids.len();
-            let input = Tensor::<B, 2, Int>::from_data(
-                TensorData::new(
-                    ids.iter().map(|&i| i64::from(i)).collect::<Vec<_>>(),
-                    [1, t],
-                ),
-                device,
-            );
-            let output = llama.forward(input, None, true);
-            let logits = output
-                .logits
-                .into_data()
-                .to_vec::<f32>()
-                .map_err(|e| anyhow::anyhow!("{e:?}"))?;
-            let mut hidden = Vec::new();
-            for state in output.hidden_states {
-                hidden.extend(
-                    state
-                        .into_data()
-                        .to_vec::<f32>()
-                        .map_err(|e| anyhow::anyhow!("{e:?}"))?,
-                );
-            }
-            write_dump(
-                &dump,
-                &[
-                    ("logits", vec![t, config.vocab_size], logits),
-                    (
-                        "hidden_states",
-                        vec![config.num_layers + 1, t, config.hidden_size],
-                        hidden,
-                    ),
-                ],
-            )?;
-            writeln!(out, "wrote {}", dump.display())?;
-        }
+        } => forward::<B>(&mut out, &model.model, token_ids, prompt, &dump, device),
         LmCommand::Generate {
             model,
             prompt,
@@ -249,52 +169,177 @@ fn run_on<B: Backend>(command: LmCommand, device: &B::Device) -> Result<()> {
             num_return_sequences,
             stop,
         } => {
-            let pretrained = load::<B>(&model.model, device)?;
-            let tok = pretrained.tokenizer()?;
-            let text = if chat {
-                tok.apply_chat_template(
-                    &[ChatMessage {
-                        role: "user".into(),
-                        content: prompt,
-                    }],
-                    true,
-                )?
-            } else {
-                prompt
-            };
-            let ids = tok.encode(&text, !chat)?;
-            let generation_config = GenerationConfig {
+            let request = GenerateRequest {
+                prompt,
+                chat,
                 max_new_tokens,
                 num_return_sequences,
-                eos_token_ids: pretrained.eos_token_ids.clone(),
                 sampling: SamplingConfig {
                     temperature,
                     top_k,
                     top_p,
                     seed,
                 },
+                stop,
             };
-            let stop = StopStrings::new(tok, stop);
-            let result = generate_until(
-                &pretrained.model,
-                &[ids],
-                &generation_config,
-                Some(&stop),
-                device,
-            )?;
-            for (i, tokens) in result.tokens.iter().enumerate() {
-                writeln!(out, "--- completion {i} ---\n{}", tok.decode(tokens, true)?)?;
-            }
-            writeln!(
-                out,
-                "prefill: {} tokens at {:.1} tokens/s; decode: {} tokens at {:.1} tokens/s",
-                result.prefill_tokens,
-                result.prefill_tokens as f64 / result.prefill_seconds.max(1e-9),
-                result.decode_tokens,
-                result.decode_tokens as f64 / result.decode_seconds.max(1e-9)
-            )?;
+            generate::<B>(&mut out, &model.model, request, device)
         }
     }
+}
+
+/// `lm randomize`: fresh random weights for the config in `dir`, written beside it.
+fn randomize<B: Backend>(out: &mut impl Write, dir: &Path, device: &B::Device) -> Result<()> {
+    let start = Instant::now();
+    let config = musketeers_lm::LlamaConfig::from_file(&dir.join("config.json"))?;
+    let tokenizer = dir
+        .join("tokenizer.json")
+        .exists()
+        .then(|| TextTokenizer::load(dir, config.vocab_size))
+        .transpose()?;
+    let pretrained = Pretrained {
+        dir: dir.to_path_buf(),
+        model: config.init::<B>(device),
+        eos_token_ids: musketeers_lm::config::generation_eos_ids(dir)?,
+        config,
+        tokenizer,
+    };
+    musketeers_lm::export::save_pretrained(&pretrained, dir)
+        .with_context(|| format!("writing {}", dir.display()))?;
+    writeln!(
+        out,
+        "randomized {} ({} layers) in {:.1}s",
+        dir.display(),
+        pretrained.config.num_layers,
+        start.elapsed().as_secs_f64()
+    )?;
+    Ok(())
+}
+
+/// `lm forward`: the logits and every hidden state of one prompt, dumped as safetensors.
+fn forward<B: Backend>(
+    out: &mut impl Write,
+    path: &Path,
+    token_ids: Option<Vec<u32>>,
+    prompt: Option<String>,
+    dump: &Path,
+    device: &B::Device,
+) -> Result<()> {
+    let Pretrained {
+        config,
+        model: llama,
+        tokenizer: tok,
+        ..
+    } = load::<B>(path, device)?;
+    let ids = match (token_ids, prompt) {
+        (Some(ids), _) => ids,
+        (None, Some(text)) => tok
+            .with_context(|| format!("{} has no tokenizer", path.display()))?
+            .encode(&text, true)?,
+        (None, None) => bail!("give --token-ids or --prompt"),
+    };
+    if let Some(bad) = ids.iter().find(|&&id| id as usize >= config.vocab_size) {
+        bail!(
+            "--token-ids: id {bad} is outside the vocabulary of {}",
+            config.vocab_size
+        );
+    }
+    if ids.is_empty() {
+        bail!("--token-ids: at least one token is needed");
+    }
+    let t = ids.len();
+    let input = Tensor::<B, 2, Int>::from_data(
+        TensorData::new(
+            ids.iter().map(|&i| i64::from(i)).collect::<Vec<_>>(),
+            [1, t],
+        ),
+        device,
+    );
+    let output = llama.forward(input, None, true);
+    let logits = output
+        .logits
+        .into_data()
+        .to_vec::<f32>()
+        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    let mut hidden = Vec::new();
+    for state in output.hidden_states {
+        hidden.extend(
+            state
+                .into_data()
+                .to_vec::<f32>()
+                .map_err(|e| anyhow::anyhow!("{e:?}"))?,
+        );
+    }
+    write_dump(
+        dump,
+        &[
+            ("logits", vec![t, config.vocab_size], logits),
+            (
+                "hidden_states",
+                vec![config.num_layers + 1, t, config.hidden_size],
+                hidden,
+            ),
+        ],
+    )?;
+    writeln!(out, "wrote {}", dump.display())?;
+    Ok(())
+}
+
+/// What `lm generate` asks for.
+struct GenerateRequest {
+    prompt: String,
+    chat: bool,
+    max_new_tokens: usize,
+    num_return_sequences: usize,
+    sampling: SamplingConfig,
+    stop: Vec<String>,
+}
+
+/// `lm generate`: completions of one prompt, with the prefill and decode rates.
+fn generate<B: Backend>(
+    out: &mut impl Write,
+    path: &Path,
+    request: GenerateRequest,
+    device: &B::Device,
+) -> Result<()> {
+    let pretrained = load::<B>(path, device)?;
+    let tok = pretrained.tokenizer()?;
+    let text = if request.chat {
+        tok.apply_chat_template(
+            &[ChatMessage {
+                role: "user".into(),
+                content: request.prompt,
+            }],
+            true,
+        )?
+    } else {
+        request.prompt
+    };
+    let ids = tok.encode(&text, !request.chat)?;
+    let generation_config = GenerationConfig {
+        max_new_tokens: request.max_new_tokens,
+        num_return_sequences: request.num_return_sequences,
+        eos_token_ids: pretrained.eos_token_ids.clone(),
+        sampling: request.sampling,
+    };
+    let stop = StopStrings::new(tok, request.stop);
+    let result = generate_until(
+        &pretrained.model,
+        &[ids],
+        &generation_config,
+        Some(&stop),
+        device,
+    )?;
+    for (i, tokens) in result.tokens.iter().enumerate() {
+        writeln!(out, "--- completion {i} ---\n{}", tok.decode(tokens, true)?)?;
+    }
+    writeln!(
+        out,
+        "prefill: {} tokens at {:.1} tokens/s; decode: {} tokens at {:.1} tokens/s",
+        result.prefill_tokens,
+        result.prefill_tokens as f64 / result.prefill_seconds.max(1e-9),
+        result.decode_tokens,
+        result.decode_tokens as f64 / result.decode_seconds.max(1e-9)
+    )?;
     Ok(())
 }
 

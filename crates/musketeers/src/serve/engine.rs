@@ -100,74 +100,104 @@ fn fresh(text: &str, sent: usize, finished: bool) -> Option<(String, usize)> {
 
 /// Run the engine until the queue closes and every sequence has finished.
 pub fn run<B: Backend>(served: Served<B>, jobs: Receiver<Job>) {
-    let Served {
-        model,
-        max_rows,
-        max_prompt_tokens,
-    } = served;
-    let device = model.policy.embed_tokens.weight.device();
-    let sampler = model.sampler();
-    let mut batch = DecodeBatch::new(&sampler, &device);
-    if let Some(gates) = model.context_gates() {
-        batch = batch.with_context_gates(gates);
-    }
-    let mut sequences: HashMap<u64, Sequence> = HashMap::new();
-    let mut states: BTreeMap<u64, JobState> = BTreeMap::new();
-    let mut next_job = 0u64;
+    let mut engine = Engine::new(served);
     let mut closed = false;
     loop {
-        // Admit: wait for work when idle, take what is queued while busy.
+        let Some(admitted) = engine.take_jobs(&jobs, &mut closed) else {
+            return;
+        };
+        engine.admit_all(admitted);
+        if engine.batch.is_empty() {
+            continue;
+        }
+        if let Some(events) = engine.decode_step() {
+            engine.deliver(events);
+        }
+    }
+}
+
+/// The engine's state: the model, its decode batch and the open requests.
+struct Engine<B: Backend> {
+    model: TeamModel<B>,
+    sampler: musketeers_lm::Llama<B>,
+    device: B::Device,
+    batch: DecodeBatch<B>,
+    sequences: HashMap<u64, Sequence>,
+    states: BTreeMap<u64, JobState>,
+    next_job: u64,
+    max_rows: usize,
+    max_prompt_tokens: usize,
+}
+
+impl<B: Backend> Engine<B> {
+    fn new(served: Served<B>) -> Self {
+        let Served {
+            model,
+            max_rows,
+            max_prompt_tokens,
+        } = served;
+        let device = model.policy.embed_tokens.weight.device();
+        let sampler = model.sampler();
+        let mut batch = DecodeBatch::new(&sampler, &device);
+        if let Some(gates) = model.context_gates() {
+            batch = batch.with_context_gates(gates);
+        }
+        Self {
+            model,
+            sampler,
+            device,
+            batch,
+            sequences: HashMap::new(),
+            states: BTreeMap::new(),
+            next_job: 0,
+            max_rows,
+            max_prompt_tokens,
+        }
+    }
+
+    /// Admit: wait for work when idle, take what is queued while busy. `None`: the queue
+    /// closed and nothing is left to decode.
+    fn take_jobs(&mut self, jobs: &Receiver<Job>, closed: &mut bool) -> Option<Vec<Job>> {
         let mut admitted = Vec::new();
-        if batch.is_empty() {
-            if closed {
-                return;
+        if self.batch.is_empty() {
+            if *closed {
+                return None;
             }
             match jobs.recv_timeout(Duration::from_millis(200)) {
                 Ok(job) => admitted.push(job),
-                Err(RecvTimeoutError::Timeout) => continue,
-                Err(RecvTimeoutError::Disconnected) => return,
+                Err(RecvTimeoutError::Timeout) => return Some(admitted),
+                Err(RecvTimeoutError::Disconnected) => return None,
             }
         }
-        while batch.len() + admitted.iter().map(|j| j.sampling.n).sum::<usize>() < max_rows {
+        while self.batch.len() + admitted.iter().map(|j| j.sampling.n).sum::<usize>()
+            < self.max_rows
+        {
             match jobs.try_recv() {
                 Ok(job) => admitted.push(job),
                 Err(std::sync::mpsc::TryRecvError::Empty) => break,
                 Err(std::sync::mpsc::TryRecvError::Disconnected) => {
-                    closed = true;
+                    *closed = true;
                     break;
                 }
             }
         }
-        // Every admitted request is prefilled in one forward pass.
+        Some(admitted)
+    }
+
+    /// Every admitted request is prefilled in one forward pass and joins the batch; a
+    /// request that cannot is answered with its error.
+    fn admit_all(&mut self, admitted: Vec<Job>) {
         let mut joining = Vec::new();
         let mut joined_jobs = Vec::new();
         for job in admitted {
-            let id = next_job;
-            next_job += 1;
-            match admit(&model, &job, id, max_prompt_tokens) {
+            let id = self.next_job;
+            self.next_job += 1;
+            match admit(&self.model, &job, id, self.max_prompt_tokens) {
                 Ok((specs, started)) => {
                     if job.events.send(started).is_err() {
                         continue;
                     }
-                    for spec in &specs {
-                        sequences.insert(
-                            spec.id,
-                            Sequence {
-                                job: id,
-                                index: (spec.id & 0xffff) as usize,
-                                tokens: Vec::new(),
-                                sent: 0,
-                                stop: job.sampling.stop.clone(),
-                            },
-                        );
-                    }
-                    states.insert(
-                        id,
-                        JobState {
-                            events: job.events.clone(),
-                            open: specs.len(),
-                        },
-                    );
+                    self.open(&job, id, &specs);
                     joining.extend(specs);
                     joined_jobs.push(id);
                 }
@@ -176,111 +206,147 @@ pub fn run<B: Backend>(served: Served<B>, jobs: Receiver<Job>) {
                 }
             }
         }
-        if let Err(e) = batch.join(&sampler, joining, &device) {
+        if let Err(e) = self.batch.join(&self.sampler, joining, &self.device) {
             for id in joined_jobs {
-                if let Some(state) = states.remove(&id) {
+                if let Some(state) = self.states.remove(&id) {
                     let _ = state
                         .events
                         .send(JobEvent::Failed(ApiError::invalid("prompt", e.to_string())));
                 }
-                sequences.retain(|_, s| s.job != id);
+                self.sequences.retain(|_, s| s.job != id);
             }
         }
-        if batch.is_empty() {
-            continue;
+    }
+
+    /// Track `job`'s sequences until each has finished.
+    fn open(&mut self, job: &Job, id: u64, specs: &[SequenceSpec<B>]) {
+        for spec in specs {
+            self.sequences.insert(
+                spec.id,
+                Sequence {
+                    job: id,
+                    index: (spec.id & 0xffff) as usize,
+                    tokens: Vec::new(),
+                    sent: 0,
+                    stop: job.sampling.stop.clone(),
+                },
+            );
         }
-        let events = match batch.step(&sampler, &device) {
-            Ok(events) => events,
+        self.states.insert(
+            id,
+            JobState {
+                events: job.events.clone(),
+                open: specs.len(),
+            },
+        );
+    }
+
+    /// One decode step of the whole batch. A step that fails fails every request in it; the
+    /// engine goes on.
+    fn decode_step(&mut self) -> Option<Vec<Event>> {
+        match self.batch.step(&self.sampler, &self.device) {
+            Ok(events) => Some(events),
             Err(e) => {
-                // A step that fails fails every request in it; the engine goes on.
-                for state in states.values() {
+                for state in self.states.values() {
                     let _ = state.events.send(JobEvent::Failed(ApiError::with_status(
                         500,
                         "server_error",
                         e.to_string(),
                     )));
                 }
-                let ids: Vec<u64> = sequences.keys().copied().collect();
+                let ids: Vec<u64> = self.sequences.keys().copied().collect();
                 for id in ids {
-                    batch.cancel(id);
+                    self.batch.cancel(id);
                 }
-                sequences.clear();
-                states.clear();
-                continue;
+                self.sequences.clear();
+                self.states.clear();
+                None
             }
-        };
+        }
+    }
+
+    /// Send each sequence's new text, and its end when it finished; forget the requests
+    /// whose clients went away.
+    fn deliver(&mut self, events: Vec<Event>) {
         let mut gone: Vec<u64> = Vec::new();
         for event in events {
             let (id, reason) = match event {
                 Event::Token { id, token, .. } => {
-                    if let Some(seq) = sequences.get_mut(&id) {
+                    if let Some(seq) = self.sequences.get_mut(&id) {
                         seq.tokens.push(token);
                     }
                     (id, None)
                 }
                 Event::Finished { id, reason } => (id, Some(reason)),
             };
-            let Some(seq) = sequences.get_mut(&id) else {
-                continue;
-            };
-            let job = seq.job;
-            let (text, stopped) = decoded(&model.tokenizer, &seq.tokens, &seq.stop);
-            let finished = reason.is_some() || stopped;
-            let Some(state) = states.get_mut(&seq.job) else {
-                continue;
-            };
-            let mut alive = true;
-            if let Some((delta, end)) = fresh(&text, seq.sent, finished) {
-                seq.sent = end;
-                alive = state
-                    .events
-                    .send(JobEvent::Text {
-                        index: seq.index,
-                        delta,
-                    })
-                    .is_ok();
-            }
-            if alive && finished {
-                let label = if stopped {
-                    "stop"
-                } else {
-                    finish_reason(reason.unwrap_or(FinishReason::Length))
-                };
-                alive = state
-                    .events
-                    .send(JobEvent::Finished {
-                        index: seq.index,
-                        reason: label,
-                        completion_tokens: seq.tokens.len(),
-                    })
-                    .is_ok();
-                state.open -= 1;
-                if reason.is_none() {
-                    // A stop string ended it; the batch still decodes it.
-                    batch.cancel(id);
-                }
-                sequences.remove(&id);
-                if states.get(&job).is_some_and(|s| s.open == 0) {
-                    states.remove(&job);
-                }
-            }
-            if !alive {
-                // The client went away: free its rows.
+            if let Some(job) = self.send(id, reason) {
                 gone.push(job);
             }
         }
         for job in gone {
-            let ids: Vec<u64> = sequences
-                .iter()
-                .filter(|(_, s)| s.job == job)
-                .map(|(id, _)| *id)
-                .collect();
-            for id in ids {
-                batch.cancel(id);
-                sequences.remove(&id);
-            }
-            states.remove(&job);
+            self.drop_job(job);
         }
+    }
+
+    /// Sequence `id`'s new text, and its end when `reason` says it finished or a stop string
+    /// ended it. `Some(job)`: the job's client went away.
+    fn send(&mut self, id: u64, reason: Option<FinishReason>) -> Option<u64> {
+        let seq = self.sequences.get_mut(&id)?;
+        let job = seq.job;
+        let (text, stopped) = decoded(&self.model.tokenizer, &seq.tokens, &seq.stop);
+        let finished = reason.is_some() || stopped;
+        let state = self.states.get_mut(&seq.job)?;
+        let mut alive = true;
+        if let Some((delta, end)) = fresh(&text, seq.sent, finished) {
+            seq.sent = end;
+            alive = state
+                .events
+                .send(JobEvent::Text {
+                    index: seq.index,
+                    delta,
+                })
+                .is_ok();
+        }
+        if alive && finished {
+            let label = if stopped {
+                "stop"
+            } else {
+                finish_reason(reason.unwrap_or(FinishReason::Length))
+            };
+            alive = state
+                .events
+                .send(JobEvent::Finished {
+                    index: seq.index,
+                    reason: label,
+                    completion_tokens: seq.tokens.len(),
+                })
+                .is_ok();
+            state.open -= 1;
+            if reason.is_none() {
+                // A stop string ended it; the batch still decodes it.
+                self.batch.cancel(id);
+            }
+            self.sequences.remove(&id);
+            if self.states.get(&job).is_some_and(|s| s.open == 0) {
+                self.states.remove(&job);
+            }
+        }
+        // The client went away: its rows are freed.
+        (!alive).then_some(job)
+    }
+
+    fn drop_job(&mut self, job: u64) {
+        let ids: Vec<u64> = self
+            .sequences
+            .iter()
+            .filter(|(_, s)| s.job == job)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            self.batch.cancel(id);
+            self.sequences.remove(&id);
+        }
+        self.states.remove(&job);
     }
 }
 

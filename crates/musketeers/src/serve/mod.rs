@@ -432,31 +432,13 @@ fn streamed(
     kind: Kind,
     id: String,
 ) -> Sse<impl tokio_stream::Stream<Item = Result<SseEvent, Infallible>>> {
-    let object = match kind {
-        Kind::Chat => "chat.completion.chunk",
-        Kind::Completion => "text_completion",
-    };
-    let model = shared.options.model.clone();
-    let created = created();
-    let chunk = move |choices: serde_json::Value, extra: Option<serde_json::Value>| {
-        let mut value = serde_json::json!({"id": id, "object": object, "created": created,
-            "model": model, "choices": choices});
-        if let (Some(extra), Some(map)) = (extra, value.as_object_mut())
-            && let Some(fields) = extra.as_object()
-        {
-            map.extend(fields.clone());
-        }
-        SseEvent::default().data(value.to_string())
-    };
-    struct Progress {
-        receiver: UnboundedReceiver<JobEvent>,
-        prompt_tokens: usize,
-        completion_tokens: usize,
-        team: Option<TeamReport>,
-        started: std::collections::BTreeSet<usize>,
-        done: bool,
-    }
-    let state = Progress {
+    let chunks = Arc::new(Chunks {
+        id,
+        kind,
+        model: shared.options.model.clone(),
+        created: created(),
+    });
+    let state = StreamState {
         receiver,
         prompt_tokens: 0,
         completion_tokens: 0,
@@ -464,90 +446,148 @@ fn streamed(
         started: Default::default(),
         done: false,
     };
-    let stream = futures_unfold(state, move |mut p| {
-        let chunk = chunk.clone();
+    let stream = futures_unfold(state, move |mut state| {
+        let chunks = chunks.clone();
         async move {
-            if p.done {
+            if state.done {
                 return None;
             }
             loop {
-                let Some(event) = p.receiver.recv().await else {
-                    p.done = true;
-                    let usage = Usage {
-                        prompt_tokens: p.prompt_tokens,
-                        completion_tokens: p.completion_tokens,
-                        total_tokens: p.prompt_tokens + p.completion_tokens,
-                    };
-                    let last = chunk(
-                        serde_json::json!([]),
-                        Some(serde_json::json!({"usage": usage, "musketeers": p.team})),
-                    );
-                    return Some((vec![last, SseEvent::default().data("[DONE]")], p));
+                let Some(event) = state.receiver.recv().await else {
+                    state.done = true;
+                    let last = state.last(&chunks);
+                    return Some((last, state));
                 };
-                let events = match event {
-                    JobEvent::Started {
-                        prompt_tokens,
-                        team,
-                    } => {
-                        p.prompt_tokens = prompt_tokens;
-                        p.team = Some(team);
-                        continue;
-                    }
-                    JobEvent::Text { index, delta } => {
-                        let mut out = Vec::new();
-                        if kind == Kind::Chat && p.started.insert(index) {
-                            out.push(chunk(
-                                serde_json::json!([{"index": index, "finish_reason": null,
-                                    "delta": {"role": "assistant", "content": ""}}]),
-                                None,
-                            ));
-                        }
-                        out.push(match kind {
-                            Kind::Chat => chunk(
-                                serde_json::json!([{"index": index, "finish_reason": null,
-                                    "delta": {"content": delta}}]),
-                                None,
-                            ),
-                            Kind::Completion => chunk(
-                                serde_json::json!([{"index": index, "finish_reason": null,
-                                    "text": delta, "logprobs": null}]),
-                                None,
-                            ),
-                        });
-                        out
-                    }
-                    JobEvent::Finished {
-                        index,
-                        reason,
-                        completion_tokens,
-                    } => {
-                        p.completion_tokens += completion_tokens;
-                        vec![match kind {
-                            Kind::Chat => chunk(
-                                serde_json::json!([{"index": index, "finish_reason": reason,
-                                    "delta": {}}]),
-                                None,
-                            ),
-                            Kind::Completion => chunk(
-                                serde_json::json!([{"index": index, "finish_reason": reason,
-                                    "text": "", "logprobs": null}]),
-                                None,
-                            ),
-                        }]
-                    }
-                    JobEvent::Failed(e) => {
-                        p.done = true;
-                        vec![
-                            SseEvent::default().data(e.body().to_string()),
-                            SseEvent::default().data("[DONE]"),
-                        ]
-                    }
-                };
-                return Some((events, p));
+                if let Some(events) = state.events(event, &chunks) {
+                    return Some((events, state));
+                }
             }
         }
     });
     Sse::new(stream)
+}
+
+/// The chunks of one streamed response, in OpenAI's shapes.
+struct Chunks {
+    id: String,
+    kind: Kind,
+    model: String,
+    created: u64,
+}
+
+impl Chunks {
+    fn chunk(&self, choices: serde_json::Value, extra: Option<serde_json::Value>) -> SseEvent {
+        let object = match self.kind {
+            Kind::Chat => "chat.completion.chunk",
+            Kind::Completion => "text_completion",
+        };
+        let mut value = serde_json::json!({"id": self.id, "object": object,
+            "created": self.created, "model": self.model, "choices": choices});
+        if let (Some(extra), Some(map)) = (extra, value.as_object_mut())
+            && let Some(fields) = extra.as_object()
+        {
+            map.extend(fields.clone());
+        }
+        SseEvent::default().data(value.to_string())
+    }
+
+    /// Choice `index`'s new text (a chat's first chunk of a choice announces its role).
+    fn text(&self, index: usize, delta: String, first: bool) -> Vec<SseEvent> {
+        let mut out = Vec::new();
+        if self.kind == Kind::Chat && first {
+            out.push(self.chunk(
+                serde_json::json!([{"index": index, "finish_reason": null,
+                    "delta": {"role": "assistant", "content": ""}}]),
+                None,
+            ));
+        }
+        out.push(match self.kind {
+            Kind::Chat => self.chunk(
+                serde_json::json!([{"index": index, "finish_reason": null,
+                    "delta": {"content": delta}}]),
+                None,
+            ),
+            Kind::Completion => self.chunk(
+                serde_json::json!([{"index": index, "finish_reason": null,
+                    "text": delta, "logprobs": null}]),
+                None,
+            ),
+        });
+        out
+    }
+
+    /// The end of choice `index`.
+    fn finished(&self, index: usize, reason: &str) -> SseEvent {
+        match self.kind {
+            Kind::Chat => self.chunk(
+                serde_json::json!([{"index": index, "finish_reason": reason, "delta": {}}]),
+                None,
+            ),
+            Kind::Completion => self.chunk(
+                serde_json::json!([{"index": index, "finish_reason": reason,
+                    "text": "", "logprobs": null}]),
+                None,
+            ),
+        }
+    }
+}
+
+/// Where a streamed response stands.
+struct StreamState {
+    receiver: UnboundedReceiver<JobEvent>,
+    prompt_tokens: usize,
+    completion_tokens: usize,
+    team: Option<TeamReport>,
+    started: std::collections::BTreeSet<usize>,
+    done: bool,
+}
+
+impl StreamState {
+    /// What `event` sends; `None`: nothing yet (the request's start is recorded).
+    fn events(&mut self, event: JobEvent, chunks: &Chunks) -> Option<Vec<SseEvent>> {
+        match event {
+            JobEvent::Started {
+                prompt_tokens,
+                team,
+            } => {
+                self.prompt_tokens = prompt_tokens;
+                self.team = Some(team);
+                None
+            }
+            JobEvent::Text { index, delta } => {
+                Some(chunks.text(index, delta, self.started.insert(index)))
+            }
+            JobEvent::Finished {
+                index,
+                reason,
+                completion_tokens,
+            } => {
+                self.completion_tokens += completion_tokens;
+                Some(vec![chunks.finished(index, reason)])
+            }
+            JobEvent::Failed(e) => {
+                self.done = true;
+                Some(vec![
+                    SseEvent::default().data(e.body().to_string()),
+                    SseEvent::default().data("[DONE]"),
+                ])
+            }
+        }
+    }
+
+    /// The usage and the team's report, then `[DONE]`.
+    fn last(&self, chunks: &Chunks) -> Vec<SseEvent> {
+        let usage = Usage {
+            prompt_tokens: self.prompt_tokens,
+            completion_tokens: self.completion_tokens,
+            total_tokens: self.prompt_tokens + self.completion_tokens,
+        };
+        let last = chunks.chunk(
+            serde_json::json!([]),
+            Some(serde_json::json!({"usage": usage, "musketeers": self.team})),
+        );
+        vec![last, SseEvent::default().data("[DONE]")]
+    }
 }
 
 /// A stream of the event batches `step` yields, flattened, until it yields `None`.
