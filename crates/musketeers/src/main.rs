@@ -414,7 +414,39 @@ fn reproduce(args: &ReproduceArgs) -> Result<()> {
 }
 
 fn demo(args: &DemoArgs) -> Result<()> {
-    use musketeers::demo::{DemoSettings, run_demo, table};
+    use musketeers::demo::{run_demo, table};
+    let settings = demo_settings(args)?;
+    let started = std::time::Instant::now();
+    let mut err = std::io::stderr();
+    let mut log = |line: &str| {
+        let _ = writeln!(err, "[{:>5.0}s] {line}", started.elapsed().as_secs_f64());
+    };
+    let results = backend::on_backend!(
+        args.device,
+        B = autodiff,
+        run_demo::<B>(&settings, &Default::default(), &mut log)?
+    );
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "\n{}", table(&results))?;
+    for (run, (first, last)) in &results.specialist_utilization {
+        writeln!(
+            out,
+            "{run}: the task's specialist's share went from {first:.3} (first 10% of steps) to \
+             {last:.3} (last 10%); uniform is 0.333"
+        )?;
+    }
+    writeln!(
+        out,
+        "\nreport: {} ({:.0} s)",
+        results.report.display(),
+        started.elapsed().as_secs_f64()
+    )?;
+    Ok(())
+}
+
+/// The demo's settings: full or quick, with the command line's overrides.
+fn demo_settings(args: &DemoArgs) -> Result<musketeers::demo::DemoSettings> {
+    use musketeers::demo::DemoSettings;
     let mut settings = if args.quick {
         DemoSettings::quick(args.out.clone())
     } else {
@@ -468,32 +500,7 @@ fn demo(args: &DemoArgs) -> Result<()> {
             })
             .collect::<Result<_>>()?;
     }
-    let started = std::time::Instant::now();
-    let mut err = std::io::stderr();
-    let mut log = |line: &str| {
-        let _ = writeln!(err, "[{:>5.0}s] {line}", started.elapsed().as_secs_f64());
-    };
-    let results = backend::on_backend!(
-        args.device,
-        B = autodiff,
-        run_demo::<B>(&settings, &Default::default(), &mut log)?
-    );
-    let mut out = std::io::stdout().lock();
-    writeln!(out, "\n{}", table(&results))?;
-    for (run, (first, last)) in &results.specialist_utilization {
-        writeln!(
-            out,
-            "{run}: the task's specialist's share went from {first:.3} (first 10% of steps) to \
-             {last:.3} (last 10%); uniform is 0.333"
-        )?;
-    }
-    writeln!(
-        out,
-        "\nreport: {} ({:.0} s)",
-        results.report.display(),
-        started.elapsed().as_secs_f64()
-    )?;
-    Ok(())
+    Ok(settings)
 }
 
 fn score(input: &PathBuf) -> Result<()> {

@@ -473,6 +473,10 @@ fn one() -> f64 {
     1.0
 }
 
+fn bad(message: &str) -> Result<(), TrainError> {
+    Err(TrainError::BadInput(message.into()))
+}
+
 impl RunConfig {
     /// This config with `key=value` overrides applied, as `--set grpo.learning_rate=1e-4`:
     /// `key` is a dotted path into the TOML layout (tables only), `value` a TOML value (a
@@ -526,7 +530,16 @@ impl RunConfig {
     }
 
     pub fn validate(&self) -> Result<(), TrainError> {
-        let bad = |m: &str| Err(TrainError::BadInput(m.into()));
+        self.check_team_and_tasks()?;
+        self.check_sampling()?;
+        self.check_rewards()?;
+        self.check_batch_and_prompt()?;
+        self.check_rates()?;
+        self.policy.lora.validate()?;
+        Ok(())
+    }
+
+    fn check_team_and_tasks(&self) -> Result<(), TrainError> {
         if self.mode != Mode::Single && self.team.is_empty() {
             return bad(
                 "modes fused, hard-route and text-collab need at least one [[team]] member",
@@ -538,6 +551,10 @@ impl RunConfig {
         for task in self.tasks.iter().chain(&self.eval.tasks) {
             task.file_format()?;
         }
+        Ok(())
+    }
+
+    fn check_sampling(&self) -> Result<(), TrainError> {
         if self.grpo.num_generations < 2 {
             return bad("grpo.num_generations must be at least 2 (advantages compare samples)");
         }
@@ -550,6 +567,10 @@ impl RunConfig {
                  each prompt's expert, and the kept groups' context is recomputed",
             );
         }
+        Ok(())
+    }
+
+    fn check_rewards(&self) -> Result<(), TrainError> {
         for r in &self.rewards {
             if !(r.weight.is_finite() && r.timeout_seconds.is_finite() && r.timeout_seconds > 0.0) {
                 return Err(TrainError::BadInput(format!(
@@ -564,6 +585,10 @@ impl RunConfig {
                 )));
             }
         }
+        Ok(())
+    }
+
+    fn check_batch_and_prompt(&self) -> Result<(), TrainError> {
         if self.grpo.micro_batch_prompts == Some(0) {
             return bad("grpo.micro_batch_prompts must be at least 1 (unset: all prompts at once)");
         }
@@ -573,6 +598,11 @@ impl RunConfig {
         if !self.policy.prompt_template.contains("{question}") {
             return bad("policy.prompt_template must contain {question}");
         }
+        Ok(())
+    }
+
+    /// Learning rates, the gate's scale and AdamW's settings.
+    fn check_rates(&self) -> Result<(), TrainError> {
         let i = &self.interface;
         for (name, lr) in [
             ("grpo.learning_rate", Some(self.grpo.learning_rate)),
@@ -612,7 +642,6 @@ impl RunConfig {
                 g.weight_decay
             )));
         }
-        self.policy.lora.validate()?;
         Ok(())
     }
 }

@@ -60,25 +60,7 @@ pub struct ServeArgs {
 }
 
 pub fn run(args: &ServeArgs) -> Result<()> {
-    let (config, run_dir) = match (&args.run, &args.model) {
-        (Some(run), _) => {
-            let path = run.join("config.toml");
-            let config = RunConfig::from_file(&path)
-                .with_context(|| format!("{} is not a run directory", run.display()))?;
-            (config, Some(run.clone()))
-        }
-        (None, Some(model)) => {
-            // The policy alone, prompts as they come (no template) through its chat template.
-            let text = format!(
-                "mode = \"single\"\n[policy]\nmodel = {}\n[[tasks]]\nname = \"chain_sum\"\n",
-                toml::Value::String(model.clone())
-            );
-            let config: RunConfig = toml::from_str(&text).context("a config for --model")?;
-            debug_assert_eq!(config.mode, Mode::Single);
-            (config, None)
-        }
-        (None, None) => anyhow::bail!("say what to serve: --run DIR or --model NAME"),
-    };
+    let (config, run_dir) = what_to_serve(args)?;
     let name = args.name.clone().unwrap_or_else(|| {
         run_dir
             .as_ref()
@@ -87,25 +69,7 @@ pub fn run(args: &ServeArgs) -> Result<()> {
             .or_else(|| args.model.clone())
             .unwrap_or_else(|| "musketeers".into())
     });
-    let options = ServeOptions {
-        addr: SocketAddr::new(args.host, args.port),
-        api_key: args
-            .api_key
-            .clone()
-            .or_else(|| std::env::var("MUSKETEERS_API_KEY").ok())
-            .filter(|k| !k.is_empty()),
-        model: name,
-        limits: Limits {
-            max_tokens: args.max_tokens,
-            max_n: args.max_n,
-            ..Limits::default()
-        },
-        queue: args.queue,
-        max_rows: args.max_batch.max(1),
-        max_body_bytes: 1 << 20,
-        body_timeout: Duration::from_secs(10),
-        header_timeout: Duration::from_secs(args.header_timeout.max(1)),
-    };
+    let options = serve_options(args, name);
     let adapter = args.adapter.clone();
     let max_rows = options.max_rows;
     let max_prompt_tokens = args.max_prompt_tokens.max(1);
@@ -144,4 +108,49 @@ pub fn run(args: &ServeArgs) -> Result<()> {
         serve::<B, _>(options, build, ready, shutdown)?
     });
     Ok(())
+}
+
+/// The config to serve and its run directory: a run's, or (`--model`) the policy alone, prompts
+/// as they come (no template) through its chat template.
+fn what_to_serve(args: &ServeArgs) -> Result<(RunConfig, Option<PathBuf>)> {
+    match (&args.run, &args.model) {
+        (Some(run), _) => {
+            let path = run.join("config.toml");
+            let config = RunConfig::from_file(&path)
+                .with_context(|| format!("{} is not a run directory", run.display()))?;
+            Ok((config, Some(run.clone())))
+        }
+        (None, Some(model)) => {
+            let text = format!(
+                "mode = \"single\"\n[policy]\nmodel = {}\n[[tasks]]\nname = \"chain_sum\"\n",
+                toml::Value::String(model.clone())
+            );
+            let config: RunConfig = toml::from_str(&text).context("a config for --model")?;
+            debug_assert_eq!(config.mode, Mode::Single);
+            Ok((config, None))
+        }
+        (None, None) => anyhow::bail!("say what to serve: --run DIR or --model NAME"),
+    }
+}
+
+fn serve_options(args: &ServeArgs, model: String) -> ServeOptions {
+    ServeOptions {
+        addr: SocketAddr::new(args.host, args.port),
+        api_key: args
+            .api_key
+            .clone()
+            .or_else(|| std::env::var("MUSKETEERS_API_KEY").ok())
+            .filter(|k| !k.is_empty()),
+        model,
+        limits: Limits {
+            max_tokens: args.max_tokens,
+            max_n: args.max_n,
+            ..Limits::default()
+        },
+        queue: args.queue,
+        max_rows: args.max_batch.max(1),
+        max_body_bytes: 1 << 20,
+        body_timeout: Duration::from_secs(10),
+        header_timeout: Duration::from_secs(args.header_timeout.max(1)),
+    }
 }

@@ -118,18 +118,8 @@ pub fn evaluate<B: Backend>(
     on_progress: &mut dyn FnMut(Progress<'_>),
 ) -> Result<EvalReport, TrainError> {
     let evaluation_tasks = crate::running::tasks::evaluation_tasks(config)?;
-    let (entries, task_of, skipped_seen): (Vec<Entry>, Vec<&dyn Task>, usize) =
-        if evaluation_tasks.is_empty() {
-            let (entries, skipped) = held_out(tasks, config, model.step, config.eval.problems)?;
-            let owners = vec![tasks as &dyn Task; entries.len()];
-            (entries, owners, skipped)
-        } else {
-            let (entries, owners) =
-                from_evaluation_tasks(&evaluation_tasks, config, config.eval.problems)?
-                    .into_iter()
-                    .unzip();
-            (entries, owners, 0)
-        };
+    let (entries, task_of, skipped_seen) =
+        evaluation_set(&evaluation_tasks, tasks, config, model.step)?;
     let prompts = prompts_for(&entries)?;
     let rewards_of = |completions: &[String]| -> Vec<f32> {
         completions
@@ -139,7 +129,6 @@ pub fn evaluate<B: Backend>(
             .map(|((c, e), task)| score(*task, config.answer_extraction, c, e))
             .collect()
     };
-    let mean = |r: &[f32]| r.iter().map(|&x| f64::from(x)).sum::<f64>() / r.len().max(1) as f64;
     let without_context = model.interface.is_some() && config.eval.without_context;
     let total = prompts.len() as f64;
     let mut decode = |task: &str, with_context: bool| {
@@ -166,28 +155,65 @@ pub fn evaluate<B: Backend>(
     } else {
         None
     };
-    let mut by_task: BTreeMap<String, Vec<f32>> = BTreeMap::new();
-    for ((entry, &r), task) in entries.iter().zip(&rewards).zip(&task_of) {
-        by_task.entry(dataset(entry, *task)).or_default().push(r);
-    }
     Ok(EvalReport {
         step: model.step,
         problems: entries.len(),
         accuracy: mean(&rewards),
         accuracy_without_context,
-        per_task: by_task.iter().map(|(k, v)| (k.clone(), mean(v))).collect(),
+        per_task: per_task(&entries, &rewards, &task_of),
         skipped_seen,
-        examples: entries
-            .iter()
-            .zip(&completions)
-            .zip(&rewards)
-            .take(16)
-            .map(|((e, c), &reward)| EvalExample {
-                question: e.question.clone(),
-                answer: e.answer.clone(),
-                completion: c.clone(),
-                reward,
-            })
-            .collect(),
+        examples: examples(&entries, &completions, &rewards),
     })
+}
+
+/// Problems, the task that scores each, and how many candidates were skipped as seen.
+type EvaluationSet<'t> = (Vec<Entry>, Vec<&'t dyn Task>, usize);
+
+/// The problems to evaluate on, each with the task that scores it, and how many were skipped
+/// as seen in training: `eval.tasks` when the config has them, else the training stream minus
+/// what the run trained on (`trained_steps`).
+fn evaluation_set<'t>(
+    evaluation_tasks: &'t [Box<dyn Task>],
+    tasks: &'t Mix,
+    config: &RunConfig,
+    trained_steps: u64,
+) -> Result<EvaluationSet<'t>, TrainError> {
+    if evaluation_tasks.is_empty() {
+        let (entries, skipped) = held_out(tasks, config, trained_steps, config.eval.problems)?;
+        let owners = vec![tasks as &dyn Task; entries.len()];
+        return Ok((entries, owners, skipped));
+    }
+    let (entries, owners) = from_evaluation_tasks(evaluation_tasks, config, config.eval.problems)?
+        .into_iter()
+        .unzip();
+    Ok((entries, owners, 0))
+}
+
+/// Mean reward per task (by the dataset each entry is scored under).
+fn per_task(entries: &[Entry], rewards: &[f32], task_of: &[&dyn Task]) -> BTreeMap<String, f64> {
+    let mut by_task: BTreeMap<String, Vec<f32>> = BTreeMap::new();
+    for ((entry, &r), task) in entries.iter().zip(rewards).zip(task_of) {
+        by_task.entry(dataset(entry, *task)).or_default().push(r);
+    }
+    by_task.iter().map(|(k, v)| (k.clone(), mean(v))).collect()
+}
+
+fn mean(rewards: &[f32]) -> f64 {
+    rewards.iter().map(|&x| f64::from(x)).sum::<f64>() / rewards.len().max(1) as f64
+}
+
+/// The first completions, with their rewards.
+fn examples(entries: &[Entry], completions: &[String], rewards: &[f32]) -> Vec<EvalExample> {
+    entries
+        .iter()
+        .zip(completions)
+        .zip(rewards)
+        .take(16)
+        .map(|((e, c), &reward)| EvalExample {
+            question: e.question.clone(),
+            answer: e.answer.clone(),
+            completion: c.clone(),
+            reward,
+        })
+        .collect()
 }
