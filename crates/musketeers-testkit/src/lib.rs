@@ -67,6 +67,12 @@ pub const TINY_MODELS: [&str; 6] = [
 /// A tiny random-weight model of `crates/musketeers-lm/tests/fixtures` (`llama-gqa`,
 /// `qwen3-qk-norm`, ...; made by `scripts/fixtures/make-tiny-models.sh`), for any crate's tests.
 pub fn tiny_model(name: &str) -> std::path::PathBuf {
+    fixture(name)
+}
+
+/// `crates/musketeers-lm/tests/fixtures/<name>`: the tiny models, their expected outputs, the
+/// GGUF files and adapters the reference scripts made; one place for every crate's tests.
+pub fn fixture(name: &str) -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../musketeers-lm/tests/fixtures")
         .join(name)

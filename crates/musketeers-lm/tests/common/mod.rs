@@ -2,13 +2,9 @@
 #![allow(dead_code)]
 
 use safetensors::SafeTensors;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-pub fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
-}
+pub use musketeers_testkit::fixture;
 
 /// The f32 tensor `name` of `dir/expected.safetensors`: shape and row-major values.
 pub fn expected(dir: &Path, name: &str) -> (Vec<usize>, Vec<f32>) {

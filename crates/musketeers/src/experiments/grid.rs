@@ -371,81 +371,17 @@ pub fn mean_std(values: &[f64]) -> (f64, f64) {
 /// `summary.json`, from the finished cells among `cells`. Returns the markdown.
 pub fn write_summary(grid: &Grid, cells: &[Cell], out: &Path) -> Result<String, TrainError> {
     std::fs::create_dir_all(out).map_err(|e| bad(format!("{}: {e}", out.display())))?;
-    let mut done: Vec<(&Cell, EvalReport)> = Vec::new();
-    for cell in cells {
-        if let CellState::Done(report) = cell_state(cell)? {
-            done.push((cell, report));
-        }
-    }
+    let done = finished_cells(cells)?;
     let tasks: Vec<&str> = dedup(cells.iter().map(|c| c.task.as_str()));
     let systems: Vec<&str> = dedup(cells.iter().map(|c| c.system.as_str()));
-    let fused_systems: Vec<&str> = systems
-        .iter()
-        .copied()
-        .filter(|s| {
-            grid.systems
-                .iter()
-                .any(|g| g.name == *s && g.mode == Mode::Fused)
-        })
-        .collect();
-    let mut md =
-        String::from("# Accuracy (greedy, held-out), mean ± sample std (n − 1) over seeds\n\n");
-    let _ = write!(md, "| task |");
-    for s in &systems {
-        let _ = write!(md, " {s} |");
-    }
-    for s in &fused_systems {
-        let _ = write!(md, " {s} without C |");
-    }
-    let _ = write!(md, " ρ(entropy, reward) |\n|---|");
-    for _ in 0..systems.len() + fused_systems.len() + 1 {
-        md.push_str("---|");
-    }
-    md.push('\n');
+    let fused_systems = fused_systems(grid, &systems);
+    let mut md = table_header(&systems, &fused_systems);
     let mut summary = serde_json::Map::new();
     for task in &tasks {
-        let _ = write!(md, "| {task} |");
-        let of = |system: &str| -> Vec<&(&Cell, EvalReport)> {
-            done.iter()
-                .filter(|(c, _)| c.task == *task && c.system == system)
-                .collect()
-        };
-        let cell_text = |values: &[f64]| -> String {
-            if values.is_empty() {
-                return "–".into();
-            }
-            let (m, s) = mean_std(values);
-            format!("{m:.3} ± {s:.3} (n={})", values.len())
-        };
-        let mut row = serde_json::Map::new();
-        for system in &systems {
-            let values: Vec<f64> = of(system).iter().map(|(_, r)| r.accuracy).collect();
-            let _ = write!(md, " {} |", cell_text(&values));
-            row.insert((*system).into(), serde_json::json!(values));
-        }
-        for system in &fused_systems {
-            let values: Vec<f64> = of(system)
-                .iter()
-                .filter_map(|(_, r)| r.accuracy_without_context)
-                .collect();
-            let _ = write!(md, " {} |", cell_text(&values));
-            row.insert(format!("{system} without C"), serde_json::json!(values));
-        }
-        // Routing entropy against reward over the steps of each fused run (the paper's
-        // Figure 4 statistic), averaged over runs.
-        let rhos: Vec<f64> = fused_systems
-            .iter()
-            .flat_map(|s| of(s))
-            .filter_map(|(c, _)| {
-                let curves = read_curves(&c.dir.join("metrics.jsonl")).ok()?;
-                spearman(&curves.routing_entropy, &curves.reward)
-            })
-            .collect();
-        let _ = writeln!(md, " {} |", cell_text(&rhos));
-        row.insert("spearman_entropy_reward".into(), serde_json::json!(rhos));
+        let row = write_task_row(task, &systems, &fused_systems, &done, &mut md);
         summary.insert((*task).into(), serde_json::Value::Object(row));
         for system in &fused_systems {
-            write_figures(task, system, &of(system), out)?;
+            write_figures(task, system, &runs_of(&done, task, system), out)?;
         }
     }
     let missing = cells.len() - done.len();
@@ -453,16 +389,121 @@ pub fn write_summary(grid: &Grid, cells: &[Cell], out: &Path) -> Result<String, 
         let _ = writeln!(md, "\n{missing} of {} cells not finished yet.", cells.len());
     }
     md.push_str("\nFigures: `fig-utilization-<task>-<system>.svg` (mean utilization per expert over steps), `fig-entropy-reward-<task>-<system>.svg`.\n");
-    let write = |name: &str, text: &str| {
-        let path = out.join(name);
-        std::fs::write(&path, text).map_err(|e| bad(format!("{}: {e}", path.display())))
-    };
-    write("table.md", &md)?;
-    write(
+    write_text(out, "table.md", &md)?;
+    write_text(
+        out,
         "summary.json",
         &serde_json::to_string_pretty(&summary).map_err(|e| bad(e.to_string()))?,
     )?;
     Ok(md)
+}
+
+/// The finished cells among `cells`, with their evaluation, in order.
+fn finished_cells(cells: &[Cell]) -> Result<Vec<(&Cell, EvalReport)>, TrainError> {
+    let mut done: Vec<(&Cell, EvalReport)> = Vec::new();
+    for cell in cells {
+        if let CellState::Done(report) = cell_state(cell)? {
+            done.push((cell, report));
+        }
+    }
+    Ok(done)
+}
+
+/// The systems among `systems` that the grid runs in fused mode.
+fn fused_systems<'a>(grid: &Grid, systems: &[&'a str]) -> Vec<&'a str> {
+    systems
+        .iter()
+        .copied()
+        .filter(|s| {
+            grid.systems
+                .iter()
+                .any(|g| g.name == *s && g.mode == Mode::Fused)
+        })
+        .collect()
+}
+
+/// The table's title and header: a column per system, per fused system without C, and ρ.
+fn table_header(systems: &[&str], fused_systems: &[&str]) -> String {
+    let mut md =
+        String::from("# Accuracy (greedy, held-out), mean ± sample std (n − 1) over seeds\n\n");
+    let _ = write!(md, "| task |");
+    for s in systems {
+        let _ = write!(md, " {s} |");
+    }
+    for s in fused_systems {
+        let _ = write!(md, " {s} without C |");
+    }
+    let _ = write!(md, " ρ(entropy, reward) |\n|---|");
+    for _ in 0..systems.len() + fused_systems.len() + 1 {
+        md.push_str("---|");
+    }
+    md.push('\n');
+    md
+}
+
+/// The finished runs of one (task, system).
+fn runs_of<'a, 'c>(
+    done: &'a [(&'c Cell, EvalReport)],
+    task: &str,
+    system: &str,
+) -> Vec<&'a (&'c Cell, EvalReport)> {
+    done.iter()
+        .filter(|(c, _)| c.task == task && c.system == system)
+        .collect()
+}
+
+/// A table cell: mean ± std and the count, or a dash without values.
+fn cell_text(values: &[f64]) -> String {
+    if values.is_empty() {
+        return "–".into();
+    }
+    let (m, s) = mean_std(values);
+    format!("{m:.3} ± {s:.3} (n={})", values.len())
+}
+
+/// Write `task`'s table row into `md`; returns its values for `summary.json`.
+fn write_task_row(
+    task: &str,
+    systems: &[&str],
+    fused_systems: &[&str],
+    done: &[(&Cell, EvalReport)],
+    md: &mut String,
+) -> serde_json::Map<String, serde_json::Value> {
+    let _ = write!(md, "| {task} |");
+    let of = |system: &str| runs_of(done, task, system);
+    let mut row = serde_json::Map::new();
+    for system in systems {
+        let values: Vec<f64> = of(system).iter().map(|(_, r)| r.accuracy).collect();
+        let _ = write!(md, " {} |", cell_text(&values));
+        row.insert((*system).into(), serde_json::json!(values));
+    }
+    for system in fused_systems {
+        let values: Vec<f64> = of(system)
+            .iter()
+            .filter_map(|(_, r)| r.accuracy_without_context)
+            .collect();
+        let _ = write!(md, " {} |", cell_text(&values));
+        row.insert(format!("{system} without C"), serde_json::json!(values));
+    }
+    // Routing entropy against reward over the steps of each fused run (the paper's
+    // Figure 4 statistic), averaged over runs.
+    let rhos: Vec<f64> = fused_systems
+        .iter()
+        .flat_map(|s| of(s))
+        .filter_map(|(c, _)| {
+            let curves = read_curves(&c.dir.join("metrics.jsonl")).ok()?;
+            spearman(&curves.routing_entropy, &curves.reward)
+        })
+        .collect();
+    let _ = writeln!(md, " {} |", cell_text(&rhos));
+    row.insert("spearman_entropy_reward".into(), serde_json::json!(rhos));
+    row
+}
+
+/// Write `text` to `out/name`.
+fn write_text(out: &Path, name: &str, text: &str) -> Result<(), TrainError> {
+    let path = out.join(name);
+    std::fs::write(&path, text).map_err(|e| bad(format!("{}: {e}", path.display())))
 }
 
 fn dedup<'a>(items: impl Iterator<Item = &'a str>) -> Vec<&'a str> {

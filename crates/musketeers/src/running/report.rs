@@ -174,6 +174,23 @@ pub fn write_run_report(dir: &Path) -> Result<(), TrainError> {
     let names = team_names(dir);
     let mut md = String::new();
     let _ = writeln!(md, "# Run report: {}\n", dir.display());
+    write_overview(&curves, &mut md);
+    write_evaluation(dir, &mut md);
+    line_chart(
+        &dir.join("reward.svg"),
+        "training reward (mean per step)",
+        &curves.steps,
+        &[("reward".into(), curves.reward.clone())],
+    )?;
+    let _ = writeln!(md, "![reward](reward.svg)\n");
+    write_team(dir, &curves, &names, &mut md)?;
+    write_diagnostics(dir, &curves, &mut md)?;
+    let path = dir.join("report.md");
+    std::fs::write(&path, md).map_err(|e| TrainError::BadInput(format!("{}: {e}", path.display())))
+}
+
+/// The steps, the training reward's first and last 10%, and the speed.
+fn write_overview(curves: &RunCurves, md: &mut String) {
     let n = curves.steps.len();
     let (r0, r1) = first_last(&curves.reward, 0.1);
     let _ = writeln!(
@@ -193,6 +210,10 @@ pub fn write_run_report(dir: &Path) -> Result<(), TrainError> {
             .sum::<f64>()
             / n.max(1) as f64
     );
+}
+
+/// The held-out evaluation table, when the run directory has a readable `eval.json`.
+fn write_evaluation(dir: &Path, md: &mut String) {
     if let Ok(text) = std::fs::read_to_string(dir.join("eval.json"))
         && let Ok(eval) = serde_json::from_str::<EvalReport>(&text)
     {
@@ -211,60 +232,66 @@ pub fn write_run_report(dir: &Path) -> Result<(), TrainError> {
         }
         let _ = writeln!(md);
     }
-    line_chart(
-        &dir.join("reward.svg"),
-        "training reward (mean per step)",
-        &curves.steps,
-        &[("reward".into(), curves.reward.clone())],
-    )?;
-    let _ = writeln!(md, "![reward](reward.svg)\n");
+}
+
+/// Per-expert utilization series, named after the team members (`expert {e}` past them).
+fn utilization_series(curves: &RunCurves, names: &[String]) -> Vec<(String, Vec<f64>)> {
     let experts = curves.utilization.iter().map(Vec::len).max().unwrap_or(0);
-    if experts > 0 {
-        let series: Vec<(String, Vec<f64>)> = (0..experts)
-            .map(|e| {
-                let name = names
-                    .get(e)
-                    .cloned()
-                    .unwrap_or_else(|| format!("expert {e}"));
-                let ys = curves
-                    .utilization
-                    .iter()
-                    .map(|u| u.get(e).copied().unwrap_or(f64::NAN))
-                    .collect();
-                (name, ys)
-            })
-            .collect();
-        line_chart(
-            &dir.join("utilization.svg"),
-            "per-expert utilization (share of latent attention)",
-            &curves.steps,
-            &series,
-        )?;
-        line_chart(
-            &dir.join("routing_entropy.svg"),
-            "routing entropy / ln(experts)",
-            &curves.steps,
-            &[("routing entropy".into(), curves.routing_entropy.clone())],
-        )?;
-        let _ = writeln!(
-            md,
-            "## The team\n\n| expert | utilization, first 10% | last 10% |\n|---|---|---|"
-        );
-        for (name, ys) in &series {
-            let (a, b) = first_last(ys, 0.1);
-            let _ = writeln!(md, "| {name} | {a:.3} | {b:.3} |");
-        }
-        let rho = spearman(&curves.reward, &curves.routing_entropy);
-        let _ = writeln!(
-            md,
-            "\nSpearman correlation between a step's mean reward and its mean normalised routing \
-             entropy: {}.\n\n![utilization](utilization.svg)\n\n![routing entropy](routing_entropy.svg)\n",
-            rho.map_or("undefined (constant series)".into(), |r| format!("{r:+.3}"))
-        );
+    (0..experts)
+        .map(|e| {
+            let name = names
+                .get(e)
+                .cloned()
+                .unwrap_or_else(|| format!("expert {e}"));
+            let ys = curves
+                .utilization
+                .iter()
+                .map(|u| u.get(e).copied().unwrap_or(f64::NAN))
+                .collect();
+            (name, ys)
+        })
+        .collect()
+}
+
+/// The team's utilization and routing entropy plots and table; nothing without a team.
+fn write_team(
+    dir: &Path,
+    curves: &RunCurves,
+    names: &[String],
+    md: &mut String,
+) -> Result<(), TrainError> {
+    let series = utilization_series(curves, names);
+    if series.is_empty() {
+        return Ok(());
     }
-    write_diagnostics(dir, &curves, &mut md)?;
-    let path = dir.join("report.md");
-    std::fs::write(&path, md).map_err(|e| TrainError::BadInput(format!("{}: {e}", path.display())))
+    line_chart(
+        &dir.join("utilization.svg"),
+        "per-expert utilization (share of latent attention)",
+        &curves.steps,
+        &series,
+    )?;
+    line_chart(
+        &dir.join("routing_entropy.svg"),
+        "routing entropy / ln(experts)",
+        &curves.steps,
+        &[("routing entropy".into(), curves.routing_entropy.clone())],
+    )?;
+    let _ = writeln!(
+        md,
+        "## The team\n\n| expert | utilization, first 10% | last 10% |\n|---|---|---|"
+    );
+    for (name, ys) in &series {
+        let (a, b) = first_last(ys, 0.1);
+        let _ = writeln!(md, "| {name} | {a:.3} | {b:.3} |");
+    }
+    let rho = spearman(&curves.reward, &curves.routing_entropy);
+    let _ = writeln!(
+        md,
+        "\nSpearman correlation between a step's mean reward and its mean normalised routing \
+         entropy: {}.\n\n![utilization](utilization.svg)\n\n![routing entropy](routing_entropy.svg)\n",
+        rho.map_or("undefined (constant series)".into(), |r| format!("{r:+.3}"))
+    );
+    Ok(())
 }
 
 fn any_finite(ys: &[f64]) -> bool {
@@ -273,13 +300,24 @@ fn any_finite(ys: &[f64]) -> bool {
 
 /// The learning diagnostics: a first-vs-last table and plots of whatever the run logged.
 fn write_diagnostics(dir: &Path, c: &RunCurves, md: &mut String) -> Result<(), TrainError> {
+    let latent_series = latent_entropy_series(c);
+    let rows = diagnostic_rows(c);
+    if rows.is_empty() {
+        return Ok(());
+    }
+    write_diagnostics_table(&rows, &latent_series, md);
+    plot_diagnostics(dir, c, &latent_series, md)
+}
+
+/// Attention entropy per latent, one series each.
+fn latent_entropy_series(c: &RunCurves) -> Vec<(String, Vec<f64>)> {
     let latents = c
         .latent_attention_entropy
         .iter()
         .map(Vec::len)
         .max()
         .unwrap_or(0);
-    let latent_series: Vec<(String, Vec<f64>)> = (0..latents)
+    (0..latents)
         .map(|k| {
             let ys = c
                 .latent_attention_entropy
@@ -288,7 +326,11 @@ fn write_diagnostics(dir: &Path, c: &RunCurves, md: &mut String) -> Result<(), T
                 .collect();
             (format!("latent {k}"), ys)
         })
-        .collect();
+        .collect()
+}
+
+/// The diagnostics the run logged (at least one finite value), named.
+fn diagnostic_rows(c: &RunCurves) -> Vec<(&'static str, &[f64])> {
     let rows: Vec<(&str, &[f64])> = vec![
         ("policy entropy (nats per token)", &c.policy_entropy),
         ("groups with zero reward std (share)", &c.frac_zero_std),
@@ -298,10 +340,14 @@ fn write_diagnostics(dir: &Path, c: &RunCurves, md: &mut String) -> Result<(), T
         ("context C RMS", &c.context_rms),
         ("prompt-dependent part of C, RMS", &c.context_prompt_rms),
     ];
-    let rows: Vec<(&str, &[f64])> = rows.into_iter().filter(|(_, y)| any_finite(y)).collect();
-    if rows.is_empty() {
-        return Ok(());
-    }
+    rows.into_iter().filter(|(_, y)| any_finite(y)).collect()
+}
+
+fn write_diagnostics_table(
+    rows: &[(&str, &[f64])],
+    latent_series: &[(String, Vec<f64>)],
+    md: &mut String,
+) {
     let _ = writeln!(
         md,
         "## Diagnostics
@@ -309,11 +355,11 @@ fn write_diagnostics(dir: &Path, c: &RunCurves, md: &mut String) -> Result<(), T
 | quantity | first 10% of steps | last 10% |
 |---|---|---|"
     );
-    for (name, ys) in &rows {
+    for (name, ys) in rows {
         let (a, b) = first_last(ys, 0.1);
         let _ = writeln!(md, "| {name} | {a:.4} | {b:.4} |");
     }
-    for (name, ys) in &latent_series {
+    for (name, ys) in latent_series {
         let (a, b) = first_last(ys, 0.1);
         let _ = writeln!(
             md,
@@ -321,6 +367,15 @@ fn write_diagnostics(dir: &Path, c: &RunCurves, md: &mut String) -> Result<(), T
         );
     }
     md.push('\n');
+}
+
+/// The diagnostics' plots, each followed by its image link.
+fn plot_diagnostics(
+    dir: &Path,
+    c: &RunCurves,
+    latent_series: &[(String, Vec<f64>)],
+    md: &mut String,
+) -> Result<(), TrainError> {
     line_chart(
         &dir.join("learning.svg"),
         "policy entropy and share of zero-std groups",
@@ -360,7 +415,7 @@ fn write_diagnostics(dir: &Path, c: &RunCurves, md: &mut String) -> Result<(), T
             &dir.join("latent_entropy.svg"),
             "attention entropy per latent / ln(expert tokens)",
             &c.steps,
-            &latent_series,
+            latent_series,
         )?;
         let _ = writeln!(md, "![latent attention entropy](latent_entropy.svg)\n");
     }

@@ -32,6 +32,16 @@ pub trait RunObserver {
     fn waiting(&mut self, _progress: Progress<'_>) {}
 }
 
+/// An observer that shows nothing and never stops the run.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Unobserved;
+
+impl RunObserver for Unobserved {
+    fn step(&mut self, _: &StepReport) -> ControlFlow<()> {
+        ControlFlow::Continue(())
+    }
+}
+
 impl<F: FnMut(&StepReport) -> ControlFlow<()>> RunObserver for F {
     fn step(&mut self, report: &StepReport) -> ControlFlow<()> {
         self(report)

@@ -194,7 +194,7 @@ fn a_grid_runs_resumes_skips_and_tabulates() {
             None,
             resume,
             &Default::default(),
-            &mut |_: &musketeers::train::StepReport| ControlFlow::Continue(()),
+            &mut musketeers::run::Unobserved,
         )
         .expect("cell runs");
         let eval = outcome.eval.expect("evaluated");

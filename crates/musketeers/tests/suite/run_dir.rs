@@ -113,7 +113,7 @@ fn a_stopped_run_is_checkpointed_not_evaluated_and_resumes() {
         None,
         true,
         &Default::default(),
-        &mut |_: &musketeers::train::StepReport| ControlFlow::Continue(()),
+        &mut musketeers::run::Unobserved,
     )
     .expect("resumed");
     assert_eq!(outcome.steps, 3);

@@ -33,7 +33,6 @@ use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use vocab::Segmentation;
 
@@ -360,35 +359,8 @@ fn run_config(
             ffn_multiplier: 2,
             ..InterfaceConfig::default()
         },
-        grpo: GrpoConfig {
-            steps: settings.steps_for(task),
-            prompts_per_step: settings.prompts_per_step,
-            num_generations: settings.num_generations,
-            max_completion_length: 8,
-            temperature: 1.0,
-            learning_rate: settings.learning_rate,
-            lr_scheduler_type: LrSchedulerType::Linear,
-            warmup_steps: 0,
-            beta: settings.beta,
-            epsilon: 0.2,
-            epsilon_high: Some(0.28),
-            loss_type: LossType::Dapo,
-            scale_rewards: ScaleRewards::Group,
-            mask_truncated_completions: false,
-            max_grad_norm: 1.0,
-            seed,
-            save_steps: settings.steps_for(task).max(1),
-            micro_batch_prompts: None,
-            ..GrpoConfig::default()
-        },
-        tasks: vec![TaskConfig {
-            options: task
-                .options
-                .iter()
-                .map(|(k, v)| ((*k).to_string(), toml::Value::String((*v).into())))
-                .collect(),
-            ..TaskConfig::generator(task.generator)
-        }],
+        grpo: grpo_config(settings, task, seed),
+        tasks: vec![task_config(task)],
         eval: EvalConfig {
             problems: settings.eval_problems,
             ..EvalConfig::default()
@@ -402,6 +374,43 @@ fn run_config(
         tensorboard: true,
     }
     .with_overrides(&settings.overrides)
+}
+
+/// The GRPO settings of a run on `task` with `seed`.
+fn grpo_config(settings: &DemoSettings, task: &DemoTask, seed: u64) -> GrpoConfig {
+    GrpoConfig {
+        steps: settings.steps_for(task),
+        prompts_per_step: settings.prompts_per_step,
+        num_generations: settings.num_generations,
+        max_completion_length: 8,
+        temperature: 1.0,
+        learning_rate: settings.learning_rate,
+        lr_scheduler_type: LrSchedulerType::Linear,
+        warmup_steps: 0,
+        beta: settings.beta,
+        epsilon: 0.2,
+        epsilon_high: Some(0.28),
+        loss_type: LossType::Dapo,
+        scale_rewards: ScaleRewards::Group,
+        mask_truncated_completions: false,
+        max_grad_norm: 1.0,
+        seed,
+        save_steps: settings.steps_for(task).max(1),
+        micro_batch_prompts: None,
+        ..GrpoConfig::default()
+    }
+}
+
+/// `task`'s generator with its options, as a run config's task.
+fn task_config(task: &DemoTask) -> TaskConfig {
+    TaskConfig {
+        options: task
+            .options
+            .iter()
+            .map(|(k, v)| ((*k).to_string(), toml::Value::String((*v).into())))
+            .collect(),
+        ..TaskConfig::generator(task.generator)
+    }
 }
 
 /// Train the experts and warm-start the policy into `models`; returns each specialist's
@@ -418,23 +427,67 @@ fn build_models<B: AutodiffBackend>(
         .iter()
         .map(|t| Ok((*t, corpus(t, settings.corpus_size)?)))
         .collect::<Result<_, TrainError>>()?;
-    let text_of = |task: &str| -> Vec<String> {
-        corpora
-            .iter()
-            .filter(|(t, _)| task.is_empty() || t.label == task)
-            .flat_map(|(_, entries)| {
-                entries
-                    .iter()
-                    .flat_map(|e| [e.question.clone(), e.answer.clone().unwrap_or_default()])
-            })
-            .collect()
-    };
-    let all_text = text_of("");
-    let split = |v: Vec<Example>| {
-        let cut = v.len() * 9 / 10;
-        let held = v[cut..].to_vec();
-        (v[..cut].to_vec(), held)
-    };
+    let all_text = corpus_text(&corpora, "");
+    let expert_accuracy = train_specialists::<B>(settings, models, &corpora, device, progress)?;
+    // The naive expert: random weights, its own character vocabulary.
+    let naive_tokenizer = vocab::build(
+        all_text.iter().map(String::as_str),
+        Segmentation::Characters,
+        &[],
+    )?;
+    make_model::<B>(
+        &models.join("naive"),
+        naive_tokenizer,
+        &[],
+        &[],
+        settings,
+        0,
+        13,
+        device,
+        progress,
+    )?;
+
+    // The policy learns the format `<answer>X</answer>` with X drawn from the task's answers
+    // at random: the answer space without the answers. Half of its prompts carry the notes
+    // `text-collab` pastes in: the experts' real answers, but to another question of the
+    // task, so that the prompt shape (the naive expert's noise included) is familiar while
+    // the notes tell nothing.
+    let notes_by_expert = collab_notes::<B>(models, &corpora, device)?;
+    let pairs = warm_start_pairs(&corpora, &notes_by_expert);
+    warm_start_policy::<B>(settings, models, &all_text, pairs, device, progress)?;
+
+    Ok(expert_accuracy)
+}
+
+/// The questions and answers of `task`'s corpus (of every corpus for `""`), in order.
+fn corpus_text(corpora: &[(DemoTask, Vec<Entry>)], task: &str) -> Vec<String> {
+    corpora
+        .iter()
+        .filter(|(t, _)| task.is_empty() || t.label == task)
+        .flat_map(|(_, entries)| {
+            entries
+                .iter()
+                .flat_map(|e| [e.question.clone(), e.answer.clone().unwrap_or_default()])
+        })
+        .collect()
+}
+
+/// The first nine tenths of `examples` to train on and the last tenth held out.
+fn split_held_out(examples: Vec<Example>) -> (Vec<Example>, Vec<Example>) {
+    let cut = examples.len() * 9 / 10;
+    let held = examples[cut..].to_vec();
+    (examples[..cut].to_vec(), held)
+}
+
+/// Train the arithmetic and logic experts from scratch, each with its own vocabulary;
+/// returns each one's held-out exact-answer rate by task.
+fn train_specialists<B: AutodiffBackend>(
+    settings: &DemoSettings,
+    models: &Path,
+    corpora: &[(DemoTask, Vec<Entry>)],
+    device: &B::Device,
+    progress: &mut dyn FnMut(&str),
+) -> Result<BTreeMap<String, (String, f32)>, TrainError> {
     let mut expert_accuracy = BTreeMap::new();
     for (name, segmentation, task, steps) in [
         (
@@ -450,14 +503,14 @@ fn build_models<B: AutodiffBackend>(
             settings.specialist_steps / 2,
         ),
     ] {
-        let corpus_text = text_of(task);
-        let tokenizer = vocab::build(corpus_text.iter().map(String::as_str), segmentation, &[])?;
+        let task_text = corpus_text(corpora, task);
+        let tokenizer = vocab::build(task_text.iter().map(String::as_str), segmentation, &[])?;
         let pairs = corpora
             .iter()
             .filter(|(t, _)| t.label == task)
             .flat_map(|(_, entries)| entries.iter())
             .map(|e| (e.question.clone(), e.answer.clone().unwrap_or_default()));
-        let (train, held) = split(examples(&tokenizer, pairs)?);
+        let (train, held) = split_held_out(examples(&tokenizer, pairs)?);
         if train.is_empty() {
             continue;
         }
@@ -482,29 +535,16 @@ fn build_models<B: AutodiffBackend>(
         ));
         expert_accuracy.insert(task.to_string(), (name.to_string(), exact));
     }
-    // The naive expert: random weights, its own character vocabulary.
-    let naive_tokenizer = vocab::build(
-        all_text.iter().map(String::as_str),
-        Segmentation::Characters,
-        &[],
-    )?;
-    make_model::<B>(
-        &models.join("naive"),
-        naive_tokenizer,
-        &[],
-        &[],
-        settings,
-        0,
-        13,
-        device,
-        progress,
-    )?;
+    Ok(expert_accuracy)
+}
 
-    // The policy learns the format `<answer>X</answer>` with X drawn from the task's answers
-    // at random: the answer space without the answers. Half of its prompts carry the notes
-    // `text-collab` pastes in: the experts' real answers, but to another question of the
-    // task, so that the prompt shape (the naive expert's noise included) is familiar while
-    // the notes tell nothing.
+/// Every team member's `text-collab` note to every question of the corpora, by member in
+/// team order.
+fn collab_notes<B: AutodiffBackend>(
+    models: &Path,
+    corpora: &[(DemoTask, Vec<Entry>)],
+    device: &B::Device,
+) -> Result<Vec<Vec<String>>, TrainError> {
     let inner_device = burn::tensor::Tensor::<B, 1>::zeros([1], device)
         .inner()
         .device();
@@ -539,10 +579,19 @@ fn build_models<B: AutodiffBackend>(
         }
         notes_by_expert.push(notes);
     }
+    Ok(notes_by_expert)
+}
+
+/// The policy's warm-start (prompt, target) pairs: per question, the plain prompt and the
+/// prompt with the experts' notes to another question, each with a random answer of the task.
+fn warm_start_pairs(
+    corpora: &[(DemoTask, Vec<Entry>)],
+    notes_by_expert: &[Vec<String>],
+) -> Vec<(String, String)> {
     let mut rng = ChaCha8Rng::seed_from_u64(17);
     let mut pairs = Vec::new();
     let mut offset = 0;
-    for (_, entries) in &corpora {
+    for (_, entries) in corpora {
         let n = entries.len();
         for e in entries {
             let answer = entries[rng.random_range(0..n)]
@@ -554,7 +603,7 @@ fn build_models<B: AutodiffBackend>(
             let other = offset + rng.random_range(0..n);
             let named: Vec<(&str, &str)> = TEAM
                 .iter()
-                .zip(&notes_by_expert)
+                .zip(notes_by_expert)
                 .map(|(name, notes)| (*name, notes[other].as_str()))
                 .collect();
             pairs.push((
@@ -564,6 +613,19 @@ fn build_models<B: AutodiffBackend>(
         }
         offset += n;
     }
+    pairs
+}
+
+/// Build the policy's vocabulary (the corpora, the warm-start prompts and the answer tags)
+/// and warm-start it on `pairs`.
+fn warm_start_policy<B: AutodiffBackend>(
+    settings: &DemoSettings,
+    models: &Path,
+    all_text: &[String],
+    pairs: Vec<(String, String)>,
+    device: &B::Device,
+    progress: &mut dyn FnMut(&str),
+) -> Result<(), TrainError> {
     let policy_tokenizer = vocab::build(
         all_text
             .iter()
@@ -589,8 +651,7 @@ fn build_models<B: AutodiffBackend>(
         device,
         progress,
     )?;
-
-    Ok(expert_accuracy)
+    Ok(())
 }
 
 /// Build the team and the policy under `out_dir/models`, then train and evaluate every
@@ -641,7 +702,7 @@ pub fn run_demo<B: AutodiffBackend>(
     };
 
     // GRPO: every task, both modes, every seed.
-    let mut outcomes: Vec<(DemoTask, Mode, u64, RunOutcome)> = Vec::new();
+    let mut outcomes: Vec<Outcome> = Vec::new();
     for task in &settings.tasks {
         for &mode in &settings.modes {
             for &seed in &settings.seeds {
@@ -655,7 +716,7 @@ pub fn run_demo<B: AutodiffBackend>(
                     None,
                     false,
                     device,
-                    &mut |_: &crate::method::train::StepReport| ControlFlow::Continue(()),
+                    &mut crate::running::run::Unobserved,
                 )?;
                 progress(&format!(
                     "{label}: {} steps in {:.0} s, held-out accuracy {:.3}{}",
@@ -694,80 +755,27 @@ fn mode_name(mode: Mode) -> &'static str {
     }
 }
 
+/// One finished GRPO run of the demo: its task, mode and seed.
+type Outcome = (DemoTask, Mode, u64, RunOutcome);
+
 fn summarize(
     settings: &DemoSettings,
-    outcomes: &[(DemoTask, Mode, u64, RunOutcome)],
+    outcomes: &[Outcome],
     expert_accuracy: &BTreeMap<String, (String, f32)>,
 ) -> Result<DemoResults, TrainError> {
     let mut rows = Vec::new();
     let mut specialist_utilization = BTreeMap::new();
     let mut final_utilization = BTreeMap::new();
     for task in &settings.tasks {
-        let cell = |mode: Mode| outcomes.iter().filter(move |o| o.0 == *task && o.1 == mode);
-        let mut push = |system: &str, accuracies: Vec<f64>| {
-            let (mean, std) = mean_std(&accuracies);
-            rows.push(DemoRow {
-                task: task.label.into(),
-                system: system.into(),
-                accuracies,
-                mean,
-                std,
-            });
-        };
-        let acc = |o: &(DemoTask, Mode, u64, RunOutcome)| {
-            o.3.eval.as_ref().map_or(f64::NAN, |e| e.accuracy)
-        };
-        for &mode in &settings.modes {
-            push(system_name(mode), cell(mode).map(acc).collect());
-            if mode == Mode::Fused {
-                push(
-                    "fused, C removed at evaluation",
-                    cell(Mode::Fused)
-                        .map(|o| {
-                            o.3.eval
-                                .as_ref()
-                                .and_then(|e| e.accuracy_without_context)
-                                .unwrap_or(f64::NAN)
-                        })
-                        .collect(),
-                );
-            }
-        }
-        if let Some((name, exact)) = expert_accuracy.get(task.label) {
-            push(
-                &format!("{name} expert alone (supervised, exact answer)"),
-                vec![f64::from(*exact)],
-            );
-        }
+        accuracy_rows(settings, task, outcomes, expert_accuracy, &mut rows);
         let specialist = TEAM.iter().position(|m| *m == task.specialist).unwrap_or(0);
         for mode in [Mode::Fused, Mode::HardRoute] {
             if !settings.modes.contains(&mode) {
                 continue;
             }
-            let mut firsts = Vec::new();
-            let mut lasts: Vec<Vec<f64>> = Vec::new();
-            for o in cell(mode) {
-                let curves = crate::running::report::read_curves(&o.3.dir.join("metrics.jsonl"))?;
-                let series = |e: usize| -> Vec<f64> {
-                    curves
-                        .utilization
-                        .iter()
-                        .map(|u| u.get(e).copied().unwrap_or(f64::NAN))
-                        .collect()
-                };
-                firsts.push(crate::running::report::first_last(&series(specialist), 0.1).0);
-                lasts.push(
-                    (0..TEAM.len())
-                        .map(|e| crate::running::report::first_last(&series(e), 0.1).1)
-                        .collect(),
-                );
-            }
-            let last_mean: Vec<f64> = (0..TEAM.len())
-                .map(|e| mean_std(&lasts.iter().map(|l| l[e]).collect::<Vec<_>>()).0)
-                .collect();
+            let (first, last_mean) = cell_utilization(outcomes, task, mode, specialist)?;
             let key = format!("{} {}", task.label, mode_name(mode));
-            specialist_utilization
-                .insert(key.clone(), (mean_std(&firsts).0, last_mean[specialist]));
+            specialist_utilization.insert(key.clone(), (first, last_mean[specialist]));
             final_utilization.insert(key, last_mean);
         }
     }
@@ -779,12 +787,103 @@ fn summarize(
         report: report.clone(),
     };
     write_demo_report(settings, outcomes, &results)?;
+    write_results_json(settings, &results)?;
+    Ok(results)
+}
+
+/// The runs of one (task, mode) cell, in seed order.
+fn cell_outcomes<'a>(
+    outcomes: &'a [Outcome],
+    task: &'a DemoTask,
+    mode: Mode,
+) -> impl Iterator<Item = &'a Outcome> + 'a {
+    outcomes.iter().filter(move |o| o.0 == *task && o.1 == mode)
+}
+
+/// `task`'s table rows: every mode (fused also without C), then its specialist alone.
+fn accuracy_rows(
+    settings: &DemoSettings,
+    task: &DemoTask,
+    outcomes: &[Outcome],
+    expert_accuracy: &BTreeMap<String, (String, f32)>,
+    rows: &mut Vec<DemoRow>,
+) {
+    let cell = |mode: Mode| cell_outcomes(outcomes, task, mode);
+    let mut push = |system: &str, accuracies: Vec<f64>| {
+        let (mean, std) = mean_std(&accuracies);
+        rows.push(DemoRow {
+            task: task.label.into(),
+            system: system.into(),
+            accuracies,
+            mean,
+            std,
+        });
+    };
+    let acc = |o: &Outcome| o.3.eval.as_ref().map_or(f64::NAN, |e| e.accuracy);
+    for &mode in &settings.modes {
+        push(system_name(mode), cell(mode).map(acc).collect());
+        if mode == Mode::Fused {
+            push(
+                "fused, C removed at evaluation",
+                cell(Mode::Fused)
+                    .map(|o| {
+                        o.3.eval
+                            .as_ref()
+                            .and_then(|e| e.accuracy_without_context)
+                            .unwrap_or(f64::NAN)
+                    })
+                    .collect(),
+            );
+        }
+    }
+    if let Some((name, exact)) = expert_accuracy.get(task.label) {
+        push(
+            &format!("{name} expert alone (supervised, exact answer)"),
+            vec![f64::from(*exact)],
+        );
+    }
+}
+
+/// The (task, mode) cell's utilization, mean over seeds: the specialist's share over the
+/// first 10% of steps, and every member's share over the last 10%.
+fn cell_utilization(
+    outcomes: &[Outcome],
+    task: &DemoTask,
+    mode: Mode,
+    specialist: usize,
+) -> Result<(f64, Vec<f64>), TrainError> {
+    let mut firsts = Vec::new();
+    let mut lasts: Vec<Vec<f64>> = Vec::new();
+    for o in cell_outcomes(outcomes, task, mode) {
+        let curves = crate::running::report::read_curves(&o.3.dir.join("metrics.jsonl"))?;
+        let series = |e: usize| -> Vec<f64> {
+            curves
+                .utilization
+                .iter()
+                .map(|u| u.get(e).copied().unwrap_or(f64::NAN))
+                .collect()
+        };
+        firsts.push(crate::running::report::first_last(&series(specialist), 0.1).0);
+        lasts.push(
+            (0..TEAM.len())
+                .map(|e| crate::running::report::first_last(&series(e), 0.1).1)
+                .collect(),
+        );
+    }
+    let last_mean: Vec<f64> = (0..TEAM.len())
+        .map(|e| mean_std(&lasts.iter().map(|l| l[e]).collect::<Vec<_>>()).0)
+        .collect();
+    Ok((mean_std(&firsts).0, last_mean))
+}
+
+/// `out_dir/results.json`.
+fn write_results_json(settings: &DemoSettings, results: &DemoResults) -> Result<(), TrainError> {
     let path = settings.out_dir.join("results.json");
-    let text = serde_json::to_string_pretty(&results)
+    let text = serde_json::to_string_pretty(results)
         .map_err(|e| TrainError::BadInput(format!("results: {e}")))?;
     std::fs::write(&path, text)
         .map_err(|e| TrainError::BadInput(format!("{}: {e}", path.display())))?;
-    Ok(results)
+    Ok(())
 }
 
 /// The results table as Markdown (the layout of the paper's Table 1).
@@ -809,10 +908,21 @@ pub fn table(results: &DemoResults) -> String {
 
 fn write_demo_report(
     settings: &DemoSettings,
-    outcomes: &[(DemoTask, Mode, u64, RunOutcome)],
+    outcomes: &[Outcome],
     results: &DemoResults,
 ) -> Result<(), TrainError> {
     let mut md = String::from("# n-Musketeers demo\n\n");
+    write_demo_settings(settings, &mut md);
+    md.push_str(&table(results));
+    write_verdicts(settings, results, &mut md);
+    write_utilization_table(settings, results, &mut md);
+    write_run_links(settings, outcomes, &mut md);
+    let path = settings.out_dir.join("report.md");
+    std::fs::write(&path, md).map_err(|e| TrainError::BadInput(format!("{}: {e}", path.display())))
+}
+
+/// The paragraph that says what was trained and how.
+fn write_demo_settings(settings: &DemoSettings, md: &mut String) {
     let _ = writeln!(
         md,
         "Team: {} (the naive expert is untrained). Policy: a tiny Llama warm-started on the \
@@ -835,7 +945,10 @@ fn write_demo_report(
         settings.expert_layer,
         settings.eval_problems
     );
-    md.push_str(&table(results));
+}
+
+/// Per task: does fused beat single, by more than one standard deviation?
+fn write_verdicts(settings: &DemoSettings, results: &DemoResults, md: &mut String) {
     md.push_str("\n## Does the fused team beat the single policy?\n\n");
     for task in &settings.tasks {
         let get = |s: &str| {
@@ -859,6 +972,10 @@ fn write_demo_report(
             );
         }
     }
+}
+
+/// The specialist's share, first and last 10% of steps, and every member's at the end.
+fn write_utilization_table(settings: &DemoSettings, results: &DemoResults, md: &mut String) {
     md.push_str("\n## Does utilization concentrate on the relevant expert?\n\nFused: share of the latent interface's attention; hard-route: share of prompts routed.\n\n| task, mode | specialist | share, first 10% of steps | share, last 10% | last 10%, every member |\n|---|---|---|---|---|\n");
     for (key, (a, b)) in &results.specialist_utilization {
         let task = settings.tasks.iter().find(|t| key.starts_with(t.label));
@@ -874,7 +991,12 @@ fn write_demo_report(
             all.join(", ")
         );
     }
-    md.push_str("\nUniform attention over three experts is 0.333.\n\n## Runs\n\n");
+    md.push_str("\nUniform attention over three experts is 0.333.\n\n");
+}
+
+/// Links to every run's own report.
+fn write_run_links(settings: &DemoSettings, outcomes: &[Outcome], md: &mut String) {
+    md.push_str("## Runs\n\n");
     for (task, mode, seed, o) in outcomes {
         let rel = o.dir.strip_prefix(&settings.out_dir).unwrap_or(&o.dir);
         let _ = writeln!(
@@ -885,6 +1007,4 @@ fn write_demo_report(
             rel.display()
         );
     }
-    let path = settings.out_dir.join("report.md");
-    std::fs::write(&path, md).map_err(|e| TrainError::BadInput(format!("{}: {e}", path.display())))
 }
