@@ -70,7 +70,6 @@ impl<B: Backend> TokenScorer<B> for PrefixedPolicy<'_, B> {
     ) -> Result<(Tensor<B, 2>, Tensor<B, 2>), RlError> {
         let groups = Groups::of(rollouts)?;
         let p = groups.prompts.len();
-        let n = p * groups.size;
         let device = self.model.embed_tokens.weight.device();
         if let Some(c) = &self.context {
             c.check(p, self.model.context_shape())
@@ -85,62 +84,19 @@ impl<B: Backend> TokenScorer<B> for PrefixedPolicy<'_, B> {
             .map(|g| g.cast(self.model.float_dtype()));
         let prompt_width = groups.prompts.iter().map(|t| t.len()).max().unwrap_or(0);
         let prefix = soft + prompt_width;
-        if prefix == 0 {
-            return Err(RlError::BadInput(
-                "nothing precedes the completions: no context tokens and empty prompts".into(),
-            ));
-        }
-        if width == 0 {
-            return Err(RlError::BadInput("completions 0 tokens wide".into()));
-        }
-        if let Some((r, c)) = rollouts
-            .completion_ids
-            .iter()
-            .enumerate()
-            .find(|(_, c)| c.len() > width)
-        {
-            return Err(RlError::BadInput(format!(
-                "completion {r} has {} tokens in a batch {width} wide",
-                c.len()
-            )));
-        }
+        check_widths(rollouts, prefix, width)?;
 
         // The prefixes, `[p, soft + prompt_width]`, prompts left-padded after C.
         // Real tokens are numbered from 0 in each row; left padding shifts nothing (a pad
         // slot takes the position before it, never attended to).
-        let mut ids = Vec::with_capacity(p * prompt_width);
-        let mut mask = Vec::with_capacity(p * prefix);
-        let mut positions = Vec::with_capacity(p * prefix);
-        let mut prompt_ends = Vec::with_capacity(p);
-        for prompt in &groups.prompts {
-            let left = prompt_width - prompt.len();
-            ids.extend(std::iter::repeat_n(0i64, left));
-            ids.extend(prompt.iter().map(|&t| i64::from(t)));
-            mask.extend(
-                std::iter::repeat_n(1i64, soft)
-                    .chain(std::iter::repeat_n(0i64, left))
-                    .chain(std::iter::repeat_n(1i64, prompt.len())),
-            );
-            let (row, end) = row_positions(soft, left, prompt.len(), gated);
-            positions.extend(row);
-            prompt_ends.push(end);
-        }
-        let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [p, prompt_width]), &device);
-        let embedded = match &self.context {
-            Some(c) if prompt_width == 0 => c.tokens.clone().cast(self.model.float_dtype()),
-            Some(c) => Tensor::cat(
-                vec![
-                    c.tokens.clone().cast(self.model.float_dtype()),
-                    self.model.embed(ids),
-                ],
-                1,
-            ),
-            None => self.model.embed(ids),
-        };
-        let prefix_mask =
-            Tensor::<B, 2, Int>::from_data(TensorData::new(mask.clone(), [p, prefix]), &device);
+        let layout = PrefixLayout::of(&groups.prompts, soft, prompt_width, gated);
+        let embedded = self.embed_prefixes(layout.ids, p, prompt_width, &device);
+        let prefix_mask = Tensor::<B, 2, Int>::from_data(
+            TensorData::new(layout.mask.clone(), [p, prefix]),
+            &device,
+        );
         let prefix_positions = Tensor::<B, 2, Int>::from_data(
-            TensorData::new(positions.clone(), [p, prefix]),
+            TensorData::new(layout.positions.clone(), [p, prefix]),
             &device,
         );
         let rope = self.model.rope(&device);
@@ -163,44 +119,107 @@ impl<B: Backend> TokenScorer<B> for PrefixedPolicy<'_, B> {
             rope: &rope,
             caches: &caches,
             last: &last,
-            mask: &mask,
-            positions: &positions,
-            prompt_ends: &prompt_ends,
+            mask: &layout.mask,
+            positions: &layout.positions,
+            prompt_ends: &layout.prompt_ends,
             gates: gates.as_ref(),
             prefix,
             temperature: self.temperature,
         };
-        // Completions run in buckets of similar length, each only as wide as its longest:
-        // one batch as wide as the longest completion spends most of its work on padding
-        // when a few completions hit the length limit and most stop early.
-        let mut order: Vec<usize> = (0..n).collect();
-        order.sort_by_key(|&r| rollouts.completion_ids[r].len());
-        // A bucket's logits are `[rows, width, vocab]`; with a large vocabulary (Qwen's is
-        // 151,936) and long completions the bucket is cut further to stay within a budget.
-        let vocab = self.model.embed_tokens.weight.dims()[0].max(1);
-        let budget_rows = (LOGITS_BUDGET / (width * vocab).max(1)).max(1);
-        let bucket_rows = n.div_ceil(LENGTH_BUCKETS).clamp(1, budget_rows);
-        let mut logps = Vec::new();
-        let mut entropies = Vec::new();
-        for bucket in order.chunks(bucket_rows) {
-            let rows: Vec<(usize, &[u32])> = bucket
-                .iter()
-                .map(|&r| (r / groups.size, rollouts.completion_ids[r].as_slice()))
-                .collect();
-            let (logp, entropy) = shared.score_bucket(&rows, width, &device);
-            logps.push(logp);
-            entropies.push(entropy);
+        Ok(shared.score_in_buckets(rollouts, &groups, width, &device))
+    }
+}
+
+impl<B: Backend> PrefixedPolicy<'_, B> {
+    /// The prefixes' input embeddings, `[p, soft + prompt_width, hidden]`: C followed by the
+    /// embedded prompt `ids` (row-major `[p, prompt_width]`).
+    fn embed_prefixes(
+        &self,
+        ids: Vec<i64>,
+        p: usize,
+        prompt_width: usize,
+        device: &B::Device,
+    ) -> Tensor<B, 3> {
+        let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [p, prompt_width]), device);
+        match &self.context {
+            Some(c) if prompt_width == 0 => c.tokens.clone().cast(self.model.float_dtype()),
+            Some(c) => Tensor::cat(
+                vec![
+                    c.tokens.clone().cast(self.model.float_dtype()),
+                    self.model.embed(ids),
+                ],
+                1,
+            ),
+            None => self.model.embed(ids),
         }
-        // Back to the rollouts' row order.
-        let mut inverse = vec![0i64; n];
-        for (sorted, &r) in order.iter().enumerate() {
-            inverse[r] = sorted as i64;
+    }
+}
+
+/// Refuses a batch with nothing before its completions, 0 tokens wide, or with a completion
+/// wider than `width`.
+fn check_widths(rollouts: &Rollouts, prefix: usize, width: usize) -> Result<(), RlError> {
+    if prefix == 0 {
+        return Err(RlError::BadInput(
+            "nothing precedes the completions: no context tokens and empty prompts".into(),
+        ));
+    }
+    if width == 0 {
+        return Err(RlError::BadInput("completions 0 tokens wide".into()));
+    }
+    if let Some((r, c)) = rollouts
+        .completion_ids
+        .iter()
+        .enumerate()
+        .find(|(_, c)| c.len() > width)
+    {
+        return Err(RlError::BadInput(format!(
+            "completion {r} has {} tokens in a batch {width} wide",
+            c.len()
+        )));
+    }
+    Ok(())
+}
+
+/// The prefixes' tokens, padding and positions, on the host.
+struct PrefixLayout {
+    /// Row-major `[p, prompt_width]`, the prompt tokens (0 on padding).
+    ids: Vec<i64>,
+    /// Row-major `[p, prefix]`, 1 on real tokens.
+    mask: Vec<i64>,
+    /// Row-major `[p, prefix]`, each slot's position.
+    positions: Vec<i64>,
+    /// Per prompt, the position of the first completion token.
+    prompt_ends: Vec<i64>,
+}
+
+impl PrefixLayout {
+    /// The layout of `prompts` left-padded to `prompt_width` after `soft` context tokens.
+    fn of(prompts: &[&[u32]], soft: usize, prompt_width: usize, gated: bool) -> Self {
+        let p = prompts.len();
+        let prefix = soft + prompt_width;
+        let mut ids = Vec::with_capacity(p * prompt_width);
+        let mut mask = Vec::with_capacity(p * prefix);
+        let mut positions = Vec::with_capacity(p * prefix);
+        let mut prompt_ends = Vec::with_capacity(p);
+        for prompt in prompts {
+            let left = prompt_width - prompt.len();
+            ids.extend(std::iter::repeat_n(0i64, left));
+            ids.extend(prompt.iter().map(|&t| i64::from(t)));
+            mask.extend(
+                std::iter::repeat_n(1i64, soft)
+                    .chain(std::iter::repeat_n(0i64, left))
+                    .chain(std::iter::repeat_n(1i64, prompt.len())),
+            );
+            let (row, end) = row_positions(soft, left, prompt.len(), gated);
+            positions.extend(row);
+            prompt_ends.push(end);
         }
-        let inverse = Tensor::<B, 1, Int>::from_data(TensorData::new(inverse, [n]), &device);
-        Ok((
-            Tensor::cat(logps, 0).select(0, inverse.clone()),
-            Tensor::cat(entropies, 0).select(0, inverse),
-        ))
+        Self {
+            ids,
+            mask,
+            positions,
+            prompt_ends,
+        }
     }
 }
 
@@ -232,6 +251,49 @@ struct Shared<'s, B: Backend> {
 }
 
 impl<B: Backend> Shared<'_, B> {
+    /// Log-probabilities and entropies of every completion, `[rows, width]` in the rollouts'
+    /// row order, scored bucket by bucket.
+    fn score_in_buckets(
+        &self,
+        rollouts: &Rollouts,
+        groups: &Groups<'_>,
+        width: usize,
+        device: &B::Device,
+    ) -> (Tensor<B, 2>, Tensor<B, 2>) {
+        let n = groups.prompts.len() * groups.size;
+        // Completions run in buckets of similar length, each only as wide as its longest:
+        // one batch as wide as the longest completion spends most of its work on padding
+        // when a few completions hit the length limit and most stop early.
+        let mut order: Vec<usize> = (0..n).collect();
+        order.sort_by_key(|&r| rollouts.completion_ids[r].len());
+        // A bucket's logits are `[rows, width, vocab]`; with a large vocabulary (Qwen's is
+        // 151,936) and long completions the bucket is cut further to stay within a budget.
+        let vocab = self.model.embed_tokens.weight.dims()[0].max(1);
+        let budget_rows = (LOGITS_BUDGET / (width * vocab).max(1)).max(1);
+        let bucket_rows = n.div_ceil(LENGTH_BUCKETS).clamp(1, budget_rows);
+        let mut logps = Vec::new();
+        let mut entropies = Vec::new();
+        for bucket in order.chunks(bucket_rows) {
+            let rows: Vec<(usize, &[u32])> = bucket
+                .iter()
+                .map(|&r| (r / groups.size, rollouts.completion_ids[r].as_slice()))
+                .collect();
+            let (logp, entropy) = self.score_bucket(&rows, width, device);
+            logps.push(logp);
+            entropies.push(entropy);
+        }
+        // Back to the rollouts' row order.
+        let mut inverse = vec![0i64; n];
+        for (sorted, &r) in order.iter().enumerate() {
+            inverse[r] = sorted as i64;
+        }
+        let inverse = Tensor::<B, 1, Int>::from_data(TensorData::new(inverse, [n]), device);
+        (
+            Tensor::cat(logps, 0).select(0, inverse.clone()),
+            Tensor::cat(entropies, 0).select(0, inverse),
+        )
+    }
+
     /// Log-probabilities and entropies of `rows` (each its group and completion tokens),
     /// `[rows, width]`, zero past each completion.
     fn score_bucket(
@@ -241,7 +303,6 @@ impl<B: Backend> Shared<'_, B> {
         device: &B::Device,
     ) -> (Tensor<B, 2>, Tensor<B, 2>) {
         let n = rows.len();
-        let prefix = self.prefix;
         let bucket_width = rows.iter().map(|(_, c)| c.len()).max().unwrap_or(0).max(1);
         let groups: Vec<usize> = rows.iter().map(|&(g, _)| g).collect();
         let group_index = Tensor::<B, 1, Int>::from_data(
@@ -252,49 +313,7 @@ impl<B: Backend> Shared<'_, B> {
         let hidden = if bucket_width == 1 {
             first
         } else {
-            let mut caches = self.caches.to_vec();
-            for cache in &mut caches {
-                cache.select_rows(&groups);
-            }
-            let steps = bucket_width - 1;
-            let keys = prefix + steps;
-            let mut ids = Vec::with_capacity(n * steps);
-            let mut query_positions = Vec::with_capacity(n * steps);
-            let mut key_positions = Vec::with_capacity(n * keys);
-            let mut forbidden = Vec::with_capacity(n * steps * keys);
-            for &(group, completion) in rows {
-                let slots = group * prefix..(group + 1) * prefix;
-                let row_mask = &self.mask[slots.clone()];
-                let real = self.prompt_ends[group];
-                ids.extend((0..steps).map(|j| completion.get(j).map_or(0, |&t| i64::from(t))));
-                query_positions.extend((0..steps as i64).map(|j| real + j));
-                key_positions.extend_from_slice(&self.positions[slots]);
-                key_positions.extend((0..steps as i64).map(|j| real + j));
-                for j in 0..steps {
-                    forbidden.extend(row_mask.iter().map(|&m| m == 0));
-                    forbidden.extend((0..steps).map(|k| k > j));
-                }
-            }
-            let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [n, steps]), device);
-            let query_positions = Tensor::<B, 2, Int>::from_data(
-                TensorData::new(query_positions, [n, steps]),
-                device,
-            );
-            let key_positions =
-                Tensor::<B, 2, Int>::from_data(TensorData::new(key_positions, [n, keys]), device);
-            let forbidden = Tensor::<B, 4, Bool>::from_data(
-                TensorData::new(forbidden, [n, 1, steps, keys]),
-                device,
-            );
-            let rest = self.model.forward_cached_gated(
-                self.model.embed(ids),
-                query_positions,
-                key_positions,
-                &forbidden,
-                &mut caches,
-                self.rope,
-                self.gates,
-            );
+            let rest = self.forward_completions(rows, &groups, bucket_width - 1, device);
             Tensor::cat(vec![first, rest], 1)
         };
         let mut targets = Vec::with_capacity(n * bucket_width);
@@ -313,6 +332,59 @@ impl<B: Backend> Shared<'_, B> {
         (
             Tensor::cat(vec![logp, pad()], 1),
             Tensor::cat(vec![entropy, pad()], 1),
+        )
+    }
+
+    /// The hidden states of each row's first `steps` completion tokens, `[rows, steps,
+    /// hidden]`, run against its group's prefix in the cache (`groups[i]` is row `i`'s).
+    fn forward_completions(
+        &self,
+        rows: &[(usize, &[u32])],
+        groups: &[usize],
+        steps: usize,
+        device: &B::Device,
+    ) -> Tensor<B, 3> {
+        let n = rows.len();
+        let prefix = self.prefix;
+        let mut caches = self.caches.to_vec();
+        for cache in &mut caches {
+            cache.select_rows(groups);
+        }
+        let keys = prefix + steps;
+        let mut ids = Vec::with_capacity(n * steps);
+        let mut query_positions = Vec::with_capacity(n * steps);
+        let mut key_positions = Vec::with_capacity(n * keys);
+        let mut forbidden = Vec::with_capacity(n * steps * keys);
+        for &(group, completion) in rows {
+            let slots = group * prefix..(group + 1) * prefix;
+            let row_mask = &self.mask[slots.clone()];
+            let real = self.prompt_ends[group];
+            ids.extend((0..steps).map(|j| completion.get(j).map_or(0, |&t| i64::from(t))));
+            query_positions.extend((0..steps as i64).map(|j| real + j));
+            key_positions.extend_from_slice(&self.positions[slots]);
+            key_positions.extend((0..steps as i64).map(|j| real + j));
+            for j in 0..steps {
+                forbidden.extend(row_mask.iter().map(|&m| m == 0));
+                forbidden.extend((0..steps).map(|k| k > j));
+            }
+        }
+        let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [n, steps]), device);
+        let query_positions =
+            Tensor::<B, 2, Int>::from_data(TensorData::new(query_positions, [n, steps]), device);
+        let key_positions =
+            Tensor::<B, 2, Int>::from_data(TensorData::new(key_positions, [n, keys]), device);
+        let forbidden = Tensor::<B, 4, Bool>::from_data(
+            TensorData::new(forbidden, [n, 1, steps, keys]),
+            device,
+        );
+        self.model.forward_cached_gated(
+            self.model.embed(ids),
+            query_positions,
+            key_positions,
+            &forbidden,
+            &mut caches,
+            self.rope,
+            self.gates,
         )
     }
 }

@@ -5,6 +5,7 @@
 //! `tests/backends/train_step.rs`.
 
 use burn::optim::GradientsParams;
+use burn::tensor::Tensor;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use musketeers_lm::generate::{Generation, GenerationConfig, generate_part};
 use musketeers_lm::sampling::SamplingConfig;
@@ -223,68 +224,28 @@ pub fn loss_and_gradients<B: AutodiffBackend>(
     let accumulating = chunk < p || share.split;
     let items = share.total_tokens.max(1.0);
     let extra = system.extra_loss(context, &rollouts.rewards, g);
-    let whole_context = context.tokens();
+    let micro_batches = MicroBatches {
+        trained: &trained,
+        context,
+        whole_context: context.tokens(),
+        rollouts,
+        advantages,
+        settings,
+        share,
+        device,
+        prompts: p,
+        chunk,
+        accumulating,
+        items,
+    };
     let mut grads = GradientsParams::new();
     let mut parts: Vec<(GrpoMetrics, f64)> = Vec::new();
     let mut counted_tokens = 0.0;
     let (mut loss_seconds, mut backward_seconds) = (0.0, 0.0);
     for (index, first) in (0..p).step_by(chunk).enumerate() {
         let part_start = Instant::now();
-        let prompts_here = first..(first + chunk).min(p);
-        let rows = prompts_here.start * g..prompts_here.end * g;
-        let split_here = chunk < p;
-        // The whole batch is borrowed, not copied, when it is one part.
-        let (part, part_advantages) = if split_here {
-            (
-                Cow::Owned(rollouts.rows(rows.clone())),
-                Cow::Owned(advantages.rows(rows)),
-            )
-        } else {
-            (Cow::Borrowed(rollouts), Cow::Borrowed(advantages))
-        };
-        // One C per prompt: the scorer shares each prompt's prefix across its group. A
-        // micro-batch recomputes its rows of C, so that each backward pass has its own graph
-        // through the interface.
-        let part_context = if split_here {
-            context.rows(trained.interface, first, prompts_here.len())?
-        } else {
-            whole_context.clone()
-        };
-        let scorer = PrefixedPolicy {
-            model: trained.policy,
-            context: part_context,
-            temperature: f64::from(s.temperature),
-        };
-        let normaliser = (accumulating && s.grpo.loss.loss_type == LossType::Dapo).then_some(items);
-        let (loss, counted) = grpo_micro_step(
-            &scorer,
-            &part,
-            &part_advantages,
-            &s.grpo,
-            normaliser,
-            device,
-        )?;
+        let (mut term, metrics, counted) = micro_batches.loss(first)?;
         counted_tokens += counted;
-        // Each part's share of the batch loss: dapo is normalised by the batch's tokens
-        // already; per-sequence means weigh by sequences, bnpo by counted tokens.
-        let weight = if !accumulating {
-            1.0
-        } else {
-            match s.grpo.loss.loss_type {
-                LossType::Dapo => 1.0,
-                LossType::Grpo | LossType::DrGrpo => {
-                    prompts_here.len() as f64 / share.total_prompts.max(1) as f64
-                }
-                LossType::Bnpo => counted / items,
-            }
-        };
-        let mut term = if weight == 1.0 {
-            loss.loss.clone()
-        } else {
-            loss.loss.clone() * weight
-        };
-        let mut metrics = loss.metrics.clone();
-        metrics.loss *= weight;
         parts.push((metrics, counted));
         if let (0, Some(extra)) = (index, &extra) {
             term = term + extra.term.clone();
@@ -303,6 +264,97 @@ pub fn loss_and_gradients<B: AutodiffBackend>(
         loss_seconds,
         backward_seconds,
     })
+}
+
+/// A step's batch cut into micro-batches of `chunk` prompts, with what each one's loss reads.
+struct MicroBatches<'a, B: AutodiffBackend> {
+    trained: &'a TrainedRef<'a, B>,
+    context: &'a Context<B>,
+    /// The whole batch's C, read as is when the batch is one part.
+    whole_context: Option<SoftContext<B>>,
+    rollouts: &'a Rollouts,
+    advantages: &'a Advantages,
+    settings: &'a StepSettings,
+    share: BatchShare,
+    device: &'a B::Device,
+    /// This process's prompts.
+    prompts: usize,
+    chunk: usize,
+    /// The loss is summed over parts (of this process's batch or of the processes').
+    accumulating: bool,
+    /// The whole batch's counted tokens (at least 1).
+    items: f64,
+}
+
+impl<B: AutodiffBackend> MicroBatches<'_, B> {
+    /// The loss term of the micro-batch from prompt `first` on (weighed as its share of the
+    /// batch loss), its metrics (loss weighed alike) and its counted tokens.
+    fn loss(&self, first: usize) -> Result<(Tensor<B, 1>, GrpoMetrics, f64), TrainError> {
+        let s = self.settings;
+        let g = s.num_generations;
+        let (p, chunk) = (self.prompts, self.chunk);
+        let prompts_here = first..(first + chunk).min(p);
+        let rows = prompts_here.start * g..prompts_here.end * g;
+        let split_here = chunk < p;
+        // The whole batch is borrowed, not copied, when it is one part.
+        let (part, part_advantages) = if split_here {
+            (
+                Cow::Owned(self.rollouts.rows(rows.clone())),
+                Cow::Owned(self.advantages.rows(rows)),
+            )
+        } else {
+            (Cow::Borrowed(self.rollouts), Cow::Borrowed(self.advantages))
+        };
+        // One C per prompt: the scorer shares each prompt's prefix across its group. A
+        // micro-batch recomputes its rows of C, so that each backward pass has its own graph
+        // through the interface.
+        let part_context = if split_here {
+            self.context
+                .rows(self.trained.interface, first, prompts_here.len())?
+        } else {
+            self.whole_context.clone()
+        };
+        let scorer = PrefixedPolicy {
+            model: self.trained.policy,
+            context: part_context,
+            temperature: f64::from(s.temperature),
+        };
+        let normaliser =
+            (self.accumulating && s.grpo.loss.loss_type == LossType::Dapo).then_some(self.items);
+        let (loss, counted) = grpo_micro_step(
+            &scorer,
+            &part,
+            &part_advantages,
+            &s.grpo,
+            normaliser,
+            self.device,
+        )?;
+        let weight = self.weight(prompts_here.len(), counted);
+        let term = if weight == 1.0 {
+            loss.loss.clone()
+        } else {
+            loss.loss.clone() * weight
+        };
+        let mut metrics = loss.metrics.clone();
+        metrics.loss *= weight;
+        Ok((term, metrics, counted))
+    }
+
+    /// Each part's share of the batch loss: dapo is normalised by the batch's tokens
+    /// already; per-sequence means weigh by sequences, bnpo by counted tokens.
+    fn weight(&self, prompts_here: usize, counted: f64) -> f64 {
+        if !self.accumulating {
+            1.0
+        } else {
+            match self.settings.grpo.loss.loss_type {
+                LossType::Dapo => 1.0,
+                LossType::Grpo | LossType::DrGrpo => {
+                    prompts_here as f64 / self.share.total_prompts.max(1) as f64
+                }
+                LossType::Bnpo => counted / self.items,
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for LossOutcome {
