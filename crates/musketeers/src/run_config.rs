@@ -33,6 +33,18 @@ pub enum Mode {
     TextCollab,
 }
 
+impl Mode {
+    /// The name configs, `--modes` and reports use (its serde name).
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Fused => "fused",
+            Mode::Single => "single",
+            Mode::HardRoute => "hard-route",
+            Mode::TextCollab => "text-collab",
+        }
+    }
+}
+
 /// How a completion's answer is found before the task scores it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]

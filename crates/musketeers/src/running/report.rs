@@ -160,12 +160,8 @@ fn team_names(dir: &Path) -> Vec<String> {
     let Ok(config) = toml::from_str::<crate::run_config::RunConfig>(&text) else {
         return Vec::new();
     };
-    match config.mode {
-        crate::run_config::Mode::Fused | crate::run_config::Mode::HardRoute => {
-            config.team.iter().map(|m| m.name.clone()).collect()
-        }
-        crate::run_config::Mode::Single | crate::run_config::Mode::TextCollab => Vec::new(),
-    }
+    // Only systems with an interface log utilization; the names label those series.
+    config.team.iter().map(|m| m.name.clone()).collect()
 }
 
 /// Write `report.md` and its plots into the run directory `dir`.

@@ -737,22 +737,19 @@ pub fn run_demo<B: AutodiffBackend>(
     Ok(results)
 }
 
-fn system_name(mode: Mode) -> &'static str {
-    match mode {
-        Mode::Single => "single (policy alone)",
-        Mode::Fused => "fused (n-Musketeers)",
-        Mode::HardRoute => "hard-route (one expert per prompt)",
-        Mode::TextCollab => "text-collab (experts' answers in the prompt)",
-    }
+/// The demo table's row label of a system: its name, with what it is for the paper's four.
+fn system_name(mode: Mode) -> String {
+    let what = match mode {
+        Mode::Single => "policy alone",
+        Mode::Fused => "n-Musketeers",
+        Mode::HardRoute => "one expert per prompt",
+        Mode::TextCollab => "experts' answers in the prompt",
+    };
+    format!("{} ({what})", mode.name())
 }
 
 fn mode_name(mode: Mode) -> &'static str {
-    match mode {
-        Mode::Fused => "fused",
-        Mode::Single => "single",
-        Mode::HardRoute => "hard-route",
-        Mode::TextCollab => "text-collab",
-    }
+    mode.name()
 }
 
 /// One finished GRPO run of the demo: its task, mode and seed.
@@ -821,7 +818,7 @@ fn accuracy_rows(
     };
     let acc = |o: &Outcome| o.3.eval.as_ref().map_or(f64::NAN, |e| e.accuracy);
     for &mode in &settings.modes {
-        push(system_name(mode), cell(mode).map(acc).collect());
+        push(&system_name(mode), cell(mode).map(acc).collect());
         if mode == Mode::Fused {
             push(
                 "fused, C removed at evaluation",
