@@ -230,3 +230,67 @@ fn qwen2_5_coder_0_5b_matches_transformers() {
 fn qwen2_5_coder_1_5b_matches_transformers() {
     matches_transformers("qwen2.5-coder-1.5b");
 }
+
+/// Gated context at a zero gate leaves the real Qwen2.5-Coder-0.5B as it is: greedy
+/// continuations of two left-padded prompts through the KV cache are the same tokens with C as
+/// without, and their log-probabilities agree to float rounding (the context's slots widen the
+/// attention matmuls, so the sums run in another order; bit for bit at equal shapes is the
+/// tiny models' test).
+#[test]
+fn qwen_at_a_zero_gate_decodes_as_without_context() {
+    use burn::tensor::{Distribution, Tensor};
+    use musketeers_lm::SoftContext;
+    use musketeers_lm::generate::{generate_with_context, generate_with_prefix};
+    use musketeers_lm::sampling::SamplingConfig;
+    let Some(path) = fetched("qwen2.5-coder-0.5b") else {
+        return;
+    };
+    let device = Default::default();
+    let model = Pretrained::<B>::load(&path, &device).expect("Qwen2.5-Coder-0.5B loads");
+    let tokenizer = model.tokenizer().expect("tokenizer");
+    let prompts: Vec<Vec<u32>> = ["What is 17 + 25?", "Name a prime number larger than ten."]
+        .iter()
+        .map(|q| tokenizer.encode(q, true).expect("encode"))
+        .collect();
+    assert_ne!(prompts[0].len(), prompts[1].len(), "rows are left-padded");
+    let (layers, heads, hidden) = model.model.context_shape();
+    let context = SoftContext::gated(
+        Tensor::random([2, 8, hidden], Distribution::Normal(0.0, 1.0), &device),
+        Tensor::zeros([layers, heads], &device),
+    );
+    let config = GenerationConfig {
+        max_new_tokens: 8,
+        num_return_sequences: 1,
+        eos_token_ids: vec![],
+        sampling: SamplingConfig {
+            temperature: 0.0,
+            ..SamplingConfig::default()
+        },
+    };
+    let with = generate_with_context(
+        &model.model,
+        &prompts,
+        Some(context),
+        &config,
+        None,
+        &device,
+    )
+    .expect("with C");
+    let without = generate_with_prefix(&model.model, &prompts, None, &config, None, &device)
+        .expect("without C");
+    assert_eq!(
+        with.tokens, without.tokens,
+        "greedy tokens with C at a zero gate"
+    );
+    let worst = with
+        .logprobs
+        .concat()
+        .iter()
+        .zip(without.logprobs.concat())
+        .map(|(a, b)| (a - b).abs() / b.abs().max(1.0))
+        .fold(0.0f32, f32::max);
+    assert!(
+        worst <= 1e-5,
+        "log-probabilities differ by {worst:e} (relative)"
+    );
+}
