@@ -10,9 +10,6 @@ use std::path::{Path, PathBuf};
 
 use crate::error::TrainError;
 
-/// `fused` is the paper's system; `single` trains the policy alone with the same GRPO;
-/// `hard-route` lets a router pick one expert per prompt; `text-collab` pastes the experts'
-/// short text answers into the policy's prompt.
 /// What an expert passes on: one pooled vector, or all of its prompt tokens.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -23,6 +20,9 @@ pub enum ExpertReadout {
     All,
 }
 
+/// `fused` is the paper's system; `single` trains the policy alone with the same GRPO;
+/// `hard-route` lets a router pick one expert per prompt; `text-collab` pastes the experts'
+/// short text answers into the policy's prompt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Mode {

@@ -1,6 +1,7 @@
 //! The method: the frozen team, the systems that give the policy its context, the trained
-//! team as a model ([`model::TeamModel`]), and the GRPO step that trains it. No file I/O
-//! outside loading models and checkpoints (`model`), no run loop, no CLI.
+//! team as a model ([`model::TeamModel`]), and the GRPO step that trains it. Its only file
+//! I/O is models and checkpoint files (`model`, `train::params`): no run directory, no run
+//! loop, no CLI.
 
 pub mod model;
 pub mod policy;

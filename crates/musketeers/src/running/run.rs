@@ -197,7 +197,7 @@ pub fn build_trainer<B: AutodiffBackend>(
         modules.team,
         settings,
     )?
-    .with_precision(config.dtype)
+    .with_precision(config.dtype)?
     .with_system(system)
     .with_prompt_format(PromptFormat::of(config));
     trainer.router = modules.router;

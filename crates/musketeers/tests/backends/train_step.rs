@@ -125,7 +125,7 @@ fn fused_steps<B: Backend>(device: &B::Device, precision: Precision) {
         micro_batch_prompts: None,
     };
     let trainer = Trainer::new(policy, tok(), Some(interface), team, settings).expect("trainer");
-    let mut trainer = trainer.with_precision(precision);
+    let mut trainer = trainer.with_precision(precision).expect("precision");
     assert_eq!(trainer.precision(), precision);
     let prompts = vec![
         "w3 w14 w15".to_string(),

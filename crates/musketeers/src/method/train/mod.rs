@@ -378,16 +378,21 @@ impl<B: AutodiffBackend> Trainer<B> {
     /// on a GPU; f32, the default, changes nothing). The team is cast here; the policy's
     /// sampling and reference copies are cast each step, so LoRA, the interface and the
     /// optimizer state stay f32.
-    /// A builder step: call it before lending the trainer's team out ([`Self::model`]), as a
-    /// shared team cannot be cast.
-    pub fn with_precision(mut self, precision: Precision) -> Self {
-        if let Some(team) = Arc::get_mut(&mut self.team) {
-            for member in team {
-                member.model = member.model.clone().with_precision(precision);
-            }
-            self.precision = precision;
+    /// A builder step, before the trainer lends its team out ([`Self::model`]): a shared
+    /// team cannot be cast, and that is an error rather than a run in the wrong precision.
+    pub fn with_precision(mut self, precision: Precision) -> Result<Self, TrainError> {
+        let Some(team) = Arc::get_mut(&mut self.team) else {
+            return Err(TrainError::BadInput(
+                "the team is shared with a model lent out by Trainer::model: set the precision \
+                 before"
+                    .into(),
+            ));
+        };
+        for member in team {
+            member.model = member.model.clone().with_precision(precision);
         }
-        self
+        self.precision = precision;
+        Ok(self)
     }
 
     pub fn precision(&self) -> Precision {
