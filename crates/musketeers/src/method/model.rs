@@ -206,10 +206,7 @@ impl<B: Backend> TeamModel<B> {
 
     /// The policy's tokens of `prompts`.
     pub fn encode(&self, prompts: &[String]) -> Result<Vec<Vec<u32>>, TrainError> {
-        prompts
-            .iter()
-            .map(|p| Ok(self.tokenizer.encode(p, true)?))
-            .collect()
+        encode_prompts(&self.tokenizer, prompts)
     }
 
     /// The team's context tokens for `prompts` (already rendered), if the system has them.
@@ -361,6 +358,18 @@ impl<B: Backend> TeamModel<B> {
         }
         Ok(out)
     }
+}
+
+/// The policy's token ids of each prompt (special tokens added), as sampling and scoring read
+/// them.
+pub fn encode_prompts(
+    tokenizer: &TextTokenizer,
+    prompts: &[String],
+) -> Result<Vec<Vec<u32>>, TrainError> {
+    Ok(prompts
+        .iter()
+        .map(|t| tokenizer.encode(t, true))
+        .collect::<Result<Vec<_>, _>>()?)
 }
 
 /// A run's modules, loaded: the policy on `B` with its tokenizer and end tokens, the team on

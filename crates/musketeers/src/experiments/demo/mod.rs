@@ -706,7 +706,7 @@ pub fn run_demo<B: AutodiffBackend>(
     for task in &settings.tasks {
         for &mode in &settings.modes {
             for &seed in &settings.seeds {
-                let label = format!("{}-{}-seed{seed}", task.label, mode_name(mode));
+                let label = format!("{}-{}-seed{seed}", task.label, mode.name());
                 let config = run_config(settings, &models, task, mode, seed)?;
                 let dir = settings.out_dir.join("runs").join(&label);
                 let started = std::time::Instant::now();
@@ -748,10 +748,6 @@ fn system_name(mode: Mode) -> String {
     format!("{} ({what})", mode.name())
 }
 
-fn mode_name(mode: Mode) -> &'static str {
-    mode.name()
-}
-
 /// One finished GRPO run of the demo: its task, mode and seed.
 type Outcome = (DemoTask, Mode, u64, RunOutcome);
 
@@ -771,7 +767,7 @@ fn summarize(
                 continue;
             }
             let (first, last_mean) = cell_utilization(outcomes, task, mode, specialist)?;
-            let key = format!("{} {}", task.label, mode_name(mode));
+            let key = format!("{} {}", task.label, mode.name());
             specialist_utilization.insert(key.clone(), (first, last_mean[specialist]));
             final_utilization.insert(key, last_mean);
         }
@@ -1000,7 +996,7 @@ fn write_run_links(settings: &DemoSettings, outcomes: &[Outcome], md: &mut Strin
             md,
             "- [{} {} seed {seed}]({}/report.md)",
             task.label,
-            mode_name(*mode),
+            mode.name(),
             rel.display()
         );
     }

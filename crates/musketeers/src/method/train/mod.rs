@@ -683,7 +683,7 @@ impl<B: AutodiffBackend> Trainer<B> {
         let team_seconds = started.elapsed().as_secs_f64();
 
         let sample_start = Instant::now();
-        let sampler = self.policy.valid().with_precision(self.precision);
+        let sampler = self.sampler();
         let generation = phases::sample_rollouts(
             &sampler,
             &prompt_ids,

@@ -25,16 +25,7 @@ use crate::method::policy::PrefixedPolicy;
 use crate::method::system::{Context, Inferred, System};
 use musketeers_fusion::FusionOutput;
 
-/// Prompts: each prompt in the policy's tokens.
-pub fn encode_prompts(
-    tokenizer: &TextTokenizer,
-    prompts: &[String],
-) -> Result<Vec<Vec<u32>>, TrainError> {
-    Ok(prompts
-        .iter()
-        .map(|t| tokenizer.encode(t, true))
-        .collect::<Result<Vec<_>, _>>()?)
-}
+pub use crate::method::model::encode_prompts;
 
 /// The sampling seed of optimizer step `step`.
 pub fn sampling_seed(settings: &StepSettings, step: u64) -> u64 {
