@@ -141,7 +141,7 @@ impl Writer {
 
     /// Burn's `[in, out]` weight as Hugging Face's `[out, in]`, adapters merged.
     fn linear<B: Backend>(&mut self, prefix: &str, proj: &LoraLinear<B>) -> Result<(), LmError> {
-        let mut weight = proj.base.weight.val();
+        let mut weight = proj.base.weight.val().cast(burn::tensor::DType::F32);
         if let Some(adapter) = &proj.adapter {
             weight = weight + adapter.delta();
         }

@@ -6,6 +6,7 @@ use crate::config::{Activation, GemmaOptions, LlamaConfig};
 use crate::error::LmError;
 use crate::gguf::GgufFile;
 use crate::llama::Llama;
+use crate::precision::Precision;
 use crate::weights::{TensorSource, fill};
 use burn::tensor::backend::Backend;
 use std::collections::BTreeSet;
@@ -153,6 +154,15 @@ pub fn load<B: Backend>(
     file: &GgufFile,
     device: &B::Device,
 ) -> Result<(LlamaConfig, Llama<B>), LmError> {
+    load_with_weights(file, device, Precision::F32)
+}
+
+/// As [`load`], with weight matrices dequantized into `weights` (see [`Llama::weight_dtype`]).
+pub fn load_with_weights<B: Backend>(
+    file: &GgufFile,
+    device: &B::Device,
+    weights: Precision,
+) -> Result<(LlamaConfig, Llama<B>), LmError> {
     let config = config(file)?;
     let mut source = GgufSource {
         file,
@@ -162,7 +172,7 @@ pub fn load<B: Backend>(
         kv_heads: config.num_kv_heads,
         used: BTreeSet::new(),
     };
-    let model = fill(&config, &mut source, device)?;
+    let model = fill(&config, &mut source, device, weights)?;
     let unused: Vec<String> = source
         .unused()
         .into_iter()

@@ -6,7 +6,7 @@ use crate::cache::KvCache;
 use crate::config::{Activation, LlamaConfig};
 use crate::error::LmError;
 use crate::lora::LoraLinear;
-use crate::precision::{Precision, cast_floats};
+use crate::precision::{Precision, cast_floats, cast_floats_keeping};
 use crate::rope::{self, Rope};
 use burn::module::Module;
 use burn::nn::{Embedding, RmsNorm};
@@ -453,24 +453,41 @@ impl<B: Backend> Llama<B> {
         .in_dtype(self.float_dtype())
     }
 
-    /// The dtype the model computes in: that of its parameters (f32 unless cast with
-    /// [`Self::with_precision`]).
+    /// The dtype the model computes in: that of its norms and activations (f32 unless cast
+    /// with [`Self::with_precision`]).
     pub fn float_dtype(&self) -> DType {
+        self.norm.gamma.val().dtype()
+    }
+
+    /// The dtype its weight matrices (embeddings, projections, head) are stored in: the
+    /// compute dtype, or a compact one chosen when loading
+    /// ([`crate::pretrained::Pretrained::load_with_weights`]). A projection whose weight is
+    /// compact multiplies in the weight's dtype (its input cast down, its output back up), so
+    /// the weight is never expanded; norms, biases, rotary tables, attention and adapters
+    /// stay in the compute dtype.
+    pub fn weight_dtype(&self) -> DType {
         self.embed_tokens.weight.val().dtype()
     }
 
     /// The model with every parameter (adapters included) in `precision`, for forward passes
     /// that train nothing; f32 is a no-op. Its logits and hidden states come back in that
     /// dtype ([`crate::precision::to_f32`] converts), and soft inputs given to it are cast.
+    /// Compact weights are never expanded: with `precision` f32 they stay as stored.
     pub fn with_precision(self, precision: Precision) -> Self {
-        cast_floats(self, precision)
+        let (weights, compute) = (self.weight_dtype(), self.float_dtype());
+        if weights != compute && precision == Precision::F32 {
+            cast_floats_keeping(self, precision, weights)
+        } else {
+            cast_floats(self, precision)
+        }
     }
 
     /// The mean of every token's input embedding, `[hidden]` (scaled as [`Self::embed`]
     /// scales): a neutral, typical-scale input vector.
     pub fn mean_token_embedding(&self) -> Tensor<B, 1> {
         let hidden = self.embed_tokens.weight.dims()[1];
-        let mean = self.embed_tokens.weight.val().mean_dim(0).reshape([hidden]);
+        let table = self.embed_tokens.weight.val().cast(self.float_dtype());
+        let mean = table.mean_dim(0).reshape([hidden]);
         match self.embedding_scale {
             Some(scale) => mean * scale,
             None => mean,
@@ -484,6 +501,7 @@ impl<B: Backend> Llama<B> {
             .embed_tokens
             .weight
             .val()
+            .cast(DType::F32)
             .powi_scalar(2)
             .mean()
             .sqrt()
@@ -494,7 +512,7 @@ impl<B: Backend> Llama<B> {
 
     /// Token embeddings. `[batch, seq]` -> `[batch, seq, hidden]`
     pub fn embed(&self, ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
-        let x = self.embed_tokens.forward(ids);
+        let x = self.embed_tokens.forward(ids).cast(self.float_dtype());
         match self.embedding_scale {
             Some(scale) => x * scale,
             None => x,
@@ -681,7 +699,7 @@ impl<B: Backend> Llama<B> {
         let logits = match &self.lm_head {
             Some(head) => head.forward(x),
             // Tied: the embedding table `[vocab, hidden]`, transposed as a view.
-            None => x.matmul(self.embed_tokens.weight.val().transpose()),
+            None => crate::lora::matmul_stored(x, self.embed_tokens.weight.val().transpose()),
         };
         let vocab = logits.dims()[1];
         logits.reshape([b, t, vocab])

@@ -139,7 +139,7 @@ impl<B: Backend> LoraLinear<B> {
         // axes, which on the CPU backend runs one small matmul per row and is 2-4x slower
         // at decode shapes (measured: [8, 576] x [576, 1536] 0.15 ms flat, 0.27 ms batched).
         let flat = x.reshape([rows, inp]);
-        let mut y = flat.clone().matmul(self.base.weight.val());
+        let mut y = matmul_stored(flat.clone(), self.base.weight.val());
         if let Some(bias) = &self.base.bias {
             y = y + bias.val().unsqueeze();
         }
@@ -159,9 +159,25 @@ impl<B: Backend> LoraLinear<B> {
 
     pub(crate) fn merge(&mut self) {
         if let Some(adapter) = self.adapter.take() {
-            let merged = self.base.weight.val() + adapter.delta();
+            let weight = self.base.weight.val();
+            let dtype = weight.dtype();
+            let merged = (weight.cast(adapter.lora_a.val().dtype()) + adapter.delta()).cast(dtype);
             set_param(&mut self.base.weight, merged.detach());
             self.base.weight = self.base.weight.clone().set_require_grad(false);
         }
+    }
+}
+
+/// `x · w` where `w` may be stored in a compact dtype (see [`crate::Llama::weight_dtype`]):
+/// then `x` is cast down and the product back up, and `w` is never expanded. Half the bytes
+/// of f32 to stream, and on the CPU backend an f16 product runs through `gemm`'s f16 kernel
+/// (measured on AVX2, `[32, 896] x [896, 4864]`: 5.0 ms against f32's 6.0; a cast of the
+/// weight to f32 instead took 60).
+pub(crate) fn matmul_stored<B: Backend>(x: Tensor<B, 2>, w: Tensor<B, 2>) -> Tensor<B, 2> {
+    let (compute, stored) = (x.dtype(), w.dtype());
+    if compute == stored {
+        x.matmul(w)
+    } else {
+        x.cast(stored).matmul(w).cast(compute)
     }
 }

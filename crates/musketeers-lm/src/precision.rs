@@ -8,7 +8,7 @@
 
 use burn::module::{Module, ModuleMapper, Param};
 use burn::tensor::backend::Backend;
-use burn::tensor::{FloatDType, Tensor};
+use burn::tensor::{DType, FloatDType, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;
@@ -67,16 +67,67 @@ impl FromStr for Precision {
 /// Every float parameter of `module` in `precision`; a no-op (no copy) where a parameter
 /// already has that dtype, so casting an f32 model to f32 changes nothing.
 pub fn cast_floats<B: Backend, M: Module<B>>(module: M, precision: Precision) -> M {
-    module.map(&mut CastFloats(precision.dtype()))
+    module.map(&mut CastFloats {
+        to: precision.dtype(),
+        keep: None,
+    })
 }
 
-struct CastFloats(FloatDType);
+/// As [`cast_floats`], but parameters stored in `keep` stay as they are: compact frozen
+/// weights (see [`crate::Llama::with_precision`]) are never expanded.
+pub(crate) fn cast_floats_keeping<B: Backend, M: Module<B>>(
+    module: M,
+    precision: Precision,
+    keep: DType,
+) -> M {
+    module.map(&mut CastFloats {
+        to: precision.dtype(),
+        keep: Some(keep),
+    })
+}
+
+struct CastFloats {
+    to: FloatDType,
+    keep: Option<DType>,
+}
 
 impl<B: Backend> ModuleMapper<B> for CastFloats {
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
-        let dtype = self.0;
-        param.map(|tensor| tensor.cast(dtype))
+        let (to, keep) = (self.to, self.keep);
+        param.map(|tensor| {
+            if Some(tensor.dtype()) == keep {
+                tensor
+            } else {
+                tensor.cast(to)
+            }
+        })
     }
+}
+
+/// `values` (row-major, `shape`) as a tensor stored in `storage`. Converted here, on the host,
+/// with `half`'s vectorised conversion: a backend cast of a whole weight matrix is both slow on
+/// the CPU backend (Flex casts element by element through f64) and a transient f32 copy of it.
+pub fn tensor_stored_as<B: Backend, const D: usize>(
+    values: Vec<f32>,
+    shape: [usize; D],
+    storage: Precision,
+    device: &B::Device,
+) -> Tensor<B, D> {
+    use half::slice::HalfFloatSliceExt;
+    let data = match storage {
+        Precision::F32 => TensorData::new(values, shape),
+        Precision::F16 => {
+            let mut out = vec![half::f16::ZERO; values.len()];
+            out.convert_from_f32_slice(&values);
+            TensorData::new(out, shape)
+        }
+        Precision::Bf16 => {
+            let mut out = vec![half::bf16::ZERO; values.len()];
+            out.convert_from_f32_slice(&values);
+            TensorData::new(out, shape)
+        }
+    };
+    Tensor::from_data(data, (device, storage.dtype().into()))
 }
 
 /// `tensor` in f32 (a no-op for an f32 tensor): where a reduced-precision model's output

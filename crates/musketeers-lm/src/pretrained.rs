@@ -3,6 +3,7 @@
 use crate::config::{LlamaConfig, generation_eos_ids};
 use crate::error::LmError;
 use crate::llama::Llama;
+use crate::precision::Precision;
 use crate::tokenizer::TextTokenizer;
 use crate::weights;
 use burn::tensor::backend::Backend;
@@ -23,9 +24,20 @@ pub struct Pretrained<B: Backend> {
 impl<B: Backend> Pretrained<B> {
     /// A Hugging Face directory or a `.gguf` file.
     pub fn load(dir: &Path, device: &B::Device) -> Result<Self, LmError> {
+        Self::load_with_weights(dir, device, Precision::F32)
+    }
+
+    /// As [`Self::load`], with weight matrices stored in `weights` (see
+    /// [`Llama::weight_dtype`]).
+    pub fn load_with_weights(
+        dir: &Path,
+        device: &B::Device,
+        weights: Precision,
+    ) -> Result<Self, LmError> {
         if WeightFormat::of(dir) == WeightFormat::Gguf {
             let file = crate::gguf::GgufFile::open(dir)?;
-            let (config, model) = crate::gguf_llama::load::<B>(&file, device)?;
+            let (config, model) =
+                crate::gguf_llama::load_with_weights::<B>(&file, device, weights)?;
             let tokenizer = crate::tokenizer_gguf::from_gguf(&file)?;
             return Ok(Self {
                 dir: dir.into(),
@@ -35,7 +47,7 @@ impl<B: Backend> Pretrained<B> {
                 tokenizer: Some(tokenizer),
             });
         }
-        let (config, model) = weights::load::<B>(dir, device)?;
+        let (config, model) = weights::load_with_weights::<B>(dir, device, weights)?;
         let tokenizer = if dir.join("tokenizer.json").exists() {
             Some(TextTokenizer::load(dir, config.vocab_size)?)
         } else {
@@ -102,8 +114,21 @@ pub fn load_model<B: Backend>(
     path: &Path,
     device: &B::Device,
 ) -> Result<(LlamaConfig, Llama<B>), LmError> {
+    load_model_with_weights(path, device, Precision::F32)
+}
+
+/// As [`load_model`], with weight matrices stored in `weights` (see [`Llama::weight_dtype`]).
+pub fn load_model_with_weights<B: Backend>(
+    path: &Path,
+    device: &B::Device,
+    weights: Precision,
+) -> Result<(LlamaConfig, Llama<B>), LmError> {
     match WeightFormat::of(path) {
-        WeightFormat::Gguf => crate::gguf_llama::load(&crate::gguf::GgufFile::open(path)?, device),
-        WeightFormat::Safetensors => weights::load(path, device),
+        WeightFormat::Gguf => crate::gguf_llama::load_with_weights(
+            &crate::gguf::GgufFile::open(path)?,
+            device,
+            weights,
+        ),
+        WeightFormat::Safetensors => weights::load_with_weights(path, device, weights),
     }
 }

@@ -7,6 +7,7 @@ use crate::config::LlamaConfig;
 use crate::error::LmError;
 use crate::llama::Llama;
 use crate::param::set_param;
+use crate::precision::{Precision, tensor_stored_as};
 use burn::nn::{Linear, RmsNorm};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
@@ -231,6 +232,8 @@ struct Loader<'a, B: Backend> {
     device: &'a B::Device,
     /// Gemma stores RMSNorm weights as `w` and applies `1 + w`; ours hold `1 + w`.
     norm_offset: f32,
+    /// How weight matrices (not norms or biases) are stored.
+    weights: Precision,
 }
 
 impl<B: Backend> Loader<'_, B> {
@@ -242,8 +245,10 @@ impl<B: Backend> Loader<'_, B> {
             .read(&format!("{prefix}.weight"), &[out, inp])?;
         set_param(
             &mut linear.weight,
-            Tensor::from_data(
-                TensorData::new(transposed(w, out, inp), [inp, out]),
+            tensor_stored_as(
+                transposed(w, out, inp),
+                [inp, out],
+                self.weights,
                 self.device,
             ),
         );
@@ -277,9 +282,18 @@ pub fn load<B: Backend>(
     dir: &Path,
     device: &B::Device,
 ) -> Result<(LlamaConfig, Llama<B>), LmError> {
+    load_with_weights(dir, device, Precision::F32)
+}
+
+/// As [`load`], with weight matrices stored in `weights` (see [`Llama::weight_dtype`]).
+pub fn load_with_weights<B: Backend>(
+    dir: &Path,
+    device: &B::Device,
+    weights: Precision,
+) -> Result<(LlamaConfig, Llama<B>), LmError> {
     let config = LlamaConfig::from_file(&dir.join("config.json"))?;
     let mut checkpoint = Checkpoint::open(dir)?;
-    let model = fill(&config, &mut checkpoint, device)?;
+    let model = fill(&config, &mut checkpoint, device, weights)?;
     // A tied checkpoint may still carry a copy of the head; rotary buffers are recomputed.
     let unused: Vec<String> = checkpoint
         .unused()
@@ -301,17 +315,20 @@ pub fn load<B: Backend>(
     Ok((config, model))
 }
 
-/// A model of `config` with every parameter read from `source`.
+/// A model of `config` with every parameter read from `source`, its weight matrices stored
+/// in `weights`.
 pub(crate) fn fill<B: Backend>(
     config: &LlamaConfig,
     source: &mut dyn TensorSource,
     device: &B::Device,
+    weights: Precision,
 ) -> Result<Llama<B>, LmError> {
     let mut model = config.init::<B>(device);
     let mut loader = Loader::<B> {
         checkpoint: source,
         device,
         norm_offset: if config.gemma.norm_plus_one { 1.0 } else { 0.0 },
+        weights,
     };
     let (v, h) = (config.vocab_size, config.hidden_size);
     let emb = loader
@@ -319,7 +336,7 @@ pub(crate) fn fill<B: Backend>(
         .read("model.embed_tokens.weight", &[v, h])?;
     set_param(
         &mut model.embed_tokens.weight,
-        Tensor::from_data(TensorData::new(emb, [v, h]), device),
+        tensor_stored_as(emb, [v, h], weights, device),
     );
     for (i, layer) in model.layers.iter_mut().enumerate() {
         let p = format!("model.layers.{i}");
