@@ -139,6 +139,39 @@ pub struct LlamaConfig {
 }
 
 impl LlamaConfig {
+    /// Bytes of this model's parameters with its weight matrices (embeddings, projections,
+    /// an untied head) stored in `weights`; norms and biases are f32. Exact for the models
+    /// [`crate::Llama`] builds: what loading one will hold, known before loading it.
+    pub fn parameter_bytes(&self, weights: crate::Precision) -> u64 {
+        let (h, d) = (self.hidden_size as u64, self.head_dim as u64);
+        let (q, kv) = (self.num_heads as u64 * d, self.num_kv_heads as u64 * d);
+        let ffn = self.intermediate_size as u64;
+        let per_layer_matrices = h * (q + 2 * kv) + q * h + 3 * h * ffn;
+        let head = if self.tie_word_embeddings { 0 } else { 1 };
+        let matrices =
+            (1 + head) * self.vocab_size as u64 * h + self.num_layers as u64 * per_layer_matrices;
+        let norms = if self.gemma.sandwich_norms { 4 } else { 2 };
+        let mut per_layer_vectors = norms * h;
+        if self.qk_norm {
+            per_layer_vectors += 2 * d;
+        }
+        if self.qkv_bias {
+            per_layer_vectors += q + 2 * kv;
+        }
+        if self.o_bias {
+            per_layer_vectors += h;
+        }
+        if self.mlp_bias {
+            per_layer_vectors += 2 * ffn + h;
+        }
+        let vectors = h + self.num_layers as u64 * per_layer_vectors;
+        let element = match weights {
+            crate::Precision::F32 => 4,
+            crate::Precision::F16 | crate::Precision::Bf16 => 2,
+        };
+        matrices * element + vectors * 4
+    }
+
     /// A plain Llama (SiLU, RMSNorm 1e-5, no biases, tied head, `1/sqrt(head_dim)` attention
     /// scale, no Gemma options): for models built in code rather than read from a file.
     pub fn llama(

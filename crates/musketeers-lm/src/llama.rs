@@ -512,7 +512,7 @@ impl<B: Backend> Llama<B> {
 
     /// Token embeddings. `[batch, seq]` -> `[batch, seq, hidden]`
     pub fn embed(&self, ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
-        let x = self.embed_tokens.forward(ids).cast(self.float_dtype());
+        let x = crate::precision::cast_float(self.embed_tokens.forward(ids), self.float_dtype());
         match self.embedding_scale {
             Some(scale) => x * scale,
             None => x,

@@ -8,6 +8,7 @@
 
 use crate::error::LmError;
 use crate::param::set_param;
+use crate::precision::cast_float;
 use burn::module::{Module, Param};
 use burn::nn::{Dropout, Linear};
 use burn::tensor::Tensor;
@@ -178,6 +179,6 @@ pub(crate) fn matmul_stored<B: Backend>(x: Tensor<B, 2>, w: Tensor<B, 2>) -> Ten
     if compute == stored {
         x.matmul(w)
     } else {
-        x.cast(stored).matmul(w).cast(compute)
+        cast_float(cast_float(x, stored).matmul(w), compute)
     }
 }

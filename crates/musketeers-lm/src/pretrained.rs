@@ -90,6 +90,15 @@ pub fn load_tokenizer(path: &Path) -> Result<TextTokenizer, LmError> {
     TextTokenizer::load(path, config.vocab_size)
 }
 
+/// Only the config of a Hugging Face directory or a `.gguf` file: what a model will need
+/// before it is loaded (see [`LlamaConfig::parameter_bytes`]).
+pub fn load_config(path: &Path) -> Result<LlamaConfig, LmError> {
+    match WeightFormat::of(path) {
+        WeightFormat::Gguf => crate::gguf_llama::config(&crate::gguf::GgufFile::open(path)?),
+        WeightFormat::Safetensors => LlamaConfig::from_file(&path.join("config.json")),
+    }
+}
+
 /// How a model's weights are stored. The one place that decides, from the path alone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WeightFormat {

@@ -84,6 +84,11 @@ pub struct RunConfig {
     /// and bandwidth). LoRA, the interface and the optimizer state stay f32.
     #[serde(default, skip_serializing_if = "is_f32")]
     pub dtype: Precision,
+    /// How the team's weight matrices are stored: `f16` (the default: half of f32's memory;
+    /// products run in f16, everything else in f32; greedy parity with transformers holds on
+    /// Qwen2.5-Coder 0.5B and 1.5B, see docs/ARCHITECTURE.md), `bf16` or `f32`.
+    #[serde(default = "compact")]
+    pub team_weights: Precision,
     /// The reward functions, summed with their weights (TRL's `reward_funcs` and
     /// `reward_weights`); empty: the task's own verifier alone.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -111,6 +116,14 @@ pub struct PolicyConfig {
     /// The user message; `{question}` is replaced by the task's question.
     #[serde(default = "default_template")]
     pub prompt_template: String,
+    /// How the frozen base's weight matrices are stored (the adapters stay f32): `f32` (the
+    /// default), `f16` or `bf16`, as [`RunConfig::team_weights`].
+    #[serde(default, skip_serializing_if = "is_f32")]
+    pub weights: Precision,
+}
+
+fn compact() -> Precision {
+    Precision::F16
 }
 
 fn yes() -> bool {

@@ -5,6 +5,7 @@
 mod common;
 
 mod batching;
+mod compact_weights;
 mod gguf;
 mod llama_vocab;
 mod real_models;

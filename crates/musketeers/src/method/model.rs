@@ -401,10 +401,11 @@ pub(crate) fn materialize<B: Backend, M: Module<B>>(module: &M) {
 
 fn load_pretrained<B: Backend>(
     spec: &str,
+    weights: Precision,
     device: &B::Device,
 ) -> Result<(Pretrained<B>, TextTokenizer), TrainError> {
     let path = catalog::resolve(spec).map_err(musketeers_lm::LmError::from)?;
-    let mut pretrained = Pretrained::<B>::load(&path, device)?;
+    let mut pretrained = Pretrained::<B>::load_with_weights(&path, device, weights)?;
     let tokenizer = pretrained
         .tokenizer
         .take()
@@ -423,7 +424,8 @@ pub(crate) fn load_modules<B: Backend, T: Backend>(
     team_device: &T::Device,
 ) -> Result<Modules<B, T>, TrainError> {
     let seed = config.grpo.seed;
-    let (pretrained, tokenizer) = load_pretrained::<B>(&config.policy.model, device)?;
+    let (pretrained, tokenizer) =
+        load_pretrained::<B>(&config.policy.model, config.policy.weights, device)?;
     let width = pretrained.config.hidden_size;
     let policy = match adapters {
         Some(dir) => pretrained.model.load_adapters(dir)?.0,
@@ -432,7 +434,8 @@ pub(crate) fn load_modules<B: Backend, T: Backend>(
     let mut team = Vec::new();
     if needs.team {
         for member in &config.team {
-            let (expert, tokenizer) = load_pretrained::<T>(&member.model, team_device)?;
+            let (expert, tokenizer) =
+                load_pretrained::<T>(&member.model, config.team_weights, team_device)?;
             team.push(TeamMember {
                 name: member.name.clone(),
                 tokenizer,

@@ -341,6 +341,7 @@ fn run_config(
             },
             chat: false,
             prompt_template: "{question}".into(),
+            weights: musketeers_lm::Precision::F32,
         },
         team: TEAM
             .iter()
@@ -370,6 +371,9 @@ fn run_config(
         },
         out_dir: None,
         dtype: musketeers_lm::Precision::F32,
+        // The demo's experts are a few megabytes: compact storage would save nothing, and the
+        // demo's figures were measured in f32 (`--set team_weights="f16"` runs it compact).
+        team_weights: musketeers_lm::Precision::F32,
         rewards: Vec::new(),
         tensorboard: true,
     }
