@@ -23,6 +23,6 @@ pub mod serve;
 
 pub use error::TrainError;
 pub use experiments::{demo, grid};
-pub use method::{model, policy, sft, system, team, train};
+pub use method::{memory, model, policy, sft, system, team, train};
 pub use running::{eval, report, reward_program, run, rundir, scoring, tasks, tensorboard};
 pub use scoring::{ScoreLine, score_lines};

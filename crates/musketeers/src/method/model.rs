@@ -423,6 +423,9 @@ pub(crate) fn load_modules<B: Backend, T: Backend>(
     device: &B::Device,
     team_device: &T::Device,
 ) -> Result<Modules<B, T>, TrainError> {
+    // Known from the models' configs alone: a run that cannot fit stops here, before loading.
+    let memory = crate::method::memory::estimate(config, needs)?;
+    crate::method::memory::check_fits(&memory, crate::method::memory::memory_limit()?)?;
     let seed = config.grpo.seed;
     let (pretrained, tokenizer) =
         load_pretrained::<B>(&config.policy.model, config.policy.weights, device)?;

@@ -10,6 +10,7 @@ mod datasets;
 mod demo;
 mod grid;
 mod mechanism;
+mod memory;
 mod phases;
 mod reward_program;
 mod run_config;
