@@ -43,3 +43,5 @@ for batch in batches:
     decode = max(total - prefill, 1e-9)
     print(json.dumps({"batch": batch, "prefill_tokens_per_sec": batch * prompt_len / prefill,
                       "decode_tokens_per_sec": batch * new_tokens / decode}), flush=True)
+import resource
+print(json.dumps({"peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}), flush=True)

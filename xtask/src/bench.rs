@@ -34,6 +34,10 @@ pub enum Bench {
         /// or a Hugging Face directory; both sides run it dequantized to f32.
         #[arg(long)]
         model: Option<String>,
+        /// How our side stores the weight matrices: f32 (as transformers), f16 or bf16
+        /// (products in that dtype, the rest f32; see README, Compact frozen weights).
+        #[arg(long, default_value = "f32")]
+        weights: String,
     },
     /// Seconds per GRPO step on SmolLM2-135M-Instruct (4 prompts x 8 generations x 64 new
     /// tokens, LoRA rank 8, beta 0.04, f32, CPU), beside TRL's GRPOTrainer on the same
@@ -97,7 +101,8 @@ pub fn run(bench: Bench) -> Result<()> {
             new_tokens,
             no_python,
             model,
-        } => lm(&batches, new_tokens, no_python, model.as_deref()),
+            weights,
+        } => lm(&batches, new_tokens, no_python, model.as_deref(), &weights),
         Bench::Grpo {
             steps,
             no_python,
@@ -218,14 +223,20 @@ fn verify(seconds: f64, no_python: bool) -> Result<()> {
     Ok(())
 }
 
-fn lm(batches: &str, new_tokens: usize, no_python: bool, model: Option<&str>) -> Result<()> {
+fn lm(
+    batches: &str,
+    new_tokens: usize,
+    no_python: bool,
+    model: Option<&str>,
+    weights: &str,
+) -> Result<()> {
     let model = model
         .map(|m| musketeers_catalog::resolve(m).map_err(anyhow::Error::from))
         .transpose()?;
     let model_arg = model
         .as_ref()
         .map_or(String::new(), |p| p.to_string_lossy().into_owned());
-    let lines = generation_bench(batches, new_tokens, &model_arg)?;
+    let lines = generation_bench(batches, new_tokens, &model_arg, weights)?;
     let rates = MachineRates::from_lines(&lines)?;
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let reference: Vec<Value> = if no_python {
@@ -237,14 +248,33 @@ fn lm(batches: &str, new_tokens: usize, no_python: bool, model: Option<&str>) ->
     let mut out = std::io::stdout().lock();
     writeln!(
         out,
-        "{}, f32, CPU ({threads} threads), {new_tokens} sampled tokens; matmul 1024^3: {gflops:.0} GFLOP/s; memory read: {bandwidth:.1} GB/s",
+        "{}, ours with {weights} weight matrices (transformers f32), CPU ({threads} threads), {new_tokens} sampled tokens; matmul 1024^3: {gflops:.0} GFLOP/s; memory read: {bandwidth:.1} GB/s",
         model
             .as_ref()
             .map_or("SmolLM2-135M shape, random weights".to_string(), |p| p
                 .display()
                 .to_string())
     )?;
-    write_lm_table(&mut out, &lines, &reference, &rates)
+    let bytes_per_weight = if weights == "f32" { 4.0 } else { 2.0 };
+    write_lm_table(&mut out, &lines, &reference, &rates, bytes_per_weight)?;
+    write_peak_rss(&mut out, &lines, &reference)
+}
+
+/// Each side's peak resident memory, as its own process measured it.
+fn write_peak_rss(out: &mut impl Write, lines: &[Value], reference: &[Value]) -> Result<()> {
+    let peak = |lines: &[Value]| {
+        lines
+            .iter()
+            .find_map(|l| l["peak_rss_bytes"].as_f64())
+            .map_or("-".to_string(), |b| format!("{:.2} GB", b / 1e9))
+    };
+    writeln!(
+        out,
+        "peak RSS: ours {}, transformers {}",
+        peak(lines),
+        peak(reference)
+    )?;
+    Ok(())
 }
 
 /// The lines of JSON in `text`, skipping the rest.
@@ -255,7 +285,12 @@ fn json_lines(text: &str) -> Vec<Value> {
 }
 
 /// Our generation bench (`cargo bench`); its lines of JSON.
-fn generation_bench(batches: &str, new_tokens: usize, model_arg: &str) -> Result<Vec<Value>> {
+fn generation_bench(
+    batches: &str,
+    new_tokens: usize,
+    model_arg: &str,
+    weights: &str,
+) -> Result<Vec<Value>> {
     let text = std::process::Command::new("cargo")
         .args([
             "bench",
@@ -268,6 +303,7 @@ fn generation_bench(batches: &str, new_tokens: usize, model_arg: &str) -> Result
         .env("BENCH_BATCHES", batches)
         .env("BENCH_NEW_TOKENS", new_tokens.to_string())
         .env("BENCH_MODEL", model_arg)
+        .env("BENCH_WEIGHTS", weights)
         .current_dir(root())
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())?;
@@ -294,12 +330,12 @@ impl MachineRates {
     }
 
     /// Decode tokens/s at `batch` on the roofline.
-    fn decode_roofline(&self, batch: f64) -> f64 {
+    fn decode_roofline(&self, batch: f64, bytes_per_weight: f64) -> f64 {
         // Decode roofline per step: stream every weight once (tied head included) or do
         // 2 flops per weight per sequence, whichever takes longer.
         let params = 134.5e6;
-        let step =
-            (params * 4.0 / (self.bandwidth * 1e9)).max(2.0 * params * batch / (self.gflops * 1e9));
+        let step = (params * bytes_per_weight / (self.bandwidth * 1e9))
+            .max(2.0 * params * batch / (self.gflops * 1e9));
         batch / step
     }
 }
@@ -332,6 +368,7 @@ fn write_lm_table(
     lines: &[Value],
     reference: &[Value],
     rates: &MachineRates,
+    bytes_per_weight: f64,
 ) -> Result<()> {
     writeln!(
         out,
@@ -369,7 +406,7 @@ fn write_lm_table(
             show(hp),
             show(d),
             show(hd),
-            rates.decode_roofline(batch as f64)
+            rates.decode_roofline(batch as f64, bytes_per_weight)
         )?;
     }
     Ok(())

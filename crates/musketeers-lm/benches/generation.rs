@@ -1,4 +1,5 @@
-//! Prefill and decode tokens per second of a SmolLM2-135M-shaped model (random weights, f32)
+//! Prefill and decode tokens per second of a SmolLM2-135M-shaped model (random weights; f32,
+//! or compact weight matrices with `BENCH_WEIGHTS`)
 //! on the CPU backend, at batch 1, 8 and 32, beside this machine's matmul rate measured in the
 //! same run. One JSON object per line; `cargo xtask bench lm` sets them beside transformers.
 
@@ -42,6 +43,13 @@ fn main() {
         }
         None => smollm2_135m().init::<B>(&device),
     };
+    // BENCH_WEIGHTS: how the weight matrices are stored (f32, f16, bf16).
+    let weights: musketeers_lm::Precision = std::env::var("BENCH_WEIGHTS")
+        .ok()
+        .filter(|w| !w.is_empty())
+        .map_or(Ok(musketeers_lm::Precision::F32), |w| w.parse())
+        .expect("BENCH_WEIGHTS is f32, f16 or bf16");
+    let model = model.with_compact_weights(weights);
     for batch in batches {
         let prompts: Vec<Vec<u32>> = (0..batch)
             .map(|b| {
@@ -82,4 +90,8 @@ fn main() {
             })
         );
     }
+    println!(
+        "{}",
+        serde_json::json!({ "peak_rss_bytes": musketeers_lm::perf::peak_rss_bytes() })
+    );
 }

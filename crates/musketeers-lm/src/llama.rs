@@ -482,6 +482,36 @@ impl<B: Backend> Llama<B> {
         }
     }
 
+    /// The model with its weight matrices (embeddings, projections, head; not norms, biases
+    /// or adapters) stored in `storage`, as [`crate::Pretrained::load_with_weights`] loads
+    /// them: for a model built or loaded in f32 first.
+    pub fn with_compact_weights(mut self, storage: Precision) -> Self {
+        let dtype: DType = storage.dtype().into();
+        let compact = |param: burn::module::Param<Tensor<B, 2>>| {
+            param.map(|w| crate::precision::cast_float(w, dtype))
+        };
+        self.embed_tokens.weight = compact(self.embed_tokens.weight);
+        for layer in &mut self.layers {
+            let attn = &mut layer.self_attn;
+            let mlp = &mut layer.mlp;
+            for proj in [
+                &mut attn.q_proj,
+                &mut attn.k_proj,
+                &mut attn.v_proj,
+                &mut attn.o_proj,
+                &mut mlp.gate_proj,
+                &mut mlp.up_proj,
+                &mut mlp.down_proj,
+            ] {
+                proj.base.weight = compact(proj.base.weight.clone());
+            }
+        }
+        if let Some(head) = self.lm_head.as_mut() {
+            head.base.weight = compact(head.base.weight.clone());
+        }
+        self
+    }
+
     /// The mean of every token's input embedding, `[hidden]` (scaled as [`Self::embed`]
     /// scales): a neutral, typical-scale input vector.
     pub fn mean_token_embedding(&self) -> Tensor<B, 1> {

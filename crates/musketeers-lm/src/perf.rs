@@ -77,3 +77,18 @@ pub fn memory_read_gbs() -> f64 {
         .fold(f64::INFINITY, f64::min);
     (values.len() * 4) as f64 / best / 1e9
 }
+
+/// This process's peak resident memory in bytes (Linux `VmHWM`), `None` elsewhere: what a
+/// benchmark reports beside its rates.
+pub fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse::<u64>()
+        .ok()?;
+    Some(kb * 1024)
+}
