@@ -516,7 +516,8 @@ impl<B: Backend> Llama<B> {
     /// scales): a neutral, typical-scale input vector.
     pub fn mean_token_embedding(&self) -> Tensor<B, 1> {
         let hidden = self.embed_tokens.weight.dims()[1];
-        let table = self.embed_tokens.weight.val().cast(self.float_dtype());
+        let table =
+            crate::precision::cast_float(self.embed_tokens.weight.val(), self.float_dtype());
         let mean = table.mean_dim(0).reshape([hidden]);
         match self.embedding_scale {
             Some(scale) => mean * scale,
@@ -527,11 +528,8 @@ impl<B: Backend> Llama<B> {
     /// RMS over every entry of the token-embedding table, as the model scales its inputs:
     /// the size of a typical input token.
     pub fn embedding_rms(&self) -> f32 {
-        let rms = self
-            .embed_tokens
-            .weight
-            .val()
-            .cast(DType::F32)
+        let table = crate::precision::cast_float(self.embed_tokens.weight.val(), DType::F32);
+        let rms = table
             .powi_scalar(2)
             .mean()
             .sqrt()

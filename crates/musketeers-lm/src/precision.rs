@@ -113,21 +113,10 @@ pub fn tensor_stored_as<B: Backend, const D: usize>(
     storage: Precision,
     device: &B::Device,
 ) -> Tensor<B, D> {
-    use half::slice::HalfFloatSliceExt;
-    let data = match storage {
-        Precision::F32 => TensorData::new(values, shape),
-        Precision::F16 => {
-            let mut out = vec![half::f16::ZERO; values.len()];
-            out.convert_from_f32_slice(&values);
-            TensorData::new(out, shape)
-        }
-        Precision::Bf16 => {
-            let mut out = vec![half::bf16::ZERO; values.len()];
-            out.convert_from_f32_slice(&values);
-            TensorData::new(out, shape)
-        }
-    };
-    Tensor::from_data(data, (device, storage.dtype().into()))
+    let dtype: DType = storage.dtype().into();
+    let data = TensorData::new(values, shape);
+    let data = host_cast(&data, dtype).unwrap_or(data);
+    Tensor::from_data(data, (device, dtype))
 }
 
 /// `tensor` in f32 (a no-op for an f32 tensor): where a reduced-precision model's output
