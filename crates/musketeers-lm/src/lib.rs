@@ -20,6 +20,7 @@ pub mod export;
 pub mod generate;
 pub mod gguf;
 pub mod gguf_llama;
+pub mod head;
 pub mod llama;
 pub mod lora;
 mod param;

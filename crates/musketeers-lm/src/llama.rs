@@ -720,6 +720,27 @@ impl<B: Backend> Llama<B> {
         self.layers.iter().map(|_| KvCache::default()).collect()
     }
 
+    /// The output layer as a [`FrozenHead`](crate::head::FrozenHead), when nothing in it
+    /// trains (no adapter on `lm_head`, no gradient on its weight or the tied embeddings): the
+    /// form that scores tokens without holding `[tokens, vocab]` logits for backward.
+    pub fn frozen_head(&self) -> Option<crate::head::FrozenHead<B>> {
+        match &self.lm_head {
+            Some(head) if head.adapter.is_some() => None,
+            Some(head) => {
+                let weight = head.base.weight.val();
+                let bias = head.base.bias.as_ref().map(|b| b.val());
+                let trains =
+                    weight.is_require_grad() || bias.as_ref().is_some_and(Tensor::is_require_grad);
+                (!trains).then(|| crate::head::FrozenHead::new(weight, bias))
+            }
+            None => {
+                let weight = self.embed_tokens.weight.val();
+                (!weight.is_require_grad())
+                    .then(|| crate::head::FrozenHead::new(weight.transpose(), None))
+            }
+        }
+    }
+
     /// `[batch, seq, hidden]` -> `[batch, seq, vocab]`
     pub fn head(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let [b, t, d] = x.dims();

@@ -5,6 +5,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod frozen_head;
 mod gated_context;
 mod generation;
 mod lora;

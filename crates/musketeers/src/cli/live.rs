@@ -125,6 +125,10 @@ fn step_metrics(r: &StepReport, experts: &[String]) -> Vec<StepMetric> {
         format!("{:.1}", r.step_seconds),
         false,
     ));
+    if let Some(bytes) = r.peak_memory_bytes {
+        let gb = bytes as f64 / 1e9;
+        metrics.push(StepMetric::new("peak GB", gb, format!("{gb:.2}"), false));
+    }
     metrics
 }
 
@@ -549,6 +553,7 @@ mod tests {
             communication_seconds: 0.0,
             diagnostics: Default::default(),
             step_seconds: 4.0,
+            peak_memory_bytes: Some(3 << 30),
             samples: vec![Sample {
                 completion: "<answer>3</answer>".into(),
                 reward,
@@ -623,6 +628,7 @@ mod tests {
         assert!(lines[0].contains("util arithmetic 0.30"), "{}", lines[0]);
         assert!(lines[0].contains("util logic 0.70"), "{}", lines[0]);
         assert!(lines[0].contains("tok/s 320"), "{}", lines[0]);
+        assert!(lines[0].contains("peak GB 3.22"), "{}", lines[0]);
         assert!(!lines[0].contains("eta"), "no ETA before a step is timed");
         // The second line shows the second step's values, not the first's.
         assert!(lines[1].starts_with("step 2/3  eta "), "{}", lines[1]);

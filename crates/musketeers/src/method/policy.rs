@@ -22,6 +22,9 @@ pub struct PrefixedPolicy<'a, B: Backend> {
     pub context: Option<SoftContext<B>>,
     /// The sampling temperature: scores are under `softmax(logits / temperature)`.
     pub temperature: f64,
+    /// The log-probabilities carry gradients (the loss's scorer); a reference or evaluation
+    /// pass leaves them out and skips their cost.
+    pub with_gradient: bool,
 }
 
 /// The rows of a batch with their shared prefixes: group `g` holds rows
@@ -125,6 +128,7 @@ impl<B: Backend> TokenScorer<B> for PrefixedPolicy<'_, B> {
             gates: gates.as_ref(),
             prefix,
             temperature: self.temperature,
+            with_gradient: self.with_gradient,
         };
         Ok(shared.score_in_buckets(rollouts, &groups, width, &device))
     }
@@ -248,6 +252,7 @@ struct Shared<'s, B: Backend> {
     gates: Option<&'s Tensor<B, 2>>,
     prefix: usize,
     temperature: f64,
+    with_gradient: bool,
 }
 
 impl<B: Backend> Shared<'_, B> {
@@ -266,10 +271,14 @@ impl<B: Backend> Shared<'_, B> {
         // when a few completions hit the length limit and most stop early.
         let mut order: Vec<usize> = (0..n).collect();
         order.sort_by_key(|&r| rollouts.completion_ids[r].len());
-        // A bucket's logits are `[rows, width, vocab]`; with a large vocabulary (Qwen's is
-        // 151,936) and long completions the bucket is cut further to stay within a budget.
+        // Through a trainable head a bucket's logits are `[rows, width, vocab]`, held for
+        // backward; with a large vocabulary (Qwen's is 151,936) and long completions the
+        // bucket is cut further to stay within a budget. A frozen head holds none.
         let vocab = self.model.embed_tokens.weight.dims()[0].max(1);
-        let budget_rows = (LOGITS_BUDGET / (width * vocab).max(1)).max(1);
+        let budget_rows = match self.model.frozen_head() {
+            Some(_) => n,
+            None => (LOGITS_BUDGET / (width * vocab).max(1)).max(1),
+        };
         let bucket_rows = n.div_ceil(LENGTH_BUCKETS).clamp(1, budget_rows);
         let mut logps = Vec::new();
         let mut entropies = Vec::new();
@@ -323,8 +332,12 @@ impl<B: Backend> Shared<'_, B> {
         }
         let targets =
             Tensor::<B, 2, Int>::from_data(TensorData::new(targets, [n, bucket_width]), device);
-        let (logp, entropy) =
-            token_logprobs(to_f32(self.model.head(hidden)), targets, self.temperature);
+        let (logp, entropy) = match self.model.frozen_head() {
+            Some(head) => {
+                head.token_logprobs(hidden, targets, self.temperature, self.with_gradient)
+            }
+            None => token_logprobs(to_f32(self.model.head(hidden)), targets, self.temperature),
+        };
         if bucket_width == width {
             return (logp, entropy);
         }

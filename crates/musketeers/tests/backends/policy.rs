@@ -76,6 +76,7 @@ fn scores_of_sampled_completions_equal_their_sampling_logprobs<B: Backend>(devic
                 model: &model,
                 context,
                 temperature,
+                with_gradient: false,
             };
             let width = generation.tokens.iter().map(Vec::len).max().expect("rows");
             let (scores, _) = policy.score(&rollouts, width).expect("score");
@@ -133,6 +134,7 @@ fn a_shared_prefix_scores_and_differentiates_like_each_row_alone<B: Backend>(dev
         model: &model,
         context: Some(SoftContext::prefix(context.clone())),
         temperature,
+        with_gradient: true,
     };
     let (scores, _) = policy.score(&rollouts, width).expect("score");
     let mut weights = vec![0.0f32; 6 * width];
@@ -220,6 +222,7 @@ fn groups_whose_rows_have_different_prompts_are_refused() {
         model: &model,
         context: None,
         temperature: 1.0,
+        with_gradient: true,
     };
     let err = policy.score(&rollouts, 1).expect_err("mixed group");
     assert!(err.to_string().contains("group 0"), "{err}");
@@ -255,6 +258,7 @@ fn a_zero_context_overflows_the_gradient_of_a_deep_policy_and_the_mean_embedding
             model: &model,
             context: Some(SoftContext::prefix(context.clone())),
             temperature: 1.0,
+            with_gradient: true,
         };
         let (scores, _) = policy.score(&rollouts, 2).expect("score");
         let grads = scores.sum().backward();
@@ -321,6 +325,7 @@ fn scores_under_a_zero_gate_equal_scores_without_context<B: Backend>(device: &B:
                 model: &model,
                 context,
                 temperature: 1.0,
+                with_gradient: true,
             };
             let (scores, _) = policy.score(&rollouts, 4).expect("score");
             scores.into_data().to_vec::<f32>().expect("f32")

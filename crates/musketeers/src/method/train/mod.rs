@@ -212,6 +212,10 @@ pub struct StepReport {
     /// Time in collective operations (all-reduce) with other processes; 0 alone.
     pub communication_seconds: f64,
     pub step_seconds: f64,
+    /// This process's peak resident memory so far, in bytes (Linux `VmHWM`; absent
+    /// elsewhere): what to compare with the machine's memory before scaling a run up.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peak_memory_bytes: Option<u64>,
     pub diagnostics: StepDiagnostics,
     /// The first completion of each prompt, for the run log.
     pub samples: Vec<Sample>,
@@ -748,6 +752,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             update_seconds: update.update_seconds,
             communication_seconds: self.collective.seconds() - communication_start,
             step_seconds: started.elapsed().as_secs_f64(),
+            peak_memory_bytes: musketeers_lm::perf::peak_rss_bytes(),
             diagnostics,
             samples: first_samples(&sampled, &advantages, g),
             dynamic_sampling: None,

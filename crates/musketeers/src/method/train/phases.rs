@@ -151,6 +151,7 @@ pub fn reference_logprobs<B: AutodiffBackend>(
         model: reference,
         context: context.map(|c| c.map(|t| t.detach(), |g| g.detach())),
         temperature: f64::from(temperature),
+        with_gradient: false,
     };
     let (logps, _) = musketeers_rl::TokenScorer::score(&scorer, rollouts, width)?;
     let values = host_f32(logps);
@@ -309,6 +310,7 @@ impl<B: AutodiffBackend> MicroBatches<'_, B> {
             model: self.trained.policy,
             context: part_context,
             temperature: f64::from(s.temperature),
+            with_gradient: true,
         };
         let normaliser =
             (self.accumulating && s.grpo.loss.loss_type == LossType::Dapo).then_some(self.items);
