@@ -97,15 +97,44 @@ impl TensorInfo {
     }
 }
 
-/// A GGUF file read into memory.
+/// A GGUF file: its metadata and tensor infos, and its tensor data read on demand.
 pub struct GgufFile {
     pub path: PathBuf,
     pub version: u32,
     pub metadata: BTreeMap<String, Value>,
     pub tensors: Vec<TensorInfo>,
-    bytes: Vec<u8>,
+    data: Data,
     data_start: usize,
 }
+
+/// Where the tensor data is. An opened file is read one tensor at a time: holding a whole
+/// 1.1 GB file in memory while its largest tensor is dequantized was a third of loading's
+/// peak memory (a team's load is what sets a real run's peak when steps are lean).
+enum Data {
+    Memory(Vec<u8>),
+    File { file: std::fs::File, len: u64 },
+}
+
+impl Data {
+    fn len(&self) -> u64 {
+        match self {
+            Data::Memory(bytes) => bytes.len() as u64,
+            Data::File { len, .. } => *len,
+        }
+    }
+}
+
+/// What the header says: everything but the tensor data.
+struct Header {
+    version: u32,
+    metadata: BTreeMap<String, Value>,
+    tensors: Vec<TensorInfo>,
+    data_start: usize,
+}
+
+/// The first read of an opened file, doubled until the header fits (Qwen2.5's, with its
+/// 151,643-token vocabulary and merges, is about 7 MB).
+const HEADER_READ: u64 = 16 << 20;
 
 impl std::fmt::Debug for GgufFile {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -213,18 +242,78 @@ impl<'a> Cursor<'a> {
 }
 
 impl GgufFile {
+    /// Open `path`: its header is parsed and every tensor's extent checked against the
+    /// file's length; tensor data is read when asked for.
     pub fn open(path: &Path) -> Result<Self, LmError> {
-        let bytes = std::fs::read(path).map_err(|source| LmError::Io {
+        use std::io::Read;
+        let io = |source| LmError::Io {
             path: path.into(),
             source,
-        })?;
-        Self::parse(path, bytes)
+        };
+        let file = std::fs::File::open(path).map_err(io)?;
+        let len = file.metadata().map_err(io)?.len();
+        let mut want = HEADER_READ.min(len);
+        let header = loop {
+            let mut prefix = Vec::with_capacity(want as usize);
+            (&file).take(want).read_to_end(&mut prefix).map_err(io)?;
+            match parse_header(path, &prefix) {
+                Ok(header) => break header,
+                // A header longer than the prefix reads as one cut short: read more.
+                Err(_) if want < len => want = want.saturating_mul(2).min(len),
+                Err(e) => return Err(e),
+            }
+        };
+        Self::checked(path, header, Data::File { file, len })
     }
 
     /// Parse a whole file held in memory; checks every tensor's extent against the data.
     pub fn parse(path: &Path, bytes: Vec<u8>) -> Result<Self, LmError> {
+        let header = parse_header(path, &bytes)?;
+        Self::checked(path, header, Data::Memory(bytes))
+    }
+
+    fn checked(path: &Path, header: Header, data: Data) -> Result<Self, LmError> {
+        let file = Self {
+            path: path.into(),
+            version: header.version,
+            metadata: header.metadata,
+            tensors: header.tensors,
+            data_start: header.data_start,
+            data,
+        };
+        for info in &file.tensors {
+            file.extent(info)?;
+        }
+        Ok(file)
+    }
+}
+
+/// Positioned reads, so that a shared `GgufFile` never races on a file cursor.
+#[cfg(unix)]
+fn read_exact_at(file: &std::fs::File, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+    std::os::unix::fs::FileExt::read_exact_at(file, buf, offset)
+}
+
+#[cfg(windows)]
+fn read_exact_at(file: &std::fs::File, mut buf: &mut [u8], mut offset: u64) -> std::io::Result<()> {
+    use std::os::windows::fs::FileExt;
+    while !buf.is_empty() {
+        match file.seek_read(buf, offset)? {
+            0 => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            n => {
+                buf = &mut buf[n..];
+                offset += n as u64;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The header at the start of `bytes`, which may end anywhere after it.
+fn parse_header(path: &Path, bytes: &[u8]) -> Result<Header, LmError> {
+    {
         let mut c = Cursor {
-            bytes: &bytes,
+            bytes,
             pos: 0,
             path,
         };
@@ -277,19 +366,16 @@ impl GgufFile {
                 .ok_or_else(|| c.bad("general.alignment is not a power of two"))?,
         };
         let data_start = (c.pos as u64).div_ceil(alignment) * alignment;
-        let file = Self {
-            path: path.into(),
+        Ok(Header {
             version,
             metadata,
             tensors,
             data_start: data_start as usize,
-            bytes,
-        };
-        for info in &file.tensors {
-            file.extent(info)?;
-        }
-        Ok(file)
+        })
     }
+}
+
+impl GgufFile {
 
     fn bad(&self, reason: String) -> LmError {
         LmError::BadGguf {
@@ -316,14 +402,14 @@ impl GgufFile {
         let start = (self.data_start as u64).checked_add(info.offset);
         let end = start.zip(size).and_then(|(s, size)| s.checked_add(size));
         match (start, end) {
-            (Some(s), Some(e)) if e <= self.bytes.len() as u64 => Ok(s as usize..e as usize),
+            (Some(s), Some(e)) if e <= self.data.len() => Ok(s as usize..e as usize),
             _ => Err(self.bad(format!(
                 "tensor {:?} ({} bytes at data offset {}) runs past the end of the file \
                  ({} bytes): truncated?",
                 info.name,
                 size.map_or("too many".to_string(), |s| s.to_string()),
                 info.offset,
-                self.bytes.len()
+                self.data.len()
             ))),
         }
     }
@@ -341,21 +427,39 @@ impl GgufFile {
                 dir: self.path.clone(),
             })?;
         let range = self.extent(info)?;
-        let data = &self.bytes[range];
-        // Blocks are independent: dequantize runs of them on all cores.
+        let data = self.read(range)?;
+        // Blocks are independent: dequantize runs of them on all cores, each into its part
+        // of the output (no second copy of the tensor).
         let kind = info.ggml_type;
-        let run = kind.block_bytes() * (16_384 / kind.block_elements()).max(1);
-        let elements_per_run = run / kind.block_bytes() * kind.block_elements();
-        let parts: Vec<Vec<f32>> = {
+        let blocks_per_run = (16_384 / kind.block_elements()).max(1);
+        let run = kind.block_bytes() * blocks_per_run;
+        let elements_per_run = blocks_per_run * kind.block_elements();
+        let mut values = vec![0f32; info.num_elements()];
+        {
             use rayon::prelude::*;
-            data.par_chunks(run)
-                .map(|chunk| {
-                    let n = chunk.len() / kind.block_bytes() * kind.block_elements();
-                    dequantize(kind, chunk, n.min(elements_per_run))
-                })
-                .collect()
-        };
-        Ok((info.shape(), parts.concat()))
+            values
+                .par_chunks_mut(elements_per_run)
+                .zip(data.par_chunks(run))
+                .for_each(|(out, chunk)| out.copy_from_slice(&dequantize(kind, chunk, out.len())));
+        }
+        Ok((info.shape(), values))
+    }
+
+    /// The bytes of `range` (checked by [`Self::extent`]).
+    fn read(&self, range: std::ops::Range<usize>) -> Result<std::borrow::Cow<'_, [u8]>, LmError> {
+        match &self.data {
+            Data::Memory(bytes) => Ok(std::borrow::Cow::Borrowed(&bytes[range])),
+            Data::File { file, .. } => {
+                let mut bytes = vec![0u8; range.len()];
+                read_exact_at(file, &mut bytes, range.start as u64).map_err(|source| {
+                    LmError::Io {
+                        path: self.path.clone(),
+                        source,
+                    }
+                })?;
+                Ok(std::borrow::Cow::Owned(bytes))
+            }
+        }
     }
 
     pub fn get(&self, key: &str) -> Option<&Value> {

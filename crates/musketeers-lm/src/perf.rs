@@ -92,3 +92,32 @@ pub fn peak_rss_bytes() -> Option<u64> {
         .ok()?;
     Some(kb * 1024)
 }
+
+/// The highest peak seen before a [`phase_peak`] reset cleared the kernel's own.
+static EARLIER_PEAK: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// This process's peak resident memory over its whole life so far, in bytes: the kernel's
+/// `VmHWM`, or a higher peak it held before [`phase_peak`] reset it. `None` off Linux.
+pub fn process_peak_bytes() -> Option<u64> {
+    let now = peak_rss_bytes()?;
+    Some(now.max(EARLIER_PEAK.load(std::sync::atomic::Ordering::Relaxed)))
+}
+
+/// Runs `work` and returns, beside its result, the peak resident memory reached while it
+/// ran, in bytes: the kernel's high-water mark is reset to the current resident size first
+/// (Linux: `5` written to `/proc/self/clear_refs`), after the peak so far is kept for
+/// [`process_peak_bytes`]. `None` where the mark cannot be reset or read. Meant for phases
+/// long enough that their peak matters (loading a model, a training step's parts), and for
+/// one thread at a time: phases measured concurrently would share one mark.
+pub fn phase_peak<T>(work: impl FnOnce() -> T) -> (T, Option<u64>) {
+    if let Some(before) = peak_rss_bytes() {
+        EARLIER_PEAK.fetch_max(before, std::sync::atomic::Ordering::Relaxed);
+    }
+    let reset = std::fs::write("/proc/self/clear_refs", "5").is_ok();
+    let result = work();
+    let peak = peak_rss_bytes().filter(|_| reset);
+    if let Some(peak) = peak {
+        EARLIER_PEAK.fetch_max(peak, std::sync::atomic::Ordering::Relaxed);
+    }
+    (result, peak)
+}

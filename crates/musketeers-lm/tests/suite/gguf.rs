@@ -90,6 +90,41 @@ fn every_block_format_dequantizes_as_gguf_py_does() {
     }
 }
 
+/// A file opened from disk reads its tensors on demand: the same values as the whole file
+/// parsed in memory, and a file cut short (every length that parses in memory fails or
+/// succeeds alike on disk) is an error naming it, not a panic.
+#[test]
+fn an_opened_file_reads_as_the_same_bytes_parsed_in_memory() {
+    let bytes = std::fs::read(blocks_path()).expect("fixture");
+    let whole = GgufFile::parse(&blocks_path(), bytes.clone()).expect("parses");
+    let opened = GgufFile::open(&blocks_path()).expect("opens");
+    assert_eq!(opened.metadata, whole.metadata);
+    assert_eq!(opened.tensors, whole.tensors);
+    for info in &whole.tensors {
+        assert_eq!(
+            opened.tensor_f32(&info.name).expect("reads"),
+            whole.tensor_f32(&info.name).expect("reads"),
+            "{}",
+            info.name
+        );
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cut = dir.path().join("cut.gguf");
+    for len in (0..bytes.len()).step_by(97).chain([bytes.len() - 40]) {
+        std::fs::write(&cut, &bytes[..len]).expect("write");
+        let in_memory = GgufFile::parse(&cut, bytes[..len].to_vec());
+        match (GgufFile::open(&cut), in_memory) {
+            (Ok(_), Ok(_)) => {}
+            (Err(e), Err(_)) => assert!(e.to_string().contains("cut.gguf"), "{e}"),
+            (opened, parsed) => panic!(
+                "{len} bytes: opened {:?}, parsed {:?}",
+                opened.map(|_| ()),
+                parsed.map(|_| ())
+            ),
+        }
+    }
+}
+
 #[test]
 fn truncated_and_corrupted_files_are_errors_not_panics() {
     let bytes = std::fs::read(blocks_path()).expect("fixture");

@@ -554,6 +554,7 @@ mod tests {
             diagnostics: Default::default(),
             step_seconds: 4.0,
             peak_memory_bytes: Some(3 << 30),
+            phase_peak_bytes: Default::default(),
             samples: vec![Sample {
                 completion: "<answer>3</answer>".into(),
                 reward,

@@ -182,13 +182,16 @@ pub fn build_trainer<B: AutodiffBackend>(
     let system = crate::method::system::build_trainable::<B>(config);
     let adapters = resume_from.map(|_| out_dir.join("checkpoint").join("adapter"));
     // The team stays off the autodiff backend: it is frozen.
-    let modules = load_modules::<B, B::InnerBackend>(
-        config,
-        system.needs(),
-        adapters.as_deref(),
-        device,
-        device,
-    )?;
+    let (modules, load_peak) = musketeers_lm::perf::phase_peak(|| {
+        load_modules::<B, B::InnerBackend>(
+            config,
+            system.needs(),
+            adapters.as_deref(),
+            device,
+            device,
+        )
+    });
+    let modules = modules?;
     let settings = StepSettings::from_config(config, steps, modules.eos_token_ids);
     let mut trainer = Trainer::new(
         modules.policy,
@@ -201,6 +204,7 @@ pub fn build_trainer<B: AutodiffBackend>(
     .with_system(system)
     .with_prompt_format(PromptFormat::of(config));
     trainer.router = modules.router;
+    trainer.load_peak_bytes = load_peak;
     let g = &config.grpo;
     Ok(trainer.with_optimizer(AdamSettings {
         beta_1: g.adam_beta1,

@@ -216,6 +216,11 @@ pub struct StepReport {
     /// elsewhere): what to compare with the machine's memory before scaling a run up.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub peak_memory_bytes: Option<u64>,
+    /// The step's phases' own peaks (`load` on a process's first step, `context`, `sample`,
+    /// `reference`, `loss` and `backward` (the highest of its micro-batches'), `update`):
+    /// which part of a step sets the memory a run needs.
+    #[serde(skip_serializing_if = "PhasePeaks::is_empty")]
+    pub phase_peak_bytes: PhasePeaks,
     pub diagnostics: StepDiagnostics,
     /// The first completion of each prompt, for the run log.
     pub samples: Vec<Sample>,
@@ -243,6 +248,40 @@ struct Sampled<B: AutodiffBackend> {
     reward_parts: Vec<(String, Vec<f32>)>,
     team_seconds: f64,
     sample_seconds: f64,
+    /// Peak resident memory of the context and sampling phases.
+    memory: PhasePeaks,
+}
+
+/// Each phase's peak resident memory in bytes (see [`musketeers_lm::perf::phase_peak`]),
+/// by phase name; empty where the kernel's peak cannot be read or reset.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[serde(transparent)]
+pub struct PhasePeaks(pub std::collections::BTreeMap<&'static str, u64>);
+
+impl PhasePeaks {
+    /// Runs `work` as phase `name`, keeping the highest peak seen under that name.
+    fn measure<T>(&mut self, name: &'static str, work: impl FnOnce() -> T) -> T {
+        let (result, peak) = musketeers_lm::perf::phase_peak(work);
+        self.note(name, peak);
+        result
+    }
+
+    fn note(&mut self, name: &'static str, peak: Option<u64>) {
+        if let Some(peak) = peak {
+            let kept = self.0.entry(name).or_insert(0);
+            *kept = (*kept).max(peak);
+        }
+    }
+
+    fn merge(&mut self, other: &PhasePeaks) {
+        for (&name, &peak) in &other.0 {
+            self.note(name, Some(peak));
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
 }
 
 /// What a step's update did.
@@ -332,6 +371,8 @@ pub struct Trainer<B: AutodiffBackend> {
     optimizer: ParamOptimizer<B>,
     system: Arc<dyn System<B>>,
     collective: Box<dyn Collective>,
+    /// Loading's peak resident memory, reported once, as the `load` phase of the next step.
+    pub load_peak_bytes: Option<u64>,
 }
 
 /// The file of the optimizer's state in a checkpoint.
@@ -370,6 +411,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             prompt: PromptFormat::default(),
             step: 0,
             router: None,
+            load_peak_bytes: None,
             precision: Precision::F32,
             optimizer: ParamOptimizer::new(AdamSettings::default()),
             system,
@@ -642,7 +684,11 @@ impl<B: AutodiffBackend> Trainer<B> {
         }
         // The kept prompts' context as one batch, with the graph the update needs (the
         // system's context is a function of the prompt alone: checked by the caller).
-        let context = self.step_context(&prompts, &prompt_ids)?;
+        let mut memory = PhasePeaks::default();
+        for round in &rounds {
+            memory.merge(&round.memory);
+        }
+        let context = memory.measure("context", || self.step_context(&prompts, &prompt_ids))?;
         Ok(Sampled {
             prompt_ids,
             context,
@@ -653,6 +699,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             team_seconds: rounds.iter().map(|r| r.team_seconds).sum::<f64>()
                 + started.elapsed().as_secs_f64(),
             sample_seconds: rounds.iter().map(|r| r.sample_seconds).sum(),
+            memory,
         })
     }
 
@@ -683,20 +730,23 @@ impl<B: AutodiffBackend> Trainer<B> {
         let inner_device = self.policy.embed_tokens.weight.val().inner().device();
         let s = &self.settings;
         let prompt_ids = phases::encode_prompts(&self.tokenizer, prompts)?;
-        let context = self.step_context(prompts, &prompt_ids)?;
+        let mut memory = PhasePeaks::default();
+        let context = memory.measure("context", || self.step_context(prompts, &prompt_ids))?;
         let team_seconds = started.elapsed().as_secs_f64();
 
         let sample_start = Instant::now();
         let sampler = self.sampler();
-        let generation = phases::sample_rollouts(
-            &sampler,
-            &prompt_ids,
-            context.inner_tokens(),
-            s,
-            self.step,
-            first,
-            &inner_device,
-        )?;
+        let generation = memory.measure("sample", || {
+            phases::sample_rollouts(
+                &sampler,
+                &prompt_ids,
+                context.inner_tokens(),
+                s,
+                self.step,
+                first,
+                &inner_device,
+            )
+        })?;
         let sample_seconds = sample_start.elapsed().as_secs_f64();
         let (texts, scored) = phases::score_rewards(
             &self.tokenizer,
@@ -713,6 +763,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             reward_parts: scored.parts,
             team_seconds,
             sample_seconds,
+            memory,
         })
     }
 
@@ -726,11 +777,16 @@ impl<B: AutodiffBackend> Trainer<B> {
         started: Instant,
     ) -> Result<StepReport, TrainError> {
         let communication_start = self.collective.seconds();
+        let mut memory = sampled.memory.clone();
+        memory.note("load", self.load_peak_bytes.take());
         let (advantages, batch_advantages) = self.advantages(&sampled.rewards, first, total)?;
-        let (rollouts, reference_seconds) = self.rollouts_with_reference(&sampled)?;
+        let (rollouts, reference_seconds) =
+            memory.measure("reference", || self.rollouts_with_reference(&sampled))?;
         let stats = self.rollout_figures(&rollouts, &advantages, &batch_advantages)?;
         let outcome = self.loss_and_gradients(&sampled.context, &rollouts, &advantages, total)?;
-        let update = self.update(outcome)?;
+        memory.note("loss", outcome.loss_peak_bytes);
+        memory.note("backward", outcome.backward_peak_bytes);
+        let update = memory.measure("update", || self.update(outcome))?;
         let diagnostics = self.diagnostics(&update, &sampled.context);
         let (utilization, entropy, normalized) =
             phases::utilization(&sampled.context, update.routing_entropy, self.team.len());
@@ -752,7 +808,8 @@ impl<B: AutodiffBackend> Trainer<B> {
             update_seconds: update.update_seconds,
             communication_seconds: self.collective.seconds() - communication_start,
             step_seconds: started.elapsed().as_secs_f64(),
-            peak_memory_bytes: musketeers_lm::perf::peak_rss_bytes(),
+            peak_memory_bytes: musketeers_lm::perf::process_peak_bytes(),
+            phase_peak_bytes: memory,
             diagnostics,
             samples: first_samples(&sampled, &advantages, g),
             dynamic_sampling: None,
