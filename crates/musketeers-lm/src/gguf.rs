@@ -376,7 +376,6 @@ fn parse_header(path: &Path, bytes: &[u8]) -> Result<Header, LmError> {
 }
 
 impl GgufFile {
-
     fn bad(&self, reason: String) -> LmError {
         LmError::BadGguf {
             path: self.path.clone(),
