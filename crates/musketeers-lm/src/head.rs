@@ -77,7 +77,7 @@ impl<B: Backend> FrozenHead<B> {
         let (mut logps, mut entropies, mut slopes) = (Vec::new(), Vec::new(), Vec::new());
         for start in (0..rows).step_by(chunk) {
             let end = (start + chunk).min(rows);
-            let ids = targets.clone().slice([start..end]);
+            let ids = targets.clone().slice(start..end);
             let logits = self.logits(detached.clone().slice([start..end, 0..d])) / temperature;
             let max = logits.clone().max_dim(1);
             let log_total = (logits.clone() - max.clone()).exp().sum_dim(1).log() + max;
