@@ -98,6 +98,12 @@ fn the_frozen_head_scores_and_differentiates_as_the_full_logits<B: Backend>(devi
             let hidden = Tensor::<A<B>, 3>::from_inner(hidden_value);
             let (plain, _) = head.token_logprobs(hidden, targets, temperature, false);
             assert_eq!(values(plain), logp, "{what}: with and without the gradient");
+
+            // No rows: empty results, not a panic.
+            let none = Tensor::<A<B>, 3>::zeros([0, t, d], device);
+            let no_targets = Tensor::<A<B>, 2, Int>::zeros([0, t], device);
+            let (logp, entropy) = head.token_logprobs(none, no_targets, temperature, true);
+            assert_eq!((logp.dims(), entropy.dims()), ([0, t], [0, t]), "{what}");
         }
     }
 }
