@@ -72,7 +72,10 @@ impl<B: Backend> FrozenHead<B> {
         let vocab = self.weight.dims()[1].max(1);
         if rows == 0 {
             let device = hidden.device();
-            return (Tensor::zeros([n, t], &device), Tensor::zeros([n, t], &device));
+            return (
+                Tensor::zeros([n, t], &device),
+                Tensor::zeros([n, t], &device),
+            );
         }
         let hidden = hidden.reshape([rows, d]);
         let targets = targets.reshape([rows]);
