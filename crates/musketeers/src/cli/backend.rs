@@ -23,8 +23,16 @@ pub struct DeviceArgs {
 }
 
 /// `autodiff` wraps a backend in `Autodiff`, `plain` leaves it as it is.
+///
+/// Training recomputes memory-bound operations (element-wise activations, norms) in backward
+/// instead of keeping their outputs (`BalancedCheckpointing`): the same gradients to the bit, a
+/// real step's peak 0.27 GB lower (9.04 GB to 8.77 on the default real team's fused cell) and
+/// not slower in the one comparison made (loss and backward phases 34.7 and 21.0 s, against
+/// 41.1 and 23.5 in an earlier run of the same step).
 macro_rules! wrapped {
-    (autodiff, $back:ty) => { burn::backend::Autodiff<$back> };
+    (autodiff, $back:ty) => {
+        burn::backend::Autodiff<$back, burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing>
+    };
     (plain, $back:ty) => { $back };
 }
 pub(crate) use wrapped;
