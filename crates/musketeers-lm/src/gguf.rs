@@ -311,68 +311,66 @@ fn read_exact_at(file: &std::fs::File, mut buf: &mut [u8], mut offset: u64) -> s
 
 /// The header at the start of `bytes`, which may end anywhere after it.
 fn parse_header(path: &Path, bytes: &[u8]) -> Result<Header, LmError> {
-    {
-        let mut c = Cursor {
-            bytes,
-            pos: 0,
-            path,
-        };
-        if c.take(4, "the magic number")? != MAGIC {
-            return Err(c.bad("not a GGUF file (no GGUF magic)"));
-        }
-        let version = c.u32("the version")?;
-        if !(2..=3).contains(&version) {
-            return Err(c.bad(&format!("GGUF version {version} (supported: 2, 3)")));
-        }
-        let tensor_count = c.count(24, "the tensor count")?;
-        let kv_count = c.count(12, "the metadata count")?;
-        let mut metadata = BTreeMap::new();
-        for _ in 0..kv_count {
-            let key = c.string("a metadata key")?;
-            let kind = c.u32(&key)?;
-            let value = c.value(kind, 0, &key)?;
-            metadata.insert(key, value);
-        }
-        let mut tensors = Vec::with_capacity(tensor_count);
-        for _ in 0..tensor_count {
-            let name = c.string("a tensor name")?;
-            let n_dims = c.u32(&name)?;
-            if n_dims == 0 || n_dims > 4 {
-                return Err(c.bad(&format!("tensor {name:?} has {n_dims} dimensions")));
-            }
-            let dims = (0..n_dims)
-                .map(|_| c.u64(&name))
-                .collect::<Result<Vec<_>, _>>()?;
-            let raw_type = c.u32(&name)?;
-            let ggml_type = GgmlType::from_id(raw_type).ok_or_else(|| {
-                c.bad(&format!(
-                    "tensor {name:?} has ggml type {raw_type}, which this reader does not support \
-                     (F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q8_0, Q4_K, Q5_K, Q6_K)"
-                ))
-            })?;
-            let offset = c.u64(&name)?;
-            tensors.push(TensorInfo {
-                name,
-                dims,
-                ggml_type,
-                offset,
-            });
-        }
-        let alignment = match metadata.get("general.alignment") {
-            None => DEFAULT_ALIGNMENT,
-            Some(v) => v
-                .as_u64()
-                .filter(|a| a.is_power_of_two())
-                .ok_or_else(|| c.bad("general.alignment is not a power of two"))?,
-        };
-        let data_start = (c.pos as u64).div_ceil(alignment) * alignment;
-        Ok(Header {
-            version,
-            metadata,
-            tensors,
-            data_start: data_start as usize,
-        })
+    let mut c = Cursor {
+        bytes,
+        pos: 0,
+        path,
+    };
+    if c.take(4, "the magic number")? != MAGIC {
+        return Err(c.bad("not a GGUF file (no GGUF magic)"));
     }
+    let version = c.u32("the version")?;
+    if !(2..=3).contains(&version) {
+        return Err(c.bad(&format!("GGUF version {version} (supported: 2, 3)")));
+    }
+    let tensor_count = c.count(24, "the tensor count")?;
+    let kv_count = c.count(12, "the metadata count")?;
+    let mut metadata = BTreeMap::new();
+    for _ in 0..kv_count {
+        let key = c.string("a metadata key")?;
+        let kind = c.u32(&key)?;
+        let value = c.value(kind, 0, &key)?;
+        metadata.insert(key, value);
+    }
+    let mut tensors = Vec::with_capacity(tensor_count);
+    for _ in 0..tensor_count {
+        let name = c.string("a tensor name")?;
+        let n_dims = c.u32(&name)?;
+        if n_dims == 0 || n_dims > 4 {
+            return Err(c.bad(&format!("tensor {name:?} has {n_dims} dimensions")));
+        }
+        let dims = (0..n_dims)
+            .map(|_| c.u64(&name))
+            .collect::<Result<Vec<_>, _>>()?;
+        let raw_type = c.u32(&name)?;
+        let ggml_type = GgmlType::from_id(raw_type).ok_or_else(|| {
+            c.bad(&format!(
+                "tensor {name:?} has ggml type {raw_type}, which this reader does not support \
+                 (F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q8_0, Q4_K, Q5_K, Q6_K)"
+            ))
+        })?;
+        let offset = c.u64(&name)?;
+        tensors.push(TensorInfo {
+            name,
+            dims,
+            ggml_type,
+            offset,
+        });
+    }
+    let alignment = match metadata.get("general.alignment") {
+        None => DEFAULT_ALIGNMENT,
+        Some(v) => v
+            .as_u64()
+            .filter(|a| a.is_power_of_two())
+            .ok_or_else(|| c.bad("general.alignment is not a power of two"))?,
+    };
+    let data_start = (c.pos as u64).div_ceil(alignment) * alignment;
+    Ok(Header {
+        version,
+        metadata,
+        tensors,
+        data_start: data_start as usize,
+    })
 }
 
 impl GgufFile {

@@ -80,7 +80,7 @@ impl<B: Backend> FrozenHead<B> {
         let hidden = hidden.reshape([rows, d]);
         let targets = targets.reshape([rows]);
         let detached = hidden.clone().detach();
-        let chunk = (CHUNK_LOGITS / vocab).clamp(1, rows.max(1));
+        let chunk = (CHUNK_LOGITS / vocab).clamp(1, rows);
         let (mut logps, mut entropies, mut slopes) = (Vec::new(), Vec::new(), Vec::new());
         for start in (0..rows).step_by(chunk) {
             let end = (start + chunk).min(rows);

@@ -121,3 +121,36 @@ pub fn phase_peak<T>(work: impl FnOnce() -> T) -> (T, Option<u64>) {
     }
     (result, peak)
 }
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::{phase_peak, process_peak_bytes};
+
+    /// A phase that touches 256 MB reports a peak at least that far above where it began,
+    /// and the process's peak never falls below a phase's.
+    #[test]
+    fn a_phase_peak_sees_what_the_phase_held() {
+        let status = std::fs::read_to_string("/proc/self/status").expect("status");
+        let resident = |line: &str| -> Option<u64> {
+            let kb = line
+                .strip_prefix("VmRSS:")?
+                .trim()
+                .trim_end_matches("kB")
+                .trim();
+            kb.parse::<u64>().ok().map(|kb| kb * 1024)
+        };
+        let before = status.lines().find_map(resident).expect("VmRSS");
+        let size = 256 << 20;
+        let (sum, peak) = phase_peak(|| {
+            let held = vec![1u8; size];
+            held.iter().map(|&b| u64::from(b)).sum::<u64>()
+        });
+        assert_eq!(sum, size as u64);
+        let peak = peak.expect("Linux resets and reads the high-water mark");
+        assert!(
+            peak >= before + (size as u64) * 9 / 10,
+            "phase peak {peak} bytes from {before} resident with {size} held"
+        );
+        assert!(process_peak_bytes().expect("Linux") >= peak);
+    }
+}

@@ -7,6 +7,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, Int, Tensor, TensorData};
 use musketeers_lm::cache::KvCache;
 use musketeers_lm::context::row_positions;
+use musketeers_lm::head::FrozenHead;
 use musketeers_lm::llama::causal_padding_mask;
 use musketeers_lm::precision::to_f32;
 use musketeers_lm::rope::Rope;
@@ -129,6 +130,7 @@ impl<B: Backend> TokenScorer<B> for PrefixedPolicy<'_, B> {
             prefix,
             temperature: self.temperature,
             with_gradient: self.with_gradient,
+            frozen_head: self.model.frozen_head(),
         };
         Ok(shared.score_in_buckets(rollouts, &groups, width, &device))
     }
@@ -253,6 +255,8 @@ struct Shared<'s, B: Backend> {
     prefix: usize,
     temperature: f64,
     with_gradient: bool,
+    /// The model's head when nothing in it trains (see `Llama::frozen_head`).
+    frozen_head: Option<FrozenHead<B>>,
 }
 
 impl<B: Backend> Shared<'_, B> {
@@ -275,7 +279,7 @@ impl<B: Backend> Shared<'_, B> {
         // backward; with a large vocabulary (Qwen's is 151,936) and long completions the
         // bucket is cut further to stay within a budget. A frozen head holds none.
         let vocab = self.model.embed_tokens.weight.dims()[0].max(1);
-        let budget_rows = match self.model.frozen_head() {
+        let budget_rows = match &self.frozen_head {
             Some(_) => n,
             None => (LOGITS_BUDGET / (width * vocab).max(1)).max(1),
         };
@@ -332,7 +336,7 @@ impl<B: Backend> Shared<'_, B> {
         }
         let targets =
             Tensor::<B, 2, Int>::from_data(TensorData::new(targets, [n, bucket_width]), device);
-        let (logp, entropy) = match self.model.frozen_head() {
+        let (logp, entropy) = match &self.frozen_head {
             Some(head) => {
                 head.token_logprobs(hidden, targets, self.temperature, self.with_gradient)
             }

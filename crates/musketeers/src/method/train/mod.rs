@@ -260,7 +260,7 @@ pub struct PhasePeaks(pub std::collections::BTreeMap<&'static str, u64>);
 
 impl PhasePeaks {
     /// Runs `work` as phase `name`, keeping the highest peak seen under that name.
-    fn measure<T>(&mut self, name: &'static str, work: impl FnOnce() -> T) -> T {
+    pub(crate) fn measure<T>(&mut self, name: &'static str, work: impl FnOnce() -> T) -> T {
         let (result, peak) = musketeers_lm::perf::phase_peak(work);
         self.note(name, peak);
         result
@@ -784,8 +784,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             memory.measure("reference", || self.rollouts_with_reference(&sampled))?;
         let stats = self.rollout_figures(&rollouts, &advantages, &batch_advantages)?;
         let outcome = self.loss_and_gradients(&sampled.context, &rollouts, &advantages, total)?;
-        memory.note("loss", outcome.loss_peak_bytes);
-        memory.note("backward", outcome.backward_peak_bytes);
+        memory.merge(&outcome.memory);
         let update = memory.measure("update", || self.update(outcome))?;
         let diagnostics = self.diagnostics(&update, &sampled.context);
         let (utilization, entropy, normalized) =

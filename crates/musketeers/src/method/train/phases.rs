@@ -193,10 +193,9 @@ pub struct LossOutcome {
     pub routing_entropy: Option<f32>,
     pub loss_seconds: f64,
     pub backward_seconds: f64,
-    /// The highest peak resident memory of a micro-batch's forward (loss) and backward
-    /// passes, in bytes, where it can be measured.
-    pub loss_peak_bytes: Option<u64>,
-    pub backward_peak_bytes: Option<u64>,
+    /// The highest peak resident memory of a micro-batch's forward (`loss`) and `backward`
+    /// passes.
+    pub memory: super::PhasePeaks,
 }
 
 /// Loss and gradients over micro-batches of whole prompt groups (gradient accumulation): one
@@ -238,12 +237,10 @@ pub fn loss_and_gradients<B: AutodiffBackend>(
     let mut parts: Vec<(GrpoMetrics, f64)> = Vec::new();
     let mut counted_tokens = 0.0;
     let (mut loss_seconds, mut backward_seconds) = (0.0, 0.0);
-    let (mut loss_peak, mut backward_peak) = (None, None);
+    let mut memory = super::PhasePeaks::default();
     for (index, first) in (0..p).step_by(chunk).enumerate() {
         let part_start = Instant::now();
-        let (part, peak) = musketeers_lm::perf::phase_peak(|| micro_batches.loss(first));
-        loss_peak = loss_peak.max(peak);
-        let (mut term, metrics, counted) = part?;
+        let (mut term, metrics, counted) = memory.measure("loss", || micro_batches.loss(first))?;
         counted_tokens += counted;
         parts.push((metrics, counted));
         if let (0, Some(extra)) = (index, &extra) {
@@ -251,11 +248,10 @@ pub fn loss_and_gradients<B: AutodiffBackend>(
         }
         loss_seconds += part_start.elapsed().as_secs_f64();
         let backward_start = Instant::now();
-        let ((), peak) = musketeers_lm::perf::phase_peak(|| {
+        memory.measure("backward", || {
             let mut backward = term.backward();
             trained.accumulate(&mut grads, trained.gradients(&mut backward));
         });
-        backward_peak = backward_peak.max(peak);
         backward_seconds += backward_start.elapsed().as_secs_f64();
     }
     Ok(LossOutcome {
@@ -265,8 +261,7 @@ pub fn loss_and_gradients<B: AutodiffBackend>(
         routing_entropy: extra.and_then(|e| e.routing_entropy),
         loss_seconds,
         backward_seconds,
-        loss_peak_bytes: loss_peak,
-        backward_peak_bytes: backward_peak,
+        memory,
     })
 }
 
