@@ -11,9 +11,9 @@
 use crate::error::TrainError;
 use crate::run_config::RunConfig;
 use sha2::{Digest, Sha256};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
 
 /// The file that says which step a checkpoint holds and what its files hash to.
@@ -37,15 +37,54 @@ fn names(out_dir: &Path) -> [PathBuf; 3] {
 }
 
 /// A run directory held by this process: a lock on `run.lock` (released by the kernel when
-/// the process ends, however it ends).
+/// the process ends, however it ends), and an entry in [`HELD_HERE`] while it lives.
 #[derive(Debug)]
 pub struct RunLock {
     _file: File,
+    dir: PathBuf,
 }
+
+impl Drop for RunLock {
+    fn drop(&mut self) {
+        held_here().remove(&self.dir);
+    }
+}
+
+/// The run directories this process holds. A file lock alone cannot tell "held by this
+/// process" from "released a moment ago": a child spawned by another thread holds a copy of
+/// every descriptor between its fork and its exec, so a lock this process just released may
+/// still read as taken for that instant. With this set, a lock that reads as taken by our own
+/// pid but is not in it is such a leftover, and is waited for instead of refused.
+static HELD_HERE: std::sync::Mutex<BTreeSet<PathBuf>> = std::sync::Mutex::new(BTreeSet::new());
+
+fn held_here() -> std::sync::MutexGuard<'static, BTreeSet<PathBuf>> {
+    HELD_HERE
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// How long a lock left over from this process's own spawns is waited for.
+const INHERITED_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Take `out_dir` for this process, or fail naming the process that holds it.
 pub fn lock(out_dir: &Path) -> Result<RunLock, TrainError> {
     let path = out_dir.join("run.lock");
+    let dir = std::fs::canonicalize(out_dir).map_err(io(out_dir))?;
+    let in_use = |holder: &str| {
+        TrainError::BadInput(format!(
+            "{} is in use by another training {} ({}): one process per run directory",
+            out_dir.display(),
+            if holder == "this process" {
+                "run in"
+            } else {
+                "process"
+            },
+            holder
+        ))
+    };
+    if held_here().contains(&dir) {
+        return Err(in_use("this process"));
+    }
     let mut file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -53,26 +92,32 @@ pub fn lock(out_dir: &Path) -> Result<RunLock, TrainError> {
         .truncate(false)
         .open(&path)
         .map_err(io(&path))?;
-    match file.try_lock() {
-        Ok(()) => {}
-        Err(std::fs::TryLockError::WouldBlock) => {
-            let mut holder = String::new();
-            let _ = file.read_to_string(&mut holder);
-            return Err(TrainError::BadInput(format!(
-                "{} is in use by another training process ({}): one process per run \
-                 directory",
-                out_dir.display(),
-                match holder.trim() {
+    let own_pid = std::process::id().to_string();
+    let started = std::time::Instant::now();
+    loop {
+        match file.try_lock() {
+            Ok(()) => break,
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let mut holder = String::new();
+                let _ = file.read_to_string(&mut holder);
+                let _ = file.rewind();
+                let holder = holder.trim();
+                if holder == own_pid && started.elapsed() < INHERITED_LOCK_WAIT {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                    continue;
+                }
+                return Err(in_use(&match holder {
                     "" => "pid unknown".to_string(),
                     pid => format!("pid {pid}"),
-                }
-            )));
+                }));
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(io(&path)(e)),
         }
-        Err(std::fs::TryLockError::Error(e)) => return Err(io(&path)(e)),
     }
     file.set_len(0).map_err(io(&path))?;
-    write!(file, "{}", std::process::id()).map_err(io(&path))?;
-    Ok(RunLock { _file: file })
+    write!(file, "{own_pid}").map_err(io(&path))?;
+    held_here().insert(dir.clone());
+    Ok(RunLock { _file: file, dir })
 }
 
 fn sha256_file(path: &Path) -> Result<String, TrainError> {
@@ -384,5 +429,50 @@ impl<B: burn::tensor::backend::Backend> crate::method::model::TeamModel<B> {
         let run_config = std::fs::read_to_string(dir.join(CONFIG_FILE)).ok();
         let config = saved_config(&checkpoint, run_config.as_deref())?;
         Self::from_checkpoint(&config, &checkpoint, step, device)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Holds `dir`'s lock file through a second open file description, as a child between
+    /// its fork and its exec does, with `pid` written in it.
+    fn hold_as(dir: &Path, pid: &str) -> File {
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(dir.join("run.lock"))
+            .expect("open");
+        file.try_lock().expect("lock");
+        write!(file, "{pid}").expect("write");
+        file
+    }
+
+    #[test]
+    fn a_lock_left_over_from_our_own_spawn_is_waited_for() {
+        let temp = tempfile::tempdir().expect("temp");
+        let leftover = hold_as(temp.path(), &std::process::id().to_string());
+        let release = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            drop(leftover);
+        });
+        let held = lock(temp.path()).expect("taken once the leftover goes");
+        release.join().expect("join");
+        let err = lock(temp.path()).expect_err("held by this process");
+        assert!(err.to_string().contains("this process"), "{err}");
+        drop(held);
+        drop(lock(temp.path()).expect("free again"));
+    }
+
+    #[test]
+    fn a_lock_of_another_process_is_refused_at_once() {
+        let temp = tempfile::tempdir().expect("temp");
+        let _other = hold_as(temp.path(), "1");
+        let started = std::time::Instant::now();
+        let err = lock(temp.path()).expect_err("held by pid 1");
+        assert!(err.to_string().contains("pid 1"), "{err}");
+        assert!(started.elapsed() < INHERITED_LOCK_WAIT / 2);
     }
 }
