@@ -165,11 +165,17 @@ impl LlamaConfig {
             per_layer_vectors += 2 * ffn + h;
         }
         let vectors = h + self.num_layers as u64 * per_layer_vectors;
-        let element = match weights {
-            crate::Precision::F32 => 4,
-            crate::Precision::F16 | crate::Precision::Bf16 => 2,
-        };
-        matrices * element + vectors * 4
+        matrices * weights.element_bytes() + vectors * 4
+    }
+
+    /// The bytes of an untied output layer in `weights` (0 when tied): what
+    /// [`crate::Pretrained::load_for_hidden_states`] does not hold of
+    /// [`Self::parameter_bytes`].
+    pub fn untied_head_bytes(&self, weights: crate::Precision) -> u64 {
+        if self.tie_word_embeddings {
+            return 0;
+        }
+        self.vocab_size as u64 * self.hidden_size as u64 * weights.element_bytes()
     }
 
     /// A plain Llama (SiLU, RMSNorm 1e-5, no biases, tied head, `1/sqrt(head_dim)` attention

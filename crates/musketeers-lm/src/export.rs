@@ -163,6 +163,11 @@ impl Writer {
 }
 
 fn tensors<B: Backend>(model: &Llama<B>, config: &LlamaConfig) -> Result<Writer, LmError> {
+    if model.headless {
+        return Err(LmError::BadInput(
+            "a model loaded for hidden states only has no output layer to write".into(),
+        ));
+    }
     // Gemma's files hold `w` where the model applies `1 + w`; ours hold `1 + w`.
     let offset = if config.gemma.norm_plus_one { 1.0 } else { 0.0 };
     let mut w = Writer {

@@ -7,7 +7,7 @@ use crate::error::LmError;
 use crate::gguf::GgufFile;
 use crate::llama::Llama;
 use crate::precision::Precision;
-use crate::weights::{TensorSource, fill};
+use crate::weights::{Head, TensorSource, fill};
 use burn::tensor::backend::Backend;
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -163,6 +163,16 @@ pub fn load_with_weights<B: Backend>(
     device: &B::Device,
     weights: Precision,
 ) -> Result<(LlamaConfig, Llama<B>), LmError> {
+    load_parts(file, device, weights, Head::Load)
+}
+
+/// As [`load_with_weights`], with or without the untied head.
+pub(crate) fn load_parts<B: Backend>(
+    file: &GgufFile,
+    device: &B::Device,
+    weights: Precision,
+    head: Head,
+) -> Result<(LlamaConfig, Llama<B>), LmError> {
     let config = config(file)?;
     let mut source = GgufSource {
         file,
@@ -172,12 +182,13 @@ pub fn load_with_weights<B: Backend>(
         kv_heads: config.num_kv_heads,
         used: BTreeSet::new(),
     };
-    let model = fill(&config, &mut source, device, weights)?;
+    let model = fill(&config, &mut source, device, weights, head)?;
     let unused: Vec<String> = source
         .unused()
         .into_iter()
         // llama.cpp stores precomputed rope factors for some models; we compute our own.
         .filter(|n| !n.starts_with("rope_"))
+        .filter(|n| !(head == Head::Skip && n == "output.weight"))
         .collect();
     if let Some(first) = unused.first() {
         return Err(LmError::BadGguf {

@@ -380,8 +380,13 @@ pub struct Llama<B: Backend> {
     pub embed_tokens: Embedding<B>,
     pub layers: Vec<DecoderLayer<B>>,
     pub norm: RmsNorm<B>,
-    /// `None` when the head is tied to `embed_tokens`.
+    /// `None` when the head is tied to `embed_tokens`, or when the model was loaded
+    /// without its untied head (`headless`).
     pub lm_head: Option<LoraLinear<B>>,
+    /// Loaded without its untied output layer ([`crate::Pretrained::load_for_hidden_states`]):
+    /// hidden states only. Asking it for logits is a bug and panics, since the tied
+    /// fallback would silently give wrong ones.
+    pub headless: bool,
     pub rope_head_dim: usize,
     pub rope_theta: f64,
     pub rope_scaling: Option<(f64, f64, f64, usize)>,
@@ -724,6 +729,9 @@ impl<B: Backend> Llama<B> {
     /// trains (no adapter on `lm_head`, no gradient on its weight or the tied embeddings): the
     /// form that scores tokens without holding `[tokens, vocab]` logits for backward.
     pub fn frozen_head(&self) -> Option<crate::head::FrozenHead<B>> {
+        if self.headless {
+            return None;
+        }
         match &self.lm_head {
             Some(head) if head.adapter.is_some() => None,
             Some(head) => {
@@ -743,6 +751,11 @@ impl<B: Backend> Llama<B> {
 
     /// `[batch, seq, hidden]` -> `[batch, seq, vocab]`
     pub fn head(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        assert!(
+            !self.headless,
+            "this model was loaded without its output layer (for hidden states only): it \
+             has no logits"
+        );
         let [b, t, d] = x.dims();
         let x = x.reshape([b * t, d]);
         let logits = match &self.lm_head {
@@ -819,6 +832,7 @@ impl LlamaConfig {
             norm: norm(self.hidden_size),
             lm_head: (!self.tie_word_embeddings)
                 .then(|| proj(self.hidden_size, self.vocab_size, false)),
+            headless: false,
             rope_head_dim: self.head_dim,
             rope_theta: self.rope_theta,
             rope_local_theta: gemma.rope_local_theta,

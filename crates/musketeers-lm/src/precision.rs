@@ -36,6 +36,14 @@ impl Precision {
     }
 
     pub const NAMES: [&'static str; 3] = ["f32", "bf16", "f16"];
+
+    /// Bytes of one element stored in this precision.
+    pub fn element_bytes(self) -> u64 {
+        match self {
+            Precision::F32 => 4,
+            Precision::Bf16 | Precision::F16 => 2,
+        }
+    }
 }
 
 impl fmt::Display for Precision {

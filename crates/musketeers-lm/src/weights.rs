@@ -291,16 +291,34 @@ pub fn load_with_weights<B: Backend>(
     device: &B::Device,
     weights: Precision,
 ) -> Result<(LlamaConfig, Llama<B>), LmError> {
+    load_parts(dir, device, weights, Head::Load)
+}
+
+/// Whether a model is loaded with its untied output layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Head {
+    Load,
+    /// Hidden states only: an untied head is neither read nor held (see [`Llama::headless`]).
+    Skip,
+}
+
+/// As [`load_with_weights`], with or without the untied head.
+pub(crate) fn load_parts<B: Backend>(
+    dir: &Path,
+    device: &B::Device,
+    weights: Precision,
+    head: Head,
+) -> Result<(LlamaConfig, Llama<B>), LmError> {
     let config = LlamaConfig::from_file(&dir.join("config.json"))?;
     let mut checkpoint = Checkpoint::open(dir)?;
-    let model = fill(&config, &mut checkpoint, device, weights)?;
+    let model = fill(&config, &mut checkpoint, device, weights, head)?;
     // A tied checkpoint may still carry a copy of the head; rotary buffers are recomputed.
     let unused: Vec<String> = checkpoint
         .unused()
         .into_iter()
         .filter(|n| {
             !(n.ends_with("rotary_emb.inv_freq")
-                || (config.tie_word_embeddings && n == "lm_head.weight"))
+                || ((config.tie_word_embeddings || head == Head::Skip) && n == "lm_head.weight"))
         })
         .collect();
     if let Some(first) = unused.first() {
@@ -316,14 +334,19 @@ pub fn load_with_weights<B: Backend>(
 }
 
 /// A model of `config` with every parameter read from `source`, its weight matrices stored
-/// in `weights`.
+/// in `weights`; with [`Head::Skip`], without an untied head.
 pub(crate) fn fill<B: Backend>(
     config: &LlamaConfig,
     source: &mut dyn TensorSource,
     device: &B::Device,
     weights: Precision,
+    head: Head,
 ) -> Result<Llama<B>, LmError> {
     let mut model = config.init::<B>(device);
+    if head == Head::Skip && model.lm_head.is_some() {
+        model.lm_head = None;
+        model.headless = true;
+    }
     let mut loader = Loader::<B> {
         checkpoint: source,
         device,

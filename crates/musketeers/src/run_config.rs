@@ -293,6 +293,11 @@ pub struct GrpoConfig {
     /// groups); unset: all at once. Lower it when long completions or a large vocabulary run
     /// out of memory: the gradient is the same up to rounding.
     pub micro_batch_prompts: Option<usize>,
+    /// Completions per backward pass instead (TRL's `per_device_train_batch_size`): a
+    /// multiple of `num_generations` (whole groups), or a divisor of it, which cuts a group
+    /// into parts that each recompute the prompt's prefix. The least memory a step can hold;
+    /// the gradient is the same up to rounding. Not with `micro_batch_prompts`.
+    pub micro_batch_completions: Option<usize>,
     /// AdamW over everything trained (TRL's names; Burn's defaults, weight decay off).
     pub adam_beta1: f32,
     pub adam_beta2: f32,
@@ -369,6 +374,7 @@ impl Default for GrpoConfig {
             seed: 0,
             save_steps: 25,
             micro_batch_prompts: None,
+            micro_batch_completions: None,
             adam_beta1: 0.9,
             adam_beta2: 0.999,
             adam_epsilon: 1e-5,
@@ -616,6 +622,21 @@ impl RunConfig {
     fn check_batch_and_prompt(&self) -> Result<(), TrainError> {
         if self.grpo.micro_batch_prompts == Some(0) {
             return bad("grpo.micro_batch_prompts must be at least 1 (unset: all prompts at once)");
+        }
+        if let Some(c) = self.grpo.micro_batch_completions {
+            let g = self.grpo.num_generations;
+            if self.grpo.micro_batch_prompts.is_some() {
+                return bad(
+                    "grpo.micro_batch_completions and grpo.micro_batch_prompts both cut the \
+                     step into backward passes: set one",
+                );
+            }
+            if c == 0 || !(c.is_multiple_of(g) || g.is_multiple_of(c)) {
+                return bad(&format!(
+                    "grpo.micro_batch_completions = {c} must be a multiple or a divisor of \
+                     grpo.num_generations = {g} (whole groups, or equal parts of one)"
+                ));
+            }
         }
         if self.grpo.prompts_per_step == 0 || self.grpo.max_completion_length == 0 {
             return bad("grpo.prompts_per_step and grpo.max_completion_length must be positive");

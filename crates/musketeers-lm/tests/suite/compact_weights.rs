@@ -85,3 +85,63 @@ fn compact_weights_compute_in_f32_and_stay_close_to_it() {
         assert_eq!(bf16.weight_dtype(), DType::BF16, "{name}");
     }
 }
+
+#[test]
+fn an_expert_loaded_for_hidden_states_holds_no_untied_head_and_gives_the_same_states() {
+    let ids = Tensor::<B, 2, Int>::from_data(
+        TensorData::new(vec![1i64, 17, 42, 5, 90, 3, 64], [1, 7]),
+        &Default::default(),
+    );
+    let mut untied = 0;
+    for name in TINY_MODELS {
+        let path = tiny_model(name);
+        let config = load_config(&path).expect("config");
+        let weights = Precision::F16;
+        let whole =
+            musketeers_lm::Pretrained::<B>::load_with_weights(&path, &Default::default(), weights)
+                .expect(name);
+        let expert = musketeers_lm::Pretrained::<B>::load_for_hidden_states(
+            &path,
+            &Default::default(),
+            weights,
+        )
+        .expect(name);
+        let head = config.untied_head_bytes(weights);
+        untied += usize::from(head > 0);
+        assert_eq!(
+            held_bytes(&expert.model),
+            config.parameter_bytes(weights) - head,
+            "{name}"
+        );
+        assert_eq!(expert.model.headless, head > 0, "{name}");
+        for layer in [-1, 1] {
+            let states = |model: &Llama<B>| -> Vec<f32> {
+                model
+                    .hidden_state(model.embed(ids.clone()), None, layer)
+                    .expect("state")
+                    .into_data()
+                    .convert::<f32>()
+                    .to_vec()
+                    .expect("f32")
+            };
+            assert_eq!(
+                states(&whole.model),
+                states(&expert.model),
+                "{name} {layer}"
+            );
+        }
+        if head > 0 {
+            // Logits would need the head it does not have: no silent tied fallback.
+            assert!(expert.model.frozen_head().is_none(), "{name}");
+            let asked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                expert.model.forward(ids.clone(), None, false)
+            }));
+            assert!(asked.is_err(), "{name}: logits from a headless model");
+            let dir = tempfile::tempdir().expect("temp");
+            let err = musketeers_lm::export::save_pretrained(&expert, dir.path())
+                .expect_err("nothing to write as the head");
+            assert!(err.to_string().contains("output layer"), "{err}");
+        }
+    }
+    assert!(untied >= 2, "the tiny models include untied heads");
+}

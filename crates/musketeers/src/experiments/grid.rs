@@ -324,6 +324,7 @@ pub fn cell_state(cell: &Cell) -> Result<CellState, TrainError> {
     let what = |c: &RunConfig| {
         let mut c = c.clone();
         c.grpo.micro_batch_prompts = None;
+        c.grpo.micro_batch_completions = None;
         c
     };
     let same = toml::from_str::<RunConfig>(&text).is_ok_and(|c| what(&c) == what(&cell.config));

@@ -49,19 +49,25 @@ fn gb(bytes: u64) -> String {
 /// The weights `config`'s system will load (the team only if it `needs` one), read from the
 /// models' configs alone.
 pub fn estimate(config: &RunConfig, needs: Needs) -> Result<MemoryEstimate, TrainError> {
-    let weights_of = |spec: &str, weights: Precision| -> Result<u64, TrainError> {
+    let weights_of = |spec: &str, weights: Precision, head: bool| -> Result<u64, TrainError> {
         let path = catalog::resolve(spec).map_err(musketeers_lm::LmError::from)?;
-        Ok(load_config(&path)?.parameter_bytes(weights))
+        let model = load_config(&path)?;
+        let head_bytes = if head {
+            0
+        } else {
+            model.untied_head_bytes(weights)
+        };
+        Ok(model.parameter_bytes(weights) - head_bytes)
     };
     let mut parts = vec![(
         format!("policy {} ({})", config.policy.model, config.policy.weights),
-        weights_of(&config.policy.model, config.policy.weights)?,
+        weights_of(&config.policy.model, config.policy.weights, true)?,
     )];
     if needs.team {
         for member in &config.team {
             parts.push((
                 format!("expert {} ({})", member.name, config.team_weights),
-                weights_of(&member.model, config.team_weights)?,
+                weights_of(&member.model, config.team_weights, needs.team_generates)?,
             ));
         }
     }

@@ -402,10 +402,15 @@ pub(crate) fn materialize<B: Backend, M: Module<B>>(module: &M) {
 fn load_pretrained<B: Backend>(
     spec: &str,
     weights: Precision,
+    with_head: bool,
     device: &B::Device,
 ) -> Result<(Pretrained<B>, TextTokenizer), TrainError> {
     let path = catalog::resolve(spec).map_err(musketeers_lm::LmError::from)?;
-    let mut pretrained = Pretrained::<B>::load_with_weights(&path, device, weights)?;
+    let mut pretrained = if with_head {
+        Pretrained::<B>::load_with_weights(&path, device, weights)?
+    } else {
+        Pretrained::<B>::load_for_hidden_states(&path, device, weights)?
+    };
     let tokenizer = pretrained
         .tokenizer
         .take()
@@ -428,7 +433,7 @@ pub(crate) fn load_modules<B: Backend, T: Backend>(
     crate::method::memory::check_fits(&memory, crate::method::memory::memory_limit()?)?;
     let seed = config.grpo.seed;
     let (pretrained, tokenizer) =
-        load_pretrained::<B>(&config.policy.model, config.policy.weights, device)?;
+        load_pretrained::<B>(&config.policy.model, config.policy.weights, true, device)?;
     let width = pretrained.config.hidden_size;
     let policy = match adapters {
         Some(dir) => pretrained.model.load_adapters(dir)?.0,
@@ -437,8 +442,12 @@ pub(crate) fn load_modules<B: Backend, T: Backend>(
     let mut team = Vec::new();
     if needs.team {
         for member in &config.team {
-            let (expert, tokenizer) =
-                load_pretrained::<T>(&member.model, config.team_weights, team_device)?;
+            let (expert, tokenizer) = load_pretrained::<T>(
+                &member.model,
+                config.team_weights,
+                needs.team_generates,
+                team_device,
+            )?;
             team.push(TeamMember {
                 name: member.name.clone(),
                 tokenizer,

@@ -123,6 +123,7 @@ fn fused_steps<B: Backend>(device: &B::Device, precision: Precision) {
         },
         seed: 5,
         micro_batch_prompts: None,
+        micro_batch_completions: None,
     };
     let trainer = Trainer::new(policy, tok(), Some(interface), team, settings).expect("trainer");
     let mut trainer = trainer.with_precision(precision).expect("precision");
@@ -242,6 +243,7 @@ fn trainer(dir: &Path, adapters: Option<&Path>) -> Trainer<Ad> {
         },
         seed: 9,
         micro_batch_prompts: None,
+        micro_batch_completions: None,
     };
     Trainer::new(policy, word_tokenizer(dir), Some(interface), team, settings).expect("trainer")
 }
@@ -379,7 +381,17 @@ fn micro_batches_compared() {
         LossType::DrGrpo,
     ] {
         let mut runs = Vec::new();
-        for micro in [None, Some(1), Some(2)] {
+        // Whole batch; one and two prompts; then completions: halves and quarters of a
+        // group of 4, and two whole groups.
+        let splits = [
+            (None, None),
+            (Some(1), None),
+            (Some(2), None),
+            (None, Some(2)),
+            (None, Some(1)),
+            (None, Some(8)),
+        ];
+        for (micro, completions) in splits {
             // Adam's first step is lr * g / (|g| + epsilon): with Burn's epsilon (1e-5) an
             // entry whose gradient nearly cancels moves by +-lr on the sign of its rounding
             // error (CI saw 0.08 at lr 0.05). An epsilon above every |g| makes the step
@@ -391,6 +403,7 @@ fn micro_batches_compared() {
             t.interface = Some(interface());
             t.settings.grpo.loss.loss_type = loss_type;
             t.settings.micro_batch_prompts = micro;
+            t.settings.micro_batch_completions = completions;
             // One step: after it the weights differ by rounding (the point of the test), and
             // a second step of the random policy then samples other completions now and then.
             let reports: Vec<_> = (0..1)

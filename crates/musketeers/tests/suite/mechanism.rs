@@ -125,6 +125,7 @@ fn final_reward(seed: u64, fused: bool) -> f32 {
         },
         seed,
         micro_batch_prompts: None,
+        micro_batch_completions: None,
     };
     let mut trainer = Trainer::new(
         policy,

@@ -11,6 +11,7 @@ fn a_team_too_large_for_the_limit_is_refused_with_the_figures() {
     let mut config = tiny_run_config(temp.path(), "fused");
     let needs = Needs {
         team: true,
+        team_generates: false,
         interface: true,
         router: false,
     };
@@ -33,6 +34,18 @@ fn a_team_too_large_for_the_limit_is_refused_with_the_figures() {
     )
     .expect("estimate");
     assert_eq!(without_team.parts.len(), 1);
+    // Experts that write text (text-collab) hold their untied heads; others do not.
+    let writing = estimate(
+        &config,
+        Needs {
+            team_generates: true,
+            ..needs
+        },
+    )
+    .expect("estimate");
+    for (w, c) in writing.parts.iter().zip(&compact.parts) {
+        assert!(w.1 >= c.1, "{w:?} vs {c:?}");
+    }
 
     check_fits(&compact, Some(compact.total())).expect("fits exactly");
     let refused = check_fits(&compact, Some(compact.total() - 1))

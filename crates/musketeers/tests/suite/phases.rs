@@ -66,6 +66,7 @@ fn settings(loss_type: LossType) -> StepSettings {
         },
         seed: 9,
         micro_batch_prompts: None,
+        micro_batch_completions: None,
     }
 }
 

@@ -170,10 +170,28 @@ fn overrides_set_keys_and_name_what_is_wrong() {
         ("no-equals-sign", "KEY=VALUE"),
         ("policy.model.deeper=1", "model"),
         ("dtype=fp8", "fp8"),
+        (
+            "grpo.micro_batch_completions=3",
+            "divisor of grpo.num_generations = 8",
+        ),
+        ("grpo.micro_batch_completions=0", "micro_batch_completions"),
     ] {
         let err = set(&[item]).expect_err(item).to_string();
         assert!(err.contains(named), "{item}: {err}");
     }
+    for valid in [
+        "grpo.micro_batch_completions=4",
+        "grpo.micro_batch_completions=16",
+    ] {
+        set(&[valid]).expect(valid);
+    }
+    let err = set(&[
+        "grpo.micro_batch_prompts=1",
+        "grpo.micro_batch_completions=4",
+    ])
+    .expect_err("both")
+    .to_string();
+    assert!(err.contains("set one"), "{err}");
 }
 
 #[test]

@@ -401,6 +401,7 @@ fn grpo_config(settings: &DemoSettings, task: &DemoTask, seed: u64) -> GrpoConfi
         seed,
         save_steps: settings.steps_for(task).max(1),
         micro_batch_prompts: None,
+        micro_batch_completions: None,
         ..GrpoConfig::default()
     }
 }

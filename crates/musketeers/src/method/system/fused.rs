@@ -20,6 +20,7 @@ impl<B: Backend> Infer<B> for Fused {
         Needs {
             team: true,
             interface: true,
+            team_generates: false,
             router: false,
         }
     }

@@ -31,6 +31,7 @@ impl<B: Backend> Infer<B> for HardRoute {
         Needs {
             team: true,
             interface: true,
+            team_generates: false,
             router: true,
         }
     }

@@ -171,6 +171,9 @@ pub struct ExtraLoss<B: AutodiffBackend> {
 pub struct Needs {
     /// The team, loaded from the config's `[[team]]`.
     pub team: bool,
+    /// The team writes text (its output layers loaded); otherwise it only gives hidden
+    /// states, and untied output layers stay on disk.
+    pub team_generates: bool,
     /// A latent interface over the team's hidden states.
     pub interface: bool,
     /// A router over the team.

@@ -41,6 +41,7 @@ impl<B: Backend> Infer<B> for TextCollab {
     fn needs(&self) -> Needs {
         Needs {
             team: true,
+            team_generates: true,
             ..Needs::default()
         }
     }

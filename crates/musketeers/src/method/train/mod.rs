@@ -119,6 +119,9 @@ pub struct StepSettings {
     /// micro-batches hold fewer activations at once and give the same gradient (up to
     /// rounding): TRL's gradient accumulation.
     pub micro_batch_prompts: Option<usize>,
+    /// Completions per backward pass instead: a multiple of `num_generations`, or a divisor
+    /// of it (a group cut into equal parts, each scored with its prompt's prefix again).
+    pub micro_batch_completions: Option<usize>,
 }
 
 impl StepSettings {
@@ -153,6 +156,7 @@ impl StepSettings {
             },
             seed: g.seed,
             micro_batch_prompts: g.micro_batch_prompts,
+            micro_batch_completions: g.micro_batch_completions,
         }
     }
 

@@ -198,9 +198,9 @@ pub struct LossOutcome {
     pub memory: super::PhasePeaks,
 }
 
-/// Loss and gradients over micro-batches of whole prompt groups (gradient accumulation): one
-/// backward pass holds the activations of one micro-batch only. The system's own loss term is
-/// added to the first micro-batch's.
+/// Loss and gradients over micro-batches (gradient accumulation) of whole prompt groups, or
+/// of equal parts of one group: one backward pass holds the activations of one micro-batch
+/// only. The system's own loss term is added to the first micro-batch's.
 #[allow(clippy::too_many_arguments)]
 pub fn loss_and_gradients<B: AutodiffBackend>(
     system: &dyn System<B>,
@@ -213,10 +213,10 @@ pub fn loss_and_gradients<B: AutodiffBackend>(
     device: &B::Device,
 ) -> Result<LossOutcome, TrainError> {
     let s = settings;
-    let g = s.num_generations;
-    let p = rollouts.completion_ids.len() / g.max(1);
-    let chunk = s.micro_batch_prompts.unwrap_or(p).clamp(1, p.max(1));
-    let accumulating = chunk < p || share.split;
+    let g = s.num_generations.max(1);
+    let n = rollouts.completion_ids.len();
+    let chunk = part_rows(s, n)?;
+    let accumulating = chunk < n || share.split;
     let items = share.total_tokens.max(1.0);
     let extra = system.extra_loss(context, &rollouts.rewards, g);
     let micro_batches = MicroBatches {
@@ -228,7 +228,7 @@ pub fn loss_and_gradients<B: AutodiffBackend>(
         settings,
         share,
         device,
-        prompts: p,
+        rows: n,
         chunk,
         accumulating,
         items,
@@ -238,7 +238,7 @@ pub fn loss_and_gradients<B: AutodiffBackend>(
     let mut counted_tokens = 0.0;
     let (mut loss_seconds, mut backward_seconds) = (0.0, 0.0);
     let mut memory = super::PhasePeaks::default();
-    for (index, first) in (0..p).step_by(chunk).enumerate() {
+    for (index, first) in (0..n).step_by(chunk).enumerate() {
         let part_start = Instant::now();
         let (mut term, metrics, counted) = memory.measure("loss", || micro_batches.loss(first))?;
         counted_tokens += counted;
@@ -265,7 +265,24 @@ pub fn loss_and_gradients<B: AutodiffBackend>(
     })
 }
 
-/// A step's batch cut into micro-batches of `chunk` prompts, with what each one's loss reads.
+/// Rows (completions) per backward pass: whole groups, or equal parts of one.
+fn part_rows(s: &StepSettings, n: usize) -> Result<usize, TrainError> {
+    let g = s.num_generations.max(1);
+    let rows = match (s.micro_batch_completions, s.micro_batch_prompts) {
+        (Some(completions), _) => completions,
+        (None, Some(prompts)) => prompts.saturating_mul(g),
+        (None, None) => n,
+    };
+    if rows == 0 || !(rows.is_multiple_of(g) || g.is_multiple_of(rows)) {
+        return Err(TrainError::BadInput(format!(
+            "micro-batches of {rows} completions neither hold whole groups of {g} nor cut one \
+             into equal parts"
+        )));
+    }
+    Ok(rows.min(n.max(1)))
+}
+
+/// A step's batch cut into micro-batches of `chunk` rows, with what each one's loss reads.
 struct MicroBatches<'a, B: AutodiffBackend> {
     trained: &'a TrainedRef<'a, B>,
     context: &'a Context<B>,
@@ -276,8 +293,9 @@ struct MicroBatches<'a, B: AutodiffBackend> {
     settings: &'a StepSettings,
     share: BatchShare,
     device: &'a B::Device,
-    /// This process's prompts.
-    prompts: usize,
+    /// This process's completions (prompts × `num_generations`).
+    rows: usize,
+    /// Completions per micro-batch: whole groups, or a part of one.
     chunk: usize,
     /// The loss is summed over parts (of this process's batch or of the processes').
     accumulating: bool,
@@ -286,21 +304,22 @@ struct MicroBatches<'a, B: AutodiffBackend> {
 }
 
 impl<B: AutodiffBackend> MicroBatches<'_, B> {
-    /// The loss term of the micro-batch from prompt `first` on (weighed as its share of the
+    /// The loss term of the micro-batch from row `first` on (weighed as its share of the
     /// batch loss), its metrics (loss weighed alike) and its counted tokens.
     fn loss(&self, first: usize) -> Result<(Tensor<B, 1>, GrpoMetrics, f64), TrainError> {
         let s = self.settings;
-        let g = s.num_generations;
-        let (p, chunk) = (self.prompts, self.chunk);
-        let prompts_here = first..(first + chunk).min(p);
-        let rows = prompts_here.start * g..prompts_here.end * g;
-        let split_here = chunk < p;
+        let g = s.num_generations.max(1);
+        let rows = first..(first + self.chunk).min(self.rows);
+        let rows_here = rows.len();
+        // The prompts the part reads: whole groups, or the one group it is a part of.
+        let (first_prompt, prompts_here) = (first / g, rows_here.div_ceil(g));
+        let split_here = self.chunk < self.rows;
         // The whole batch is borrowed, not copied, when it is one part.
         let (part, part_advantages) = if split_here {
-            (
-                Cow::Owned(self.rollouts.rows(rows.clone())),
-                Cow::Owned(self.advantages.rows(rows)),
-            )
+            let mut part = self.rollouts.rows(rows.clone());
+            // A part of a group is a smaller group of the same prompt to the scorer.
+            part.num_generations = g.min(rows_here);
+            (Cow::Owned(part), Cow::Owned(self.advantages.rows(rows)))
         } else {
             (Cow::Borrowed(self.rollouts), Cow::Borrowed(self.advantages))
         };
@@ -309,7 +328,7 @@ impl<B: AutodiffBackend> MicroBatches<'_, B> {
         // through the interface.
         let part_context = if split_here {
             self.context
-                .rows(self.trained.interface, first, prompts_here.len())?
+                .rows(self.trained.interface, first_prompt, prompts_here)?
         } else {
             self.whole_context.clone()
         };
@@ -329,7 +348,7 @@ impl<B: AutodiffBackend> MicroBatches<'_, B> {
             normaliser,
             self.device,
         )?;
-        let weight = self.weight(prompts_here.len(), counted);
+        let weight = self.weight(rows_here, counted);
         let term = if weight == 1.0 {
             loss.loss.clone()
         } else {
@@ -342,14 +361,15 @@ impl<B: AutodiffBackend> MicroBatches<'_, B> {
 
     /// Each part's share of the batch loss: dapo is normalised by the batch's tokens
     /// already; per-sequence means weigh by sequences, bnpo by counted tokens.
-    fn weight(&self, prompts_here: usize, counted: f64) -> f64 {
+    fn weight(&self, rows_here: usize, counted: f64) -> f64 {
         if !self.accumulating {
             1.0
         } else {
             match self.settings.grpo.loss.loss_type {
                 LossType::Dapo => 1.0,
                 LossType::Grpo | LossType::DrGrpo => {
-                    prompts_here as f64 / self.share.total_prompts.max(1) as f64
+                    let total_rows = self.share.total_prompts * self.settings.num_generations;
+                    rows_here as f64 / total_rows.max(1) as f64
                 }
                 LossType::Bnpo => counted / self.items,
             }
@@ -443,6 +463,7 @@ mod tests {
             grpo: StepConfig::default(),
             seed: 3,
             micro_batch_prompts: None,
+            micro_batch_completions: None,
         }
     }
 
