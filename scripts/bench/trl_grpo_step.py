@@ -3,10 +3,12 @@ file, which transformers dequantizes to f32, or a Hugging Face directory), f32 o
 eager attention, LoRA on the same projections as ours, with the step configuration of the
 musketeers run it is compared with.
 
-argv: model (.gguf or directory) prompts.jsonl steps threads
-Prints one JSON object per optimizer step: {"step", "seconds"}."""
+argv: model (.gguf or directory) prompts.jsonl steps threads [prompt_template max_completion_length]
+Prints one JSON object per optimizer step: {"step", "seconds"}, the mean completion lengths,
+and at the end {"peak_rss_bytes"}."""
 import json
 import re
+import resource
 import sys
 import time
 
@@ -21,7 +23,8 @@ torch.set_num_threads(threads)
 torch.manual_seed(0)
 
 rows = [json.loads(line) for line in open(prompts_path)]
-template = "{question}\nGive only the final answer, as <answer>...</answer>."
+template = sys.argv[5] if len(sys.argv) > 5 else "{question}\nGive only the final answer, as <answer>...</answer>."
+max_completion_length = int(sys.argv[6]) if len(sys.argv) > 6 else 64
 dataset = Dataset.from_list([
     {"prompt": [{"role": "user", "content": template.format(question=r["question"])}], "answer": r["answer"]}
     for r in rows
@@ -58,7 +61,7 @@ config = GRPOConfig(
     per_device_train_batch_size=32,  # completions per step: 4 prompts x 8 generations
     gradient_accumulation_steps=1,
     num_generations=8,
-    max_completion_length=64,
+    max_completion_length=max_completion_length,
     temperature=1.0,
     beta=0.04,
     learning_rate=1e-5,
@@ -97,3 +100,4 @@ else:
     trainer = GRPOTrainer(model=model_path, reward_funcs=[last_number_or_tag], args=config,
                           train_dataset=dataset, peft_config=lora, callbacks=[StepTimer()])
 trainer.train()
+print(json.dumps({"peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}), flush=True)

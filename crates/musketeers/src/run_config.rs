@@ -296,7 +296,9 @@ pub struct GrpoConfig {
     /// Completions per backward pass instead (TRL's `per_device_train_batch_size`): a
     /// multiple of `num_generations` (whole groups), or a divisor of it, which cuts a group
     /// into parts that each recompute the prompt's prefix. The least memory a step can hold;
-    /// the gradient is the same up to rounding. Not with `micro_batch_prompts`.
+    /// the gradient is the same up to rounding. When set, `micro_batch_prompts` is ignored
+    /// (as TRL's `max_steps` overrides `num_train_epochs`), so that a scale or `--set` can
+    /// change a config that sets the other.
     pub micro_batch_completions: Option<usize>,
     /// AdamW over everything trained (TRL's names; Burn's defaults, weight decay off).
     pub adam_beta1: f32,
@@ -625,12 +627,6 @@ impl RunConfig {
         }
         if let Some(c) = self.grpo.micro_batch_completions {
             let g = self.grpo.num_generations;
-            if self.grpo.micro_batch_prompts.is_some() {
-                return bad(
-                    "grpo.micro_batch_completions and grpo.micro_batch_prompts both cut the \
-                     step into backward passes: set one",
-                );
-            }
             if c == 0 || !(c.is_multiple_of(g) || g.is_multiple_of(c)) {
                 return bad(&format!(
                     "grpo.micro_batch_completions = {c} must be a multiple or a divisor of \

@@ -390,6 +390,8 @@ fn micro_batches_compared() {
             (None, Some(2)),
             (None, Some(1)),
             (None, Some(8)),
+            // Both set (completions win: see `part_rows`'s test).
+            (Some(1), Some(2)),
         ];
         for (micro, completions) in splits {
             // Adam's first step is lr * g / (|g| + epsilon): with Burn's epsilon (1e-5) an

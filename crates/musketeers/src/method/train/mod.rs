@@ -119,8 +119,9 @@ pub struct StepSettings {
     /// micro-batches hold fewer activations at once and give the same gradient (up to
     /// rounding): TRL's gradient accumulation.
     pub micro_batch_prompts: Option<usize>,
-    /// Completions per backward pass instead: a multiple of `num_generations`, or a divisor
-    /// of it (a group cut into equal parts, each scored with its prompt's prefix again).
+    /// Completions per backward pass instead (wins over `micro_batch_prompts`): a multiple of
+    /// `num_generations`, or a divisor of it (a group cut into equal parts, each scored with
+    /// its prompt's prefix again).
     pub micro_batch_completions: Option<usize>,
 }
 

@@ -468,6 +468,31 @@ mod tests {
     }
 
     #[test]
+    fn micro_batches_hold_whole_groups_or_equal_parts_of_one() {
+        let with = |prompts: Option<usize>, completions: Option<usize>| {
+            part_rows(
+                &StepSettings {
+                    micro_batch_prompts: prompts,
+                    micro_batch_completions: completions,
+                    ..settings(8)
+                },
+                32,
+            )
+        };
+        assert_eq!(with(None, None).expect("whole"), 32);
+        assert_eq!(with(Some(1), None).expect("a group"), 8);
+        assert_eq!(with(None, Some(4)).expect("half a group"), 4);
+        assert_eq!(with(None, Some(16)).expect("two groups"), 16);
+        assert_eq!(with(Some(9), None).expect("more than the batch"), 32);
+        // Completions win over prompts.
+        assert_eq!(with(Some(1), Some(2)).expect("both"), 2);
+        for uneven in [3, 12, 0] {
+            let err = with(None, Some(uneven)).expect_err("uneven").to_string();
+            assert!(err.contains("equal parts"), "{uneven}: {err}");
+        }
+    }
+
+    #[test]
     fn rollouts_repeat_each_prompt_for_its_group_and_advantages_are_per_group() {
         let s = StepSettings {
             grpo: StepConfig {
