@@ -268,21 +268,36 @@ fn lm(
     )?;
     let bytes_per_weight = if weights == "f32" { 4.0 } else { 2.0 };
     write_lm_table(&mut out, &lines, &reference, &rates, bytes_per_weight)?;
-    write_peak_rss(&mut out, &lines, &reference)
+    write_peak_rss(
+        &mut out,
+        (&lines, "peak_rss_bytes"),
+        (&reference, "peak_rss_bytes"),
+        "transformers",
+    )
 }
 
-/// Each side's peak resident memory, as its own process measured it.
-fn write_peak_rss(out: &mut impl Write, lines: &[Value], reference: &[Value]) -> Result<()> {
-    let peak = |lines: &[Value]| {
+/// A side's lines and the key its peak resident memory is reported under.
+type PeakSource<'a> = (&'a [Value], &'a str);
+
+/// Each side's peak resident memory, as its own process measured it: the highest value of
+/// its key over its lines (a training run reports its peak so far at every step).
+fn write_peak_rss(
+    out: &mut impl Write,
+    ours: PeakSource<'_>,
+    reference: PeakSource<'_>,
+    reference_name: &str,
+) -> Result<()> {
+    let peak = |(lines, key): PeakSource<'_>| {
         lines
             .iter()
-            .find_map(|l| l["peak_rss_bytes"].as_f64())
+            .filter_map(|l| l[key].as_f64())
+            .reduce(f64::max)
             .map_or("-".to_string(), |b| format!("{:.2} GB", b / 1e9))
     };
     writeln!(
         out,
-        "peak RSS: ours {}, transformers {}",
-        peak(lines),
+        "peak RSS: ours {}, {reference_name} {}",
+        peak(ours),
         peak(reference)
     )?;
     Ok(())
@@ -519,20 +534,12 @@ fn grpo(steps: u64, no_python: bool, name: &str, work_done: &GrpoWork) -> Result
     )?;
     write_grpo_steps(&mut out, &lines, &trl_lines)?;
     write_grpo_means(&mut out, &lines, &trl_lines)?;
-    let peak = |lines: &[Value], key: &str| {
-        lines
-            .iter()
-            .filter_map(|l| l[key].as_f64())
-            .fold(None, |m: Option<f64>, b| Some(m.map_or(b, |m| m.max(b))))
-            .map_or("-".to_string(), |b| format!("{:.2} GB", b / 1e9))
-    };
-    writeln!(
-        out,
-        "peak RSS: ours {}, TRL {}",
-        peak(&lines, "peak_memory_bytes"),
-        peak(&trl_lines, "peak_rss_bytes")
-    )?;
-    Ok(())
+    write_peak_rss(
+        &mut out,
+        (&lines, "peak_memory_bytes"),
+        (&trl_lines, "peak_rss_bytes"),
+        "TRL",
+    )
 }
 
 /// Each line's number at `key`, where it has one.
@@ -573,13 +580,12 @@ fn trl_grpo_steps(
     work_done: &GrpoWork,
 ) -> Result<Vec<Value>> {
     let prompts = work.join("prompts.jsonl");
-    let (terms, digits) = (work_done.terms.to_string(), work_done.digits.to_string());
-    let option = |key: &str, value: &str| format!("{key}={value}");
+    let (terms, digits) = (work_done.terms, work_done.digits);
     let options = [
-        option("min_terms", &terms),
-        option("max_terms", &terms),
-        option("min_digits", &digits),
-        option("max_digits", &digits),
+        format!("min_terms={terms}"),
+        format!("max_terms={terms}"),
+        format!("min_digits={digits}"),
+        format!("max_digits={digits}"),
     ];
     let sample = output(
         bin,

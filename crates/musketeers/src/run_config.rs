@@ -506,6 +506,14 @@ fn one() -> f64 {
     1.0
 }
 
+/// Whether backward passes of `completions` each hold whole groups of `num_generations`, or
+/// cut one group into equal parts: the one rule for `grpo.micro_batch_completions`.
+pub fn cuts_groups_evenly(completions: usize, num_generations: usize) -> bool {
+    completions > 0
+        && (completions.is_multiple_of(num_generations)
+            || num_generations.is_multiple_of(completions))
+}
+
 fn bad(message: &str) -> Result<(), TrainError> {
     Err(TrainError::BadInput(message.into()))
 }
@@ -627,7 +635,7 @@ impl RunConfig {
         }
         if let Some(c) = self.grpo.micro_batch_completions {
             let g = self.grpo.num_generations;
-            if c == 0 || !(c.is_multiple_of(g) || g.is_multiple_of(c)) {
+            if !cuts_groups_evenly(c, g) {
                 return bad(&format!(
                     "grpo.micro_batch_completions = {c} must be a multiple or a divisor of \
                      grpo.num_generations = {g} (whole groups, or equal parts of one)"

@@ -70,20 +70,11 @@ const INHERITED_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(
 pub fn lock(out_dir: &Path) -> Result<RunLock, TrainError> {
     let path = out_dir.join("run.lock");
     let dir = std::fs::canonicalize(out_dir).map_err(io(out_dir))?;
-    let in_use = |holder: &str| {
-        TrainError::BadInput(format!(
-            "{} is in use by another training {} ({}): one process per run directory",
-            out_dir.display(),
-            if holder == "this process" {
-                "run in"
-            } else {
-                "process"
-            },
-            holder
-        ))
-    };
     if held_here().contains(&dir) {
-        return Err(in_use("this process"));
+        return Err(TrainError::BadInput(format!(
+            "{} is in use by another training run in this process: one run per run directory",
+            out_dir.display()
+        )));
     }
     let mut file = std::fs::OpenOptions::new()
         .read(true)
@@ -106,10 +97,15 @@ pub fn lock(out_dir: &Path) -> Result<RunLock, TrainError> {
                     std::thread::sleep(std::time::Duration::from_millis(20));
                     continue;
                 }
-                return Err(in_use(&match holder {
-                    "" => "pid unknown".to_string(),
-                    pid => format!("pid {pid}"),
-                }));
+                return Err(TrainError::BadInput(format!(
+                    "{} is in use by another training process ({}): one process per run \
+                     directory",
+                    out_dir.display(),
+                    match holder {
+                        "" => "pid unknown".to_string(),
+                        pid => format!("pid {pid}"),
+                    }
+                )));
             }
             Err(std::fs::TryLockError::Error(e)) => return Err(io(&path)(e)),
         }

@@ -273,7 +273,7 @@ fn part_rows(s: &StepSettings, n: usize) -> Result<usize, TrainError> {
         (None, Some(prompts)) => prompts.saturating_mul(g),
         (None, None) => n,
     };
-    if rows == 0 || !(rows.is_multiple_of(g) || g.is_multiple_of(rows)) {
+    if !crate::run_config::cuts_groups_evenly(rows, g) {
         return Err(TrainError::BadInput(format!(
             "micro-batches of {rows} completions neither hold whole groups of {g} nor cut one \
              into equal parts"
