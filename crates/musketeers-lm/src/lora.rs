@@ -174,7 +174,12 @@ impl<B: Backend> LoraLinear<B> {
 /// of f32 to stream, and on the CPU backend an f16 product runs through `gemm`'s f16 kernel
 /// (measured on AVX2, `[32, 896] x [896, 4864]`: 5.0 ms against f32's 6.0; a cast of the
 /// weight to f32 instead took 60).
+///
+/// A product of a few rows (decoding) on the CPU backend goes to [`crate::few_rows`].
 pub(crate) fn matmul_stored<B: Backend>(x: Tensor<B, 2>, w: Tensor<B, 2>) -> Tensor<B, 2> {
+    if let Some(product) = crate::few_rows::matmul(&x, &w) {
+        return product;
+    }
     let (compute, stored) = (x.dtype(), w.dtype());
     if compute == stored {
         x.matmul(w)

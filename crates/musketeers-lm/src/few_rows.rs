@@ -1,0 +1,528 @@
+//! Products of a few rows of activations with a weight matrix, on the CPU backend.
+//!
+//! Decoding multiplies one row per sequence (1 to 32 rows) by every weight matrix of the
+//! model. `gemm`, which Burn's CPU backend calls, is built for large products: below its
+//! threading threshold (`m·n·k` < 192³, every projection of a batch-1 or batch-8 decode step)
+//! it runs on one core, and above it packs the weight matrix on every call. Measured on a
+//! 2-core EPYC (AVX-512; `cargo run --release -p musketeers-lm --example few_rows`): 8 rows
+//! by SmolLM2's 576 x 1536 projection at 42 GFLOP/s, 32 rows by its tied 49,152-token head at
+//! 84, where the same machine multiplies large matrices at 200.
+//!
+//! Here the weight is read where it lies, once per call, by a register-tiled AVX2/FMA kernel
+//! split over column panels on rayon's threads: `6 x 16` tiles of a row-major weight (Burn's
+//! `Linear` layout, `[in, out]`) and `3 x 4` dot-product tiles of a column-major one (a tied
+//! head: the embedding table `[vocab, hidden]` read transposed). Weights may be f32 or f16
+//! (converted to f32 as they are loaded: f16 storage then halves the bytes streamed while
+//! the arithmetic stays f32). Each output element is summed by one thread in a fixed order,
+//! so results do not depend on the thread count. No crate does this: `gemm`'s kernels are
+//! private, and `matrixmultiply` has no f16 weights and no threading below its own
+//! thresholds.
+//!
+//! Only the backend's own tensors take this path (not autodiff's: a product that needs a
+//! gradient goes to Burn), on x86-64 CPUs with AVX2 and FMA (F16C for f16 weights); any
+//! other input returns `None` and the caller uses Burn's matmul.
+
+// The workspace denies unsafe code; this module is the exception: SIMD intrinsics and
+// shared raw pointers are its whole point. Each unsafe call says why it holds.
+#![allow(unsafe_code)]
+
+use burn::backend::flex::FlexTensor;
+use burn::tensor::backend::Backend;
+use burn::tensor::{DType, Tensor, TensorData, TensorPrimitive};
+use std::any::Any;
+
+/// The most rows this path takes. Beyond it `gemm`'s packing pays for itself (measured with
+/// the example above: at 64 rows the two are even on SmolLM2's projections).
+pub const MAX_ROWS: usize = 48;
+
+/// `x · w` for `x` `[m, k]` f32 with `m <= MAX_ROWS` and `w` `[k, n]` f32 or f16, as an f32
+/// tensor, when both are the CPU backend's tensors and the CPU can run the kernel; `None`
+/// otherwise.
+#[cfg(not(target_arch = "x86_64"))]
+pub fn matmul<B: Backend>(_x: &Tensor<B, 2>, _w: &Tensor<B, 2>) -> Option<Tensor<B, 2>> {
+    None
+}
+
+/// `x · w` for `x` `[m, k]` f32 with `m <= MAX_ROWS` and `w` `[k, n]` f32 or f16, as an f32
+/// tensor, when both are the CPU backend's tensors and the CPU can run the kernel; `None`
+/// otherwise.
+#[cfg(target_arch = "x86_64")]
+pub fn matmul<B: Backend>(x: &Tensor<B, 2>, w: &Tensor<B, 2>) -> Option<Tensor<B, 2>> {
+    let ([m, k], [k2, n]) = (x.dims(), w.dims());
+    if m == 0
+        || m > MAX_ROWS
+        || k == 0
+        || k != k2
+        || n == 0
+        || x.dtype() != DType::F32
+        || !available()
+    {
+        return None;
+    }
+    let x_prim = x.clone().into_primitive().tensor();
+    let w_prim = w.clone().into_primitive().tensor();
+    let xf = (&x_prim as &dyn Any).downcast_ref::<FlexTensor>()?;
+    let wf = (&w_prim as &dyn Any).downcast_ref::<FlexTensor>()?;
+    let a = Matrix::of(xf, k)?;
+    let weight = Matrix::of(wf, n)?;
+    // One row by a row-major weight: `gemm`'s own single-row path on one thread was as fast
+    // in decoding (batch 1: 37 tokens/s against 29-34 here, SmolLM2 shape).
+    if a.col_stride != 1 || (m == 1 && weight.col_stride == 1) {
+        return None;
+    }
+    let a_values = &xf.storage::<f32>()[a.offset..];
+    let mut out = vec![0f32; m * n];
+    match wf.dtype() {
+        DType::F32 => product(
+            a_values,
+            a.row_stride,
+            m,
+            k,
+            &wf.storage::<f32>()[weight.offset..],
+            &weight,
+            n,
+            &mut out,
+        ),
+        DType::F16 if half_available() => product(
+            a_values,
+            a.row_stride,
+            m,
+            k,
+            &wf.storage::<half::f16>()[weight.offset..],
+            &weight,
+            n,
+            &mut out,
+        ),
+        _ => return None,
+    }?;
+    let result = FlexTensor::from_data(TensorData::new(out, [m, n]));
+    let prim: Box<dyn Any> = Box::new(result);
+    let prim = *prim.downcast::<B::FloatTensorPrimitive>().ok()?;
+    Some(Tensor::from_primitive(TensorPrimitive::Float(prim)))
+}
+
+/// Where a 2-D tensor's elements lie in its storage.
+#[cfg(target_arch = "x86_64")]
+struct Matrix {
+    offset: usize,
+    row_stride: usize,
+    col_stride: usize,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Matrix {
+    /// The layout of `t` if it is a 2-D matrix with positive strides and `cols` columns that
+    /// is row-major (`col_stride == 1`) or column-major (`row_stride == 1`).
+    fn of(t: &FlexTensor, cols: usize) -> Option<Self> {
+        let layout = t.layout();
+        let strides = layout.strides();
+        if strides.len() != 2 || strides.iter().any(|&s| s <= 0) {
+            return None;
+        }
+        let (row_stride, col_stride) = (strides[0] as usize, strides[1] as usize);
+        (col_stride == 1 || row_stride == 1 || cols == 1).then_some(Self {
+            offset: layout.start_offset(),
+            row_stride,
+            col_stride,
+        })
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+fn available() -> bool {
+    std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+}
+
+#[cfg(target_arch = "x86_64")]
+fn half_available() -> bool {
+    std::arch::is_x86_feature_detected!("f16c")
+}
+
+/// `out[m, n] = a[m, k] · w`, `a` row-major with `lda`, `w` laid out as `layout` says.
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+fn product<W: kernel::Weight>(
+    a: &[f32],
+    lda: usize,
+    m: usize,
+    k: usize,
+    w: &[W],
+    layout: &Matrix,
+    n: usize,
+    out: &mut [f32],
+) -> Option<()> {
+    // Every element the kernels read must lie in the slices (they read through raw pointers).
+    let last_a = (m - 1) * lda + k;
+    let last_w = (k - 1) * layout.row_stride + (n - 1) * layout.col_stride + 1;
+    if a.len() < last_a || w.len() < last_w {
+        return None;
+    }
+    // SAFETY: `available()` checked AVX2 and FMA (and F16C for f16 weights) and the bounds
+    // above cover every read; the tasks write disjoint column ranges of `out`.
+    unsafe {
+        if layout.col_stride == 1 {
+            kernel::row_major(a, lda, m, k, w, layout.row_stride, n, out);
+        } else {
+            kernel::column_major(a, lda, m, k, w, layout.col_stride, n, out);
+        }
+    }
+    Some(())
+}
+
+#[cfg(target_arch = "x86_64")]
+mod kernel {
+    use rayon::prelude::*;
+    use std::arch::x86_64::*;
+
+    /// A weight element type the kernels load eight at a time as f32.
+    pub(super) trait Weight: Copy + Send + Sync + 'static {
+        /// Eight consecutive weights from `p`, as f32.
+        ///
+        /// # Safety
+        /// `p..p + 8` must be readable, and the CPU must have AVX (F16C for f16).
+        unsafe fn load8(p: *const Self) -> __m256;
+        fn to_f32(self) -> f32;
+    }
+
+    impl Weight for f32 {
+        #[inline(always)]
+        unsafe fn load8(p: *const Self) -> __m256 {
+            unsafe { _mm256_loadu_ps(p) }
+        }
+        #[inline(always)]
+        fn to_f32(self) -> f32 {
+            self
+        }
+    }
+
+    impl Weight for half::f16 {
+        #[inline(always)]
+        unsafe fn load8(p: *const Self) -> __m256 {
+            unsafe { _mm256_cvtph_ps(_mm_loadu_si128(p.cast())) }
+        }
+        #[inline(always)]
+        fn to_f32(self) -> f32 {
+            half::f16::to_f32(self)
+        }
+    }
+
+    /// A raw pointer the tasks share; each writes its own columns.
+    #[derive(Clone, Copy)]
+    struct Out(*mut f32);
+    // SAFETY: the tasks write disjoint elements.
+    unsafe impl Send for Out {}
+    unsafe impl Sync for Out {}
+
+    impl Out {
+        /// The pointer; a method, so that a closure captures the whole `Out` (which is `Send`)
+        /// rather than the bare pointer field.
+        fn get(self) -> *mut f32 {
+            self.0
+        }
+    }
+
+    /// Columns per task: enough tasks for every thread to stay busy as tasks finish unevenly,
+    /// each a whole number of `unit`-column tiles and at least `MIN_TASK` multiply-adds (a
+    /// rayon task costs microseconds: a batch-1 product of SmolLM2's 576 x 192 projection ran
+    /// 2.8x slower split in two than on one thread).
+    fn task_columns(m: usize, k: usize, n: usize, unit: usize) -> usize {
+        const MIN_TASK: usize = 1 << 17;
+        let by_work = (m * k * n / MIN_TASK).max(1);
+        let tasks = (4 * rayon::current_num_threads().max(1)).min(by_work);
+        n.div_ceil(tasks).div_ceil(unit).max(1) * unit
+    }
+
+    /// Rows per tile and columns per tile of a row-major weight.
+    const MR: usize = 6;
+    const NR: usize = 16;
+    /// Rows of the weight per pass over the tiles: a `KC x 16` slice of it (16 KiB in f32)
+    /// stays in L1 while every row tile reads it.
+    const KC: usize = 256;
+
+    /// # Safety
+    /// AVX2, FMA (F16C for f16) present; `a` holds `m` rows of `k` at stride `lda`, `w` holds
+    /// `k` rows of `n` at stride `ldw`, `out` holds `m x n`.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn row_major<W: Weight>(
+        a: &[f32],
+        lda: usize,
+        m: usize,
+        k: usize,
+        w: &[W],
+        ldw: usize,
+        n: usize,
+        out: &mut [f32],
+    ) {
+        let cols = task_columns(m, k, n, [96, 48].get(m - 1).copied().unwrap_or(NR));
+        let c = Out(out.as_mut_ptr());
+        let (a, w) = (a.as_ptr() as usize, w.as_ptr() as usize);
+        (0..n.div_ceil(cols)).into_par_iter().for_each(|task| {
+            let (a, w) = (a as *const f32, w as *const W);
+            let (start, end) = (task * cols, ((task + 1) * cols).min(n));
+            // SAFETY: as the function's; columns `start..end` are this task's alone.
+            unsafe { row_major_columns(a, lda, m, k, w, ldw, n, start, end, c.get()) };
+        });
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn row_major_columns<W: Weight>(
+        a: *const f32,
+        lda: usize,
+        m: usize,
+        k: usize,
+        w: *const W,
+        ldw: usize,
+        n: usize,
+        start: usize,
+        end: usize,
+        c: *mut f32,
+    ) {
+        // One or two rows: panels of 96 or 48 columns, twelve sums in flight, and each weight
+        // row read as six or three whole cache lines.
+        let (wide, width) = match m {
+            1 => (true, 96),
+            2 => (true, 48),
+            _ => (false, NR),
+        };
+        let mut start = start;
+        if wide {
+            let wide_end = start + (end - start) / width * width;
+            for k0 in (0..k).step_by(KC) {
+                let kc = KC.min(k - k0);
+                for j in (start..wide_end).step_by(width) {
+                    let (a, w, c) = unsafe { (a.add(k0), w.add(k0 * ldw + j), c.add(j)) };
+                    unsafe {
+                        if m == 1 {
+                            tile::<W, 1, 12, 1>(a, lda, w, ldw, kc, c, n, k0 == 0);
+                        } else {
+                            tile::<W, 2, 6, 1>(a, lda, w, ldw, kc, c, n, k0 == 0);
+                        }
+                    }
+                }
+            }
+            start = wide_end;
+        }
+        let full_end = start + (end - start) / NR * NR;
+        // Weight rows in blocks, each block's panels in order: the task then walks its part of
+        // the weight nearly row by row (a walk down whole panels of a row-major matrix touches
+        // a new page every row, and the TLB misses).
+        for k0 in (0..k).step_by(KC) {
+            for j in (start..full_end).step_by(NR) {
+                let kc = KC.min(k - k0);
+                let first = k0 == 0;
+                let mut i = 0;
+                unsafe {
+                    while i + MR <= m {
+                        tile::<W, MR, 2, 1>(
+                            a.add(i * lda + k0),
+                            lda,
+                            w.add(k0 * ldw + j),
+                            ldw,
+                            kc,
+                            c.add(i * n + j),
+                            n,
+                            first,
+                        );
+                        i += MR;
+                    }
+                    let (a, w, c) = (a.add(i * lda + k0), w.add(k0 * ldw + j), c.add(i * n + j));
+                    match m - i {
+                        0 => {}
+                        1 => tile::<W, 1, 2, 4>(a, lda, w, ldw, kc, c, n, first),
+                        2 => tile::<W, 2, 2, 2>(a, lda, w, ldw, kc, c, n, first),
+                        3 => tile::<W, 3, 2, 2>(a, lda, w, ldw, kc, c, n, first),
+                        4 => tile::<W, 4, 2, 1>(a, lda, w, ldw, kc, c, n, first),
+                        _ => tile::<W, 5, 2, 1>(a, lda, w, ldw, kc, c, n, first),
+                    }
+                }
+            }
+        }
+        // The last few columns, one element at a time.
+        for i in 0..m {
+            for j in full_end..end {
+                let mut sum = 0f32;
+                for p in 0..k {
+                    unsafe { sum += *a.add(i * lda + p) * (*w.add(p * ldw + j)).to_f32() };
+                }
+                unsafe { *c.add(i * n + j) = sum };
+            }
+        }
+    }
+
+    /// `c[R x 8NV] (+)= a[R x kc] · w[kc x 8NV]`. `S` sets of `R x NV` accumulators of 8 lanes
+    /// take turns along `k`, so that a tile of few rows still has enough independent sums to
+    /// keep both FMA units busy (one sum waits four cycles for its previous FMA).
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    unsafe fn tile<W: Weight, const R: usize, const NV: usize, const S: usize>(
+        a: *const f32,
+        lda: usize,
+        w: *const W,
+        ldw: usize,
+        kc: usize,
+        c: *mut f32,
+        ldc: usize,
+        first: bool,
+    ) {
+        unsafe {
+            let mut acc = [[[_mm256_setzero_ps(); NV]; R]; S];
+            let step = |set: &mut [[__m256; NV]; R], p: usize| {
+                let mut wv = [_mm256_setzero_ps(); NV];
+                for (v, x) in wv.iter_mut().enumerate() {
+                    *x = W::load8(w.add(p * ldw + 8 * v));
+                }
+                for (i, row) in set.iter_mut().enumerate() {
+                    let ai = _mm256_broadcast_ss(&*a.add(i * lda + p));
+                    for (acc, x) in row.iter_mut().zip(&wv) {
+                        *acc = _mm256_fmadd_ps(ai, *x, *acc);
+                    }
+                }
+            };
+            let full = kc / S * S;
+            for p0 in (0..full).step_by(S) {
+                // The weight rows a few steps ahead lie in other pages, which the hardware
+                // prefetcher does not follow.
+                _mm_prefetch::<_MM_HINT_T0>(w.add((p0 + PREFETCH) * ldw).cast());
+                for (s, set) in acc.iter_mut().enumerate() {
+                    step(set, p0 + s);
+                }
+            }
+            for p in full..kc {
+                step(&mut acc[0], p);
+            }
+            for i in 0..R {
+                for v in 0..NV {
+                    let mut sum = acc[0][i][v];
+                    for set in &acc[1..] {
+                        sum = _mm256_add_ps(sum, set[i][v]);
+                    }
+                    let c = c.add(i * ldc + 8 * v);
+                    if !first {
+                        sum = _mm256_add_ps(_mm256_loadu_ps(c), sum);
+                    }
+                    _mm256_storeu_ps(c, sum);
+                }
+            }
+        }
+    }
+
+    /// How many weight rows ahead [`tile`] prefetches.
+    const PREFETCH: usize = 8;
+
+    /// Rows and columns per dot-product tile of a column-major weight: 12 accumulators, three
+    /// rows of `a` held, one weight column loaded at a time (16 registers).
+    const DR: usize = 3;
+    const DC: usize = 4;
+
+    /// # Safety
+    /// As [`row_major`], with column `j` of `w` at `w[j * ldw..j * ldw + k]`.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn column_major<W: Weight>(
+        a: &[f32],
+        lda: usize,
+        m: usize,
+        k: usize,
+        w: &[W],
+        ldw: usize,
+        n: usize,
+        out: &mut [f32],
+    ) {
+        let cols = task_columns(m, k, n, DC);
+        let c = Out(out.as_mut_ptr());
+        let (a, w) = (a.as_ptr() as usize, w.as_ptr() as usize);
+        (0..n.div_ceil(cols)).into_par_iter().for_each(|task| {
+            let (a, w) = (a as *const f32, w as *const W);
+            let (start, end) = (task * cols, ((task + 1) * cols).min(n));
+            // SAFETY: as the function's; columns `start..end` are this task's alone.
+            unsafe { column_major_columns(a, lda, m, k, w, ldw, n, start, end, c.get()) };
+        });
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn column_major_columns<W: Weight>(
+        a: *const f32,
+        lda: usize,
+        m: usize,
+        k: usize,
+        w: *const W,
+        ldw: usize,
+        n: usize,
+        start: usize,
+        end: usize,
+        c: *mut f32,
+    ) {
+        let mut j = start;
+        while j < end {
+            let cols = DC.min(end - j);
+            let mut i = 0;
+            while i < m {
+                let rows = DR.min(m - i);
+                unsafe {
+                    let (a, w, c) = (a.add(i * lda), w.add(j * ldw), c.add(i * n + j));
+                    match (rows, cols) {
+                        (3, 4) => dots::<W, 3, 4>(a, lda, w, ldw, k, c, n),
+                        (2, 4) => dots::<W, 2, 4>(a, lda, w, ldw, k, c, n),
+                        (1, 4) => dots::<W, 1, 4>(a, lda, w, ldw, k, c, n),
+                        (3, _) => dots::<W, 3, 1>(a, lda, w, ldw, k, c, n),
+                        (2, _) => dots::<W, 2, 1>(a, lda, w, ldw, k, c, n),
+                        _ => dots::<W, 1, 1>(a, lda, w, ldw, k, c, n),
+                    }
+                }
+                i += rows;
+            }
+            // A partial group of columns went one column at a time above; finish it.
+            let done = if cols == DC { DC } else { 1 };
+            j += done;
+        }
+    }
+
+    /// `c[R x C] = a[R x k] · w[k x C]` as dot products along `k`.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    unsafe fn dots<W: Weight, const R: usize, const C: usize>(
+        a: *const f32,
+        lda: usize,
+        w: *const W,
+        ldw: usize,
+        k: usize,
+        c: *mut f32,
+        ldc: usize,
+    ) {
+        unsafe {
+            let mut acc = [[_mm256_setzero_ps(); C]; R];
+            let full = k / 8 * 8;
+            for p in (0..full).step_by(8) {
+                let mut rows = [_mm256_setzero_ps(); R];
+                for (i, row) in rows.iter_mut().enumerate() {
+                    *row = _mm256_loadu_ps(a.add(i * lda + p));
+                }
+                for col in 0..C {
+                    let wv = W::load8(w.add(col * ldw + p));
+                    for (sums, row) in acc.iter_mut().zip(&rows) {
+                        sums[col] = _mm256_fmadd_ps(*row, wv, sums[col]);
+                    }
+                }
+            }
+            for (i, sums) in acc.iter().enumerate() {
+                for (col, lanes) in sums.iter().enumerate() {
+                    let mut sum = horizontal_sum(*lanes);
+                    for p in full..k {
+                        sum += *a.add(i * lda + p) * (*w.add(col * ldw + p)).to_f32();
+                    }
+                    *c.add(i * ldc + col) = sum;
+                }
+            }
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn horizontal_sum(v: __m256) -> f32 {
+        unsafe {
+            let half = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+            let quarter = _mm_add_ps(half, _mm_movehl_ps(half, half));
+            _mm_cvtss_f32(_mm_add_ss(quarter, _mm_shuffle_ps(quarter, quarter, 1)))
+        }
+    }
+}
