@@ -408,7 +408,7 @@ mod kernel {
     }
 
     /// How many weight rows ahead [`tile`] prefetches.
-    const PREFETCH: usize = 8;
+    const PREFETCH: usize = 64;
 
     /// Rows and columns per dot-product tile of a column-major weight: 12 accumulators, three
     /// rows of `a` held, one weight column loaded at a time (16 registers).
