@@ -38,6 +38,10 @@ pub enum Bench {
         /// (products in that dtype, the rest f32; see README, Compact frozen weights).
         #[arg(long, default_value = "f32")]
         weights: String,
+        /// Also run llama.cpp (llama-cpp-python, built from source into a throwaway venv on
+        /// first use) at batch 1 on the same GGUF, rewritten with `--weights`' precision.
+        #[arg(long, requires = "model")]
+        llama_cpp: bool,
     },
     /// Seconds per GRPO step on SmolLM2-135M-Instruct (4 prompts x 8 generations x 64 new
     /// tokens, LoRA rank 8, beta 0.04, f32, CPU), beside TRL's GRPOTrainer on the same
@@ -107,7 +111,15 @@ pub fn run(bench: Bench) -> Result<()> {
             no_python,
             model,
             weights,
-        } => lm(&batches, new_tokens, no_python, model.as_deref(), &weights),
+            llama_cpp,
+        } => lm(
+            &batches,
+            new_tokens,
+            no_python,
+            model.as_deref(),
+            &weights,
+            llama_cpp,
+        ),
         Bench::Grpo {
             steps,
             no_python,
@@ -240,6 +252,7 @@ fn lm(
     no_python: bool,
     model: Option<&str>,
     weights: &str,
+    llama_cpp: bool,
 ) -> Result<()> {
     let model = model
         .map(|m| musketeers_catalog::resolve(m).map_err(anyhow::Error::from))
@@ -268,6 +281,10 @@ fn lm(
     )?;
     let bytes_per_weight = if weights == "f32" { 4.0 } else { 2.0 };
     write_lm_table(&mut out, &lines, &reference, &rates, bytes_per_weight)?;
+    if llama_cpp {
+        let line = llama_cpp_reference(&model_arg, weights, new_tokens, threads)?;
+        write_llama_cpp_line(&mut out, &lines, &line, weights)?;
+    }
     write_peak_rss(
         &mut out,
         (&lines, "peak_rss_bytes"),
@@ -386,6 +403,65 @@ fn transformers_reference(
         ],
         None,
     )?))
+}
+
+/// llama.cpp at batch 1 on `gguf` rewritten with `weights`' precision; its line of JSON.
+fn llama_cpp_reference(
+    gguf: &str,
+    weights: &str,
+    new_tokens: usize,
+    threads: usize,
+) -> Result<Value> {
+    anyhow::ensure!(
+        gguf.ends_with(".gguf"),
+        "--llama-cpp needs a GGUF model (got {gguf})"
+    );
+    anyhow::ensure!(
+        matches!(weights, "f32" | "f16"),
+        "--llama-cpp runs f32 or f16 weights (got {weights})"
+    );
+    let python = venv("bench-venv-llamacpp", &["llama-cpp-python"])?;
+    let script = root().join("scripts/bench/llama_cpp_generate.py");
+    let converted = root().join("target/bench-llamacpp");
+    json_lines(&output(
+        &python,
+        &[
+            &script.to_string_lossy(),
+            gguf,
+            weights,
+            &new_tokens.to_string(),
+            &threads.to_string(),
+            &converted.to_string_lossy(),
+        ],
+        None,
+    )?)
+    .into_iter()
+    .next()
+    .context("the llama.cpp script printed no result")
+}
+
+/// Batch-1 decode beside llama.cpp's, as the ratio of time per token.
+fn write_llama_cpp_line(
+    out: &mut impl Write,
+    ours: &[Value],
+    llama_cpp: &Value,
+    weights: &str,
+) -> Result<()> {
+    let rate = |v: &Value, key: &str| v[key].as_f64().unwrap_or(f64::NAN);
+    let ours_decode = ours
+        .iter()
+        .find(|l| l["batch"].as_u64() == Some(1))
+        .map_or(f64::NAN, |l| rate(l, "decode_tokens_per_sec"));
+    let theirs = rate(llama_cpp, "decode_tokens_per_sec");
+    writeln!(
+        out,
+        "llama.cpp, {weights} weights, batch 1: prefill {:.1} tok/s, decode {theirs:.1} tok/s \
+         (ours {ours_decode:.1}): ours takes {:.2}x llama.cpp's time per token; its peak RSS {:.2} GB",
+        rate(llama_cpp, "prefill_tokens_per_sec"),
+        theirs / ours_decode,
+        rate(llama_cpp, "peak_rss_bytes") / 1e9
+    )?;
+    Ok(())
 }
 
 /// A row per batch: our prefill and decode rates beside transformers' and the roofline.
