@@ -17,6 +17,7 @@ pub mod config;
 pub mod context;
 pub mod error;
 pub mod export;
+pub mod few_queries;
 pub mod few_rows;
 pub mod generate;
 pub mod gguf;

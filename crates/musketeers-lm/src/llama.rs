@@ -255,16 +255,24 @@ impl<B: Backend> Attention<B> {
         let n_rep = h / kv;
         let fill = masked_score(q.dtype());
         let q = q.reshape([b, kv, n_rep * t, d]); // [b, kv, n_rep * t, d], rows (rep, t)
-        let scores = q.matmul(k.swap_dims(2, 3)) * self.scale; // [b, kv, n_rep * t, t_k]
-        let attend_under = |scores: Tensor<B, 4>, mask: &Tensor<B, 4, Bool>, v: Tensor<B, 4>| {
-            softmax(scores.mask_fill(mask.clone(), fill), 3)
-                .matmul(v)
-                .reshape([b, h, t, d]) // [b, h, t, d]
+        // `[b, kv, n_rep * t, t_k]`, computed once and only if a softmax below needs it.
+        let scores = std::cell::OnceCell::new();
+        let attend_under = |mask: &Tensor<B, 4, Bool>, v: Tensor<B, 4>| {
+            // A decode step on the CPU backend: one fused pass (see `few_queries`).
+            match crate::few_queries::attend(&q, &k, &v, mask, self.scale, fill) {
+                Some(out) => out,
+                None => {
+                    let scores: &Tensor<B, 4> = scores
+                        .get_or_init(|| q.clone().matmul(k.clone().swap_dims(2, 3)) * self.scale);
+                    softmax(scores.clone().mask_fill(mask.clone(), fill), 3).matmul(v)
+                }
+            }
+            .reshape([b, h, t, d]) // [b, h, t, d]
         };
         let out = match (gate, &inputs.gated) {
             (Some(gate), Some(gated)) => {
-                let own = attend_under(scores.clone(), &inputs.mask, v.clone());
-                let context = attend_under(scores, &gated.mask, v);
+                let own = attend_under(&inputs.mask, v.clone());
+                let context = attend_under(&gated.mask, v);
                 let factor = gate
                     .cast(own.dtype())
                     .reshape([1, h, 1, 1])
@@ -272,7 +280,7 @@ impl<B: Backend> Attention<B> {
                     * gated.reads_context.clone();
                 own + context * factor
             }
-            _ => attend_under(scores, &inputs.mask, v),
+            _ => attend_under(&inputs.mask, v),
         };
         self.o_proj
             .forward(out.swap_dims(1, 2).reshape([b, t, h * d]))

@@ -6,6 +6,7 @@ mod common;
 
 mod batching;
 mod compact_weights;
+mod few_queries;
 mod few_rows;
 mod gguf;
 mod llama_vocab;
