@@ -253,14 +253,29 @@ mod kernel {
         n: usize,
         out: &mut [f32],
     ) {
-        let cols = task_columns(m, k, n, [96, 48].get(m - 1).copied().unwrap_or(NR));
-        let c = Out(out.as_mut_ptr());
+        let unit = [96, 48].get(m - 1).copied().unwrap_or(NR);
         let (a, w) = (a.as_ptr() as usize, w.as_ptr() as usize);
-        (0..n.div_ceil(cols)).into_par_iter().for_each(|task| {
+        over_column_tasks(m, k, n, unit, out, |start, end, c| {
             let (a, w) = (a as *const f32, w as *const W);
-            let (start, end) = (task * cols, ((task + 1) * cols).min(n));
             // SAFETY: as the function's; columns `start..end` are this task's alone.
-            unsafe { row_major_columns(a, lda, m, k, w, ldw, n, start, end, c.get()) };
+            unsafe { row_major_columns(a, lda, m, k, w, ldw, n, start, end, c) };
+        });
+    }
+
+    /// Runs `columns(start, end, out)` for column ranges of whole `unit`-column tiles
+    /// ([`task_columns`]) on rayon's pool.
+    fn over_column_tasks(
+        m: usize,
+        k: usize,
+        n: usize,
+        unit: usize,
+        out: &mut [f32],
+        columns: impl Fn(usize, usize, *mut f32) + Sync,
+    ) {
+        let cols = task_columns(m, k, n, unit);
+        let c = Out(out.as_mut_ptr());
+        (0..n.div_ceil(cols)).into_par_iter().for_each(|task| {
+            columns(task * cols, ((task + 1) * cols).min(n), c.get());
         });
     }
 
@@ -428,14 +443,11 @@ mod kernel {
         n: usize,
         out: &mut [f32],
     ) {
-        let cols = task_columns(m, k, n, DC);
-        let c = Out(out.as_mut_ptr());
         let (a, w) = (a.as_ptr() as usize, w.as_ptr() as usize);
-        (0..n.div_ceil(cols)).into_par_iter().for_each(|task| {
+        over_column_tasks(m, k, n, DC, out, |start, end, c| {
             let (a, w) = (a as *const f32, w as *const W);
-            let (start, end) = (task * cols, ((task + 1) * cols).min(n));
             // SAFETY: as the function's; columns `start..end` are this task's alone.
-            unsafe { column_major_columns(a, lda, m, k, w, ldw, n, start, end, c.get()) };
+            unsafe { column_major_columns(a, lda, m, k, w, ldw, n, start, end, c) };
         });
     }
 
