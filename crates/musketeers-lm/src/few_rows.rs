@@ -33,8 +33,9 @@ use std::any::Any;
 
 /// The most rows this path takes: a batch-32 decode step with room to spare. With the example
 /// above, at 48 rows this kernel was still even with `gemm` or ahead on SmolLM2's and
-/// Qwen2.5-0.5B's projections but Qwen's 896 x 4864 (0.82-1.11x in three runs); at prefill sizes `gemm`'s
-/// packing pays for itself (1,024 rows in 48-row calls here: 84-154 GFLOP/s against 119-184).
+/// Qwen2.5-0.5B's projections but Qwen's 896 x 4864 (0.82-1.11x in three runs); at prefill
+/// sizes `gemm`'s packing pays for itself (1,024 rows in 48-row calls: 84-154 GFLOP/s
+/// against 119-184).
 pub const MAX_ROWS: usize = 48;
 
 /// `x · w` for `x` `[m, k]` f32 with `m <= MAX_ROWS` and `w` `[k, n]` f32 or f16, as an f32
