@@ -186,15 +186,14 @@ impl<B: Backend> KvCache<B> {
 /// Writing a step's keys and values into the room of a cache on the CPU backend (Flex), whose
 /// buffers can be changed in place when this cache is their only holder.
 mod in_place {
+    use crate::flex::{as_flex, float_tensor, into_flex};
     use burn::backend::flex::FlexTensor;
     use burn::tensor::backend::Backend;
     use burn::tensor::{DType, Element, Tensor, TensorData, TensorPrimitive};
-    use std::any::Any;
 
     /// Whether `t` is the CPU backend's (so a cache of it can have room).
     pub(super) fn supported<B: Backend>(t: &Tensor<B, 4>) -> bool {
-        let primitive = t.clone().into_primitive().tensor();
-        (&primitive as &dyn Any).is::<FlexTensor>()
+        as_flex(&t.clone().into_primitive().tensor()).is_some()
     }
 
     /// A pair of tensors, handed back unchanged when they cannot be written in place.
@@ -222,11 +221,13 @@ mod in_place {
         if !(writable(&k) && writable(&v)) {
             return Err((tensor(k), tensor(v)));
         }
-        let mut k = into_flex::<B>(k);
-        let mut v = into_flex::<B>(v);
+        let (Some(mut k), Some(mut v)) = (into_flex(k), into_flex(v)) else {
+            unreachable!("checked by `writable`")
+        };
         copy_positions(&mut k, keys.clone().into_data(), len);
         copy_positions(&mut v, values.clone().into_data(), len);
-        Ok((from_flex(k), from_flex(v)))
+        let back = |f| float_tensor(f).expect("a Flex tensor came from this backend");
+        Ok((back(k), back(v)))
     }
 
     fn primitive<B: Backend>(t: Tensor<B, 4>) -> B::FloatTensorPrimitive {
@@ -238,31 +239,13 @@ mod in_place {
     }
 
     /// A Flex buffer laid out from offset 0, held only here, of a dtype we write.
-    fn writable<P: Any>(p: &P) -> bool {
-        (p as &dyn Any)
-            .downcast_ref::<FlexTensor>()
-            .is_some_and(|f| {
-                f.is_unique()
-                    && f.is_contiguous()
-                    && f.layout().start_offset() == 0
-                    && matches!(f.dtype(), DType::F32 | DType::F16 | DType::BF16)
-            })
-    }
-
-    fn into_flex<B: Backend>(p: B::FloatTensorPrimitive) -> FlexTensor {
-        let boxed: Box<dyn Any> = Box::new(p);
-        *boxed
-            .downcast::<FlexTensor>()
-            .expect("checked by `writable`")
-    }
-
-    fn from_flex<B: Backend>(f: FlexTensor) -> Tensor<B, 4> {
-        let boxed: Box<dyn Any> = Box::new(f);
-        tensor::<B>(
-            *boxed
-                .downcast::<B::FloatTensorPrimitive>()
-                .expect("a Flex tensor came from this backend"),
-        )
+    fn writable<P: std::any::Any>(p: &P) -> bool {
+        as_flex(p).is_some_and(|f| {
+            f.is_unique()
+                && f.is_contiguous()
+                && f.layout().start_offset() == 0
+                && matches!(f.dtype(), DType::F32 | DType::F16 | DType::BF16)
+        })
     }
 
     /// Copies `new` `[b, h, t, d]` into `cache` `[b, h, capacity, d]` at positions `len..`.

@@ -17,11 +17,11 @@
 //! Only the backend's own f32 tensors with a contiguous last axis take this path; anything else
 //! returns `None` and the caller runs Burn's operations (autodiff included).
 
+use crate::flex::{as_flex, float_tensor};
 use burn::backend::flex::FlexTensor;
 use burn::tensor::backend::Backend;
-use burn::tensor::{Bool, DType, Tensor, TensorData, TensorPrimitive};
+use burn::tensor::{Bool, DType, Tensor, TensorData};
 use rayon::prelude::*;
-use std::any::Any;
 
 /// The most query rows per batch row and key/value head this path takes (a decode step has
 /// the `num_heads / num_kv_heads` heads of a group, 7 for Qwen2.5-0.5B).
@@ -56,10 +56,6 @@ impl<'a, E> View<'a, E> {
     }
 }
 
-fn flex<P: Any>(p: &P) -> Option<&FlexTensor> {
-    (p as &dyn Any).downcast_ref::<FlexTensor>()
-}
-
 /// `softmax(mask_fill(q k^T * scale, mask, fill)) v` for `q` `[b, g, r, d]`, `k` and `v`
 /// `[b, g, t, d]` and `mask` `[b, g, r, t]` (true: forbidden), all the CPU backend's, f32,
 /// with `r <= MAX_QUERY_ROWS`; `[b, g, r, d]`. `None` for anything else.
@@ -88,7 +84,7 @@ pub fn attend<B: Backend>(
         v.clone().into_primitive().tensor(),
     );
     let mp = mask.clone().into_primitive();
-    let (qf, kf, vf, mf) = (flex(&qp)?, flex(&kp)?, flex(&vp)?, flex(&mp)?);
+    let (qf, kf, vf, mf) = (as_flex(&qp)?, as_flex(&kp)?, as_flex(&vp)?, as_flex(&mp)?);
     if !matches!(mf.dtype(), DType::Bool(_)) {
         return None;
     }
@@ -126,9 +122,7 @@ pub fn attend<B: Backend>(
             }
         });
     let result = FlexTensor::from_data(TensorData::new(out, [b, g, r, d]));
-    let boxed: Box<dyn Any> = Box::new(result);
-    let primitive = *boxed.downcast::<B::FloatTensorPrimitive>().ok()?;
-    Some(Tensor::from_primitive(TensorPrimitive::Float(primitive)))
+    float_tensor(result)
 }
 
 /// `a . b` in eight running sums (vectorised; the order is fixed).

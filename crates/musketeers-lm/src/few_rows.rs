@@ -26,10 +26,10 @@
 // shared raw pointers are its whole point. Each unsafe call says why it holds.
 #![allow(unsafe_code)]
 
+use crate::flex::{as_flex, float_tensor};
 use burn::backend::flex::FlexTensor;
 use burn::tensor::backend::Backend;
-use burn::tensor::{DType, Tensor, TensorData, TensorPrimitive};
-use std::any::Any;
+use burn::tensor::{DType, Tensor, TensorData};
 
 /// The most rows this path takes: a batch-32 decode step with room to spare. With the example
 /// above, at 48 rows this kernel was still even with `gemm` or ahead on SmolLM2's and
@@ -64,8 +64,8 @@ pub fn matmul<B: Backend>(x: &Tensor<B, 2>, w: &Tensor<B, 2>) -> Option<Tensor<B
     }
     let x_prim = x.clone().into_primitive().tensor();
     let w_prim = w.clone().into_primitive().tensor();
-    let xf = (&x_prim as &dyn Any).downcast_ref::<FlexTensor>()?;
-    let wf = (&w_prim as &dyn Any).downcast_ref::<FlexTensor>()?;
+    let xf = as_flex(&x_prim)?;
+    let wf = as_flex(&w_prim)?;
     let a = Matrix::of(xf, k)?;
     let weight = Matrix::of(wf, n)?;
     // One row by a row-major weight: `gemm`'s own single-row path on one thread was as fast
@@ -99,9 +99,7 @@ pub fn matmul<B: Backend>(x: &Tensor<B, 2>, w: &Tensor<B, 2>) -> Option<Tensor<B
         _ => return None,
     }?;
     let result = FlexTensor::from_data(TensorData::new(out, [m, n]));
-    let prim: Box<dyn Any> = Box::new(result);
-    let prim = *prim.downcast::<B::FloatTensorPrimitive>().ok()?;
-    Some(Tensor::from_primitive(TensorPrimitive::Float(prim)))
+    float_tensor(result)
 }
 
 /// Where a 2-D tensor's elements lie in its storage.

@@ -19,6 +19,7 @@ pub mod error;
 pub mod export;
 pub mod few_queries;
 pub mod few_rows;
+mod flex;
 pub mod generate;
 pub mod gguf;
 pub mod gguf_llama;
