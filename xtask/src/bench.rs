@@ -260,6 +260,10 @@ fn lm(
     let model_arg = model
         .as_ref()
         .map_or(String::new(), |p| p.to_string_lossy().into_owned());
+    if llama_cpp {
+        // Before our side runs, so a wrong flag costs no minutes.
+        check_llama_cpp_inputs(&model_arg, weights)?;
+    }
     let lines = generation_bench(batches, new_tokens, &model_arg, weights)?;
     let rates = MachineRates::from_lines(&lines)?;
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -405,13 +409,8 @@ fn transformers_reference(
     )?))
 }
 
-/// llama.cpp at batch 1 on `gguf` rewritten with `weights`' precision; its line of JSON.
-fn llama_cpp_reference(
-    gguf: &str,
-    weights: &str,
-    new_tokens: usize,
-    threads: usize,
-) -> Result<Value> {
+/// What `--llama-cpp` can run: a GGUF file, f32 or f16 weights.
+fn check_llama_cpp_inputs(gguf: &str, weights: &str) -> Result<()> {
     anyhow::ensure!(
         gguf.ends_with(".gguf"),
         "--llama-cpp needs a GGUF model (got {gguf})"
@@ -420,6 +419,16 @@ fn llama_cpp_reference(
         matches!(weights, "f32" | "f16"),
         "--llama-cpp runs f32 or f16 weights (got {weights})"
     );
+    Ok(())
+}
+
+/// llama.cpp at batch 1 on `gguf` rewritten with `weights`' precision; its line of JSON.
+fn llama_cpp_reference(
+    gguf: &str,
+    weights: &str,
+    new_tokens: usize,
+    threads: usize,
+) -> Result<Value> {
     let python = venv("bench-venv-llamacpp", &["llama-cpp-python"])?;
     let script = root().join("scripts/bench/llama_cpp_generate.py");
     let converted = root().join("target/bench-llamacpp");
