@@ -42,6 +42,9 @@ pub enum Bench {
         /// first use) at batch 1 on the same GGUF, rewritten with `--weights`' precision.
         #[arg(long, requires = "model")]
         llama_cpp: bool,
+        /// Ours with mimalloc as the allocator (the `mimalloc` feature; README, "Allocator").
+        #[arg(long)]
+        mimalloc: bool,
     },
     /// Seconds per GRPO step on SmolLM2-135M-Instruct (4 prompts x 8 generations x 64 new
     /// tokens, LoRA rank 8, beta 0.04, f32, CPU), beside TRL's GRPOTrainer on the same
@@ -61,6 +64,9 @@ pub enum Bench {
         /// answered in a few tokens, mostly prefill).
         #[arg(long)]
         long: bool,
+        /// Ours with mimalloc as the allocator (the `mimalloc` feature; README, "Allocator").
+        #[arg(long)]
+        mimalloc: bool,
     },
     /// Data parallelism: the same run as one process with every core's threads and as
     /// `mpirun -np N` ranks of one thread each (same global batch), seconds per step and the
@@ -112,6 +118,7 @@ pub fn run(bench: Bench) -> Result<()> {
             model,
             weights,
             llama_cpp,
+            mimalloc,
         } => lm(
             &batches,
             new_tokens,
@@ -119,17 +126,20 @@ pub fn run(bench: Bench) -> Result<()> {
             model.as_deref(),
             &weights,
             llama_cpp,
+            mimalloc,
         ),
         Bench::Grpo {
             steps,
             no_python,
             model,
             long,
+            mimalloc,
         } => grpo(
             steps,
             no_python,
             &model,
             if long { &GRPO_LONG } else { &GRPO_SHORT },
+            allocator(mimalloc),
         ),
         Bench::Dp {
             config,
@@ -253,7 +263,9 @@ fn lm(
     model: Option<&str>,
     weights: &str,
     llama_cpp: bool,
+    mimalloc: bool,
 ) -> Result<()> {
+    let allocator = allocator(mimalloc);
     let model = model
         .map(|m| musketeers_catalog::resolve(m).map_err(anyhow::Error::from))
         .transpose()?;
@@ -264,7 +276,7 @@ fn lm(
         // Before our side runs, so a wrong flag costs no minutes.
         check_llama_cpp_inputs(&model_arg, weights)?;
     }
-    let lines = generation_bench(batches, new_tokens, &model_arg, weights)?;
+    let lines = generation_bench(batches, new_tokens, &model_arg, weights, allocator)?;
     let rates = MachineRates::from_lines(&lines)?;
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let reference: Vec<Value> = if no_python {
@@ -276,12 +288,13 @@ fn lm(
     let mut out = std::io::stdout().lock();
     writeln!(
         out,
-        "{}, ours with {weights} weight matrices (transformers f32), CPU ({threads} threads), {new_tokens} sampled tokens; matmul 1024^3: {gflops:.0} GFLOP/s; memory read: {bandwidth:.1} GB/s",
+        "{}, ours with {weights} weight matrices (transformers f32) and the {} allocator, CPU ({threads} threads), {new_tokens} sampled tokens; matmul 1024^3: {gflops:.0} GFLOP/s; memory read: {bandwidth:.1} GB/s",
         model
             .as_ref()
             .map_or("SmolLM2-135M shape, random weights".to_string(), |p| p
                 .display()
-                .to_string())
+                .to_string()),
+        allocator.name()
     )?;
     let bytes_per_weight = if weights == "f32" { 4.0 } else { 2.0 };
     write_lm_table(&mut out, &lines, &reference, &rates, bytes_per_weight)?;
@@ -295,6 +308,38 @@ fn lm(
         (&reference, "peak_rss_bytes"),
         "transformers",
     )
+}
+
+/// The allocator our side runs with: the system's (the default build) or mimalloc.
+#[derive(Clone, Copy)]
+enum Allocator {
+    System,
+    Mimalloc,
+}
+
+fn allocator(mimalloc: bool) -> Allocator {
+    if mimalloc {
+        Allocator::Mimalloc
+    } else {
+        Allocator::System
+    }
+}
+
+impl Allocator {
+    fn name(self) -> &'static str {
+        match self {
+            Allocator::System => "system",
+            Allocator::Mimalloc => "mimalloc",
+        }
+    }
+
+    /// The cargo arguments that build with it (`feature`: the crate's `mimalloc` feature).
+    fn cargo_features(self, feature: &str) -> Vec<&str> {
+        match self {
+            Allocator::System => Vec::new(),
+            Allocator::Mimalloc => vec!["--features", feature],
+        }
+    }
 }
 
 /// A side's lines and the key its peak resident memory is reported under.
@@ -337,6 +382,7 @@ fn generation_bench(
     new_tokens: usize,
     model_arg: &str,
     weights: &str,
+    allocator: Allocator,
 ) -> Result<Vec<Value>> {
     let text = std::process::Command::new("cargo")
         .args([
@@ -347,6 +393,7 @@ fn generation_bench(
             "--bench",
             "generation",
         ])
+        .args(allocator.cargo_features("musketeers-lm/mimalloc"))
         .env("BENCH_BATCHES", batches)
         .env("BENCH_NEW_TOKENS", new_tokens.to_string())
         .env("BENCH_MODEL", model_arg)
@@ -589,13 +636,18 @@ fn mean_after_first(xs: &[f64]) -> f64 {
     rest.iter().sum::<f64>() / rest.len().max(1) as f64
 }
 
-fn grpo(steps: u64, no_python: bool, name: &str, work_done: &GrpoWork) -> Result<()> {
+fn grpo(
+    steps: u64,
+    no_python: bool,
+    name: &str,
+    work_done: &GrpoWork,
+    allocator: Allocator,
+) -> Result<()> {
     let model = musketeers_catalog::resolve(name)
         .with_context(|| format!("the GRPO bench's policy: `cargo xtask models fetch {name}`"))?;
-    run_cmd(
-        "cargo",
-        &["build", "--release", "--quiet", "-p", "musketeers"],
-    )?;
+    let mut build = vec!["build", "--release", "--quiet", "-p", "musketeers"];
+    build.extend(allocator.cargo_features("musketeers/mimalloc"));
+    run_cmd("cargo", &build)?;
     let bin = crate::util::target_dir().join("release/musketeers");
     let bin = bin.to_string_lossy();
     let work = root().join("target/bench-grpo");
@@ -614,8 +666,11 @@ fn grpo(steps: u64, no_python: bool, name: &str, work_done: &GrpoWork) -> Result
     let mut out = std::io::stdout().lock();
     writeln!(
         out,
-        "GRPO step, {name} (f32 from its GGUF on both sides), CPU ({threads} threads): 4 prompts x 8 generations x <={} tokens, LoRA r8, beta 0.04; chain_sum of {} {}-digit terms",
-        work_done.max_length, work_done.terms, work_done.digits
+        "GRPO step, {name} (f32 from its GGUF on both sides), CPU ({threads} threads): 4 prompts x 8 generations x <={} tokens, LoRA r8, beta 0.04; chain_sum of {} {}-digit terms; ours with the {} allocator",
+        work_done.max_length,
+        work_done.terms,
+        work_done.digits,
+        allocator.name()
     )?;
     write_grpo_steps(&mut out, &lines, &trl_lines)?;
     write_grpo_means(&mut out, &lines, &trl_lines)?;

@@ -12,11 +12,25 @@ use musketeers_lm::sampling::SamplingConfig;
 
 type B = Flex;
 
+/// With `--features mimalloc` the allocator the `musketeers` binary gets from its feature
+/// of that name (`cargo xtask bench lm --mimalloc`); the system's otherwise.
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static ALLOCATOR: musketeers_lm::allocator::MiMalloc = musketeers_lm::allocator::MiMalloc;
+
+const ALLOCATOR_NAME: &str = if cfg!(feature = "mimalloc") {
+    "mimalloc"
+} else {
+    "system"
+};
+
 fn smollm2_135m() -> LlamaConfig {
     LlamaConfig::llama(49152, 576, 1536, 30, 9, 3, 100_000.0)
 }
 
 fn main() {
+    #[cfg(feature = "mimalloc")]
+    musketeers_lm::allocator::keep_freed_memory();
     let batches: Vec<usize> = std::env::var("BENCH_BATCHES")
         .ok()
         .map(|s| s.split(',').filter_map(|b| b.trim().parse().ok()).collect())
@@ -92,6 +106,9 @@ fn main() {
     }
     println!(
         "{}",
-        serde_json::json!({ "peak_rss_bytes": musketeers_lm::perf::peak_rss_bytes() })
+        serde_json::json!({
+            "peak_rss_bytes": musketeers_lm::perf::peak_rss_bytes(),
+            "allocator": ALLOCATOR_NAME,
+        })
     );
 }

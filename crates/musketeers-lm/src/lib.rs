@@ -9,6 +9,7 @@
 //! - [`weights`]: safetensors checkpoints (single or sharded; f32, f16, bf16).
 
 pub mod adapters;
+pub mod allocator;
 pub mod batch;
 pub mod cache;
 /// The model catalog (its own Burn-free crate, re-exported).
@@ -20,6 +21,7 @@ pub mod export;
 pub mod few_queries;
 pub mod few_rows;
 mod flex;
+pub mod fused;
 pub mod generate;
 pub mod gguf;
 pub mod gguf_llama;

@@ -310,12 +310,13 @@ pub struct Mlp<B: Backend> {
 impl<B: Backend> Mlp<B> {
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let gate = self.gate_proj.forward(x.clone());
-        let gate = if self.gelu_tanh {
-            gelu_tanh(gate)
+        let up = self.up_proj.forward(x);
+        let hidden = if self.gelu_tanh {
+            gelu_tanh(gate) * up
         } else {
-            fast_silu(gate)
+            crate::fused::silu_times(&gate, &up).unwrap_or_else(|| fast_silu(gate) * up)
         };
-        self.down_proj.forward(gate * self.up_proj.forward(x))
+        self.down_proj.forward(hidden)
     }
 }
 

@@ -119,6 +119,9 @@ fn tables<B: Backend>(
 /// # Shapes
 /// - `x`: `[batch, heads, seq, head_dim]`; `cos`, `sin`: `[batch, 1, seq, head_dim]`
 pub fn apply<B: Backend>(x: Tensor<B, 4>, cos: &Tensor<B, 4>, sin: &Tensor<B, 4>) -> Tensor<B, 4> {
+    if let Some(rotated) = crate::fused::rotate(&x, cos, sin) {
+        return rotated;
+    }
     let [b, h, t, d] = x.dims();
     let x1 = x.clone().slice([0..b, 0..h, 0..t, 0..d / 2]);
     let x2 = x.clone().slice([0..b, 0..h, 0..t, d / 2..d]);

@@ -13,6 +13,10 @@ use musketeers_verify::options::Options;
 use std::io::{BufRead, BufWriter, Write};
 use std::path::PathBuf;
 
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static ALLOCATOR: musketeers_lm::allocator::MiMalloc = musketeers_lm::allocator::MiMalloc;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "musketeers",
@@ -178,6 +182,8 @@ enum VerifyCommand {
 }
 
 fn main() -> Result<()> {
+    #[cfg(feature = "mimalloc")]
+    musketeers_lm::allocator::keep_freed_memory();
     let cli = Cli::parse();
     match cli.command {
         Command::Verify(VerifyCommand::Score { input }) => score(&input),

@@ -8,6 +8,7 @@ mod batching;
 mod compact_weights;
 mod few_queries;
 mod few_rows;
+mod fused;
 mod gguf;
 mod llama_vocab;
 mod real_models;
