@@ -42,7 +42,7 @@ pub enum Bench {
         /// first use) at batch 1 on the same GGUF, rewritten with `--weights`' precision.
         #[arg(long, requires = "model")]
         llama_cpp: bool,
-        /// Ours with mimalloc as the allocator (the `mimalloc` feature; README, "Allocator").
+        /// Ours with mimalloc as the allocator (the `mimalloc` feature; README, Benchmarks).
         #[arg(long)]
         mimalloc: bool,
     },
@@ -64,7 +64,7 @@ pub enum Bench {
         /// answered in a few tokens, mostly prefill).
         #[arg(long)]
         long: bool,
-        /// Ours with mimalloc as the allocator (the `mimalloc` feature; README, "Allocator").
+        /// Ours with mimalloc as the allocator (the `mimalloc` feature; README, Benchmarks).
         #[arg(long)]
         mimalloc: bool,
     },
