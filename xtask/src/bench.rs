@@ -126,7 +126,7 @@ pub fn run(bench: Bench) -> Result<()> {
             model.as_deref(),
             &weights,
             llama_cpp,
-            mimalloc,
+            allocator(mimalloc),
         ),
         Bench::Grpo {
             steps,
@@ -263,9 +263,8 @@ fn lm(
     model: Option<&str>,
     weights: &str,
     llama_cpp: bool,
-    mimalloc: bool,
+    allocator: Allocator,
 ) -> Result<()> {
-    let allocator = allocator(mimalloc);
     let model = model
         .map(|m| musketeers_catalog::resolve(m).map_err(anyhow::Error::from))
         .transpose()?;

@@ -6,8 +6,9 @@
 //! Why: a decode step allocates and frees many small tensors, and a forward allocates each
 //! layer's activations afresh and frees them a moment later. Beside glibc's allocator,
 //! mimalloc decoded the SmolLM2-135M shape 22-27% faster at batch 1 and 8 on a 2-core AVX2
-//! EPYC (README, "One-pass SwiGLU and rotary, and the allocator"). The price is memory: a real fused cell peaked at 8.24 GB
-//! against glibc's 7.68 (8.01 even with purging at once), so it is not the default.
+//! EPYC (README, "One-pass SwiGLU and rotary, and the allocator"). The price is memory: a
+//! real fused cell peaked at 8.24 GB against glibc's 7.68 (8.01 even with purging at once),
+//! so it is not the default.
 //!
 //! The settings: freed blocks up to 32 MiB are never purged (mimalloc's default purge delay
 //! made the GRPO loss phase 40% slower than glibc on an AVX-512 EPYC: each layer faulted its
