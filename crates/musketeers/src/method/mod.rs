@@ -3,6 +3,7 @@
 //! I/O is models and checkpoint files (`model`, `train::params`): no run directory, no run
 //! loop, no CLI.
 
+pub mod autodiff_lock;
 pub mod memory;
 pub mod model;
 pub mod policy;

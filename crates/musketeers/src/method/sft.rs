@@ -122,6 +122,7 @@ pub fn train<B: AutodiffBackend>(
     let mut order: Vec<usize> = (0..examples.len()).collect();
     let mut cursor = order.len();
     for step in 0..settings.steps {
+        let _graphs = crate::method::autodiff_lock::hold();
         let mut picked = Vec::with_capacity(settings.batch_size);
         while picked.len() < settings.batch_size.min(examples.len()) {
             if cursor == order.len() {

@@ -559,6 +559,7 @@ impl<B: AutodiffBackend> Trainer<B> {
         prompts: &[String],
         reward: &dyn reward::Reward,
     ) -> Result<StepReport, TrainError> {
+        let _graphs = crate::method::autodiff_lock::hold();
         let mine = collective::share(
             prompts.len(),
             self.collective.rank(),
@@ -592,6 +593,7 @@ impl<B: AutodiffBackend> Trainer<B> {
         batch: usize,
         reward: &dyn reward::Reward,
     ) -> Result<StepReport, TrainError> {
+        let _graphs = crate::method::autodiff_lock::hold();
         if self.collective.size() > 1 {
             return Err(TrainError::BadInput(
                 "dynamic sampling runs in one process (data parallelism would need the \

@@ -456,6 +456,7 @@ mod tests {
 
     /// Gradients of every adapter (the router has none: it took no part in the loss).
     fn policy_gradients(set: &TrainedRef<'_, Ad>) -> GradientsParams {
+        let _graphs = crate::method::autodiff_lock::hold();
         let ids = Tensor::<Ad, 2, Int>::from_data(
             TensorData::new(vec![3i64, 14, 15, 92], [1, 4]),
             &Default::default(),

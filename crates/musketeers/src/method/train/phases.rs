@@ -212,6 +212,7 @@ pub fn loss_and_gradients<B: AutodiffBackend>(
     share: BatchShare,
     device: &B::Device,
 ) -> Result<LossOutcome, TrainError> {
+    let _graphs = crate::method::autodiff_lock::hold();
     let s = settings;
     let g = s.num_generations.max(1);
     let n = rollouts.completion_ids.len();
