@@ -48,17 +48,20 @@ pub fn silu_times<B: Backend, const D: usize>(
 
 /// `x * cos + rotate_half(x) * sin` with `rotate_half(x) = [-x2, x1]` (the halves of the
 /// last axis), for `x` `[b, h, t, d]` with a contiguous last axis (any other strides: the
-/// heads of a projection's output, swapped to the front, are read where they lie) and tables
-/// `[b, 1, t, d]`. The result is contiguous.
+/// heads of a projection's output, swapped to the front, are read where they lie) and
+/// contiguous tables `[b, 1, t, d]` (every head the same) or `[b, h, t, d]` (the layers'
+/// tables, repeated per head for Burn's chain). The result is contiguous.
 pub fn rotate<B: Backend>(
     x: &Tensor<B, 4>,
     cos: &Tensor<B, 4>,
     sin: &Tensor<B, 4>,
 ) -> Option<Tensor<B, 4>> {
     let [b, h, t, d] = x.dims();
+    let table_heads = cos.dims()[1];
     if d % 2 != 0
-        || cos.dims() != [b, 1, t, d]
-        || sin.dims() != [b, 1, t, d]
+        || !(table_heads == 1 || table_heads == h)
+        || cos.dims() != [b, table_heads, t, d]
+        || sin.dims() != cos.dims()
         || [x.dtype(), cos.dtype(), sin.dtype()] != [DType::F32; 3]
         || b * h * t * d == 0
     {
@@ -90,10 +93,11 @@ pub fn rotate<B: Backend>(
     // One task per (batch row, head): `t * d` elements each.
     out.par_chunks_mut(t * d).enumerate().for_each(|(bh, out)| {
         let (row, head) = (bh / h, bh % h);
+        let table_head = if table_heads == 1 { 0 } else { head };
         for (position, out) in out.chunks_exact_mut(d).enumerate() {
             let at = offset + row * strides[0] + head * strides[1] + position * strides[2];
             let x = &values[at..at + d];
-            let table = (row * t + position) * d;
+            let table = ((row * table_heads + table_head) * t + position) * d;
             let (cos, sin) = (&cos[table..table + d], &sin[table..table + d]);
             let (x1, x2) = x.split_at(half);
             let (out1, out2) = out.split_at_mut(half);

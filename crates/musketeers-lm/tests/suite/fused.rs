@@ -58,7 +58,14 @@ fn rotate_is_the_chain_bit_for_bit_on_strided_heads() {
     let (cos, sin) = (angles.clone().cos(), angles.sin());
     let ours = fused::rotate(&x, &cos, &sin).expect("a strided f32 view on Flex is taken");
     assert_eq!(ours.dims(), [b, h, t, d]);
-    assert_eq!(bits(ours), bits(rotate_reference(x, cos, sin)));
+    assert_eq!(
+        bits(ours),
+        bits(rotate_reference(x.clone(), cos.clone(), sin.clone()))
+    );
+    // The tables as the layers hold them: repeated per head (`llama::KindInputs`).
+    let (cos_heads, sin_heads) = (cos.repeat_dim(1, h), sin.repeat_dim(1, h));
+    let ours = fused::rotate(&x, &cos_heads, &sin_heads).expect("per-head tables are taken");
+    assert_eq!(bits(ours), bits(rotate_reference(x, cos_heads, sin_heads)));
 }
 
 #[test]
@@ -79,7 +86,8 @@ fn declines_what_it_does_not_handle() {
     let table = random::<4>([1, 1, 3, 5], 1.0);
     assert!(fused::rotate(&odd, &table, &table).is_none());
     let x = random::<4>([1, 2, 3, 4], 1.0);
-    assert!(fused::rotate(&x, &random([1, 2, 3, 4], 1.0), &random([1, 2, 3, 4], 1.0)).is_none());
+    assert!(fused::rotate(&x, &random([1, 3, 3, 4], 1.0), &random([1, 3, 3, 4], 1.0)).is_none());
+    assert!(fused::rotate(&x, &random([1, 1, 2, 4], 1.0), &random([1, 1, 2, 4], 1.0)).is_none());
     // Other dtypes.
     let half = gate.clone().cast(burn::tensor::DType::F16);
     assert!(fused::silu_times(&half, &half).is_none());
