@@ -68,9 +68,10 @@ pub fn matmul<B: Backend>(x: &Tensor<B, 2>, w: &Tensor<B, 2>) -> Option<Tensor<B
     let wf = as_flex(&w_prim)?;
     let a = Matrix::of(xf, k)?;
     let weight = Matrix::of(wf, n)?;
-    // One row by a row-major weight: `gemm`'s own single-row path on one thread was as fast
-    // in decoding (batch 1: 37 tokens/s against 29-34 here, SmolLM2 shape).
-    if a.col_stride != 1 || (m == 1 && weight.col_stride == 1) {
+    // One row too: `gemm` runs a single row on one thread, and one core does not draw the
+    // memory bandwidth two do (batch-1 decode on an AVX2 EPYC: Qwen2.5-0.5B 7.1-7.4 tokens/s
+    // through `gemm`, 10.2-10.8 here; SmolLM2-135M 24.8 against 29.5).
+    if a.col_stride != 1 {
         return None;
     }
     let a_values = &xf.storage::<f32>()[a.offset..];
