@@ -144,6 +144,12 @@ pub struct MemberConfig {
     pub layer: isize,
     #[serde(default = "last_readout")]
     pub readout: ExpertReadout,
+    /// Text appended to the prompt the expert reads (e.g. `"<answer>"`), so that its last
+    /// hidden state is the one from which it would write the answer, not the one that
+    /// starts its reply. Measured on Qwen2.5-Coder-0.5B reading sums: see the README, "The
+    /// real experiment". Empty (the default): the prompt as the policy sees it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub readout_suffix: String,
 }
 
 fn last_layer() -> isize {
@@ -174,7 +180,11 @@ pub struct InterfaceConfig {
     #[serde(skip_serializing_if = "Injection::is_prefix")]
     pub injection: Injection,
     /// Gated only: the gates are `tanh(gate_scale * g)`, `g` trained from 0 at the
-    /// interface's learning rate (see `musketeers_fusion::ContextGate`).
+    /// interface's learning rate (see `musketeers_fusion::ContextGate`). Adam moves `g` by
+    /// about the learning rate a step, so under the linear schedule a gate can reach
+    /// `tanh(1)` within a run only when `gate_scale >= 2 / (steps * learning rate)`: the
+    /// default 10 suits the demo (600 steps at 5e-4); 500 steps at 1e-4 want 40, 20 steps at
+    /// 1e-4 (`--scale cpu-real-read`) 1000.
     #[serde(skip_serializing_if = "is_default_gate_scale")]
     pub gate_scale: f64,
 }

@@ -454,6 +454,7 @@ pub(crate) fn load_modules<B: Backend, T: Backend>(
                 model: expert.model,
                 layer: member.layer,
                 readout: member.readout,
+                readout_suffix: member.readout_suffix.clone(),
                 eos_token_ids: expert.eos_token_ids,
             });
         }

@@ -21,6 +21,8 @@ pub struct TeamMember<B: Backend> {
     /// `hidden_states` index, negative from the end.
     pub layer: isize,
     pub readout: ExpertReadout,
+    /// Appended to each prompt before the expert reads it (`MemberConfig::readout_suffix`).
+    pub readout_suffix: String,
     /// The tokens that end its text (`text-collab` asks it to answer).
     pub eos_token_ids: Vec<u32>,
 }
@@ -42,7 +44,14 @@ impl<B: Backend> TeamMember<B> {
     ) -> Result<ExpertInput<B>, TrainError> {
         let ids = prompts
             .iter()
-            .map(|p| self.tokenizer.encode(p, true))
+            .map(|p| {
+                if self.readout_suffix.is_empty() {
+                    self.tokenizer.encode(p, true)
+                } else {
+                    self.tokenizer
+                        .encode(&format!("{p}{}", self.readout_suffix), true)
+                }
+            })
             .collect::<Result<Vec<_>, _>>()?;
         let width = ids.iter().map(Vec::len).max().unwrap_or(0).max(1);
         let n = prompts.len();

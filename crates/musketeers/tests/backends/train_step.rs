@@ -89,6 +89,7 @@ fn fused_steps<B: Backend>(device: &B::Device, precision: Precision) {
             tokenizer: tok(),
             layer: -2,
             readout,
+            readout_suffix: String::new(),
             eos_token_ids: Vec::new(),
         })
         .collect();
@@ -212,6 +213,7 @@ fn trainer(dir: &Path, adapters: Option<&Path>) -> Trainer<Ad> {
         tokenizer: word_tokenizer(dir),
         layer: -1,
         readout: ExpertReadout::Mean,
+        readout_suffix: String::new(),
         eos_token_ids: Vec::new(),
     }];
     let interface = LatentInterfaceConfig {

@@ -54,6 +54,14 @@ fn the_paper_grid_expands_to_the_papers_settings() {
         (real.config.grpo.steps, real.config.eval.problems),
         (20, 128)
     );
+    // The same with the expert read where it writes its answer, and gates that can open.
+    let read = cell("sums", "fused-gated", Some("cpu-real-read"));
+    assert_eq!(read.config.team[0].readout_suffix, "<answer>");
+    assert_eq!(read.config.interface.gate_scale, 1000.0);
+    assert_eq!(real.config.team[0].readout_suffix, "");
+    let single = cell("sums", "single", Some("cpu-real-read"));
+    assert_eq!(single.config.policy.model, "smollm2-135m");
+    assert_eq!(single.config.mode, Mode::Single);
     let fused = cell("arithmetic", "fused", None);
     let g = &fused.config.grpo;
     assert_eq!(

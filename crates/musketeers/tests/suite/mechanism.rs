@@ -85,6 +85,7 @@ fn final_reward(seed: u64, fused: bool) -> f32 {
             tokenizer: tokenizer(temp.path(), "w"),
             layer: -1,
             readout: ExpertReadout::Last,
+            readout_suffix: String::new(),
             eos_token_ids: Vec::new(),
         };
         let interface = LatentInterfaceConfig {
@@ -168,4 +169,37 @@ fn a_policy_alone_cannot_see_the_answer() {
             "seed {seed}: single reward {single:.3}: the task leaks the answer to the policy"
         );
     }
+}
+
+#[test]
+fn an_expert_reads_its_readout_suffix_after_the_prompt() {
+    let temp = tempfile::tempdir().expect("temp");
+    let device = Default::default();
+    let member = |suffix: &str| TeamMember::<Flex> {
+        name: "seer".into(),
+        model: weights::load::<Flex>(&tiny_model("qwen2-bias"), &device)
+            .expect("expert")
+            .1,
+        tokenizer: tokenizer(temp.path(), "w"),
+        layer: -1,
+        readout: ExpertReadout::Last,
+        readout_suffix: suffix.into(),
+        eos_token_ids: Vec::new(),
+    };
+    let read = |m: &TeamMember<Flex>, prompts: &[&str]| {
+        let prompts: Vec<String> = prompts.iter().map(|p| p.to_string()).collect();
+        m.read(&prompts, &device)
+            .expect("read")
+            .hidden
+            .into_data()
+            .to_vec::<f32>()
+            .expect("f32")
+    };
+    // Prompts of different lengths: the suffix goes after each prompt, before left padding
+    // is decided.
+    let prompts = ["w1 w2", "w5"];
+    let with_suffix = read(&member(" w7 w8"), &prompts);
+    let appended = read(&member(""), &["w1 w2 w7 w8", "w5 w7 w8"]);
+    assert_eq!(with_suffix, appended);
+    assert_ne!(with_suffix, read(&member(""), &prompts));
 }

@@ -442,6 +442,7 @@ fn each_system_gives_its_own_context_through_one_seam() {
             tokenizer: word_tokenizer(temp.path()),
             layer: -1,
             readout: ExpertReadout::All,
+            readout_suffix: String::new(),
             eos_token_ids: Vec::new(),
         })
         .collect();

@@ -350,6 +350,7 @@ fn run_config(
                 model: model(name),
                 layer: settings.expert_layer,
                 readout: settings.readout,
+                readout_suffix: String::new(),
             })
             .collect(),
         interface: InterfaceConfig {
@@ -570,6 +571,7 @@ fn collab_notes<B: AutodiffBackend>(
             tokenizer,
             layer: -1,
             readout: ExpertReadout::Last,
+            readout_suffix: String::new(),
             eos_token_ids: expert.eos_token_ids,
         };
         let mut notes = Vec::with_capacity(questions.len());

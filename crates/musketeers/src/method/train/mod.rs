@@ -189,6 +189,12 @@ pub struct StepDiagnostics {
     /// Per latent: the entropy of its cross-attention over the experts' tokens, mean over
     /// heads and prompts, divided by the log of the number of tokens (1 = uniform).
     pub latent_attention_entropy: Vec<f32>,
+    /// Gated injection: the mean and the largest `|tanh(scale * gate)|` over the policy's
+    /// layers and heads (0 at the start: how far the policy has opened to `C`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub context_gate_mean: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub context_gate_max: Option<f32>,
 }
 
 /// What one step did, for `metrics.jsonl` and the live view.
@@ -952,6 +958,11 @@ impl<B: AutodiffBackend> Trainer<B> {
     ) -> StepDiagnostics {
         let fused = context.fused.as_ref();
         let norms = &update.norms.groups;
+        let gates = self
+            .interface
+            .as_ref()
+            .and_then(|i| i.gates())
+            .map(|g| g.inner());
         StepDiagnostics {
             grad_norm_adapters: norms[Group::Adapters as usize].unwrap_or(0.0),
             grad_norm_interface: norms[Group::Interface as usize],
@@ -970,6 +981,10 @@ impl<B: AutodiffBackend> Trainer<B> {
             latent_attention_entropy: fused
                 .map(|f| latent_attention_entropy(f.attention.clone().inner()))
                 .unwrap_or_default(),
+            context_gate_mean: gates
+                .as_ref()
+                .map(|g| g.clone().abs().mean().into_scalar().elem()),
+            context_gate_max: gates.map(|g| g.abs().max().into_scalar().elem()),
         }
     }
 
