@@ -28,6 +28,9 @@ pub struct RunCurves {
     pub embedding_rms: Vec<f64>,
     pub context_rms: Vec<f64>,
     pub context_prompt_rms: Vec<f64>,
+    /// Gated injection: mean and largest gate `|tanh(scale * g)|` over layers and heads.
+    pub context_gate_mean: Vec<f64>,
+    pub context_gate_max: Vec<f64>,
     /// `[step][latent]`
     pub latent_attention_entropy: Vec<Vec<f64>>,
 }
@@ -72,6 +75,8 @@ pub fn read_curves(path: &Path) -> Result<RunCurves, TrainError> {
         c.embedding_rms.push(number(&d["embedding_rms"]));
         c.context_rms.push(number(&d["context_rms"]));
         c.context_prompt_rms.push(number(&d["context_prompt_rms"]));
+        c.context_gate_mean.push(number(&d["context_gate_mean"]));
+        c.context_gate_max.push(number(&d["context_gate_max"]));
         c.latent_attention_entropy.push(
             d["latent_attention_entropy"]
                 .as_array()
@@ -335,6 +340,8 @@ fn diagnostic_rows(c: &RunCurves) -> Vec<(&'static str, &[f64])> {
         ("token embedding RMS", &c.embedding_rms),
         ("context C RMS", &c.context_rms),
         ("prompt-dependent part of C, RMS", &c.context_prompt_rms),
+        ("context gate, mean over layers and heads", &c.context_gate_mean),
+        ("context gate, largest", &c.context_gate_max),
     ];
     rows.into_iter().filter(|(_, y)| any_finite(y)).collect()
 }
@@ -429,6 +436,7 @@ mod tests {
             "step_seconds": 0.5, "sampled_tokens": 10, "sample_seconds": 0.1,
             "diagnostics": {"grad_norm_adapters": 0.5, "grad_norm_interface": reward,
                 "embedding_rms": 1.0, "context_rms": 0.1, "context_prompt_rms": reward,
+                "context_gate_mean": reward / 2.0, "context_gate_max": reward,
                 "latent_attention_entropy": [entropy, 1.0]}})
         .to_string()
     }
@@ -451,6 +459,10 @@ mod tests {
         // The diagnostics: interface gradient 0.05 -> 1.0 (means of the first and last 2 steps).
         assert!(
             md.contains("| gradient norm, interface | 0.0750 | 0.9750 |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| context gate, mean over layers and heads | 0.0375 | 0.4875 |"),
             "{md}"
         );
         assert!(
