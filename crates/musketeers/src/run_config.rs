@@ -187,6 +187,27 @@ pub struct InterfaceConfig {
     /// 1e-4 (`--scale cpu-real-read`) 1000.
     #[serde(skip_serializing_if = "is_default_gate_scale")]
     pub gate_scale: f64,
+    /// How the interface's output projection starts: `"zero"` (the paper's: `C` the same for
+    /// every prompt until it has trained) or `"embedding-rms"` (random, its output at the RMS
+    /// of the policy's token embeddings and dependent on the prompt from the first step; for
+    /// the gated injection, whose zero gates keep the start exact anyway).
+    #[serde(skip_serializing_if = "OutputInit::is_zero")]
+    pub output_init: OutputInit,
+}
+
+/// How the interface's output projection starts (`interface.output_init`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OutputInit {
+    #[default]
+    Zero,
+    EmbeddingRms,
+}
+
+impl OutputInit {
+    fn is_zero(&self) -> bool {
+        *self == OutputInit::Zero
+    }
 }
 
 /// One reward function: the task's verifier, or a program speaking the JSON-lines reward
@@ -271,6 +292,7 @@ impl Default for InterfaceConfig {
             context_norm: ContextNorm::None,
             injection: Injection::Prefix,
             gate_scale: DEFAULT_GATE_SCALE,
+            output_init: OutputInit::Zero,
         }
     }
 }

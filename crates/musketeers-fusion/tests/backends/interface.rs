@@ -317,3 +317,46 @@ fn context_norm_gives_every_token_the_target_rms_and_trains_its_gain() {
         );
     }
 }
+
+#[test]
+fn a_random_output_starts_c_prompt_dependent_at_the_spread_asked() {
+    let device = Default::default();
+    let rms = 0.3;
+    let interface = config()
+        .init::<Flex>(&device)
+        .expect("init")
+        .with_random_output(rms)
+        .expect("random output");
+    let context = interface
+        .forward(&inputs(64, [1, 5, 3], [6, 10, 4], &device))
+        .expect("forward")
+        .context;
+    // The bias starts at zero here: C is the projection of the layer-normalised latents, unit
+    // RMS per channel, by weights of std rms / sqrt(width).
+    let size = values(context.clone().powi_scalar(2).mean().sqrt())[0];
+    assert!(
+        size > 0.5 * rms && size < 1.5 * rms,
+        "C: RMS {size} for {rms}"
+    );
+    // Part of it depends on the prompt (none does with the zero projection); the latents'
+    // shared part is the rest.
+    let spread = values(
+        (context.clone() - context.mean_dim(0))
+            .powi_scalar(2)
+            .mean()
+            .sqrt(),
+    )[0];
+    assert!(
+        spread > 0.1 * rms,
+        "prompt-dependent part of C: RMS {spread}"
+    );
+    for bad in [0.0, -1.0, f32::NAN] {
+        assert!(
+            config()
+                .init::<Flex>(&device)
+                .expect("init")
+                .with_random_output(bad)
+                .is_err()
+        );
+    }
+}

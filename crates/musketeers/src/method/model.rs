@@ -24,7 +24,7 @@ use crate::method::system::hard_route::Router;
 use crate::method::system::{self, Infer, InferenceParts, Inferred, Needs};
 use crate::method::team::TeamMember;
 use crate::progress::DecodeProgress;
-use crate::run_config::{ContextNorm, Injection, RunConfig};
+use crate::run_config::{ContextNorm, Injection, OutputInit, RunConfig};
 
 /// How a question becomes the policy's prompt: the run's template (`{question}` marks the
 /// question), through the policy's chat template when `chat`.
@@ -506,6 +506,10 @@ fn fresh_interface<B: Backend, T: Backend>(
     // `LatentInterface::with_context_start` (an all-zero C gives NaN gradients on bias-free
     // RMSNorm policies such as SmolLM2).
     .with_context_start(policy.mean_token_embedding().detach())?;
+    let interface = match i.output_init {
+        OutputInit::Zero => interface,
+        OutputInit::EmbeddingRms => interface.with_random_output(policy.embedding_rms())?,
+    };
     let interface = match i.context_norm {
         ContextNorm::None => interface,
         ContextNorm::EmbeddingRms => interface.with_context_norm(policy.embedding_rms())?,

@@ -340,7 +340,10 @@ fn diagnostic_rows(c: &RunCurves) -> Vec<(&'static str, &[f64])> {
         ("token embedding RMS", &c.embedding_rms),
         ("context C RMS", &c.context_rms),
         ("prompt-dependent part of C, RMS", &c.context_prompt_rms),
-        ("context gate, mean over layers and heads", &c.context_gate_mean),
+        (
+            "context gate, mean over layers and heads",
+            &c.context_gate_mean,
+        ),
         ("context gate, largest", &c.context_gate_max),
     ];
     rows.into_iter().filter(|(_, y)| any_finite(y)).collect()

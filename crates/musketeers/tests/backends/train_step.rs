@@ -467,19 +467,67 @@ fn micro_batches_compared() {
 
 /// [`trainer`] whose policy reads C through zero-initialised gates.
 fn gated_trainer(dir: &Path) -> Trainer<Ad> {
+    gated_trainer_with(dir, None)
+}
+
+/// [`gated_trainer`], its output projection random with spread `random_output` when given.
+fn gated_trainer_with(dir: &Path, random_output: Option<f32>) -> Trainer<Ad> {
     let mut t = trainer(dir, None);
     let (layers, heads, _) = t.policy.context_shape();
     let start = t.policy.mean_token_embedding().detach();
-    let interface = t
+    let mut interface = t
         .interface
         .take()
         .expect("interface")
         .with_context_start(start)
-        .expect("context start")
-        .with_context_gate(layers, heads, 10.0)
-        .expect("gates");
-    t.interface = Some(interface);
+        .expect("context start");
+    if let Some(rms) = random_output {
+        interface = interface.with_random_output(rms).expect("random output");
+    }
+    t.interface = Some(
+        interface
+            .with_context_gate(layers, heads, 10.0)
+            .expect("gates"),
+    );
     t
+}
+
+/// A random output projection makes C differ from prompt to prompt from the start, and the
+/// zero gates still make the fused policy the policy alone.
+#[test]
+fn a_random_output_gives_prompt_dependent_context_behind_closed_gates() {
+    let temp = tempfile::tempdir().expect("temp");
+    let rms = 0.5;
+    let t = gated_trainer_with(temp.path(), Some(rms));
+    let prompts = vec![
+        "w3 w14 w15".to_string(),
+        "w9 w26".to_string(),
+        "w60 w61 w62 w63".to_string(),
+    ];
+    assert_eq!(
+        t.model().complete_greedy(&prompts, true).expect("with C"),
+        t.model()
+            .complete_greedy(&prompts, false)
+            .expect("without C"),
+        "a zero gate reads nothing, whatever C holds"
+    );
+    let c = t
+        .model()
+        .context(&prompts)
+        .expect("context")
+        .expect("fused context")
+        .tokens;
+    let spread = (c.clone() - c.mean_dim(0))
+        .powi_scalar(2)
+        .mean()
+        .sqrt()
+        .into_scalar()
+        .elem::<f32>();
+    // Zero with the zero projection; part of the projection's output of RMS `rms` otherwise.
+    assert!(
+        spread > 0.1 * rms && spread < 2.0 * rms,
+        "prompt-dependent part of C: RMS {spread} for a target of {rms}"
+    );
 }
 
 fn gate_values(t: &Trainer<Ad>) -> Vec<f32> {
