@@ -492,6 +492,23 @@ fn gated_trainer_with(dir: &Path, random_output: Option<f32>) -> Trainer<Ad> {
     t
 }
 
+fn gated_prompts() -> Vec<String> {
+    ["w3 w14 w15", "w9 w26", "w60 w61 w62 w63"]
+        .map(str::to_string)
+        .to_vec()
+}
+
+/// At zero gates the fused policy answers as the policy alone, whatever C holds.
+fn assert_closed_gates_read_nothing(t: &Trainer<Ad>, prompts: &[String]) {
+    assert_eq!(
+        t.model().complete_greedy(prompts, true).expect("with C"),
+        t.model()
+            .complete_greedy(prompts, false)
+            .expect("without C"),
+        "a zero gate reads nothing"
+    );
+}
+
 /// A random output projection makes C differ from prompt to prompt from the start, and the
 /// zero gates still make the fused policy the policy alone.
 #[test]
@@ -499,18 +516,8 @@ fn a_random_output_gives_prompt_dependent_context_behind_closed_gates() {
     let temp = tempfile::tempdir().expect("temp");
     let rms = 0.5;
     let t = gated_trainer_with(temp.path(), Some(rms));
-    let prompts = vec![
-        "w3 w14 w15".to_string(),
-        "w9 w26".to_string(),
-        "w60 w61 w62 w63".to_string(),
-    ];
-    assert_eq!(
-        t.model().complete_greedy(&prompts, true).expect("with C"),
-        t.model()
-            .complete_greedy(&prompts, false)
-            .expect("without C"),
-        "a zero gate reads nothing, whatever C holds"
-    );
+    let prompts = gated_prompts();
+    assert_closed_gates_read_nothing(&t, &prompts);
     let c = t
         .model()
         .context(&prompts)
@@ -546,18 +553,8 @@ fn gate_values(t: &Trainer<Ad>) -> Vec<f32> {
 fn a_gated_policy_starts_as_the_policy_alone_and_a_step_moves_the_gates() {
     let temp = tempfile::tempdir().expect("temp");
     let mut t = gated_trainer(temp.path());
-    let prompts = vec![
-        "w3 w14 w15".to_string(),
-        "w9 w26".to_string(),
-        "w60 w61 w62 w63".to_string(),
-    ];
-    assert_eq!(
-        t.model().complete_greedy(&prompts, true).expect("with C"),
-        t.model()
-            .complete_greedy(&prompts, false)
-            .expect("without C"),
-        "a zero gate reads nothing"
-    );
+    let prompts = gated_prompts();
+    assert_closed_gates_read_nothing(&t, &prompts);
     assert!(gate_values(&t).iter().all(|&g| g == 0.0));
     let first = t.train_step(&prompts, &reward).expect("step");
     assert!(
