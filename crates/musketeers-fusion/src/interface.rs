@@ -190,6 +190,21 @@ pub struct ContextGate<B: Backend> {
     pub scale: f64,
 }
 
+/// `Ok` for a finite positive `value`; else an error naming `what` and the value.
+fn positive<T: Into<f64> + std::fmt::Display + Copy>(
+    value: T,
+    what: &str,
+) -> Result<(), FusionError> {
+    let number: f64 = value.into();
+    if number.is_finite() && number > 0.0 {
+        Ok(())
+    } else {
+        Err(FusionError::BadInput(format!(
+            "{what} {value} is not a positive number"
+        )))
+    }
+}
+
 /// Added to the mean square before the root in the context norm.
 const CONTEXT_NORM_EPS: f64 = 1e-6;
 
@@ -254,11 +269,7 @@ impl<B: Backend> LatentInterface<B> {
     /// scaled by the still-small gates (measured on the real experiment: the prompt-dependent
     /// part of `C` was 0.0005 RMS after three steps, against 0.136 for a token embedding).
     pub fn with_random_output(mut self, rms: f32) -> Result<Self, FusionError> {
-        if !(rms.is_finite() && rms > 0.0) {
-            return Err(FusionError::BadInput(format!(
-                "output spread {rms} is not a positive number"
-            )));
-        }
+        positive(rms, "output spread")?;
         let [latent_dim, policy_dim] = self.output.weight.dims();
         let device = self.output.weight.device();
         self.output.weight = Initializer::Normal {
@@ -278,11 +289,7 @@ impl<B: Backend> LatentInterface<B> {
     /// tokens. Normalised, the projection's output sets the direction of `C` and the gain its
     /// scale, and `C` is still prompt-independent at the start (the weight is zero).
     pub fn with_context_norm(mut self, target_rms: f32) -> Result<Self, FusionError> {
-        if !(target_rms.is_finite() && target_rms > 0.0) {
-            return Err(FusionError::BadInput(format!(
-                "context norm target RMS {target_rms} is not a positive number"
-            )));
-        }
+        positive(target_rms, "context norm target RMS")?;
         let [_, policy_dim] = self.output.weight.dims();
         let device = self.output.weight.device();
         self.context_gain = Some(Param::from_tensor(Tensor::full(
@@ -307,11 +314,7 @@ impl<B: Backend> LatentInterface<B> {
                 "context gates for {layers} layers of {heads} heads"
             )));
         }
-        if !(scale.is_finite() && scale > 0.0) {
-            return Err(FusionError::BadInput(format!(
-                "context gate scale {scale} is not a positive number"
-            )));
-        }
+        positive(scale, "context gate scale")?;
         let device = self.output.weight.device();
         self.context_gate = Some(ContextGate {
             gate: Param::from_tensor(Tensor::zeros([layers, heads], &device)),

@@ -45,12 +45,8 @@ impl<B: Backend> TeamMember<B> {
         let ids = prompts
             .iter()
             .map(|p| {
-                if self.readout_suffix.is_empty() {
-                    self.tokenizer.encode(p, true)
-                } else {
-                    self.tokenizer
-                        .encode(&format!("{p}{}", self.readout_suffix), true)
-                }
+                self.tokenizer
+                    .encode(&format!("{p}{}", self.readout_suffix), true)
             })
             .collect::<Result<Vec<_>, _>>()?;
         let width = ids.iter().map(Vec::len).max().unwrap_or(0).max(1);

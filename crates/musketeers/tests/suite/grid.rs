@@ -58,6 +58,10 @@ fn the_paper_grid_expands_to_the_papers_settings() {
     let read = cell("sums", "fused-gated", Some("cpu-real-read"));
     assert_eq!(read.config.team[0].readout_suffix, "<answer>");
     assert_eq!(read.config.interface.gate_scale, 1000.0);
+    assert_eq!(
+        read.config.interface.output_init,
+        musketeers::run_config::OutputInit::EmbeddingRms
+    );
     assert_eq!(real.config.team[0].readout_suffix, "");
     let single = cell("sums", "single", Some("cpu-real-read"));
     assert_eq!(single.config.policy.model, "smollm2-135m");

@@ -66,6 +66,22 @@ fn first_word_is(text: &str, low: bool) -> f32 {
     }
 }
 
+/// The expert that sees the answer: it reads the prompt's words with a tokenizer that knows
+/// them (under `dir`), last token of its last layer, `readout_suffix` after each prompt.
+fn seer(dir: &Path, readout_suffix: &str) -> TeamMember<Flex> {
+    TeamMember {
+        name: "seer".into(),
+        model: weights::load::<Flex>(&tiny_model("qwen2-bias"), &Default::default())
+            .expect("expert")
+            .1,
+        tokenizer: tokenizer(dir, "w"),
+        layer: -1,
+        readout: ExpertReadout::Last,
+        readout_suffix: readout_suffix.into(),
+        eos_token_ids: Vec::new(),
+    }
+}
+
 /// Mean training reward over the last 10 of `STEPS` GRPO steps, fused (with the expert) or
 /// single (the policy alone).
 fn final_reward(seed: u64, fused: bool) -> f32 {
@@ -77,17 +93,7 @@ fn final_reward(seed: u64, fused: bool) -> f32 {
         .with_lora(&LoraConfig::default(), seed)
         .expect("lora");
     let (interface, team) = if fused {
-        let expert = TeamMember {
-            name: "seer".into(),
-            model: weights::load::<Flex>(&tiny_model("qwen2-bias"), &device)
-                .expect("expert")
-                .1,
-            tokenizer: tokenizer(temp.path(), "w"),
-            layer: -1,
-            readout: ExpertReadout::Last,
-            readout_suffix: String::new(),
-            eos_token_ids: Vec::new(),
-        };
+        let expert = seer(temp.path(), "");
         let interface = LatentInterfaceConfig {
             latent_dim: 32,
             num_latents: 4,
@@ -175,17 +181,7 @@ fn a_policy_alone_cannot_see_the_answer() {
 fn an_expert_reads_its_readout_suffix_after_the_prompt() {
     let temp = tempfile::tempdir().expect("temp");
     let device = Default::default();
-    let member = |suffix: &str| TeamMember::<Flex> {
-        name: "seer".into(),
-        model: weights::load::<Flex>(&tiny_model("qwen2-bias"), &device)
-            .expect("expert")
-            .1,
-        tokenizer: tokenizer(temp.path(), "w"),
-        layer: -1,
-        readout: ExpertReadout::Last,
-        readout_suffix: suffix.into(),
-        eos_token_ids: Vec::new(),
-    };
+    let member = |suffix: &str| seer(temp.path(), suffix);
     let read = |m: &TeamMember<Flex>, prompts: &[&str]| {
         let prompts: Vec<String> = prompts.iter().map(|p| p.to_string()).collect();
         m.read(&prompts, &device)
