@@ -11,7 +11,9 @@
 //! Here the weight is read where it lies, once per call, by a register-tiled AVX2/FMA kernel
 //! split over column panels on rayon's threads: `6 x 16` tiles of a row-major weight (Burn's
 //! `Linear` layout, `[in, out]`) and `3 x 4` dot-product tiles of a column-major one (a tied
-//! head: the embedding table `[vocab, hidden]` read transposed). Weights may be f32 or f16
+//! head: the embedding table `[vocab, hidden]` read transposed); a single row by a row-major
+//! weight instead streams chunks of whole weight rows, one chunk per task, since one row is
+//! bound by memory, not arithmetic. Weights may be f32 or f16
 //! (converted to f32 as they are loaded: f16 storage then halves the bytes streamed while
 //! the arithmetic stays f32). Each output element is summed by one thread in a fixed order,
 //! so results do not depend on the thread count. No crate does this: `gemm`'s kernels are
@@ -70,7 +72,8 @@ pub fn matmul<B: Backend>(x: &Tensor<B, 2>, w: &Tensor<B, 2>) -> Option<Tensor<B
     let weight = Matrix::of(wf, n)?;
     // One row too: `gemm` runs a single row on one thread, and one core does not draw the
     // memory bandwidth two do (batch-1 decode on an AVX2 EPYC: Qwen2.5-0.5B 7.1-7.4 tokens/s
-    // through `gemm`, 10.2-10.8 here; SmolLM2-135M 24.8 against 29.5).
+    // through `gemm`, 10.2-10.8 through this module's column tiles, 12.2-13.6 streamed by
+    // chunks of rows; f16 weights 12.4-12.6 tiled, 16.5-17.9 streamed).
     if a.col_stride != 1 {
         return None;
     }
@@ -255,6 +258,11 @@ mod kernel {
         n: usize,
         out: &mut [f32],
     ) {
+        if m == 1 && n <= STREAM_MAX_COLUMNS {
+            // SAFETY: as this function's.
+            unsafe { single_row_streamed(a, k, w, ldw, n, out) };
+            return;
+        }
         let unit = [96, 48].get(m - 1).copied().unwrap_or(NR);
         let (a, w) = (a.as_ptr() as usize, w.as_ptr() as usize);
         over_column_tasks(m, k, n, unit, out, |start, end, c| {
@@ -262,6 +270,108 @@ mod kernel {
             // SAFETY: as the function's; columns `start..end` are this task's alone.
             unsafe { row_major_columns(a, lda, m, k, w, ldw, n, start, end, c) };
         });
+    }
+
+    /// The widest weight a single row is streamed through: the partial sums of every chunk
+    /// ([`single_row_streamed`]) stay small beside the weight (8 x 16,384 f32 is 512 KiB).
+    const STREAM_MAX_COLUMNS: usize = 1 << 14;
+    /// At most this many chunks of weight rows: a fixed number, so that the sums do not depend
+    /// on the thread count.
+    const STREAM_CHUNKS: usize = 8;
+
+    /// `out[1, n] = a[1, k] · w` by chunks of whole weight rows, each chunk's partial sums
+    /// kept in memory and the chunks added in order at the end.
+    ///
+    /// A single row is bound by how fast the weight streams from memory. Split by columns
+    /// (the tiled path), each task reads a few cache lines of every weight row, thousands of
+    /// bytes apart, and a core waits on each new line; split by rows, each task reads one
+    /// contiguous block of the matrix front to back, which the hardware prefetchers follow
+    /// at full bandwidth.
+    ///
+    /// # Safety
+    /// As [`row_major`] with `m == 1`.
+    unsafe fn single_row_streamed<W: Weight>(
+        a: &[f32],
+        k: usize,
+        w: &[W],
+        ldw: usize,
+        n: usize,
+        out: &mut [f32],
+    ) {
+        const MIN_TASK: usize = 1 << 17;
+        let chunks = (k * n / MIN_TASK).clamp(1, STREAM_CHUNKS);
+        let rows_per_chunk = k.div_ceil(chunks).next_multiple_of(4);
+        let chunks = k.div_ceil(rows_per_chunk);
+        let (a, w) = (a.as_ptr() as usize, w.as_ptr() as usize);
+        let partial_sums = |chunk: usize, sums: &mut [f32]| {
+            let first = chunk * rows_per_chunk;
+            let rows = rows_per_chunk.min(k - first);
+            let (a, w) = (a as *const f32, w as *const W);
+            // SAFETY: rows `first..first + rows` of `a` and `w` lie in the caller's slices.
+            unsafe { stream_rows(a.add(first), w.add(first * ldw), ldw, rows, n, sums) };
+        };
+        if chunks == 1 {
+            partial_sums(0, out);
+            return;
+        }
+        let mut partial = vec![0f32; chunks * n];
+        partial
+            .par_chunks_mut(n)
+            .enumerate()
+            .for_each(|(chunk, sums)| partial_sums(chunk, sums));
+        out.copy_from_slice(&partial[..n]);
+        for sums in partial[n..].chunks_exact(n) {
+            for (o, s) in out.iter_mut().zip(sums) {
+                *o += s;
+            }
+        }
+    }
+
+    /// `sums[n] = a[rows] · w[rows x n]`, four weight rows at a time.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn stream_rows<W: Weight>(
+        a: *const f32,
+        w: *const W,
+        ldw: usize,
+        rows: usize,
+        n: usize,
+        sums: &mut [f32],
+    ) {
+        sums.fill(0.0);
+        let vector_end = n / 8 * 8;
+        let s = sums.as_mut_ptr();
+        let mut p = 0;
+        unsafe {
+            while p + 4 <= rows {
+                let scale = [0, 1, 2, 3].map(|r| _mm256_broadcast_ss(&*a.add(p + r)));
+                let row = [0, 1, 2, 3].map(|r| w.add((p + r) * ldw));
+                for j in (0..vector_end).step_by(8) {
+                    let mut acc = _mm256_loadu_ps(s.add(j));
+                    for (scale, row) in scale.iter().zip(&row) {
+                        acc = _mm256_fmadd_ps(*scale, W::load8(row.add(j)), acc);
+                    }
+                    _mm256_storeu_ps(s.add(j), acc);
+                }
+                for j in vector_end..n {
+                    for (r, row) in row.iter().enumerate() {
+                        *s.add(j) += *a.add(p + r) * (*row.add(j)).to_f32();
+                    }
+                }
+                p += 4;
+            }
+            for p in p..rows {
+                let scale = _mm256_broadcast_ss(&*a.add(p));
+                let row = w.add(p * ldw);
+                for j in (0..vector_end).step_by(8) {
+                    let acc =
+                        _mm256_fmadd_ps(scale, W::load8(row.add(j)), _mm256_loadu_ps(s.add(j)));
+                    _mm256_storeu_ps(s.add(j), acc);
+                }
+                for j in vector_end..n {
+                    *s.add(j) += *a.add(p) * (*row.add(j)).to_f32();
+                }
+            }
+        }
     }
 
     /// Runs `columns(start, end, out)` for column ranges of whole `unit`-column tiles
@@ -400,7 +510,10 @@ mod kernel {
             for p0 in (0..full).step_by(S) {
                 // The weight rows a few steps ahead lie in other pages, which the hardware
                 // prefetcher does not follow.
-                _mm_prefetch::<_MM_HINT_T0>(w.add((p0 + PREFETCH) * ldw).cast());
+                let ahead = w.add((p0 + PREFETCH) * ldw).cast::<i8>();
+                for line in (0..NV * 8 * std::mem::size_of::<W>()).step_by(64) {
+                    _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(line));
+                }
                 for (s, set) in acc.iter_mut().enumerate() {
                     step(set, p0 + s);
                 }

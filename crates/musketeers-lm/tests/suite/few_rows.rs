@@ -50,9 +50,17 @@ fn few_row_products_equal_burns_for_every_tile_and_remainder() {
     let mut checked = 0;
     // Rows: one and two (wide panels), full 6-row tiles and every remainder, the limit.
     // Columns: whole panels, a partial panel and a scalar tail. Depth: below, at and past
-    // one 256-row block, and not a multiple of 8 (the dot-product tail).
+    // one 256-row block, and not a multiple of 8 (the dot-product tail); a single row split
+    // into chunks of weight rows (1101 x 301: two chunks, the second ending in a lone row).
     for rows in [1, 2, 3, 5, 6, 7, 11, 32, few_rows::MAX_ROWS] {
-        for (k, n) in [(8, 16), (37, 21), (64, 96), (300, 200), (513, 97)] {
+        for (k, n) in [
+            (8, 16),
+            (37, 21),
+            (64, 96),
+            (300, 200),
+            (513, 97),
+            (1101, 301),
+        ] {
             for transposed in [false, true] {
                 for dtype in [DType::F32, DType::F16] {
                     let taken = compare(rows, k, n, transposed, dtype);
@@ -70,7 +78,7 @@ fn few_row_products_equal_burns_for_every_tile_and_remainder() {
         }
     }
     // Every case was compared (single rows too: they take the 96-column panels).
-    assert_eq!(checked, 9 * 5 * 2 * 2);
+    assert_eq!(checked, 9 * 6 * 2 * 2);
 }
 
 #[test]
@@ -87,4 +95,27 @@ fn products_the_path_does_not_take_are_declined() {
     type A = burn::backend::Autodiff<Flex>;
     let x = Tensor::<A, 2>::ones([4, 16], &device).require_grad();
     assert!(few_rows::matmul(&x, &Tensor::<A, 2>::ones([16, 32], &device)).is_none());
+}
+
+#[test]
+fn few_row_products_do_not_depend_on_the_thread_count() {
+    if !is_x86_with_fma() {
+        return;
+    }
+    let device = Default::default();
+    for rows in [1, 7] {
+        let x = Tensor::<B, 2>::random([rows, 2048], Distribution::Uniform(-1.0, 1.0), &device);
+        let w = Tensor::<B, 2>::random([2048, 1000], Distribution::Uniform(-1.0, 1.0), &device);
+        let on = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(|| few_rows::matmul(&x, &w).expect("taken").into_data())
+        };
+        let one = on(1);
+        for threads in [2, 3] {
+            assert_eq!(one, on(threads), "{rows} rows on {threads} threads");
+        }
+    }
 }
