@@ -11,9 +11,9 @@
 //! Here the weight is read where it lies, once per call, by a register-tiled AVX2/FMA kernel
 //! split over column panels on rayon's threads: `6 x 16` tiles of a row-major weight (Burn's
 //! `Linear` layout, `[in, out]`) and `3 x 4` dot-product tiles of a column-major one (a tied
-//! head: the embedding table `[vocab, hidden]` read transposed); a single row by a row-major
-//! weight instead streams chunks of whole weight rows, one chunk per task, since one row is
-//! bound by memory, not arithmetic. Weights may be f32 or f16
+//! head: the embedding table `[vocab, hidden]` read transposed); up to 8 rows by a row-major
+//! weight instead stream chunks of whole weight rows, one chunk per task, since so few rows
+//! are bound by memory, not arithmetic. Weights may be f32 or f16
 //! (converted to f32 as they are loaded: f16 storage then halves the bytes streamed while
 //! the arithmetic stays f32). Each output element is summed by one thread in a fixed order,
 //! so results do not depend on the thread count. No crate does this: `gemm`'s kernels are
@@ -258,9 +258,9 @@ mod kernel {
         n: usize,
         out: &mut [f32],
     ) {
-        if m == 1 && n <= STREAM_MAX_COLUMNS {
+        if m <= STREAM_MAX_ROWS && n <= STREAM_MAX_COLUMNS {
             // SAFETY: as this function's.
-            unsafe { single_row_streamed(a, k, w, ldw, n, out) };
+            unsafe { rows_streamed(a, lda, m, k, w, ldw, n, out) };
             return;
         }
         let unit = [96, 48].get(m - 1).copied().unwrap_or(NR);
@@ -272,26 +272,38 @@ mod kernel {
         });
     }
 
-    /// The widest weight a single row is streamed through: the partial sums of every chunk
-    /// ([`single_row_streamed`]) stay small beside the weight (8 x 16,384 f32 is 512 KiB).
+    /// The most rows streamed by chunks of weight rows ([`rows_streamed`]); more go to the
+    /// register tiles, whose arithmetic then bounds them. Decode tokens/s with the crossover
+    /// at 1 and at 8, the generation bench on a 2-core AVX2 EPYC, two runs each: SmolLM2-135M's
+    /// shape at batch 2 / 4 / 8 40 / 62 / 109 against 52-55 / 92-97 / 134-154, at 16 and 32
+    /// 174-178 / 244-245 against 156-169 / 113-120 streamed; Qwen2.5-0.5B at batch 4 / 8 /
+    /// 12 23-24 / 41-42 / 55 against 31-32 / 46 / 56-57.
+    const STREAM_MAX_ROWS: usize = 8;
+    /// The widest weight a few rows are streamed through: the partial sums of every chunk
+    /// ([`rows_streamed`]) stay small beside the weight (8 x 16,384 f32 is 512 KiB per row).
     const STREAM_MAX_COLUMNS: usize = 1 << 14;
     /// At most this many chunks of weight rows: a fixed number, so that the sums do not depend
     /// on the thread count.
     const STREAM_CHUNKS: usize = 8;
+    /// Partial sums a column block keeps in L1 while it walks its chunk's weight rows.
+    const STREAM_BLOCK_SUMS: usize = 4096;
 
-    /// `out[1, n] = a[1, k] · w` by chunks of whole weight rows, each chunk's partial sums
+    /// `out[m, n] = a[m, k] · w` by chunks of whole weight rows, each chunk's partial sums
     /// kept in memory and the chunks added in order at the end.
     ///
-    /// A single row is bound by how fast the weight streams from memory. Split by columns
+    /// A few rows are bound by how fast the weight streams from memory. Split by columns
     /// (the tiled path), each task reads a few cache lines of every weight row, thousands of
     /// bytes apart, and a core waits on each new line; split by rows, each task reads one
     /// contiguous block of the matrix front to back, which the hardware prefetchers follow
     /// at full bandwidth.
     ///
     /// # Safety
-    /// As [`row_major`] with `m == 1`.
-    unsafe fn single_row_streamed<W: Weight>(
+    /// As [`row_major`].
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn rows_streamed<W: Weight>(
         a: &[f32],
+        lda: usize,
+        m: usize,
         k: usize,
         w: &[W],
         ldw: usize,
@@ -299,7 +311,7 @@ mod kernel {
         out: &mut [f32],
     ) {
         const MIN_TASK: usize = 1 << 17;
-        let chunks = (k * n / MIN_TASK).clamp(1, STREAM_CHUNKS);
+        let chunks = (m * k * n / MIN_TASK).clamp(1, STREAM_CHUNKS);
         let rows_per_chunk = k.div_ceil(chunks).next_multiple_of(4);
         let chunks = k.div_ceil(rows_per_chunk);
         let (a, w) = (a.as_ptr() as usize, w.as_ptr() as usize);
@@ -307,68 +319,89 @@ mod kernel {
             let first = chunk * rows_per_chunk;
             let rows = rows_per_chunk.min(k - first);
             let (a, w) = (a as *const f32, w as *const W);
-            // SAFETY: rows `first..first + rows` of `a` and `w` lie in the caller's slices.
-            unsafe { stream_rows(a.add(first), w.add(first * ldw), ldw, rows, n, sums) };
+            // SAFETY: columns `first..first + rows` of `a` and rows of `w` lie in the
+            // caller's slices.
+            unsafe { stream_rows(a.add(first), lda, m, w.add(first * ldw), ldw, rows, n, sums) };
         };
         if chunks == 1 {
             partial_sums(0, out);
             return;
         }
-        let mut partial = vec![0f32; chunks * n];
+        let mut partial = vec![0f32; chunks * m * n];
         partial
-            .par_chunks_mut(n)
+            .par_chunks_mut(m * n)
             .enumerate()
             .for_each(|(chunk, sums)| partial_sums(chunk, sums));
-        out.copy_from_slice(&partial[..n]);
-        for sums in partial[n..].chunks_exact(n) {
+        out.copy_from_slice(&partial[..m * n]);
+        for sums in partial[m * n..].chunks_exact(m * n) {
             for (o, s) in out.iter_mut().zip(sums) {
                 *o += s;
             }
         }
     }
 
-    /// `sums[n] = a[rows] · w[rows x n]`, four weight rows at a time.
+    /// `sums[m, n] = a[m, depth] · w[depth x n]`, four weight rows at a time, in column
+    /// blocks whose sums stay in L1.
+    #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn stream_rows<W: Weight>(
         a: *const f32,
+        lda: usize,
+        m: usize,
         w: *const W,
         ldw: usize,
-        rows: usize,
+        depth: usize,
         n: usize,
         sums: &mut [f32],
     ) {
         sums.fill(0.0);
-        let vector_end = n / 8 * 8;
         let s = sums.as_mut_ptr();
-        let mut p = 0;
-        unsafe {
-            while p + 4 <= rows {
-                let scale = [0, 1, 2, 3].map(|r| _mm256_broadcast_ss(&*a.add(p + r)));
-                let row = [0, 1, 2, 3].map(|r| w.add((p + r) * ldw));
-                for j in (0..vector_end).step_by(8) {
-                    let mut acc = _mm256_loadu_ps(s.add(j));
-                    for (scale, row) in scale.iter().zip(&row) {
-                        acc = _mm256_fmadd_ps(*scale, W::load8(row.add(j)), acc);
+        let block = (STREAM_BLOCK_SUMS / m).next_multiple_of(8);
+        for j0 in (0..n).step_by(block) {
+            let j1 = (j0 + block).min(n);
+            let vector_end = j0 + (j1 - j0) / 8 * 8;
+            let mut p = 0;
+            unsafe {
+                while p + 4 <= depth {
+                    let row = [0, 1, 2, 3].map(|r| w.add((p + r) * ldw));
+                    for j in (j0..vector_end).step_by(8) {
+                        let wv = row.map(|row| W::load8(row.add(j)));
+                        for i in 0..m {
+                            let (a, s) = (a.add(i * lda + p), s.add(i * n + j));
+                            let mut acc = _mm256_loadu_ps(s);
+                            for (r, wv) in wv.iter().enumerate() {
+                                acc = _mm256_fmadd_ps(_mm256_broadcast_ss(&*a.add(r)), *wv, acc);
+                            }
+                            _mm256_storeu_ps(s, acc);
+                        }
                     }
-                    _mm256_storeu_ps(s.add(j), acc);
-                }
-                for j in vector_end..n {
-                    for (r, row) in row.iter().enumerate() {
-                        *s.add(j) += *a.add(p + r) * (*row.add(j)).to_f32();
+                    for j in vector_end..j1 {
+                        for i in 0..m {
+                            for (r, row) in row.iter().enumerate() {
+                                *s.add(i * n + j) +=
+                                    *a.add(i * lda + p + r) * (*row.add(j)).to_f32();
+                            }
+                        }
                     }
+                    p += 4;
                 }
-                p += 4;
-            }
-            for p in p..rows {
-                let scale = _mm256_broadcast_ss(&*a.add(p));
-                let row = w.add(p * ldw);
-                for j in (0..vector_end).step_by(8) {
-                    let acc =
-                        _mm256_fmadd_ps(scale, W::load8(row.add(j)), _mm256_loadu_ps(s.add(j)));
-                    _mm256_storeu_ps(s.add(j), acc);
-                }
-                for j in vector_end..n {
-                    *s.add(j) += *a.add(p) * (*row.add(j)).to_f32();
+                for p in p..depth {
+                    let row = w.add(p * ldw);
+                    for i in 0..m {
+                        let scale = _mm256_broadcast_ss(&*a.add(i * lda + p));
+                        let s = s.add(i * n);
+                        for j in (j0..vector_end).step_by(8) {
+                            let acc = _mm256_fmadd_ps(
+                                scale,
+                                W::load8(row.add(j)),
+                                _mm256_loadu_ps(s.add(j)),
+                            );
+                            _mm256_storeu_ps(s.add(j), acc);
+                        }
+                        for j in vector_end..j1 {
+                            *s.add(j) += *a.add(i * lda + p) * (*row.add(j)).to_f32();
+                        }
+                    }
                 }
             }
         }

@@ -48,10 +48,12 @@ fn few_row_products_equal_burns_for_every_tile_and_remainder() {
         return;
     }
     let mut checked = 0;
-    // Rows: one and two (wide panels), full 6-row tiles and every remainder, the limit.
+    // Rows: streamed (up to 8; one and two by a weight wider than streaming takes go to wide
+    // panels), full 6-row tiles and every remainder, the limit.
     // Columns: whole panels, a partial panel and a scalar tail. Depth: below, at and past
-    // one 256-row block, and not a multiple of 8 (the dot-product tail); a single row split
-    // into chunks of weight rows (1101 x 301: two chunks, the second ending in a lone row).
+    // one 256-row block, and not a multiple of 8 (the dot-product tail); up to 8 rows split
+    // into chunks of weight rows (1101 x 301: two to eight chunks, the last ending in a lone
+    // row).
     for rows in [1, 2, 3, 5, 6, 7, 11, 32, few_rows::MAX_ROWS] {
         for (k, n) in [
             (8, 16),
@@ -60,6 +62,7 @@ fn few_row_products_equal_burns_for_every_tile_and_remainder() {
             (300, 200),
             (513, 97),
             (1101, 301),
+            (9, 16_500),
         ] {
             for transposed in [false, true] {
                 for dtype in [DType::F32, DType::F16] {
@@ -77,8 +80,8 @@ fn few_row_products_equal_burns_for_every_tile_and_remainder() {
             }
         }
     }
-    // Every case was compared (single rows too: they take the 96-column panels).
-    assert_eq!(checked, 9 * 6 * 2 * 2);
+    // Every case was compared.
+    assert_eq!(checked, 9 * 7 * 2 * 2);
 }
 
 #[test]
@@ -103,7 +106,7 @@ fn few_row_products_do_not_depend_on_the_thread_count() {
         return;
     }
     let device = Default::default();
-    for rows in [1, 7] {
+    for rows in [1, 7, 11] {
         let x = Tensor::<B, 2>::random([rows, 2048], Distribution::Uniform(-1.0, 1.0), &device);
         let w = Tensor::<B, 2>::random([2048, 1000], Distribution::Uniform(-1.0, 1.0), &device);
         let on = |threads: usize| {
