@@ -63,6 +63,12 @@ fn the_paper_grid_expands_to_the_papers_settings() {
         musketeers::run_config::OutputInit::EmbeddingRms
     );
     assert_eq!(real.config.team[0].readout_suffix, "");
+    // Twice the steps, nothing else changed.
+    let longer = cell("sums", "fused-gated", Some("cpu-real-read-40"));
+    assert_eq!(longer.config.grpo.steps, 40);
+    let (mut a, mut b) = (longer.config.clone(), read.config.clone());
+    (a.grpo.steps, b.grpo.steps) = (0, 0);
+    assert_eq!(format!("{a:?}"), format!("{b:?}"));
     let single = cell("sums", "single", Some("cpu-real-read"));
     assert_eq!(single.config.policy.model, "smollm2-135m");
     assert_eq!(single.config.mode, Mode::Single);
