@@ -543,7 +543,9 @@ mod kernel {
             for p0 in (0..full).step_by(S) {
                 // The weight rows a few steps ahead lie in other pages, which the hardware
                 // prefetcher does not follow.
-                let ahead = w.add((p0 + PREFETCH) * ldw).cast::<i8>();
+                // `wrapping_add`: near the end the address lies past the weight, which a
+                // prefetch may name (it never faults) but `add` may not.
+                let ahead = w.wrapping_add((p0 + PREFETCH) * ldw).cast::<i8>();
                 for line in (0..NV * 8 * std::mem::size_of::<W>()).step_by(64) {
                     _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(line));
                 }
