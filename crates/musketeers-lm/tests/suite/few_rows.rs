@@ -53,8 +53,8 @@ fn few_row_products_equal_burns_for_every_tile_and_remainder() {
     // Columns: whole panels, a partial panel and a scalar tail. Depth: below, at and past
     // one 256-row block, and not a multiple of 8 (the dot-product tail); up to 8 rows split
     // into chunks of weight rows (1101 x 301: two to eight chunks, the last ending in a lone
-    // row).
-    for rows in [1, 2, 3, 5, 6, 7, 11, 32, few_rows::MAX_ROWS] {
+    // row), and several column blocks of partial sums with a tail (70 x 4133).
+    for rows in [1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 32, few_rows::MAX_ROWS] {
         for (k, n) in [
             (8, 16),
             (37, 21),
@@ -62,6 +62,7 @@ fn few_row_products_equal_burns_for_every_tile_and_remainder() {
             (300, 200),
             (513, 97),
             (1101, 301),
+            (70, 4133),
             (9, 16_500),
         ] {
             for transposed in [false, true] {
@@ -81,7 +82,7 @@ fn few_row_products_equal_burns_for_every_tile_and_remainder() {
         }
     }
     // Every case was compared.
-    assert_eq!(checked, 9 * 7 * 2 * 2);
+    assert_eq!(checked, 12 * 8 * 2 * 2);
 }
 
 #[test]
@@ -120,5 +121,32 @@ fn few_row_products_do_not_depend_on_the_thread_count() {
         for threads in [2, 3] {
             assert_eq!(one, on(threads), "{rows} rows on {threads} threads");
         }
+    }
+}
+
+#[test]
+fn few_row_products_read_views_with_wider_strides() {
+    if !is_x86_with_fma() {
+        return;
+    }
+    let device = Default::default();
+    for rows in [1, 5, 8, 13] {
+        let (k, n) = (300, 200);
+        let wide_x =
+            Tensor::<B, 2>::random([rows, k + 5], Distribution::Uniform(-1.0, 1.0), &device);
+        let wide_w = Tensor::<B, 2>::random([k, n + 7], Distribution::Uniform(-1.0, 1.0), &device);
+        let (x, w) = (
+            wide_x.slice([0..rows, 2..k + 2]),
+            wide_w.slice([0..k, 3..n + 3]),
+        );
+        let ours = few_rows::matmul(&x, &w).expect("a row-major view is taken");
+        let reference = x.matmul(w);
+        let scale: f32 = reference.clone().abs().max().into_scalar();
+        let diff: f32 = (ours - reference).abs().max().into_scalar();
+        assert!(
+            diff / scale < 1e-5,
+            "{rows} rows: relative difference {}",
+            diff / scale
+        );
     }
 }
