@@ -15,8 +15,9 @@
 //! weight instead stream chunks of whole weight rows, one chunk per task, since so few rows
 //! are bound by memory, not arithmetic. Weights may be f32 or f16
 //! (converted to f32 as they are loaded: f16 storage then halves the bytes streamed while
-//! the arithmetic stays f32). Each output element is summed by one thread in a fixed order,
-//! so results do not depend on the thread count. No crate does this: `gemm`'s kernels are
+//! the arithmetic stays f32). Each output element is summed in a fixed order set by the
+//! shapes alone (by one thread for the tiles; chunk by chunk, in chunk order, for streamed
+//! rows), so results do not depend on the thread count. No crate does this: `gemm`'s kernels are
 //! private, and `matrixmultiply` has no f16 weights and no threading below its own
 //! thresholds.
 //!
@@ -226,12 +227,14 @@ mod kernel {
         }
     }
 
+    /// The fewest multiply-adds worth a rayon task of their own (column tasks and row chunks).
+    const MIN_TASK: usize = 1 << 17;
+
     /// Columns per task: enough tasks for every thread to stay busy as tasks finish unevenly,
-    /// each a whole number of `unit`-column tiles and at least `MIN_TASK` multiply-adds (a
+    /// each a whole number of `unit`-column tiles and at least [`MIN_TASK`] multiply-adds (a
     /// rayon task costs microseconds: a batch-1 product of SmolLM2's 576 x 192 projection ran
     /// 2.8x slower split in two than on one thread).
     fn task_columns(m: usize, k: usize, n: usize, unit: usize) -> usize {
-        const MIN_TASK: usize = 1 << 17;
         let by_work = (m * k * n / MIN_TASK).max(1);
         let tasks = (4 * rayon::current_num_threads().max(1)).min(by_work);
         n.div_ceil(tasks).div_ceil(unit).max(1) * unit
@@ -310,7 +313,6 @@ mod kernel {
         n: usize,
         out: &mut [f32],
     ) {
-        const MIN_TASK: usize = 1 << 17;
         let chunks = (m * k * n / MIN_TASK).clamp(1, STREAM_CHUNKS);
         let rows_per_chunk = k.div_ceil(chunks).next_multiple_of(4);
         let chunks = k.div_ceil(rows_per_chunk);
