@@ -42,6 +42,31 @@ impl Group {
 /// One value per [`Group`].
 pub type PerGroup<T> = [T; 3];
 
+/// The interface's squared gradient norm, its context gates counted per unit of their
+/// argument `scale * gate` rather than of `gate`.
+///
+/// Why: `scale` only gives the gates their own rate of change under Adam (which moves a
+/// parameter by about the learning rate whatever its gradient's size), and it multiplies
+/// their gradient by `scale`. Counted as it is, the gates' gradient outweighed everything
+/// else (norm 30-140 against 0.04-0.2 for the adapters at `gate_scale = 1000`), so the global
+/// clip shrank every other gradient by a factor that changed from step to step. Per unit of
+/// the argument the clip sees what a gate with a learning rate of its own would have.
+fn interface_squared_norm<B: AutodiffBackend>(
+    interface: &LatentInterface<B>,
+    grads: &GradientsParams,
+) -> f64 {
+    let whole = squared_grad_norm(interface, grads);
+    match &interface.context_gate {
+        None => whole,
+        Some(gate) => {
+            // The gates' term is one f32 sum in both totals, so the difference is exact up
+            // to f64 rounding.
+            let gates = squared_grad_norm(gate, grads);
+            (whole - gates).max(0.0) + gates / (gate.scale * gate.scale)
+        }
+    }
+}
+
 /// The trained modules, owned: taken out of the trainer for an optimizer step and put back.
 #[derive(Debug, Clone)]
 pub struct Trained<B: AutodiffBackend> {
@@ -102,7 +127,7 @@ impl<'a, B: AutodiffBackend> TrainedRef<'a, B> {
     pub fn squared_norms(&self, grads: &GradientsParams) -> PerGroup<Option<f64>> {
         [
             Some(squared_grad_norm(self.policy, grads)),
-            self.interface.map(|m| squared_grad_norm(m, grads)),
+            self.interface.map(|m| interface_squared_norm(m, grads)),
             self.router.map(|m| squared_grad_norm(m, grads)),
         ]
     }
@@ -491,6 +516,58 @@ mod tests {
         assert_eq!(router_norm, Some(0.0), "the router had no gradient");
         let err = set.unflatten(&flat[1..]).expect_err("one value short");
         assert!(err.to_string().contains("flat gradient"), "{err}");
+    }
+
+    #[test]
+    fn the_interface_norm_counts_its_gates_per_unit_of_their_argument() {
+        let (policy, _) = modules();
+        let device = Default::default();
+        let scale = 1000.0;
+        let interface = musketeers_fusion::LatentInterfaceConfig {
+            latent_dim: 8,
+            num_latents: 2,
+            num_heads: 2,
+            ..musketeers_fusion::LatentInterfaceConfig::new(vec![4], 6)
+        }
+        .init::<Ad>(&device)
+        .expect("interface")
+        .with_context_gate(3, 2, scale)
+        .expect("gates");
+        let gate = &interface.context_gate.as_ref().expect("gates").gate;
+        let latents = &interface.latents;
+        let mut grads = GradientsParams::new();
+        // Six gate entries of gradient 2000 (2 per unit of the argument) and latents of
+        // gradient 0.5.
+        grads.register(gate.id, gate.val().inner().ones_like().mul_scalar(2000.0));
+        grads.register(
+            latents.id,
+            latents.val().inner().ones_like().mul_scalar(0.5),
+        );
+        let set = TrainedRef {
+            policy: &policy,
+            interface: Some(&interface),
+            router: None,
+        };
+        let measured = set.squared_norms(&grads)[1].expect("interface");
+        let expected = 6.0 * 2.0 * 2.0 + (2 * 8) as f64 * 0.25;
+        assert!(
+            (measured - expected).abs() < 1e-9,
+            "{measured} vs {expected}"
+        );
+        let ungated = interface.clone();
+        let ungated = LatentInterface {
+            context_gate: None,
+            ..ungated
+        };
+        let set = TrainedRef {
+            interface: Some(&ungated),
+            ..set
+        };
+        let measured = set.squared_norms(&grads)[1].expect("interface");
+        assert!(
+            (measured - 4.0).abs() < 1e-9,
+            "without gates only the latents: {measured}"
+        );
     }
 
     #[test]
