@@ -69,6 +69,24 @@ fn the_paper_grid_expands_to_the_papers_settings() {
     let (mut a, mut b) = (longer.config.clone(), read.config.clone());
     (a.grpo.steps, b.grpo.steps) = (0, 0);
     assert_eq!(format!("{a:?}"), format!("{b:?}"));
+    // Dynamic sampling as systems: each differs from its plain system by that switch alone.
+    for (dynamic, plain) in [
+        ("fused-gated-dynamic", "fused-gated"),
+        ("single-dynamic", "single"),
+    ] {
+        let with = cell("sums", dynamic, Some("cpu-real-read-40"));
+        let without = cell("sums", plain, Some("cpu-real-read-40"));
+        assert!(with.config.grpo.dynamic_sampling, "{dynamic}");
+        assert!(!without.config.grpo.dynamic_sampling, "{plain}");
+        let mut with = with.config.clone();
+        with.grpo.dynamic_sampling = false;
+        with.out_dir = without.config.out_dir.clone();
+        assert_eq!(
+            format!("{with:?}"),
+            format!("{:?}", without.config),
+            "{dynamic}"
+        );
+    }
     let single = cell("sums", "single", Some("cpu-real-read"));
     assert_eq!(single.config.policy.model, "smollm2-135m");
     assert_eq!(single.config.mode, Mode::Single);
