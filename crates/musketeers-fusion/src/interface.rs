@@ -186,7 +186,10 @@ pub struct ContextGate<B: Backend> {
     pub gate: Param<Tensor<B, 2>>,
     /// The gate's rate of change: Adam moves `gate` by about the learning rate per step
     /// whatever the gradient's size, so a gate that should open within a few hundred steps
-    /// at an interface learning rate of ~1e-4 needs its argument scaled.
+    /// at an interface learning rate of ~1e-4 needs its argument scaled. The gradient is
+    /// then `scale` times the argument's: a trainer that clips by a global norm should count
+    /// the gates per unit of the argument (`musketeers`' trainer does), or the gates outweigh
+    /// every other gradient and the clip pushes those below Adam's epsilon.
     pub scale: f64,
 }
 
