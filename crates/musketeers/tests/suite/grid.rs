@@ -69,6 +69,13 @@ fn the_paper_grid_expands_to_the_papers_settings() {
     let (mut a, mut b) = (longer.config.clone(), read.config.clone());
     (a.grpo.steps, b.grpo.steps) = (0, 0);
     assert_eq!(format!("{a:?}"), format!("{b:?}"));
+    // Slower gates, nothing else changed.
+    let slow = cell("sums", "fused-gated", Some("cpu-real-read-40-slow-gates"));
+    assert_eq!(slow.config.interface.gate_scale, 250.0);
+    let (mut a, mut b) = (slow.config.clone(), longer.config.clone());
+    (a.interface.gate_scale, b.interface.gate_scale) = (0.0, 0.0);
+    a.out_dir = b.out_dir.clone();
+    assert_eq!(format!("{a:?}"), format!("{b:?}"));
     // Dynamic sampling as systems: each differs from its plain system by that switch alone.
     for (dynamic, plain) in [
         ("fused-gated-dynamic", "fused-gated"),

@@ -49,7 +49,7 @@ pub type PerGroup<T> = [T; 3];
 /// parameter by about the learning rate whatever its gradient's size), and it multiplies
 /// their gradient by `scale`. Counted as it is, the gates' gradient outweighed everything
 /// else (norm 30-140 against 0.04-0.2 for the adapters at `gate_scale = 1000`), so the global
-/// clip shrank every other gradient by a factor that changed from step to step. Per unit of
+/// clip shrank every other gradient, the adapters' below Adam's epsilon. Per unit of
 /// the argument the clip sees what a gate with a learning rate of its own would have.
 fn interface_squared_norm<B: AutodiffBackend>(
     interface: &LatentInterface<B>,
