@@ -3,7 +3,8 @@
 //!
 //! The grid file is the single source of the settings: `base` is a run config without its
 //! mode, team and tasks; each task, system and scale adds its own `set = ["KEY=VALUE", ...]`
-//! overrides (the syntax of `musketeers train --set`), applied in that order.
+//! overrides (the syntax of `musketeers train --set`), applied in that order. A scale may
+//! `extends` another: the other's overrides come first.
 
 use crate::error::TrainError;
 use crate::method::team::ExpertReadout;
@@ -86,6 +87,10 @@ pub struct GridScale {
     pub name: String,
     #[serde(default)]
     pub description: String,
+    /// Another scale whose overrides come first, so that a scale which changes one setting of
+    /// another says only that setting (its own `set` wins where both name a key).
+    #[serde(default)]
+    pub extends: Option<String>,
     #[serde(default)]
     pub set: Vec<String>,
 }
@@ -161,7 +166,40 @@ impl Grid {
                 ));
             }
         }
+        for scale in &self.scales {
+            self.scale_overrides(scale)?;
+        }
         Ok(())
+    }
+
+    /// A scale's overrides after those of the scales it extends, outermost first.
+    fn scale_overrides(&self, scale: &GridScale) -> Result<Vec<String>, String> {
+        let mut chain = vec![scale];
+        let mut current = scale;
+        while let Some(parent) = &current.extends {
+            let found = self
+                .scales
+                .iter()
+                .find(|s| &s.name == parent)
+                .ok_or_else(|| {
+                    format!(
+                        "scale {}: extends {parent:?}, which is not a [[scale]] of this grid",
+                        current.name
+                    )
+                })?;
+            if chain.iter().any(|s| s.name == found.name) {
+                let mut names: Vec<&str> = chain.iter().map(|s| s.name.as_str()).collect();
+                names.push(&found.name);
+                return Err(format!(
+                    "scale {}: extends itself through {}",
+                    scale.name,
+                    names.join(" -> ")
+                ));
+            }
+            chain.push(found);
+            current = found;
+        }
+        Ok(chain.iter().rev().flat_map(|s| s.set.clone()).collect())
     }
 
     /// The scale a selection names (none: the grid's settings as written).
@@ -216,11 +254,15 @@ impl Grid {
         let config: RunConfig = toml::Value::Table(root)
             .try_into()
             .map_err(|e| bad(format!("cell {}/{}: {e}", task.name, system.name)))?;
+        let scale_set = match scale {
+            Some(scale) => self.scale_overrides(scale).map_err(bad)?,
+            None => Vec::new(),
+        };
         let overrides: Vec<String> = task
             .set
             .iter()
             .chain(&system.set)
-            .chain(scale.map(|s| s.set.as_slice()).unwrap_or_default())
+            .chain(&scale_set)
             .cloned()
             .chain([format!("grpo.seed={seed}")])
             .collect();

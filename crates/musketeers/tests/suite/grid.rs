@@ -158,6 +158,30 @@ fn the_paper_grid_expands_to_the_papers_settings() {
     }
 }
 
+#[test]
+fn a_scale_that_extends_a_missing_scale_or_itself_is_an_error_naming_it() {
+    let paper = std::fs::read_to_string(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../configs/paper/grid.toml"),
+    )
+    .expect("the paper grid");
+    let temp = tempfile::tempdir().expect("temp");
+    for (extra, named) in [
+        (
+            "[[scale]]\nname = \"orphan\"\nextends = \"nowhere\"\n",
+            "scale orphan: extends \"nowhere\"",
+        ),
+        (
+            "[[scale]]\nname = \"a\"\nextends = \"b\"\n[[scale]]\nname = \"b\"\nextends = \"a\"\n",
+            "a -> b -> a",
+        ),
+    ] {
+        let path = temp.path().join("grid.toml");
+        std::fs::write(&path, format!("{paper}\n{extra}")).expect("grid");
+        let err = Grid::from_file(&path).expect_err("a bad `extends`");
+        assert!(err.to_string().contains(named), "{err}");
+    }
+}
+
 fn tiny_grid(temp: &Path, learning_rate: f64) -> Grid {
     let train: String = (0..12)
         .map(|i| format!("{{\"question\":\"{i} plus {i}\",\"answer\":{}}}\n", 2 * i))
