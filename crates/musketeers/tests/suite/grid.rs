@@ -63,6 +63,15 @@ fn the_paper_grid_expands_to_the_papers_settings() {
         musketeers::run_config::OutputInit::EmbeddingRms
     );
     assert_eq!(real.config.team[0].readout_suffix, "");
+    // Those three and compact expert weights, nothing else changed.
+    assert_ne!(read.config.team_weights, real.config.team_weights);
+    let (mut a, b) = (read.config.clone(), real.config.clone());
+    a.team[0].readout_suffix = String::new();
+    a.team_weights = b.team_weights;
+    (a.interface.gate_scale, a.interface.output_init) =
+        (b.interface.gate_scale, b.interface.output_init);
+    a.out_dir = b.out_dir.clone();
+    assert_eq!(format!("{a:?}"), format!("{b:?}"));
     // Twice the steps, nothing else changed.
     let longer = cell("sums", "fused-gated", Some("cpu-real-read-40"));
     assert_eq!(longer.config.grpo.steps, 40);
