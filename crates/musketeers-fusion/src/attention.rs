@@ -1,7 +1,8 @@
 //! Multi-head attention of a few queries over many keys, returning its weights.
 
+use crate::init::InitRng;
 use burn::module::Module;
-use burn::nn::{Linear, LinearConfig};
+use burn::nn::Linear;
 use burn::tensor::activation::softmax;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, Tensor};
@@ -20,13 +21,13 @@ pub struct MultiHeadAttention<B: Backend> {
 const MASKED: f32 = -1e30;
 
 impl<B: Backend> MultiHeadAttention<B> {
-    pub fn new(width: usize, num_heads: usize, device: &B::Device) -> Self {
-        let linear = || LinearConfig::new(width, width).init(device);
+    /// Fresh projections drawn from `rng`, in field order (query, key, value, output).
+    pub fn new(width: usize, num_heads: usize, rng: &mut InitRng, device: &B::Device) -> Self {
         Self {
-            query: linear(),
-            key: linear(),
-            value: linear(),
-            output: linear(),
+            query: rng.linear(width, width, device),
+            key: rng.linear(width, width, device),
+            value: rng.linear(width, width, device),
+            output: rng.linear(width, width, device),
             num_heads,
         }
     }

@@ -4,11 +4,12 @@
 
 use crate::FusionError;
 use crate::attention::MultiHeadAttention;
+use crate::init::InitRng;
 use burn::module::{Module, Param};
 use burn::nn::{Initializer, LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::tensor::activation::gelu;
 use burn::tensor::backend::Backend;
-use burn::tensor::{Bool, Int, Tensor};
+use burn::tensor::{Bool, Distribution, Int, Tensor};
 use serde::{Deserialize, Serialize};
 
 /// The interface's shape. Defaults follow the paper: width 512, 8 latents, 8 heads, one
@@ -32,6 +33,13 @@ pub struct LatentInterfaceConfig {
     /// FFN hidden width as a multiple of `latent_dim`.
     #[serde(default = "default_ffn")]
     pub ffn_multiplier: usize,
+    /// How the output projection starts: `None` at zero (`C` is then its bias, the same for
+    /// every prompt until the projection has trained); `Some(rms)` random, so that `C` has
+    /// RMS about `rms` and depends on the prompt from the first step (see
+    /// [`LatentInterface::with_random_output`], which this draws through, before every
+    /// other parameter).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_rms: Option<f32>,
 }
 
 fn default_width() -> usize {
@@ -54,6 +62,7 @@ impl LatentInterfaceConfig {
             num_heads: default_eight(),
             self_attention_blocks: 0,
             ffn_multiplier: default_ffn(),
+            output_rms: None,
         }
     }
 
@@ -77,38 +86,57 @@ impl LatentInterfaceConfig {
         if self.ffn_multiplier == 0 {
             return bad("ffn_multiplier must be positive".into());
         }
+        if let Some(rms) = self.output_rms
+            && !(rms.is_finite() && rms > 0.0)
+        {
+            return bad(format!("output_rms {rms} is not a positive number"));
+        }
         Ok(())
     }
 
-    pub fn init<B: Backend>(&self, device: &B::Device) -> Result<LatentInterface<B>, FusionError> {
+    /// A fresh interface, its random values drawn from `rng` (see [`InitRng`]: the same seed
+    /// gives the same interface in any thread and on any backend).
+    pub fn init<B: Backend>(
+        &self,
+        rng: &mut InitRng,
+        device: &B::Device,
+    ) -> Result<LatentInterface<B>, FusionError> {
         self.validate()?;
         let w = self.latent_dim;
         let norm = || LayerNormConfig::new(w).init(device);
-        let block = |cross| Block {
+        let block = |rng: &mut InitRng, cross| Block {
             attention_norm: norm(),
-            attention: MultiHeadAttention::new(w, self.num_heads, device),
+            attention: MultiHeadAttention::new(w, self.num_heads, rng, device),
             ffn_norm: norm(),
-            ffn_up: LinearConfig::new(w, w * self.ffn_multiplier).init(device),
-            ffn_down: LinearConfig::new(w * self.ffn_multiplier, w).init(device),
+            ffn_up: rng.linear(w, w * self.ffn_multiplier, device),
+            ffn_down: rng.linear(w * self.ffn_multiplier, w, device),
             cross,
         };
-        Ok(LatentInterface {
+        // A random output projection is drawn first, then every other parameter in the
+        // module's field order (a struct literal's fields are evaluated in the order written,
+        // the declaration order here). The order is the one Burn's lazy initialisers drew in
+        // for every run measured before `InitRng` (the random output weight was touched first
+        // when gates were added), so those runs keep their numbers on Flex.
+        let random_output = self
+            .output_rms
+            .map(|rms| random_output_weight(rng, w, self.policy_dim, rms, device));
+        let mut interface = LatentInterface {
             projections: self
                 .expert_dims
                 .iter()
                 .map(|&d| ExpertProjection {
-                    linear: LinearConfig::new(d, w).init(device),
+                    linear: rng.linear(d, w, device),
                     norm: norm(),
                 })
                 .collect(),
-            latents: Initializer::Normal {
-                mean: 0.0,
-                std: 0.02,
-            }
-            .init([self.num_latents, w], device),
-            cross: block(true),
+            latents: rng.param(
+                [self.num_latents, w],
+                Distribution::Normal(0.0, 0.02),
+                device,
+            ),
+            cross: block(rng, true),
             blocks: (0..self.self_attention_blocks)
-                .map(|_| block(false))
+                .map(|_| block(rng, false))
                 .collect(),
             output_norm: norm(),
             // Zero: C = 0 at the start, so the policy begins exactly as it was.
@@ -117,8 +145,29 @@ impl LatentInterfaceConfig {
                 .init(device),
             context_gain: None,
             context_gate: None,
-        })
+        };
+        if let Some(weight) = random_output {
+            interface.output.weight = weight;
+        }
+        Ok(interface)
     }
+}
+
+/// The output projection's weight drawn so that its output has RMS about `rms` over
+/// layer-normalised latents (unit RMS per channel): std `rms / sqrt(latent_dim)`.
+fn random_output_weight<B: Backend>(
+    rng: &mut InitRng,
+    latent_dim: usize,
+    policy_dim: usize,
+    rms: f32,
+    device: &B::Device,
+) -> Param<Tensor<B, 2>> {
+    let std = f64::from(rms) / (latent_dim as f64).sqrt();
+    rng.param(
+        [latent_dim, policy_dim],
+        Distribution::Normal(0.0, std),
+        device,
+    )
 }
 
 /// One expert's width to the shared latent width, normalised so experts of different scale
@@ -271,15 +320,14 @@ impl<B: Backend> LatentInterface<B> {
     /// same for every prompt until the projection has grown, while its gradient is itself
     /// scaled by the still-small gates (measured on the real experiment: the prompt-dependent
     /// part of `C` was 0.0005 RMS after three steps, against 0.136 for a token embedding).
-    pub fn with_random_output(mut self, rms: f32) -> Result<Self, FusionError> {
+    ///
+    /// On an interface already built: `LatentInterfaceConfig::output_rms` draws the same at
+    /// initialisation.
+    pub fn with_random_output(mut self, rms: f32, rng: &mut InitRng) -> Result<Self, FusionError> {
         positive(rms, "output spread")?;
         let [latent_dim, policy_dim] = self.output.weight.dims();
         let device = self.output.weight.device();
-        self.output.weight = Initializer::Normal {
-            mean: 0.0,
-            std: f64::from(rms) / (latent_dim as f64).sqrt(),
-        }
-        .init([latent_dim, policy_dim], &device);
+        self.output.weight = random_output_weight(rng, latent_dim, policy_dim, rms, &device);
         Ok(self)
     }
 

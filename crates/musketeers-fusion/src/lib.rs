@@ -8,9 +8,11 @@
 //! ([`stats::expert_utilization`]) and its entropy ([`stats::routing_entropy`]).
 
 pub mod attention;
+pub mod init;
 pub mod interface;
 pub mod stats;
 
+pub use init::InitRng;
 pub use interface::{ExpertInput, FusionOutput, LatentInterface, LatentInterfaceConfig};
 
 /// A configuration or input the interface cannot work with.

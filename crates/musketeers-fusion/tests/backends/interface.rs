@@ -7,6 +7,7 @@ use burn::module::Param;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Distribution, Int, Tensor, TensorData};
 use burn_flex::Flex;
+use musketeers_fusion::InitRng;
 use musketeers_fusion::stats::{expert_utilization, routing_entropy};
 use musketeers_fusion::{ExpertInput, LatentInterface, LatentInterfaceConfig};
 
@@ -33,7 +34,9 @@ fn random<Bk: Backend, const D: usize>(shape: [usize; D], device: &Bk::Device) -
 
 /// The interface with a random (non-zero) output projection, so C depends on everything.
 fn live<Bk: Backend>(config: &LatentInterfaceConfig, device: &Bk::Device) -> LatentInterface<Bk> {
-    let mut interface = config.init::<Bk>(device).expect("valid config");
+    let mut interface = config
+        .init::<Bk>(&mut InitRng::new(0), device)
+        .expect("valid config");
     interface.output.weight =
         Param::from_tensor(random([config.latent_dim, config.policy_dim], device));
     interface
@@ -69,7 +72,9 @@ fn max_diff(a: &[f32], b: &[f32]) -> f32 {
 
 #[test]
 fn zero_initialised_output_gives_exactly_zero_context() {
-    let interface = config().init::<Flex>(&Default::default()).expect("init");
+    let interface = config()
+        .init::<Flex>(&mut InitRng::new(0), &Default::default())
+        .expect("init");
     let out = interface
         .forward(&inputs(2, [1, 5, 3], [6, 10, 4], &Default::default()))
         .expect("forward");
@@ -82,7 +87,7 @@ fn a_context_start_sets_every_context_token_and_checks_its_width() {
     let device = Default::default();
     let start: Vec<f32> = (0..12).map(|i| i as f32 / 10.0 - 0.5).collect();
     let interface = config()
-        .init::<Flex>(&device)
+        .init::<Flex>(&mut InitRng::new(0), &device)
         .expect("init")
         .with_context_start(Tensor::from_data(
             TensorData::new(start.clone(), [12]),
@@ -97,7 +102,7 @@ fn a_context_start_sets_every_context_token_and_checks_its_width() {
         assert_eq!(token, start.as_slice());
     }
     let err = config()
-        .init::<Flex>(&device)
+        .init::<Flex>(&mut InitRng::new(0), &device)
         .expect("init")
         .with_context_start(Tensor::zeros([7], &device))
         .expect_err("wrong width");
@@ -268,7 +273,9 @@ fn gradients_agree_with_finite_differences() {
 
 #[test]
 fn bad_inputs_and_configs_are_errors() {
-    let interface = config().init::<Flex>(&Default::default()).expect("init");
+    let interface = config()
+        .init::<Flex>(&mut InitRng::new(0), &Default::default())
+        .expect("init");
     let two = inputs::<Flex>(1, [1, 1, 1], [6, 10, 4], &Default::default())[..2].to_vec();
     assert!(
         interface
@@ -284,7 +291,10 @@ fn bad_inputs_and_configs_are_errors() {
         num_heads: 5,
         ..config()
     };
-    assert!(bad.init::<Flex>(&Default::default()).is_err());
+    assert!(
+        bad.init::<Flex>(&mut InitRng::new(0), &Default::default())
+            .is_err()
+    );
     assert!(LatentInterfaceConfig::new(vec![], 8).validate().is_err());
 }
 
@@ -310,7 +320,7 @@ fn context_norm_gives_every_token_the_target_rms_and_trains_its_gain() {
     for bad in [0.0, -1.0, f32::NAN] {
         assert!(
             config()
-                .init::<Flex>(&Default::default())
+                .init::<Flex>(&mut InitRng::new(0), &Default::default())
                 .expect("init")
                 .with_context_norm(bad)
                 .is_err()
@@ -322,11 +332,42 @@ fn context_norm_gives_every_token_the_target_rms_and_trains_its_gain() {
 fn a_random_output_starts_c_prompt_dependent_at_the_spread_asked() {
     let device = Default::default();
     let rms = 0.3;
-    let interface = config()
-        .init::<Flex>(&device)
+    // Asked in the config (drawn at initialisation) or of a built interface: the same spread.
+    let drawn_at_init = LatentInterfaceConfig {
+        output_rms: Some(rms),
+        ..config()
+    }
+    .init::<Flex>(&mut InitRng::new(0), &device)
+    .expect("init");
+    let drawn_after = config()
+        .init::<Flex>(&mut InitRng::new(0), &device)
         .expect("init")
-        .with_random_output(rms)
+        .with_random_output(rms, &mut InitRng::new(1))
         .expect("random output");
+    for interface in [drawn_at_init, drawn_after] {
+        random_output_has_spread(&interface, rms);
+    }
+    for bad in [0.0, -1.0, f32::NAN] {
+        assert!(
+            config()
+                .init::<Flex>(&mut InitRng::new(0), &device)
+                .expect("init")
+                .with_random_output(bad, &mut InitRng::new(1))
+                .is_err()
+        );
+        let config = LatentInterfaceConfig {
+            output_rms: Some(bad),
+            ..config()
+        };
+        let err = config
+            .init::<Flex>(&mut InitRng::new(0), &device)
+            .expect_err("bad output_rms");
+        assert!(err.to_string().contains("output_rms"), "{err}");
+    }
+}
+
+fn random_output_has_spread(interface: &LatentInterface<Flex>, rms: f32) {
+    let device = Default::default();
     let context = interface
         .forward(&inputs(64, [1, 5, 3], [6, 10, 4], &device))
         .expect("forward")
@@ -350,13 +391,4 @@ fn a_random_output_starts_c_prompt_dependent_at_the_spread_asked() {
         spread > 0.1 * rms,
         "prompt-dependent part of C: RMS {spread}"
     );
-    for bad in [0.0, -1.0, f32::NAN] {
-        assert!(
-            config()
-                .init::<Flex>(&device)
-                .expect("init")
-                .with_random_output(bad)
-                .is_err()
-        );
-    }
 }

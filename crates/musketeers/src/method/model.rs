@@ -13,7 +13,7 @@ use burn::module::Module;
 use burn::record::{BinFileRecorder, FullPrecisionSettings, Recorder, RecorderError};
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
-use musketeers_fusion::{LatentInterface, LatentInterfaceConfig};
+use musketeers_fusion::{InitRng, LatentInterface, LatentInterfaceConfig};
 use musketeers_lm::generate::{GenerationConfig, generate_with_context};
 use musketeers_lm::sampling::SamplingConfig;
 use musketeers_lm::tokenizer::{ChatMessage, TextTokenizer};
@@ -384,19 +384,35 @@ pub(crate) struct Modules<B: Backend, T: Backend> {
     pub router: Option<Router<B>>,
 }
 
-/// Held while a run seeds Burn's process-wide generator and draws its initial weights.
-pub(crate) static INIT_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+/// Held while Burn's process-wide generator is seeded and drawn from (see [`seeded_init`]).
+static INIT_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-/// Draw every lazily initialised parameter of `module` now (Burn initialises a parameter at
-/// its first use): under [`INIT_LOCK`], so that the draws follow the seed just set.
-pub(crate) fn materialize<B: Backend, M: Module<B>>(module: &M) {
+/// `build` a module with Burn's generator seeded with `seed`, every random value drawn before
+/// this returns.
+///
+/// Why: Burn draws initial values from one generator per process (and a parameter lazily, at
+/// its first use), so a seed set in one thread does not fix the values another thread's
+/// draws take from the same stream. The modules of a run draw from generators of their own
+/// (the interface: `musketeers_fusion::InitRng`; LoRA adapters: their seed); what must use
+/// Burn's initialisers (the demo's from-scratch experts) builds through here, under one lock.
+/// Code of yours that draws from Burn's generator while a run builds a module in another
+/// thread keeps both reproducible by building through here too.
+pub fn seeded_init<B: Backend, M: Module<B>>(
+    device: &B::Device,
+    seed: u64,
+    build: impl FnOnce() -> M,
+) -> M {
     struct Touch;
     impl<B: Backend> burn::module::ModuleVisitor<B> for Touch {
         fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<B, D>>) {
             let _ = param.val();
         }
     }
+    let _generator = INIT_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    B::seed(device, seed);
+    let module = build();
     module.visit(&mut Touch);
+    module
 }
 
 fn load_pretrained<B: Backend>(
@@ -485,10 +501,10 @@ fn fresh_interface<B: Backend, T: Backend>(
     device: &B::Device,
 ) -> Result<LatentInterface<B>, TrainError> {
     let i = &config.interface;
-    // Burn's generator is global to the process: seeding and drawing happen under one lock,
-    // so runs in parallel threads (tests, sweeps) cannot interleave their draws.
-    let _rng = INIT_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    B::seed(device, config.grpo.seed);
+    // The interface's own stream (not Burn's process-wide generator): the same seed gives the
+    // same interface whatever else the process draws. On Flex it is the stream
+    // `Backend::seed(seed)` started, so runs measured before this change keep their numbers.
+    let mut rng = InitRng::new(config.grpo.seed);
     let interface = LatentInterfaceConfig {
         expert_dims: team
             .iter()
@@ -500,16 +516,16 @@ fn fresh_interface<B: Backend, T: Backend>(
         num_heads: i.num_heads,
         self_attention_blocks: i.self_attention_blocks,
         ffn_multiplier: i.ffn_multiplier,
+        output_rms: match i.output_init {
+            OutputInit::Zero => None,
+            OutputInit::EmbeddingRms => Some(policy.embedding_rms()),
+        },
     }
-    .init::<B>(device)?
+    .init::<B>(&mut rng, device)?
     // C starts at the policy's mean token embedding, not at zero: see
     // `LatentInterface::with_context_start` (an all-zero C gives NaN gradients on bias-free
     // RMSNorm policies such as SmolLM2).
     .with_context_start(policy.mean_token_embedding().detach())?;
-    let interface = match i.output_init {
-        OutputInit::Zero => interface,
-        OutputInit::EmbeddingRms => interface.with_random_output(policy.embedding_rms())?,
-    };
     let interface = match i.context_norm {
         ContextNorm::None => interface,
         ContextNorm::EmbeddingRms => interface.with_context_norm(policy.embedding_rms())?,
@@ -521,7 +537,6 @@ fn fresh_interface<B: Backend, T: Backend>(
             interface.with_context_gate(layers, heads, i.gate_scale)?
         }
     };
-    materialize(&interface);
     Ok(interface)
 }
 

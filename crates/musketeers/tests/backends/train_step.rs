@@ -11,6 +11,7 @@ use burn::tensor::backend::Backend;
 use burn_flex::Flex;
 use musketeers::train::params::AdamSettings;
 use musketeers::train::{ExpertReadout, StepSettings, TeamMember, Trainer};
+use musketeers_fusion::InitRng;
 use musketeers_fusion::LatentInterfaceConfig;
 use musketeers_lm::{LoraConfig, Precision, weights};
 use musketeers_rl::rollout::StepConfig;
@@ -99,7 +100,7 @@ fn fused_steps<B: Backend>(device: &B::Device, precision: Precision) {
         num_heads: 4,
         ..LatentInterfaceConfig::new(vec![64, 64], 64)
     }
-    .init::<Autodiff<B>>(device)
+    .init::<Autodiff<B>>(&mut InitRng::new(0), device)
     .expect("interface");
     let settings = StepSettings {
         num_generations: 4,
@@ -222,7 +223,7 @@ fn trainer(dir: &Path, adapters: Option<&Path>) -> Trainer<Ad> {
         num_heads: 2,
         ..LatentInterfaceConfig::new(vec![64], 64)
     }
-    .init::<Ad>(&device)
+    .init::<Ad>(&mut InitRng::new(0), &device)
     .expect("interface");
     let settings = StepSettings {
         num_generations: 4,
@@ -482,7 +483,9 @@ fn gated_trainer_with(dir: &Path, random_output: Option<f32>) -> Trainer<Ad> {
         .with_context_start(start)
         .expect("context start");
     if let Some(rms) = random_output {
-        interface = interface.with_random_output(rms).expect("random output");
+        interface = interface
+            .with_random_output(rms, &mut InitRng::new(1))
+            .expect("random output");
     }
     t.interface = Some(
         interface

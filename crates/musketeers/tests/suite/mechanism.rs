@@ -16,6 +16,7 @@ use crate::common::tiny_model;
 use burn::backend::Autodiff;
 use burn_flex::Flex;
 use musketeers::train::{ExpertReadout, StepSettings, TeamMember, Trainer};
+use musketeers_fusion::InitRng;
 use musketeers_fusion::LatentInterfaceConfig;
 use musketeers_lm::tokenizer::TextTokenizer;
 use musketeers_lm::{LoraConfig, weights};
@@ -100,7 +101,7 @@ fn final_reward(seed: u64, fused: bool) -> f32 {
             num_heads: 4,
             ..LatentInterfaceConfig::new(vec![64], 64)
         }
-        .init::<Ad>(&device)
+        .init::<Ad>(&mut InitRng::new(0), &device)
         .expect("interface")
         .with_context_start(policy.mean_token_embedding().detach())
         .expect("start");

@@ -11,6 +11,7 @@ use musketeers::system::single::Single;
 use musketeers::train::StepSettings;
 use musketeers::train::params::{AdamSettings, Group, ParamOptimizer, Trained, TrainedRef};
 use musketeers::train::phases::{self, BatchShare};
+use musketeers_fusion::InitRng;
 use musketeers_fusion::{LatentInterface, LatentInterfaceConfig};
 use musketeers_lm::{Llama, LoraConfig, weights};
 use musketeers_rl::rollout::{StepConfig, counted_tokens};
@@ -42,7 +43,7 @@ fn interface() -> LatentInterface<Ad> {
         num_heads: 2,
         ..LatentInterfaceConfig::new(vec![64], 64)
     }
-    .init::<Ad>(&Default::default())
+    .init::<Ad>(&mut InitRng::new(0), &Default::default())
     .expect("interface")
 }
 
@@ -452,7 +453,7 @@ fn each_system_gives_its_own_context_through_one_seam() {
         num_heads: 2,
         ..LatentInterfaceConfig::new(vec![64, 64], 64)
     }
-    .init::<Ad>(&device)
+    .init::<Ad>(&mut InitRng::new(0), &device)
     .expect("interface");
     let router = Router::<Ad>::new(64, 2, &device);
     let parts = Parts {

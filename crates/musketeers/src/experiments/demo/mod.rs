@@ -266,15 +266,7 @@ fn make_model<B: AutodiffBackend>(
         settings.hidden_size,
         settings.num_layers,
     );
-    let mut model = {
-        let _rng = crate::method::model::INIT_LOCK
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        B::seed(device, seed);
-        let model = config.init::<B>(device);
-        crate::method::model::materialize(&model);
-        model
-    };
+    let mut model = crate::method::model::seeded_init(device, seed, || config.init::<B>(device));
     let name = dir
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())

@@ -529,7 +529,7 @@ mod tests {
             num_heads: 2,
             ..musketeers_fusion::LatentInterfaceConfig::new(vec![4], 6)
         }
-        .init::<Ad>(&device)
+        .init::<Ad>(&mut musketeers_fusion::InitRng::new(0), &device)
         .expect("interface")
         .with_context_gate(3, 2, scale)
         .expect("gates");
