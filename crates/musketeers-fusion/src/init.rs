@@ -65,7 +65,6 @@ impl InitRng {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use burn::nn::LinearConfig;
     use burn_flex::Flex;
 
     fn values<const D: usize>(param: &Param<Tensor<Flex, D>>) -> Vec<f32> {

@@ -35,9 +35,8 @@ pub struct LatentInterfaceConfig {
     pub ffn_multiplier: usize,
     /// How the output projection starts: `None` at zero (`C` is then its bias, the same for
     /// every prompt until the projection has trained); `Some(rms)` random, so that `C` has
-    /// RMS about `rms` and depends on the prompt from the first step (see
-    /// [`LatentInterface::with_random_output`], which this draws through, before every
-    /// other parameter).
+    /// RMS about `rms` and depends on the prompt from the first step (drawn as
+    /// [`LatentInterface::with_random_output`] draws it, but before every other parameter).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output_rms: Option<f32>,
 }
@@ -114,9 +113,10 @@ impl LatentInterfaceConfig {
         };
         // A random output projection is drawn first, then every other parameter in the
         // module's field order (a struct literal's fields are evaluated in the order written,
-        // the declaration order here). The order is the one Burn's lazy initialisers drew in
-        // for every run measured before `InitRng` (the random output weight was touched first
-        // when gates were added), so those runs keep their numbers on Flex.
+        // the declaration order here). That is the order Burn's lazy initialisers drew in for
+        // every gated run and every run with a zero output measured before `InitRng` (adding
+        // the gates touched the random output weight first), so those keep their numbers on
+        // Flex; a random output behind a plain prefix was drawn last then and is first now.
         let random_output = self
             .output_rms
             .map(|rms| random_output_weight(rng, w, self.policy_dim, rms, device));
